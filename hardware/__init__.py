@@ -1,0 +1,31 @@
+"""Hardware detection and the ordered backend plan.
+
+Probe the machine (:func:`probe_hardware`), order the backends worth trying for a model
+(:func:`plan_backends`), then prove them one by one (:func:`load_model`).
+"""
+
+from __future__ import annotations
+
+from hardware.errors import HardwareError, NoBackendError, UnknownBackendError
+from hardware.plan import BackendPlan, Exclusion, PlannedBackend, plan_backends, plan_for_runtime
+from hardware.probe import HardwareProfile, RuntimeInventory, probe_hardware
+from hardware.select import BackendFactory, Selection, SkippedBackend, load_model, warmup_tensor
+
+__all__ = [
+    "BackendFactory",
+    "BackendPlan",
+    "Exclusion",
+    "HardwareError",
+    "HardwareProfile",
+    "NoBackendError",
+    "PlannedBackend",
+    "RuntimeInventory",
+    "Selection",
+    "SkippedBackend",
+    "UnknownBackendError",
+    "load_model",
+    "plan_backends",
+    "plan_for_runtime",
+    "probe_hardware",
+    "warmup_tensor",
+]

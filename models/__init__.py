@@ -1,0 +1,85 @@
+"""Model bundles, runtime backends, pre/post-processing and the model zoo.
+
+The public API of the model layer; everything else in this package is private.
+"""
+
+from __future__ import annotations
+
+from models.backends import (
+    Backend,
+    BackendDescription,
+    BackendSpec,
+    FakeBackend,
+    LiteRTBackend,
+    OnnxRuntimeBackend,
+    create_backend,
+)
+from models.bundle import ModelBundle, open_bundle, sha256_hex, write_bundle
+from models.errors import (
+    BackendError,
+    BackendLoadError,
+    BackendUnavailableError,
+    BundleError,
+    InferenceError,
+    InputSpecError,
+    IntegrityError,
+    ManifestError,
+    ModelError,
+    ModelNotFoundError,
+    ZooError,
+    ZooFetchError,
+)
+from models.manifest import MANIFEST_FILENAME, InputSpec, Manifest, parse_manifest, semver_key
+from models.model import Model
+from models.preprocess import ImagePreprocessor, Placement
+from models.results import AnomalyScore, Box, Classification, Detection, Landmarks, iou
+from models.store import ModelStore, StoreEntry, default_store_path
+from models.zoo import ZOO, ModelZoo, PipWheelFetcher, WheelFetcher, WheelSource
+
+__all__ = [
+    "MANIFEST_FILENAME",
+    "ZOO",
+    "AnomalyScore",
+    "Backend",
+    "BackendDescription",
+    "BackendError",
+    "BackendLoadError",
+    "BackendSpec",
+    "BackendUnavailableError",
+    "Box",
+    "BundleError",
+    "Classification",
+    "Detection",
+    "FakeBackend",
+    "ImagePreprocessor",
+    "InferenceError",
+    "InputSpec",
+    "InputSpecError",
+    "IntegrityError",
+    "Landmarks",
+    "LiteRTBackend",
+    "Manifest",
+    "ManifestError",
+    "Model",
+    "ModelBundle",
+    "ModelError",
+    "ModelNotFoundError",
+    "ModelStore",
+    "ModelZoo",
+    "OnnxRuntimeBackend",
+    "PipWheelFetcher",
+    "Placement",
+    "StoreEntry",
+    "WheelFetcher",
+    "WheelSource",
+    "ZooError",
+    "ZooFetchError",
+    "create_backend",
+    "default_store_path",
+    "iou",
+    "open_bundle",
+    "parse_manifest",
+    "semver_key",
+    "sha256_hex",
+    "write_bundle",
+]

@@ -1,0 +1,162 @@
+"""Image to tensor: colour order, letterbox or stretch resize, normalisation, layout.
+
+All of it is vectorised OpenCV/numpy and belongs to the model's input spec, not to a
+backend, so every runtime sees exactly the same tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from models.errors import InputSpecError
+from models.manifest import InputSpec
+
+ImageArray = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the source image landed inside the model input, to map results back.
+
+    ``input_x = source_x * scale_x + pad_x`` (and the same for y), in input pixels.
+    """
+
+    source_width: int
+    source_height: int
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    input_width: int
+    input_height: int
+
+    def to_source(
+        self, xs: npt.NDArray[np.floating], ys: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Map normalised input coordinates (0..1 of the model input) to source pixels."""
+        sx = (np.asarray(xs, dtype=np.float64) * self.input_width - self.pad_x) / self.scale_x
+        sy = (np.asarray(ys, dtype=np.float64) * self.input_height - self.pad_y) / self.scale_y
+        return sx, sy
+
+
+def as_rgb_image(image: object) -> ImageArray:
+    """Check that ``image`` is a usable picture and return it as an HxWx3 RGB uint8 array.
+
+    Accepts HxW (grey), HxWx1, HxWx3 (RGB) and HxWx4 (RGBA) uint8 arrays.
+
+    Raises:
+        InputSpecError: Not an array, wrong dtype, empty, or an unsupported shape.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputSpecError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputSpecError(f"image must have dtype uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 3:
+        rgb = image
+    elif image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        rgb = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    else:
+        raise InputSpecError(
+            f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {tuple(image.shape)}"
+        )
+    if rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise InputSpecError(f"image is empty (shape {tuple(image.shape)})")
+    return rgb
+
+
+class ImagePreprocessor:
+    """Turns RGB images into the exact tensor an image model's input spec asks for."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        if not spec.is_image:
+            raise InputSpecError(f"input layout {spec.layout} is not an image layout")
+        self.spec = spec
+        self._dtype = np.dtype(spec.dtype)
+        if spec.normalization is not None:
+            std = np.asarray(spec.normalization.std, dtype=np.float32)
+            mean = np.asarray(spec.normalization.mean, dtype=np.float32)
+            self._scale: FloatArray | None = (1.0 / std).astype(np.float32)
+            self._offset: FloatArray | None = (-mean / std).astype(np.float32)
+        else:
+            self._scale = self._offset = None
+
+    def __call__(self, image: object) -> tuple[npt.NDArray[np.generic], Placement]:
+        """Return a batch-of-one tensor for ``image`` and where the image was placed."""
+        rgb = as_rgb_image(image)
+        pixels, placement = self._place(rgb)
+        return self._finish(pixels)[np.newaxis], placement
+
+    def batch(self, images: list[object]) -> tuple[npt.NDArray[np.generic], list[Placement]]:
+        """Return one tensor of ``len(images)`` rows and the placement of each image."""
+        if not images:
+            raise InputSpecError("a batch needs at least one image")
+        rows = []
+        placements = []
+        for image in images:
+            pixels, placement = self._place(as_rgb_image(image))
+            rows.append(self._finish(pixels))
+            placements.append(placement)
+        return np.stack(rows), placements
+
+    def _place(self, rgb: ImageArray) -> tuple[ImageArray, Placement]:
+        spec = self.spec
+        target_w, target_h = spec.width, spec.height
+        src_h, src_w = rgb.shape[:2]
+        if spec.color_order == "BGR":
+            rgb = np.ascontiguousarray(rgb[:, :, ::-1])
+        elif spec.color_order == "GRAY":
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, np.newaxis]
+        if spec.resize == "stretch":
+            resized = _resize(rgb, target_w, target_h)
+            placement = Placement(
+                src_w, src_h, target_w / src_w, target_h / src_h, 0.0, 0.0, target_w, target_h
+            )
+            return resized, placement
+        scale = min(target_w / src_w, target_h / src_h)
+        new_w = max(1, min(target_w, round(src_w * scale)))
+        new_h = max(1, min(target_h, round(src_h * scale)))
+        pad_x = (target_w - new_w) // 2
+        pad_y = (target_h - new_h) // 2
+        resized = _resize(rgb, new_w, new_h)
+        if new_w != target_w or new_h != target_h:
+            resized = cv2.copyMakeBorder(
+                resized, pad_y, target_h - new_h - pad_y, pad_x, target_w - new_w - pad_x,
+                cv2.BORDER_CONSTANT, value=0,
+            )
+            if resized.ndim == 2:
+                resized = resized[:, :, np.newaxis]
+        placement = Placement(
+            src_w, src_h, new_w / src_w, new_h / src_h, float(pad_x), float(pad_y),
+            target_w, target_h,
+        )
+        return resized, placement
+
+    def _finish(self, pixels: ImageArray) -> npt.NDArray[np.generic]:
+        if self._scale is not None and self._offset is not None:
+            tensor: npt.NDArray[np.generic] = pixels.astype(np.float32)
+            tensor *= self._scale
+            tensor += self._offset
+        else:
+            tensor = pixels.astype(self._dtype, copy=False)
+        if self.spec.layout == "NCHW":
+            tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
+        return tensor
+
+
+def _resize(image: ImageArray, width: int, height: int) -> ImageArray:
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    # INTER_AREA avoids aliasing when shrinking camera frames; bilinear when enlarging.
+    shrinking = width < image.shape[1] or height < image.shape[0]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized: ImageArray = cv2.resize(image, (width, height), interpolation=interpolation)
+    if resized.ndim == 2:
+        resized = resized[:, :, np.newaxis]
+    return resized

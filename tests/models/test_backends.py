@@ -1,0 +1,113 @@
+"""Both real backends behind one interface: loading, batching, bad input, describe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import (
+    BackendLoadError,
+    BackendSpec,
+    BackendUnavailableError,
+    InferenceError,
+    InputSpecError,
+    LiteRTBackend,
+    ModelBundle,
+    OnnxRuntimeBackend,
+    create_backend,
+)
+from models.backends import Backend
+
+
+def _tensor(bundle: ModelBundle, batch: int = 1, seed: int = 0) -> np.ndarray:
+    shape = (batch, *bundle.manifest.input.shape[1:])
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+@pytest.fixture(params=["litert:xnnpack", "litert:cpu", "onnxruntime:cpu"])
+def loaded(request: pytest.FixtureRequest, short_tflite: ModelBundle,
+           short_onnx: ModelBundle) -> Backend:
+    engine, accelerator = request.param.split(":")
+    bundle = short_tflite if engine == "litert" else short_onnx
+    backend = create_backend(bundle, BackendSpec(engine, accelerator))
+    backend.load()
+    yield backend
+    backend.close()
+
+
+def test_constructor_does_no_io(short_tflite: ModelBundle) -> None:
+    backend = LiteRTBackend(short_tflite, BackendSpec("litert", "xnnpack"))
+    with pytest.raises(InferenceError, match="not loaded"):
+        backend.infer(_tensor(short_tflite))
+
+
+def test_outputs_are_named_and_shaped(loaded: Backend) -> None:
+    outputs = loaded.infer(_tensor(loaded.bundle))
+    assert set(outputs) == {"regressors", "classificators"}
+    assert outputs["regressors"].shape == (1, 896, 16)
+    assert outputs["classificators"].shape == (1, 896, 1)
+    assert np.isfinite(outputs["regressors"]).all()
+
+
+def test_batch_equals_rows_run_alone(loaded: Backend) -> None:
+    batch = _tensor(loaded.bundle, batch=3, seed=1)
+    together = loaded.infer(batch)["classificators"]
+    alone = np.concatenate([loaded.infer(batch[i : i + 1])["classificators"] for i in range(3)])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+    # Back to batch one after a bigger batch.
+    assert loaded.infer(batch[:1])["classificators"].shape == (1, 896, 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda t: t.astype(np.float64), "dtype float64 does not match the model's float32"),
+        (lambda t: t[:, :64], r"shape \[1, 64, 128, 3\] does not match"),
+        (lambda t: t[0], r"shape \[128, 128, 3\] does not match"),
+        (lambda t: t[:0], "batch is empty"),
+        (lambda t: t.tolist(), "must be a numpy array"),
+    ],
+)
+def test_wrong_input_is_a_clear_error(short_tflite: ModelBundle, make: object,
+                                      message: str) -> None:
+    backend = LiteRTBackend(short_tflite, BackendSpec("litert", "xnnpack"))
+    backend.load()
+    with pytest.raises(InputSpecError, match=message):
+        backend.infer(make(_tensor(short_tflite)))  # type: ignore[operator]
+
+
+def test_nchw_model_refuses_nhwc_tensor(short_onnx: ModelBundle,
+                                        short_tflite: ModelBundle) -> None:
+    backend = OnnxRuntimeBackend(short_onnx, BackendSpec("onnxruntime", "cpu"))
+    backend.load()
+    with pytest.raises(InputSpecError, match=r"\[N, 3, 128, 128\] \(NCHW\)"):
+        backend.infer(_tensor(short_tflite))
+
+
+def test_missing_provider_is_unavailable_not_silent_cpu(short_onnx: ModelBundle) -> None:
+    backend = OnnxRuntimeBackend(short_onnx, BackendSpec("onnxruntime", "cuda"))
+    with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider is not in"):
+        backend.load()
+
+
+def test_missing_delegate_library_is_unavailable(short_tflite: ModelBundle) -> None:
+    spec = BackendSpec("litert", "edgetpu", options=(("library", "libedgetpu-absent.so.1"),))
+    with pytest.raises(BackendUnavailableError, match="cannot load delegate"):
+        LiteRTBackend(short_tflite, spec).load()
+
+
+def test_wrong_engine_for_runtime(short_tflite: ModelBundle, short_onnx: ModelBundle) -> None:
+    with pytest.raises(BackendUnavailableError, match="needs litert"):
+        create_backend(short_tflite, BackendSpec("onnxruntime", "cpu"))
+    with pytest.raises(BackendLoadError, match="is a tflite model"):
+        OnnxRuntimeBackend(short_tflite, BackendSpec("onnxruntime", "cpu")).load()
+
+
+def test_describe_tells_what_really_runs(loaded: Backend) -> None:
+    description = loaded.describe()
+    assert description.name == loaded.spec.name
+    assert description.runtime_version
+    if loaded.spec.engine == "onnxruntime":
+        assert description.details["providers"] == "CPUExecutionProvider"
+    else:
+        assert description.details["package"] == "ai_edge_litert"

@@ -1,0 +1,68 @@
+"""Decoding: anchor grids, box arithmetic and weighted NMS on known raw outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.decode import DetectorDecoder, ssd_anchor_centres
+from models.manifest import DetectorOutput, SsdAnchors
+from models.preprocess import Placement
+
+SHORT = SsdAnchors(strides=(8, 16, 16, 16))
+
+
+def _decoder() -> DetectorDecoder:
+    spec = DetectorOutput(
+        kind="detector", boxes_output="b", scores_output="s", anchors=SHORT,
+        labels=("face",), num_keypoints=6, score_threshold=0.5, nms_iou=0.3,
+    )
+    return DetectorDecoder(spec, 128, 128)
+
+
+def test_anchor_counts_match_blazeface() -> None:
+    assert ssd_anchor_centres(SHORT, 128, 128).shape == (896, 2)
+    full = SsdAnchors(strides=(4,), interpolated_scale_aspect_ratio=0.0)
+    assert ssd_anchor_centres(full, 192, 192).shape == (2304, 2)
+    first = ssd_anchor_centres(SHORT, 128, 128)[:3]
+    np.testing.assert_allclose(first, [[0.5 / 16, 0.5 / 16]] * 2 + [[1.5 / 16, 0.5 / 16]])
+
+
+def test_box_is_decoded_relative_to_its_anchor_in_source_pixels() -> None:
+    decoder = _decoder()
+    boxes = np.zeros((896, 16), dtype=np.float32)
+    scores = np.full((896, 1), -10.0, dtype=np.float32)
+    anchor = 300
+    boxes[anchor, :4] = [6.4, -12.8, 32.0, 25.6]  # dx, dy, w, h in input pixels
+    scores[anchor] = 3.0
+    identity = Placement(256, 256, 2.0, 2.0, 0.0, 0.0, 128, 128)
+    [detection] = decoder(boxes, scores, identity)
+    cx, cy = decoder.anchors[anchor] * 128
+    expected = ((cx + 6.4 - 16) / 2, (cy - 12.8 - 12.8) / 2,
+                (cx + 6.4 + 16) / 2, (cy - 12.8 + 12.8) / 2)
+    np.testing.assert_allclose(detection.box, expected, atol=1e-3)
+    assert detection.score == pytest.approx(1 / (1 + np.exp(-3.0)), rel=1e-5)
+    assert len(detection.keypoints) == 6
+
+
+def test_overlapping_boxes_merge_and_apart_boxes_stay() -> None:
+    decoder = _decoder()
+    boxes = np.zeros((896, 16), dtype=np.float32)
+    scores = np.full((896, 1), -10.0, dtype=np.float32)
+    boxes[[0, 1, 500], 2:4] = 20.0
+    scores[[0, 1, 500]] = [[4.0], [2.0], [1.0]]  # anchors 0 and 1 share a centre
+    placement = Placement(128, 128, 1.0, 1.0, 0.0, 0.0, 128, 128)
+    detections = decoder(boxes, scores, placement)
+    assert len(detections) == 2
+    assert detections[0].score > detections[1].score
+
+
+def test_huge_logits_do_not_overflow() -> None:
+    decoder = _decoder()
+    boxes = np.zeros((896, 16), dtype=np.float32)
+    boxes[:, 2:4] = 10.0
+    scores = np.full((896, 1), -1e30, dtype=np.float32)
+    scores[5] = 1e30
+    with np.errstate(over="raise"):
+        detections = decoder(boxes, scores, Placement(128, 128, 1, 1, 0, 0, 128, 128))
+    assert [d.score for d in detections] == [pytest.approx(1.0)]
