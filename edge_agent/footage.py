@@ -128,7 +128,8 @@ class SampleFootage:
                     truth = (seen,) if seen is not None else ()
                 # Lighting drifts slowly over the whole clip (clouds, dusk).
                 canvas *= 1.0 - 0.25 * np.sin(np.pi * index / max(total - 1, 1))
-                canvas += rng.normal(0.0, self.noise_sigma, canvas.shape).astype(np.float32)
+                noise = rng.standard_normal(size=canvas.shape, dtype=np.float32)
+                canvas += noise * np.float32(self.noise_sigma)
                 image = np.clip(canvas, 0, 255).astype(np.uint8)
                 yield Frame(index, image, truth)
                 index += 1

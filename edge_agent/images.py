@@ -28,5 +28,4 @@ def read_image(path: Path) -> npt.NDArray[np.uint8]:
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise ImageReadError(f"{path}: not a decodable image (PNG, JPEG, BMP, ...)")
-    rgb: npt.NDArray[np.uint8] = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return rgb
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), dtype=np.uint8)

@@ -22,6 +22,9 @@ from models.results import AnomalyScore, Classification, Detection, Landmarks
 
 FloatArray = npt.NDArray[np.float32]
 
+MAX_CANDIDATES = 256
+"""Best-scoring candidates kept for NMS; bounds its pairwise-overlap matrix."""
+
 
 def ssd_anchor_centres(anchors: SsdAnchors, input_width: int, input_height: int) -> FloatArray:
     """Anchor centres ``(x, y)``, normalised to 0..1, in the model's output order.
@@ -62,91 +65,118 @@ class DetectorDecoder:
         self.anchors = ssd_anchor_centres(spec.anchors, input_width, input_height)
         self._scale = np.array([input_width, input_height], dtype=np.float32)
         self._values_per_anchor = 4 + 2 * spec.num_keypoints
+        threshold = spec.score_threshold
+        self._logit_threshold = float(np.log(threshold / (1.0 - threshold)))
 
     def __call__(
-        self, raw_boxes: npt.NDArray[np.floating], raw_scores: npt.NDArray[np.floating],
+        self, raw_boxes: npt.NDArray[np.generic], raw_scores: npt.NDArray[np.generic],
         placement: Placement,
     ) -> list[Detection]:
         """Decode one image (no batch axis, or a batch axis of one)."""
         spec = self.spec
         count = self.anchors.shape[0]
         boxes = np.asarray(raw_boxes, dtype=np.float32).reshape(-1)
-        scores = np.asarray(raw_scores, dtype=np.float32).reshape(-1)
-        if boxes.size < count * self._values_per_anchor or scores.size % count:
+        logits = np.asarray(raw_scores, dtype=np.float32).reshape(-1)
+        if boxes.size < count * self._values_per_anchor or logits.size % count:
             raise InferenceError(
                 "decoder",
-                f"output sizes {boxes.size} and {scores.size} do not fit {count} anchors "
+                f"output sizes {boxes.size} and {logits.size} do not fit {count} anchors "
                 f"with {spec.num_keypoints} keypoints",
             )
-        boxes = boxes.reshape(count, -1)[:, : self._values_per_anchor]
-        class_scores = sigmoid(scores.reshape(count, -1), spec.raw_score_clip)
-        best_class = class_scores.argmax(axis=1)
-        best_score = class_scores[np.arange(count), best_class]
-        keep = np.flatnonzero(best_score >= spec.score_threshold)
+        per_class = logits.reshape(count, -1)
+        if per_class.shape[1] == 1:
+            best_logit, best_class = per_class[:, 0], None
+        else:
+            best_class = per_class.argmax(axis=1)
+            best_logit = per_class[np.arange(count), best_class]
+        # The sigmoid is monotonic: threshold the logits, squash only the survivors.
+        keep = np.flatnonzero(best_logit >= self._logit_threshold)
         if keep.size == 0:
             return []
-        points = boxes[keep].reshape(keep.size, -1, 2) / self._scale
-        centre = points[:, 0] + self.anchors[keep]
-        half = points[:, 1] / 2.0
-        corners = np.concatenate([centre - half, centre + half], axis=1)
-        keypoints = points[:, 2:] + self.anchors[keep][:, np.newaxis, :]
-        valid = (half > 0).all(axis=1)
-        corners, keypoints = corners[valid], keypoints[valid]
-        kept_scores, kept_classes = best_score[keep][valid], best_class[keep][valid]
-        return self._suppress(corners, keypoints, kept_scores, kept_classes, placement)
+        # One row per candidate, as (x, y) pairs: centre, size, then each keypoint.
+        points = boxes.reshape(count, -1)[keep, : self._values_per_anchor].reshape(
+            keep.size, -1, 2
+        ) / self._scale
+        anchors = self.anchors[keep][:, np.newaxis, :]
+        half = points[:, 1:2] / 2.0
+        points[:, 2:] += anchors
+        centre = points[:, 0:1] + anchors
+        points[:, 0:1] = centre - half
+        points[:, 1:2] = centre + half
+        classes = np.zeros(keep.size, dtype=np.intp) if best_class is None else best_class[keep]
+        logits_kept = best_logit[keep]
+        valid = (half[:, 0] > 0).all(axis=1)
+        if not valid.all():
+            points, logits_kept, classes = points[valid], logits_kept[valid], classes[valid]
+        scores = sigmoid(logits_kept, spec.raw_score_clip)
+        return self._suppress(points, scores, classes, placement)
 
     def _suppress(
-        self, corners: FloatArray, keypoints: FloatArray, scores: FloatArray,
-        classes: npt.NDArray[np.intp], placement: Placement,
-    ) -> list[Detection]:
-        """Weighted NMS: each cluster of overlapping boxes becomes their score-weighted mean."""
-        spec = self.spec
-        order = np.argsort(-scores, kind="stable")
-        corners, keypoints, scores, classes = (
-            corners[order], keypoints[order], scores[order], classes[order]
-        )
-        remaining = np.ones(scores.size, dtype=bool)
-        results: list[Detection] = []
-        areas = np.prod(np.clip(corners[:, 2:] - corners[:, :2], 0, None), axis=1)
-        for top in range(scores.size):
-            if not remaining[top] or len(results) >= spec.max_detections:
-                continue
-            lo = np.maximum(corners[top, :2], corners[:, :2])
-            hi = np.minimum(corners[top, 2:], corners[:, 2:])
-            inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-            overlap = inter / np.maximum(areas[top] + areas - inter, 1e-12)
-            cluster = remaining & (overlap > spec.nms_iou) & (classes == classes[top])
-            cluster[top] = True
-            weights = scores[cluster][:, np.newaxis]
-            total = float(weights.sum())
-            box = (corners[cluster] * weights).sum(axis=0) / total
-            points = (keypoints[cluster] * weights[:, :, np.newaxis]).sum(axis=0) / total
-            remaining &= ~cluster
-            results.append(self._to_detection(box, points, float(scores[top]),
-                                              int(classes[top]), placement))
-        return results
-
-    def _to_detection(
-        self, box: FloatArray, points: FloatArray, score: float, label_index: int,
+        self, rows: FloatArray, scores: FloatArray, classes: npt.NDArray[np.intp],
         placement: Placement,
-    ) -> Detection:
-        xs, ys = placement.to_source(box[[0, 2]], box[[1, 3]])
-        w, h = placement.source_width, placement.source_height
-        x1, x2 = np.clip(xs, 0, w)
-        y1, y2 = np.clip(ys, 0, h)
-        kx, ky = placement.to_source(points[:, 0], points[:, 1])
-        labels = self.spec.labels
-        label = labels[label_index] if label_index < len(labels) else str(label_index)
-        return Detection(
-            box=(float(x1), float(y1), float(x2), float(y2)),
-            score=score,
-            label=label,
-            keypoints=tuple((float(x), float(y)) for x, y in zip(kx, ky, strict=True)),
-        )
+    ) -> list[Detection]:
+        """Weighted NMS: each cluster of overlapping boxes becomes their score-weighted mean.
+
+        ``rows`` is ``[candidates, 2 + keypoints, 2]``: top-left, bottom-right, keypoints.
+        The overlaps of all candidates are one matrix; only the greedy walk over it is
+        Python, which keeps the cost flat for the handful of candidates a frame has.
+        """
+        spec = self.spec
+        if scores.size > 1:
+            order = np.argsort(-scores, kind="stable")[:MAX_CANDIDATES]
+            rows, scores, classes = rows[order], scores[order], classes[order]
+        count = scores.size
+        leaders: list[int] = []
+        groups: list[list[int]] = []
+        if count == 1:
+            leaders, groups = [0], [[0]]
+        else:
+            top_left, bottom_right = rows[:, 0], rows[:, 1]
+            sides = np.maximum(bottom_right - top_left, 0)
+            areas = sides[:, 0] * sides[:, 1]
+            overlap_sides = np.maximum(
+                np.minimum(bottom_right[:, None], bottom_right[None, :])
+                - np.maximum(top_left[:, None], top_left[None, :]),
+                0,
+            )
+            inter = overlap_sides[..., 0] * overlap_sides[..., 1]
+            union = np.maximum(areas[:, None] + areas[None, :] - inter, 1e-12)
+            same = (inter > spec.nms_iou * union) & (classes[:, None] == classes[None, :])
+            neighbours = same.tolist()
+            remaining = [True] * count
+            for top in range(count):
+                if not remaining[top]:
+                    continue
+                members = [j for j in range(top, count) if remaining[j] and neighbours[top][j]]
+                if top not in members:
+                    members.append(top)
+                for j in members:
+                    remaining[j] = False
+                leaders.append(top)
+                groups.append(members)
+                if len(leaders) == spec.max_detections:
+                    break
+        weights = np.zeros((len(leaders), count), dtype=np.float32)
+        for k, members in enumerate(groups):
+            weights[k, members] = scores[members]
+        merged = np.tensordot(weights / weights.sum(axis=1, keepdims=True), rows, axes=1)
+        pixels = (merged * placement.input_size - placement.padding) / placement.scale
+        pixels[:, :2] = np.clip(pixels[:, :2], 0, placement.source_size)
+        labels = spec.labels
+        detections = []
+        for k, row in enumerate(pixels.tolist()):
+            label_index = int(classes[leaders[k]])
+            detections.append(Detection(
+                box=(row[0][0], row[0][1], row[1][0], row[1][1]),
+                score=float(scores[leaders[k]]),
+                label=labels[label_index] if label_index < len(labels) else str(label_index),
+                keypoints=tuple((x, y) for x, y in row[2:]),
+            ))
+        return detections
 
 
 def decode_classification(
-    spec: ClassifierOutput, raw: npt.NDArray[np.floating]
+    spec: ClassifierOutput, raw: npt.NDArray[np.generic]
 ) -> Classification:
     """Turn one row of classifier output into a :class:`Classification`."""
     values = np.asarray(raw, dtype=np.float64).reshape(-1)
@@ -167,13 +197,10 @@ def decode_classification(
     )
 
 
-def decode_anomaly(spec: AnomalyOutput, raw: npt.NDArray[np.floating]) -> list[AnomalyScore]:
+def decode_anomaly(spec: AnomalyOutput, raw: npt.NDArray[np.generic]) -> list[AnomalyScore]:
     """One :class:`AnomalyScore` per input row."""
     values = np.asarray(raw, dtype=np.float64).reshape(-1)
-    if spec.higher_is_anomalous:
-        flags = values >= spec.threshold
-    else:
-        flags = values <= spec.threshold
+    flags = values >= spec.threshold if spec.higher_is_anomalous else values <= spec.threshold
     return [
         AnomalyScore(score=float(v), threshold=spec.threshold, is_anomaly=bool(f))
         for v, f in zip(values, flags, strict=True)
@@ -181,8 +208,8 @@ def decode_anomaly(spec: AnomalyOutput, raw: npt.NDArray[np.floating]) -> list[A
 
 
 def decode_landmarks(
-    spec: LandmarksOutput, raw_points: npt.NDArray[np.floating],
-    raw_presence: npt.NDArray[np.floating], placement: Placement,
+    spec: LandmarksOutput, raw_points: npt.NDArray[np.generic],
+    raw_presence: npt.NDArray[np.generic], placement: Placement,
 ) -> Landmarks:
     """Landmarks of one image, in source pixels (z scaled like x)."""
     values = np.asarray(raw_points, dtype=np.float64).reshape(-1)

@@ -58,12 +58,22 @@ class Model:
 
     def detect(self, image: object) -> list[Detection]:
         """Detections in one image, best first."""
-        return self.detect_batch([image])[0]
+        spec = self._require(DetectorOutput)
+        assert self._detector is not None
+        assert self._preprocess is not None
+        tensor, placement = self._preprocess(image)
+        outputs = self.backend.infer(tensor)
+        return self._detector(
+            self._output(outputs, spec.boxes_output)[0],
+            self._output(outputs, spec.scores_output)[0],
+            placement,
+        )
 
     def detect_batch(self, images: Sequence[object]) -> list[list[Detection]]:
         """Detections for each image of a batch, in one runtime call."""
         spec = self._require(DetectorOutput)
-        assert self._detector is not None and self._preprocess is not None
+        assert self._detector is not None
+        assert self._preprocess is not None
         tensor, placements = self._preprocess.batch(list(images))
         outputs = self.backend.infer(tensor)
         boxes = self._output(outputs, spec.boxes_output)

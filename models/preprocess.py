@@ -6,7 +6,7 @@ backend, so every runtime sees exactly the same tensor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -34,6 +34,19 @@ class Placement:
     pad_y: float
     input_width: int
     input_height: int
+    input_size: FloatArray = field(init=False, repr=False, compare=False)
+    padding: FloatArray = field(init=False, repr=False, compare=False)
+    scale: FloatArray = field(init=False, repr=False, compare=False)
+    source_size: FloatArray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # (x, y) vectors for mapping many points at once, computed once per image.
+        object.__setattr__(self, "input_size",
+                           np.array([self.input_width, self.input_height], np.float32))
+        object.__setattr__(self, "padding", np.array([self.pad_x, self.pad_y], np.float32))
+        object.__setattr__(self, "scale", np.array([self.scale_x, self.scale_y], np.float32))
+        object.__setattr__(self, "source_size",
+                           np.array([self.source_width, self.source_height], np.float32))
 
     def to_source(
         self, xs: npt.NDArray[np.floating], ys: npt.NDArray[np.floating]
@@ -59,9 +72,9 @@ def as_rgb_image(image: object) -> ImageArray:
     if image.ndim == 3 and image.shape[2] == 3:
         rgb = image
     elif image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
-        rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        rgb = np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2RGB), dtype=np.uint8)
     elif image.ndim == 3 and image.shape[2] == 4:
-        rgb = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+        rgb = np.asarray(cv2.cvtColor(image, cv2.COLOR_RGBA2RGB), dtype=np.uint8)
     else:
         raise InputSpecError(
             f"image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {tuple(image.shape)}"
@@ -82,8 +95,15 @@ class ImagePreprocessor:
         if spec.normalization is not None:
             std = np.asarray(spec.normalization.std, dtype=np.float32)
             mean = np.asarray(spec.normalization.mean, dtype=np.float32)
-            self._scale: FloatArray | None = (1.0 / std).astype(np.float32)
-            self._offset: FloatArray | None = (-mean / std).astype(np.float32)
+            # Whole-image tiles: broadcasting a 3-vector makes numpy loop 3 wide, about
+            # ten times slower than element-wise work on contiguous arrays.
+            tile = (spec.height, spec.width, spec.channels)
+            self._scale: FloatArray | None = np.broadcast_to(1.0 / std, tile).astype(
+                np.float32, order="C"
+            )
+            self._offset: FloatArray | None = np.broadcast_to(-mean / std, tile).astype(
+                np.float32, order="C"
+            )
         else:
             self._scale = self._offset = None
 
@@ -112,7 +132,7 @@ class ImagePreprocessor:
         if spec.color_order == "BGR":
             rgb = np.ascontiguousarray(rgb[:, :, ::-1])
         elif spec.color_order == "GRAY":
-            rgb = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, np.newaxis]
+            rgb = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), dtype=np.uint8)[..., np.newaxis]
         if spec.resize == "stretch":
             resized = _resize(rgb, target_w, target_h)
             placement = Placement(
@@ -126,10 +146,10 @@ class ImagePreprocessor:
         pad_y = (target_h - new_h) // 2
         resized = _resize(rgb, new_w, new_h)
         if new_w != target_w or new_h != target_h:
-            resized = cv2.copyMakeBorder(
+            resized = np.asarray(cv2.copyMakeBorder(
                 resized, pad_y, target_h - new_h - pad_y, pad_x, target_w - new_w - pad_x,
                 cv2.BORDER_CONSTANT, value=0,
-            )
+            ), dtype=np.uint8)
             if resized.ndim == 2:
                 resized = resized[:, :, np.newaxis]
         placement = Placement(
@@ -139,10 +159,12 @@ class ImagePreprocessor:
         return resized, placement
 
     def _finish(self, pixels: ImageArray) -> npt.NDArray[np.generic]:
+        tensor: npt.NDArray[np.generic]
         if self._scale is not None and self._offset is not None:
-            tensor: npt.NDArray[np.generic] = pixels.astype(np.float32)
-            tensor *= self._scale
-            tensor += self._offset
+            normalised = pixels.astype(np.float32)
+            normalised *= self._scale
+            normalised += self._offset
+            tensor = normalised
         else:
             tensor = pixels.astype(self._dtype, copy=False)
         if self.spec.layout == "NCHW":
@@ -156,7 +178,9 @@ def _resize(image: ImageArray, width: int, height: int) -> ImageArray:
     # INTER_AREA avoids aliasing when shrinking camera frames; bilinear when enlarging.
     shrinking = width < image.shape[1] or height < image.shape[0]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized: ImageArray = cv2.resize(image, (width, height), interpolation=interpolation)
+    resized = np.asarray(
+        cv2.resize(image, (width, height), interpolation=interpolation), dtype=np.uint8
+    )
     if resized.ndim == 2:
         resized = resized[:, :, np.newaxis]
     return resized

@@ -356,7 +356,8 @@ def _check_agreement(
     for name, value in expected.items():
         if name not in actual:
             raise ZooError(f"converted model lacks output {name!r}")
-        worst = float(np.abs(value.reshape(-1) - actual[name].reshape(-1)).max())
+        expected_values = np.asarray(value, np.float64).ravel()
+        worst = float(np.abs(expected_values - np.asarray(actual[name], np.float64).ravel()).max())
         if worst > CONVERSION_TOLERANCE:
             raise ZooError(
                 f"converted output {name!r} differs by {worst:.2e} "

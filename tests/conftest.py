@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +50,10 @@ def coffee() -> npt.NDArray[np.uint8]:
 
 
 @pytest.fixture
-def bundle_copy(tmp_path: Path, short_tflite: ModelBundle) -> Iterator[Path]:
+def bundle_copy(tmp_path: Path, short_tflite: ModelBundle) -> Path:
     """A private copy of the BlazeFace bundle folder that a test may damage."""
     target = tmp_path / "bundle"
     target.mkdir()
     for item in short_tflite.root.iterdir():
         (target / item.name).write_bytes(item.read_bytes())
-    yield target
+    return target

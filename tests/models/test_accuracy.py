@@ -8,8 +8,8 @@ import numpy.typing as npt
 import pytest
 from skimage import data
 
-from tests.conftest import ASTRONAUT_FACE
 from models import BackendSpec, Model, ModelBundle, ModelStore, create_backend, iou
+from tests.conftest import ASTRONAUT_FACE
 
 
 def _model(bundle: ModelBundle, engine: str, accelerator: str) -> Model:

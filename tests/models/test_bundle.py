@@ -13,8 +13,8 @@ from models import (
     LiteRTBackend,
     ManifestError,
     ModelBundle,
-    ModelStore,
     ModelNotFoundError,
+    ModelStore,
     open_bundle,
     sha256_hex,
     write_bundle,
@@ -85,7 +85,7 @@ def test_store_resolves_newest_and_lists_broken(
     problems = {e.version: e.problem for e in store.entries()}
     assert problems["1.2.0"] is not None and "size mismatch" in problems["1.2.0"]
     assert problems["1.10.0"] is None
-    with pytest.raises(ModelNotFoundError, match="no model named 'nope'.*blazeface-short"):
+    with pytest.raises(ModelNotFoundError, match=r"no model named 'nope'.*blazeface-short"):
         store.resolve("nope")
-    with pytest.raises(ModelNotFoundError, match="has no version 3.0.0"):
+    with pytest.raises(ModelNotFoundError, match=r"has no version 3\.0\.0"):
         store.resolve("blazeface-short@3.0.0")

@@ -1,0 +1,23 @@
+"""``python -m bench NAME``: run one benchmark; its last line is one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from bench import overhead
+
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main}
+
+
+def main() -> int:
+    """Dispatch to the named benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("name", choices=sorted(BENCHMARKS))
+    args, rest = parser.parse_known_args()
+    return BENCHMARKS[args.name](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

