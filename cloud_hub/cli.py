@@ -31,11 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     gpus = ", ".join(profile.nvidia_gpus) or "none"
     print(f"{profile.architecture}, {profile.cpu_count} cores, NVIDIA GPUs: {gpus}")
-    print(f"backend plan for {plan.model}:")
-    for rank, candidate in enumerate(plan.candidates, 1):
-        print(f"  {rank}. {candidate.name:<22} {candidate.reason}")
-    for exclusion in plan.excluded:
-        print(f"     {exclusion.name:<22} left out: {exclusion.reason}")
+    print("\n".join(plan.lines()))
     return 0
 
 

@@ -166,11 +166,7 @@ def _doctor(args: argparse.Namespace) -> int:
         if entry.problem:
             print(f"  BROKEN {entry.name}@{entry.version}: {entry.problem}")
     for plan in plans:
-        print(f"\nbackend plan for {plan.model}:")
-        for rank, candidate in enumerate(plan.candidates, 1):
-            print(f"  {rank}. {candidate.name:<22} {candidate.reason}")
-        for exclusion in plan.excluded:
-            print(f"     {exclusion.name:<22} left out: {exclusion.reason}")
+        print("\n" + "\n".join(plan.lines()))
         proof = proofs.get(plan.model)
         if isinstance(proof, Selection):
             print(f"  -> serves on {proof.chosen}")

@@ -49,6 +49,13 @@ class BackendPlan:
         """Candidate names, in order."""
         return tuple(c.name for c in self.candidates)
 
+    def lines(self) -> list[str]:
+        """Human-readable plan: ranked candidates with reasons, then what was left out."""
+        text = [f"backend plan for {self.model}:"]
+        text += [f"  {rank}. {c.name:<22} {c.reason}" for rank, c in enumerate(self.candidates, 1)]
+        text += [f"     {e.name:<22} left out: {e.reason}" for e in self.excluded]
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` output."""
         return {

@@ -66,3 +66,21 @@ def test_huge_logits_do_not_overflow() -> None:
     with np.errstate(over="raise"):
         detections = decoder(boxes, scores, Placement(128, 128, 1, 1, 0, 0, 128, 128))
     assert [d.score for d in detections] == [pytest.approx(1.0)]
+
+
+def test_classifier_and_anomaly_decoding() -> None:
+    from models.decode import decode_anomaly, decode_classification
+    from models.manifest import AnomalyOutput, ClassifierOutput
+
+    spec = ClassifierOutput(kind="classifier", output="o", labels=("person", "cat", "car"))
+    verdict = decode_classification(spec, np.array([[1.0, 3.0, 0.0]], dtype=np.float32))
+    assert verdict.label == "cat"
+    assert sum(score for _, score in verdict.scores) == pytest.approx(1.0)
+    assert verdict.score == pytest.approx(np.exp(3) / (np.exp(1) + np.exp(3) + 1))
+    with pytest.raises(Exception, match="returned 2 scores for 3 labels"):
+        decode_classification(spec, np.zeros(2, dtype=np.float32))
+    # IsolationForest-style scores: lower means more anomalous.
+    anomaly = AnomalyOutput(kind="anomaly", output="o", threshold=-0.1,
+                            higher_is_anomalous=False)
+    results = decode_anomaly(anomaly, np.array([[0.2], [-0.3]], dtype=np.float32))
+    assert [r.is_anomaly for r in results] == [False, True]
