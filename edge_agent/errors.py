@@ -2,9 +2,12 @@
 
 Hierarchy::
 
-    EdgeAgentError          anything the agent refuses
-    ├── SampleDataError     sample footage cannot be produced
-    └── ImageReadError      an image file is missing or cannot be decoded
+    EdgeAgentError              anything the agent refuses
+    ├── ConfigError             the configuration file is missing, not TOML, or a value is wrong
+    ├── SampleDataError         sample footage or readings cannot be produced
+    ├── ImageReadError          an image file is missing or cannot be decoded
+    ├── SourceError             an input (camera, file, folder, topic) cannot be opened
+    └── OutboxError             the durable outbox cannot be opened or written
 """
 
 from __future__ import annotations
@@ -14,9 +17,29 @@ class EdgeAgentError(Exception):
     """Base of every error the edge agent raises."""
 
 
+class ConfigError(EdgeAgentError):
+    """The configuration is unusable; the message names the key, value and expectation.
+
+    Attributes:
+        key: Dotted key of the offending value, if one is to blame.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(message)
+
+
 class SampleDataError(EdgeAgentError):
-    """Sample footage cannot be produced (bad size, scikit-image missing)."""
+    """Sample footage or readings cannot be produced (bad size, scikit-image missing)."""
 
 
 class ImageReadError(EdgeAgentError):
     """An image file is missing or cannot be decoded."""
+
+
+class SourceError(EdgeAgentError):
+    """An input cannot be opened."""
+
+
+class OutboxError(EdgeAgentError):
+    """The durable outbox cannot be opened or written."""

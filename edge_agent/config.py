@@ -1,0 +1,260 @@
+"""The agent's configuration: one TOML file, validated before anything starts.
+
+Every section is a frozen pydantic model that refuses unknown keys. A bad value is one
+:class:`ConfigError` naming the key, the value and what was expected. Secrets may come
+from the environment instead of the file: ``EDGE_AGENT_MQTT_PASSWORD`` overrides
+``mqtt.password``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_agent.errors import ConfigError
+from sync import TopicError, check_name
+
+PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Section):
+    """Who this device is."""
+
+    id: str
+    group: str = "default"
+
+    @field_validator("id", "group")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return check_name(value)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class MqttConfig(_Section):
+    """The broker connection (MQTT 5)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    prefix: str = "fleet"
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    message_expiry_s: int = Field(default=24 * 3600, ge=1)
+    reconnect_min_s: Seconds = 0.5
+    reconnect_max_s: Seconds = 30.0
+    max_inflight: int = Field(default=100, ge=1, le=65535)
+    drain_rate_per_s: float = Field(default=500.0, gt=0, description="publishes/s when draining")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class OutboxConfig(_Section):
+    """The durable escalation outbox (SQLite, WAL)."""
+
+    path: Path = Path("outbox.sqlite3")
+    max_events: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    ttl_s: Seconds = 24 * 3600.0
+    when_full: Literal["evict", "refuse"] = "evict"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class PolicyConfig(_Section):
+    """When a result is decided locally, escalated or dropped."""
+
+    confident_score: float = Field(default=0.8, gt=0, le=1)
+    uncertain_score: float = Field(default=0.5, ge=0, lt=1)
+    suspicious_labels: tuple[str, ...] = ()
+    max_escalations_per_minute: float = Field(default=60.0, gt=0)
+    escalation_burst: int = Field(default=10, ge=1)
+    audit_sample_rate: float = Field(default=0.02, ge=0, le=1)
+    crop_max_bytes: int = Field(default=48 * 1024, ge=2048)
+    thumbnail_width: int = Field(default=320, ge=32)
+    min_interval_s: float = Field(default=0.0, ge=0, description="per source, between events")
+
+    @model_validator(mode="after")
+    def _band(self) -> PolicyConfig:
+        if self.uncertain_score >= self.confident_score:
+            raise ValueError("uncertain_score must be below confident_score")
+        return self
+
+
+class FallbackConfig(_Section):
+    """What happens when no verdict arrives in time."""
+
+    verdict_timeout_s: Seconds = 10.0
+    action: Literal["act", "hold"] = "act"
+
+
+class MotionConfig(_Section):
+    """The cheap motion gate in front of the detector."""
+
+    enabled: bool = True
+    changed_fraction: float = Field(default=0.004, gt=0, lt=1)
+    pixel_threshold: int = Field(default=18, ge=1, le=255)
+    hold_frames: int = Field(default=3, ge=0)
+    keyframe_interval: int = Field(default=150, ge=1, description="infer at least every N frames")
+    width: int = Field(default=160, ge=32)
+
+
+class SourceConfig(_Section):
+    """One input."""
+
+    name: str
+    kind: Literal["video", "folder", "sensor", "sample"]
+    url: str | None = None
+    model: str
+    backend: str | None = None
+    motion: MotionConfig = MotionConfig()
+    max_fps: float | None = Field(default=None, gt=0)
+    loop: bool = False
+    topic: str | None = None
+    window: int = Field(default=32, ge=2)
+    features: tuple[str, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return check_name(value, "source name")
+        except TopicError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _needs(self) -> SourceConfig:
+        if self.kind in ("video", "folder") and not self.url:
+            raise ValueError(f"a {self.kind} source needs url")
+        if self.kind == "sensor" and not self.topic:
+            raise ValueError("a sensor source needs topic")
+        return self
+
+
+class ActionConfig(_Section):
+    """Something local systems react to: an MQTT message, a command, or a webhook."""
+
+    kind: Literal["mqtt", "command", "webhook"]
+    on: tuple[Literal["decision", "verdict", "fallback", "reconciled"], ...] = (
+        "decision", "verdict", "fallback",
+    )
+    topic: str | None = None
+    command: tuple[str, ...] = ()
+    url: str | None = None
+    timeout_s: Seconds = 5.0
+
+    @model_validator(mode="after")
+    def _needs(self) -> ActionConfig:
+        wanted = {"mqtt": self.topic, "command": self.command, "webhook": self.url}[self.kind]
+        if not wanted:
+            field = {"mqtt": "topic", "command": "command", "webhook": "url"}[self.kind]
+            raise ValueError(f"a {self.kind} action needs {field}")
+        return self
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics on an optional local port (0 = off)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+
+
+class WatchdogConfig(_Section):
+    """When the pipeline counts as stuck (no frame finished for this long)."""
+
+    stuck_after_s: Seconds = 30.0
+
+
+class AgentConfig(_Section):
+    """The whole configuration file."""
+
+    device: DeviceConfig
+    state_dir: Path = Path("/var/lib/edge-agent")
+    model_store: Path | None = None
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    policy: PolicyConfig = PolicyConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    sources: tuple[SourceConfig, ...] = Field(min_length=1)
+    actions: tuple[ActionConfig, ...] = ()
+    metrics: MetricsConfig = MetricsConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> AgentConfig:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        """The outbox database, relative paths taken from ``state_dir``."""
+        return self.outbox.path if self.outbox.path.is_absolute() else (
+            self.state_dir / self.outbox.path
+        )
+
+
+def parse_config(raw: dict[str, Any], *, origin: str = "config",
+                 environ: dict[str, str] | None = None) -> AgentConfig:
+    """Validate a parsed TOML document, applying environment overrides for secrets.
+
+    Raises:
+        ConfigError: A key is unknown, missing or has a wrong value; the message names the
+            key, the value and what was expected.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    password = environ.get(PASSWORD_ENV)
+    if password is not None:
+        raw = {**raw, "mqtt": {**raw.get("mqtt", {}), "password": password}}
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"]) or None
+        if error["type"] == "missing":
+            raise ConfigError(f"{origin}: {key}: required key is missing", key=key) from exc
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(f"{origin}: {key}: unknown key", key=key) from exc
+        value = error.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "a table"
+        raise ConfigError(
+            f"{origin}: {key or '(top level)'} = {shown}: {error['msg']}", key=key
+        ) from exc
+
+
+def load_config(path: Path, *, environ: dict[str, str] | None = None) -> AgentConfig:
+    """Read and validate a TOML configuration file.
+
+    Raises:
+        ConfigError: The file is missing or not TOML, or a value is wrong.
+    """
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(raw, origin=str(path), environ=environ)

@@ -1,0 +1,354 @@
+"""The uplink thread: outbox commits, MQTT 5 publishes, PUBACKs, verdicts in.
+
+One thread, named ``uplink``, owns the outbox. Escalations reach it through a bounded
+queue (:meth:`Uplink.submit` blocks when it is full: back-pressure, never a silent drop).
+Each turn of its loop commits, in one transaction, every event that arrived and deletes
+every event whose PUBACK arrived; then it publishes, oldest first, as many stored events
+as the in-flight window and the drain rate allow. Events are published only after their
+commit, and deleted only after their PUBACK, so a crash at any point loses nothing: on
+start, everything still in the outbox is sent again (the hub deduplicates by event id).
+
+paho-mqtt runs its network loop in its own thread and calls back into this module; the
+callbacks only queue what they saw and wake the uplink thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.backoff import Backoff
+from edge_agent.config import MqttConfig
+from edge_agent.outbox import Outbox, OutboxItem
+from sync import StatusMessage, TopicLayout, encode
+
+log = logging.getLogger(__name__)
+
+INBOUND_QUEUE = 1024
+BATCH = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkCounters:
+    """A consistent snapshot of the uplink's counters."""
+
+    connected: bool
+    published: int
+    acknowledged: int
+    refused: int
+    reconnects: int
+    inflight: int
+    outbox_depth: int
+    outbox_bytes: int
+    dropped: int
+
+
+class Uplink:
+    """Durable, ordered, rate-limited delivery of escalations; and the verdict feed.
+
+    Args:
+        device_id: MQTT client id and the device part of every topic.
+        config: Broker connection settings.
+        outbox: The (unopened) outbox; the uplink thread opens and closes it.
+        layout: Topic layout.
+        status: Builds this device's status message (``online``/``offline``).
+        on_message: Called from paho's thread with ``(topic, payload)`` for each verdict
+            or other subscribed message; must be quick and thread-safe.
+        subscriptions: Extra topic filters to subscribe to (besides the verdicts).
+        on_drop: Called in the uplink thread for every dropped event ``(id, reason)``.
+        on_stored: Called in the uplink thread with the events each commit stored.
+        rng: Jitter source for reconnect backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        config: MqttConfig,
+        outbox: Outbox,
+        layout: TopicLayout,
+        status: Callable[[str], StatusMessage],
+        on_message: Callable[[str, bytes], None] | None = None,
+        subscriptions: tuple[str, ...] = (),
+        on_drop: Callable[[str, str], None] | None = None,
+        on_stored: Callable[[list[OutboxItem]], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.config = config
+        self.outbox = outbox
+        self.layout = layout
+        self._status = status
+        self._on_message = on_message
+        self._subscriptions = (layout.verdicts(device_id), *subscriptions)
+        self._on_drop = on_drop
+        self._on_stored = on_stored
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self._inbound: queue.Queue[OutboxItem] = queue.Queue(maxsize=INBOUND_QUEUE)
+        self._acks: deque[tuple[int, bool, str]] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._idle = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self._inflight: dict[int, str] = {}
+        self._cursor = 0
+        self._attempt = 0
+        self._tokens = float(config.max_inflight)
+        self._tokens_at = time.monotonic()
+        self.error: BaseException | None = None
+        self.published = self.acknowledged = self.refused = self.reconnects = 0
+        self.dropped = 0
+
+    # -- public ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker session is up."""
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Open the outbox, start paho's network loop and the uplink thread."""
+        self.outbox.open()
+        self._client = self._make_client()
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: OutboxItem, timeout_s: float | None = None) -> None:
+        """Hand one escalation to the uplink; blocks while the queue is full.
+
+        Raises:
+            queue.Full: Still full after ``timeout_s``.
+        """
+        self._inbound.put(item, timeout=timeout_s)
+        self._idle.clear()
+        self._wake.set()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued, in flight or stored (all delivered)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._idle.wait(0.05) and self._inbound.empty():
+                return True
+        return False
+
+    def counters(self) -> UplinkCounters:
+        """Current counters (read without locking; each value is itself consistent)."""
+        return UplinkCounters(
+            connected=self.connected, published=self.published,
+            acknowledged=self.acknowledged, refused=self.refused,
+            reconnects=self.reconnects, inflight=len(self._inflight),
+            outbox_depth=self.outbox.count, outbox_bytes=self.outbox.payload_bytes,
+            dropped=self.dropped,
+        )
+
+    def publish_side(self, topic: str, payload: bytes, *, qos: int = 0,
+                     retain: bool = False) -> None:
+        """Publish something that needs no outbox (telemetry, local actions)."""
+        if self._client is not None:
+            self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Commit what is queued, announce ``offline``, disconnect, close the outbox."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        client = self._client
+        if client is not None:
+            if self.connected:
+                info = client.publish(
+                    self.layout.status(self.device_id),
+                    encode(self._status("offline")), qos=1, retain=True,
+                )
+                try:
+                    info.wait_for_publish(timeout=2.0)
+                except (RuntimeError, ValueError):
+                    log.warning("could not announce offline status before disconnecting")
+            client.disconnect()
+            client.loop_stop()
+        self.outbox.close()
+
+    # -- the uplink thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                stopping = self._stop.is_set()
+                items = self._take_inbound()
+                acked = self._take_acks()
+                if items or acked:
+                    result = self.outbox.commit(items, acked)
+                    self.acknowledged += result.deleted
+                    for event_id, reason in result.dropped:
+                        self._dropped(event_id, reason)
+                    if result.stored and self._on_stored is not None:
+                        self._on_stored(result.stored)
+                self._publish_ready()
+                if stopping and self._inbound.empty():
+                    break
+                if self._inbound.empty() and not self._acks:
+                    if self.outbox.count == 0 and not self._inflight:
+                        self._idle.set()
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+        except BaseException as exc:
+            self.error = exc
+            log.exception("uplink thread failed")
+            raise
+
+    def _take_inbound(self) -> list[OutboxItem]:
+        items: list[OutboxItem] = []
+        while len(items) < BATCH:
+            try:
+                items.append(self._inbound.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _take_acks(self) -> list[str]:
+        acked: list[str] = []
+        while self._acks:
+            mid, failed, reason = self._acks.popleft()
+            event_id = self._inflight.pop(mid, None)
+            if event_id is None:
+                continue
+            if failed:
+                self.refused += 1
+                log.error("broker refused event %s: %s", event_id, reason)
+                self.outbox.record_drop(event_id, f"broker-refused: {reason}")
+                self._dropped(event_id, f"broker-refused: {reason}")
+            else:
+                acked.append(event_id)
+        return acked
+
+    def _dropped(self, event_id: str, reason: str) -> None:
+        self.dropped += 1
+        if self._on_drop is not None:
+            self._on_drop(event_id, reason)
+
+    def _publish_ready(self) -> None:
+        client = self._client
+        if client is None or not self.connected:
+            return
+        room = self.config.max_inflight - len(self._inflight)
+        now = time.monotonic()
+        rate = self.config.drain_rate_per_s
+        self._tokens = min(float(self.config.max_inflight),
+                           self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        budget = min(room, int(self._tokens), BATCH)
+        if budget <= 0:
+            if room > 0:  # rate-limited: come back when a token is due
+                threading.Timer(1.0 / rate, self._wake.set).start()
+            return
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.MessageExpiryInterval = self.config.message_expiry_s
+        for item in self.outbox.after(self._cursor, budget):
+            info = client.publish(item.topic, item.payload, qos=1, properties=properties)
+            # Not connected any more: paho keeps the message and sends it on reconnect.
+            self._inflight[info.mid] = item.event_id
+            self._cursor = item.seq
+            self._tokens -= 1
+            self.published += 1
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                log.warning("publish of %s returned %s", item.event_id, info.rc)
+
+    # -- paho adapter ----------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5
+        )
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        will = Properties(PacketTypes.WILLMESSAGE)
+        client.will_set(self.layout.status(self.device_id), encode(self._status("offline")),
+                        qos=1, retain=True, properties=will)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_publish = self._on_publish
+        client.on_message = self._on_paho_message
+        self._set_delay(client)
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = cfg.session_expiry_s
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s,
+                             clean_start=False, properties=connect)
+        return client
+
+    def _set_delay(self, client: mqtt.Client) -> None:
+        delay = self._backoff.delay(self._attempt, self._rng)
+        # paho annotates int seconds but waits float seconds; sub-second matters here.
+        client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            self._attempt += 1
+            self._set_delay(client)
+            return
+        self._attempt = 0
+        self._set_delay(client)
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        client.publish(self.layout.status(self.device_id), encode(self._status("online")),
+                       qos=1, retain=True)
+        self._connected.set()
+        self._wake.set()
+        log.info("connected to %s:%d (session present: %s)", self.config.host,
+                 self.config.port, getattr(flags, "session_present", "?"))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self._stop.is_set():
+            return
+        if was_connected:
+            self.reconnects += 1
+            log.warning("disconnected from the broker: %s; reconnecting", reason)
+        self._attempt += 1
+        self._set_delay(client)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._attempt += 1
+        self._set_delay(client)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        self._acks.append((mid, reason.is_failure, str(reason)))
+        self._wake.set()
+
+    def _on_paho_message(self, client: mqtt.Client, userdata: Any,
+                         message: mqtt.MQTTMessage) -> None:
+        if self._on_message is not None:
+            self._on_message(message.topic, bytes(message.payload))

@@ -1,0 +1,50 @@
+"""Errors raised by the sync layer (topics and message codec).
+
+Hierarchy::
+
+    SyncError                   anything this package refuses
+    ├── TopicError              a topic outside the layout, or a bad device id or group
+    └── MessageError            a payload that cannot be accepted
+        ├── OversizedMessageError   larger than the configured limit
+        └── MalformedMessageError   not JSON, wrong schema, or a field missing or wrong
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base of every error the sync layer raises."""
+
+
+class TopicError(SyncError, ValueError):
+    """A topic that is not part of the layout, or an unusable device id or group."""
+
+
+class MessageError(SyncError, ValueError):
+    """A payload that cannot be accepted."""
+
+
+class OversizedMessageError(MessageError):
+    """The payload is larger than the limit.
+
+    Attributes:
+        size: Bytes received.
+        limit: Bytes allowed.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class MalformedMessageError(MessageError):
+    """The payload is not valid JSON or does not match its schema.
+
+    Attributes:
+        field: Dotted path of the offending field, if one is to blame.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)

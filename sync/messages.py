@@ -1,0 +1,181 @@
+"""Messages between agent and hub, and their codec: JSON, validated strictly, no I/O.
+
+Every message carries a ``schema`` tag (``event/1``, ``verdict/1`` …). Images travel as
+base64 inside the JSON: an escalation's crop and thumbnail are bounded JPEGs, so the
+simplicity is worth the third more bytes. Decoding checks the size first, then the JSON,
+then every field; any failure is one :class:`MessageError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sync.errors import MalformedMessageError, OversizedMessageError
+from sync.ids import is_event_id
+from sync.topics import check_name
+
+DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024
+
+Score = Annotated[float, Field(ge=0.0, le=1.0)]
+Box = tuple[float, float, float, float]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+class ModelRef(_Message):
+    """Which model produced a result."""
+
+    name: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+
+
+class DetectionPayload(_Message):
+    """One detection: box in source-frame pixels, score, label, optional keypoints."""
+
+    box: Box
+    score: Score
+    label: str = Field(min_length=1, max_length=64)
+    keypoints: tuple[tuple[float, float], ...] = ()
+
+
+class _DeviceMessage(_Message):
+    device_id: str
+
+    @field_validator("device_id")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_name(value)
+
+
+class _EventBound(_DeviceMessage):
+    event_id: str
+
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, value: str) -> str:
+        if not is_event_id(value):
+            raise ValueError("must be a lower-case UUIDv7")
+        return value
+
+
+EscalationReason = Literal["uncertain", "suspicious", "audit", "anomaly"]
+
+
+class EventMessage(_EventBound):
+    """An escalation from an edge agent.
+
+    Attributes:
+        captured_at: When the frame or window was captured (Unix seconds).
+        priority: 0 (routine) to 9 (most urgent); decides outbox eviction order.
+        detections: What the edge model saw (empty for anomaly windows).
+        crop_jpeg: The region worth a second look, JPEG, bounded in size.
+        thumbnail_jpeg: The whole frame, small, JPEG.
+        anomaly_score: The edge anomaly model's score, for sensor windows.
+        readings: The sensor window that was scored.
+    """
+
+    schema_: Literal["event/1"] = Field(default="event/1", alias="schema")
+    source: str = Field(min_length=1, max_length=128)
+    captured_at: float
+    reason: EscalationReason
+    priority: int = Field(ge=0, le=9)
+    model: ModelRef
+    detections: tuple[DetectionPayload, ...] = Field(default=(), max_length=100)
+    frame_size: tuple[int, int] | None = None
+    crop_box: Box | None = None
+    crop_jpeg: bytes | None = None
+    thumbnail_jpeg: bytes | None = None
+    anomaly_score: float | None = None
+    readings: tuple[float, ...] = Field(default=(), max_length=4096)
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class VerdictMessage(_EventBound):
+    """The hub's judgement of one escalation, sent back to its device."""
+
+    schema_: Literal["verdict/1"] = Field(default="verdict/1", alias="schema")
+    outcome: Literal["confirmed", "rejected"]
+    detections: tuple[DetectionPayload, ...] = Field(default=(), max_length=100)
+    model: ModelRef
+    inference_ms: float = Field(ge=0.0)
+    decided_at: float
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class StatusMessage(_DeviceMessage):
+    """A device's retained online/offline state (also its MQTT last will)."""
+
+    schema_: Literal["status/1"] = Field(default="status/1", alias="schema")
+    state: Literal["online", "offline"]
+    at: float
+    agent_version: str = ""
+    models: dict[str, str] = Field(default_factory=dict)
+    backend: str = ""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class TelemetryMessage(_DeviceMessage):
+    """A device's periodic counters and gauges."""
+
+    schema_: Literal["telemetry/1"] = Field(default="telemetry/1", alias="schema")
+    at: float
+    values: dict[str, float]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+AnyMessage = EventMessage | VerdictMessage | StatusMessage | TelemetryMessage
+_M = TypeVar("_M", bound=_Message)
+
+
+def encode(message: _Message) -> bytes:
+    """Serialise a message to compact JSON bytes."""
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def decode(
+    payload: bytes, kind: type[_M], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> _M:
+    """Parse and validate ``payload`` as a ``kind`` message.
+
+    Raises:
+        OversizedMessageError: ``payload`` is longer than ``max_bytes``.
+        MalformedMessageError: Not JSON, not an object, wrong schema tag, or a bad field.
+    """
+    if len(payload) > max_bytes:
+        raise OversizedMessageError(len(payload), max_bytes)
+    try:
+        return kind.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise MalformedMessageError(f"not valid JSON: {first['msg']}") from exc
+        field = ".".join(str(p) for p in first["loc"]) or None
+        detail = "; ".join(_describe(e) for e in exc.errors()[:5])
+        raise MalformedMessageError(f"bad {kind.__name__}: {detail}", field=field) from exc
+
+
+def peek_schema(payload: bytes) -> str | None:
+    """The ``schema`` tag of a JSON payload, or ``None`` if there is none."""
+    try:
+        raw: Any = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return raw.get("schema") if isinstance(raw, dict) else None
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(message)"
+    if error["type"] == "missing":
+        return f"{loc}: required field is missing"
+    return f"{loc}: {error['msg']}"
