@@ -20,6 +20,7 @@ from edge_agent.config import MotionConfig
 
 GateReason = Literal["disabled", "first", "motion", "hold", "keyframe", "static"]
 BACKGROUND_RATE = 0.05
+SETTLING_RATE = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +51,12 @@ class MotionGate:
             return self._open("first", 1.0)
         delta = small - self._background
         delta -= np.float32(np.median(delta))  # remove global lighting change
-        changed = float(np.count_nonzero(np.abs(delta) > self.config.pixel_threshold))
-        changed /= delta.size
-        cv2.accumulateWeighted(small, self._background, BACKGROUND_RATE)
+        moving = (np.abs(delta) > self.config.pixel_threshold).astype(np.uint8)
+        changed = float(np.count_nonzero(moving)) / delta.size
+        # Learn the background where nothing moves; let a moving object sink in only
+        # slowly, so that it leaves no ghost behind and a parked one stops counting.
+        cv2.accumulateWeighted(small, self._background, BACKGROUND_RATE, mask=1 - moving)
+        cv2.accumulateWeighted(small, self._background, SETTLING_RATE, mask=moving)
         if changed >= self.config.changed_fraction:
             self._hold = self.config.hold_frames
             return self._open("motion", changed)

@@ -244,11 +244,12 @@ class Outbox:
     def _count_drops(self, dropped: list[tuple[str, str]]) -> None:
         if not dropped:
             return
-        for event_id, reason in dropped:
-            log.warning("outbox dropped event %s: %s", event_id, reason)
         totals: dict[str, int] = {}
         for _, reason in dropped:
             totals[reason] = totals.get(reason, 0) + 1
+        # One line per commit, not per event: a long outage must not flood the journal.
+        log.warning("outbox dropped %d event(s): %s (first: %s)", len(dropped),
+                    ", ".join(f"{n} {reason}" for reason, n in totals.items()), dropped[0][0])
         self.conn.executemany(
             "INSERT INTO drops (reason, count) VALUES (?, ?) "
             "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",

@@ -1,0 +1,66 @@
+"""Configuration: wrong values are refused naming key, value and expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.config import PASSWORD_ENV, load_config, parse_config
+from edge_agent.errors import ConfigError
+
+MINIMAL = """
+[device]
+id = "cam-1"
+
+[[sources]]
+name = "door"
+kind = "sample"
+model = "blazeface-short"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_and_defaults(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL), environ={})
+    assert config.device.id == "cam-1" and config.mqtt.port == 1883
+    assert config.outbox.synchronous == "FULL" and config.outbox.when_full == "evict"
+    assert config.outbox_path == Path("/var/lib/edge-agent/outbox.sqlite3")
+
+
+def test_password_comes_from_the_environment(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[mqtt]\npassword = "in-file"\n'
+    assert load_config(_write(tmp_path, text), environ={}).mqtt.password == "in-file"
+    config = load_config(_write(tmp_path, text), environ={PASSWORD_ENV: "from-env"})
+    assert config.mqtt.password == "from-env"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('[mqtt]\nport = "1883x"', "mqtt.port = '1883x': Input should be a valid integer"),
+    ("[mqtt]\nport = 70000", "mqtt.port = 70000: Input should be less than or equal to 65535"),
+    ('[outbox]\nwhen_full = "panic"', "outbox.when_full = 'panic': Input should be 'evict'"),
+    ("[policy]\nuncertain_score = 0.9\nconfident_score = 0.8", "uncertain_score must be below"),
+    ("[mqtt]\nhots = 'x'", "mqtt.hots: unknown key"),
+    ("[fallback]\nverdict_timeout_s = -1", "fallback.verdict_timeout_s = -1: Input should be"),
+])
+def test_wrong_values_are_named(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="agent.toml: ") as caught:
+        load_config(_write(tmp_path, MINIMAL + "\n" + extra), environ={})
+    assert message in str(caught.value)
+
+
+def test_missing_and_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="device: required key is missing"):
+        parse_config({"sources": []}, environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[device\nid="))
+    with pytest.raises(ConfigError, match="a video source needs url"):
+        parse_config({"device": {"id": "c"},
+                      "sources": [{"name": "s", "kind": "video", "model": "m"}]}, environ={})

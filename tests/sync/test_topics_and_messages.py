@@ -1,0 +1,136 @@
+"""The topic layout and message codec: round trips, and refusals that name the problem."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sync import (
+    DetectionPayload,
+    EventIdFactory,
+    EventMessage,
+    MalformedMessageError,
+    ModelRef,
+    OversizedMessageError,
+    StatusMessage,
+    TopicError,
+    TopicLayout,
+    VerdictMessage,
+    decode,
+    encode,
+    event_id_time_ms,
+    is_event_id,
+    peek_schema,
+)
+
+LAYOUT = TopicLayout("acme")
+
+
+def _event(**changes: object) -> EventMessage:
+    fields: dict[str, object] = {
+        "event_id": EventIdFactory()(), "device_id": "cam-1", "source": "door",
+        "captured_at": 1_790_000_000.5, "reason": "uncertain", "priority": 5,
+        "model": ModelRef(name="blazeface-short", version="1.0.0"),
+        "detections": (DetectionPayload(box=(1, 2, 30, 40), score=0.6, label="face",
+                                        keypoints=((5, 6),)),),
+        "crop_jpeg": b"\xff\xd8\xff\xe0jpeg", "frame_size": (640, 360),
+    }
+    fields.update(changes)
+    return EventMessage.model_validate(fields)
+
+
+def test_topics() -> None:
+    assert LAYOUT.events("cam-1") == "acme/v1/cam-1/events"
+    assert LAYOUT.verdicts("cam-1") == "acme/v1/cam-1/verdicts"
+    assert LAYOUT.models("lobby") == "acme/v1/groups/lobby/models"
+    assert LAYOUT.shared("hub", "events") == "$share/hub/acme/v1/+/events"
+    address = LAYOUT.parse("acme/v1/cam-1/status")
+    assert (address.name, address.kind) == ("cam-1", "status")
+    assert LAYOUT.parse("acme/v1/groups/lobby/models").kind == "models"
+
+
+@pytest.mark.parametrize("device", ["", "a/b", "+", "#", "cam 1", "x" * 65, ".."])
+def test_device_ids_that_could_escape_their_topics_are_refused(device: str) -> None:
+    with pytest.raises(TopicError, match="must be 1-64 characters"):
+        LAYOUT.events(device)
+
+
+@pytest.mark.parametrize("topic", [
+    "other/v1/cam-1/events", "acme/v2/cam-1/events", "acme/v1/cam-1/secrets",
+    "acme/v1/cam-1/events/extra", "acme/v1/+/events",
+])
+def test_foreign_topics_are_refused(topic: str) -> None:
+    with pytest.raises(TopicError):
+        LAYOUT.parse(topic)
+
+
+def test_event_round_trip_with_images() -> None:
+    event = _event()
+    payload = encode(event)
+    assert peek_schema(payload) == "event/1"
+    assert decode(payload, EventMessage) == event
+    assert json.loads(payload)["schema"] == "event/1"
+
+
+def test_ids_are_sortable_uuid7() -> None:
+    clock = iter([1000, 1000, 1000, 999, 1001])
+    make = EventIdFactory(clock_ms=lambda: next(clock), random_bits=lambda n: 0)
+    ids = [make() for _ in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert all(is_event_id(i) for i in ids)
+    assert event_id_time_ms(ids[0]) == 1000 and event_id_time_ms(ids[-1]) == 1001
+
+
+@pytest.mark.parametrize(("payload", "message", "field"), [
+    (b"{not json", "not valid JSON", None),
+    (b"[1]", "bad EventMessage", None),
+])
+def test_malformed_payloads(payload: bytes, message: str, field: str | None) -> None:
+    with pytest.raises(MalformedMessageError, match=message) as caught:
+        decode(payload, EventMessage)
+    if field:
+        assert caught.value.field == field
+
+
+def test_bad_fields_are_named() -> None:
+    raw = json.loads(encode(_event()))
+    raw["schema"] = "verdict/1"
+    with pytest.raises(MalformedMessageError) as caught:
+        decode(json.dumps(raw).encode(), EventMessage)
+    assert caught.value.field == "schema"
+    raw = json.loads(encode(_event()))
+    raw["priority"] = 12
+    with pytest.raises(MalformedMessageError) as caught:
+        decode(json.dumps(raw).encode(), EventMessage)
+    assert caught.value.field == "priority"
+    raw = json.loads(encode(_event()))
+    raw["event_id"] = "not-a-uuid"
+    with pytest.raises(MalformedMessageError, match="event_id: Value error, must be"):
+        decode(json.dumps(raw).encode(), EventMessage)
+    raw = json.loads(encode(_event()))
+    raw["device_id"] = "cam/2"
+    with pytest.raises(MalformedMessageError, match="device_id"):
+        decode(json.dumps(raw).encode(), EventMessage)
+    raw = json.loads(encode(_event()))
+    raw["admin"] = True
+    with pytest.raises(MalformedMessageError, match="admin: Extra inputs"):
+        decode(json.dumps(raw).encode(), EventMessage)
+
+
+def test_oversized_is_refused_before_parsing() -> None:
+    with pytest.raises(OversizedMessageError, match="exceeds the limit of 100 bytes"):
+        decode(b"x" * 101, EventMessage, max_bytes=100)
+
+
+def test_verdict_and_status() -> None:
+    verdict = VerdictMessage(
+        event_id=EventIdFactory()(), device_id="cam-1", outcome="confirmed",
+        model=ModelRef(name="blazeface-full", version="1.0.0"), inference_ms=3.5,
+        decided_at=1.0,
+    )
+    assert decode(encode(verdict), VerdictMessage) == verdict
+    status = StatusMessage(device_id="cam-1", state="offline", at=2.0)
+    assert decode(encode(status), StatusMessage).state == "offline"
+    with pytest.raises(MalformedMessageError):
+        decode(encode(status), VerdictMessage)
