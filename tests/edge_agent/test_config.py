@@ -49,7 +49,7 @@ def test_password_comes_from_the_environment(tmp_path: Path) -> None:
     ("[fallback]\nverdict_timeout_s = -1", "fallback.verdict_timeout_s = -1: Input should be"),
 ])
 def test_wrong_values_are_named(tmp_path: Path, extra: str, message: str) -> None:
-    with pytest.raises(ConfigError, match="agent.toml: ") as caught:
+    with pytest.raises(ConfigError, match=r"agent\.toml: ") as caught:
         load_config(_write(tmp_path, MINIMAL + "\n" + extra), environ={})
     assert message in str(caught.value)
 

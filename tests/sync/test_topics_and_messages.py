@@ -114,7 +114,7 @@ def test_bad_fields_are_named() -> None:
         decode(json.dumps(raw).encode(), EventMessage)
     raw = json.loads(encode(_event()))
     raw["admin"] = True
-    with pytest.raises(MalformedMessageError, match="admin: Extra inputs"):
+    with pytest.raises(MalformedMessageError, match=r"admin: Extra inputs"):
         decode(json.dumps(raw).encode(), EventMessage)
 
 
