@@ -9,15 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from edge_agent.agent import STATUS_FILE, EdgeAgent
+from edge_agent.config import load_config
 from edge_agent.errors import EdgeAgentError
 from edge_agent.footage import SampleFootage
 from edge_agent.images import read_image
+from edge_agent.sensors import train_anomaly_bundle
 from hardware import (
     BackendPlan,
     HardwareError,
@@ -44,6 +49,7 @@ log = logging.getLogger("edge_agent")
 Handler = Callable[[argparse.Namespace], int]
 
 DEMO_MODEL = "blazeface-short"
+STALE_AFTER_S = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object on stdout")
     listing.set_defaults(handler=_models_list)
 
+    run = commands.add_parser("run", help="run the agent service")
+    run.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    run.add_argument("--exit-when-done", action="store_true",
+                     help="exit once every input has ended and every escalation is delivered")
+    run.set_defaults(handler=_run)
+
+    status = commands.add_parser("status", help="show what a running agent is doing")
+    status.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    status.set_defaults(handler=_status)
+
+    train = model_commands.add_parser(
+        "train-anomaly", help="train the sensor anomaly model and store it as a bundle"
+    )
+    train.add_argument("--name", default="sensor-anomaly", help="bundle name")
+    train.add_argument("--version", default="1.0.0", help="bundle version")
+    train.add_argument("--window", type=int, default=32, help="readings per window")
+    train.set_defaults(handler=_models_train)
+
     demo = commands.add_parser(
         "demo", help="pull BlazeFace and run it over the sample footage"
     )
@@ -112,6 +137,61 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.store is not None:
+        config = config.model_copy(update={"model_store": args.store})
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return EdgeAgent(config).run(stop, exit_when_done=args.exit_when_done)
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = config.state_dir / STATUS_FILE
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EdgeAgentError(f"no status at {path}: is the agent running? ({exc})") from exc
+    age = time.time() - float(report.get("updated_at", 0))
+    report["stale"] = age > STALE_AFTER_S or not report.get("running")
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    state = "stopped" if not report.get("running") else (
+        f"not updated for {age:.0f} s" if report["stale"] else "running")
+    print(f"device {report['device_id']}: {state}, broker "
+          f"{'connected' if report['connected'] else 'disconnected'}, "
+          f"{report['reconnects']} reconnect(s)")
+    outbox = report["outbox"]
+    print(f"outbox: {outbox['events']} event(s), {outbox['bytes']} bytes, "
+          f"{outbox['inflight']} in flight; {report['dropped']} dropped")
+    print(f"escalations {report['escalations']}, verdicts {report['verdicts']}, "
+          f"local fallbacks {report['fallbacks']}, waiting {report['pending_verdicts']}")
+    last = report.get("last_verdict")
+    if last:
+        print(f"last verdict: {last['outcome']} for {last['event_id']} ({last['timing']})")
+    for name, source in report["sources"].items():
+        health = "healthy" if source["healthy"] else f"UNHEALTHY: {source['last_error']}"
+        print(f"  {name}: {source['model']} on {source['backend']}, {source['frames']} "
+              f"frames, {source['corrupt']} corrupt, {health}")
+    return 0
+
+
+def _models_train(args: argparse.Namespace) -> int:
+    manifest, model_bytes = train_anomaly_bundle(name=args.name, version=args.version,
+                                                 window=args.window)
+    bundle = _store(args).add(manifest, model_bytes)
+    print(f"trained {bundle.label} into {bundle.root}")
+    return 0
 
 
 def _store(args: argparse.Namespace) -> ModelStore:

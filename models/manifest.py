@@ -93,6 +93,9 @@ class InputSpec(_Strict):
     color_order: Literal["RGB", "BGR", "GRAY"] | None = None
     resize: Literal["letterbox", "stretch"] | None = None
     normalization: Normalization | None = None
+    feature_set: str | None = Field(
+        default=None, description="for NC inputs: the named feature extractor, e.g. window-stats/1"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
@@ -104,6 +107,8 @@ class InputSpec(_Strict):
             if self.color_order or self.resize or self.normalization:
                 raise ValueError("layout NC takes no color_order, resize or normalization")
             return self
+        if self.feature_set is not None:
+            raise ValueError("feature_set applies to layout NC only")
         if len(self.shape) != 4:
             raise ValueError(
                 f"layout {self.layout} needs a 4-dimensional shape, got {list(self.shape)}"

@@ -1,0 +1,534 @@
+"""The edge agent service: sources -> motion gate -> model -> policy -> outbox/uplink.
+
+Threads, each named: one per source (``source:<name>``) feeding a bounded work queue;
+``pipeline``, which runs the gate, the model and the policy, handles verdicts and the
+local fallback; ``uplink`` (outbox and MQTT); ``actions``; and the caller's thread, which
+runs :meth:`EdgeAgent.run`: systemd notifications, the watchdog, the status file.
+
+Shutdown (SIGTERM): sources stop, the pipeline finishes the item in hand, the uplink
+commits everything it was given, and the agent announces itself offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.actions import ActionEvent, ActionKind, ActionRunner
+from edge_agent.config import AgentConfig, SourceConfig
+from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.escalation import frame_event, window_event
+from edge_agent.fallback import PendingVerdicts
+from edge_agent.footage import SampleFootage
+from edge_agent.metrics import AgentMetrics
+from edge_agent.motion import MotionGate
+from edge_agent.notify import SystemdNotifier
+from edge_agent.outbox import Outbox, OutboxItem
+from edge_agent.policy import Decision, EscalationPolicy
+from edge_agent.sensors import ReadingWindow, SensorSource
+from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
+from edge_agent.uplink import Uplink
+from hardware import HardwareError, Selection, load_model, plan_backends, probe_hardware
+from models import Model, ModelError, ModelStore, default_store_path
+from models.features import FEATURE_SETS
+from sync import (
+    EventIdFactory,
+    EventMessage,
+    MessageError,
+    StatusMessage,
+    TopicError,
+    TopicLayout,
+    VerdictMessage,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+MAX_VERDICT_BYTES = 64 * 1024
+STATUS_FILE = "status.json"
+ModelLoader = Callable[[SourceConfig], tuple[Model, Selection]]
+WorkItem = FrameItem | ReadingWindow
+
+
+@dataclass(slots=True)
+class _Counters:
+    escalations: int = 0
+    verdicts: int = 0
+    fallbacks: int = 0
+    inference_errors: int = 0
+    last_verdict: dict[str, Any] = field(default_factory=dict)
+
+
+def store_model_loader(config: AgentConfig) -> ModelLoader:
+    """Load each source's model from the store on the best backend this machine has."""
+    store = ModelStore(config.model_store or default_store_path())
+    profile = probe_hardware()
+
+    def load(source: SourceConfig) -> tuple[Model, Selection]:
+        bundle = store.resolve(source.model)
+        return load_model(bundle, plan_backends(profile, bundle.manifest), only=source.backend)
+
+    return load
+
+
+class EdgeAgent:
+    """One agent process.
+
+    Args:
+        config: The validated configuration.
+        model_loader: Loads a source's model; tests pass one with fake backends.
+        notifier: systemd notifications; from the environment by default.
+        rng: Randomness for audit samples and backoff jitter.
+    """
+
+    def __init__(
+        self, config: AgentConfig, *, model_loader: ModelLoader | None = None,
+        notifier: SystemdNotifier | None = None, rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.layout = TopicLayout(config.mqtt.prefix)
+        self.metrics = AgentMetrics()
+        self._model_loader = model_loader or store_model_loader(config)
+        self._notifier = notifier or SystemdNotifier.from_environment()
+        self._rng = rng or random.Random()
+        self._ids = EventIdFactory()
+        self._policy = EscalationPolicy(config.policy, self._rng)
+        self._pending = PendingVerdicts(config.fallback.verdict_timeout_s)
+        self._work: queue.Queue[WorkItem] = queue.Queue(maxsize=2 * len(config.sources) + 2)
+        self._verdicts: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
+        self._source_stop = threading.Event()
+        self._pipeline_stop = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._busy_since: float | None = None
+        self._counters = _Counters()
+        self.models: dict[str, tuple[Model, Selection]] = {}
+        self.sources: dict[str, Source | SensorSource] = {}
+        self._gates: dict[str, MotionGate] = {}
+        self.uplink: Uplink | None = None
+        self._actions: ActionRunner | None = None
+        self._started_at = time.time()
+        self._corrupt_reported: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, exit_when_done: bool = False) -> int:
+        """Run until ``stop`` is set (or, with ``exit_when_done``, the inputs end).
+
+        Returns:
+            0 after a clean stop; 1 if the uplink failed.
+
+        Raises:
+            EdgeAgentError: A model or source could not be set up.
+        """
+        self._load_models()
+        self._build_sources()
+        self._start_metrics_server()
+        self.uplink = Uplink(
+            device_id=self.config.device.id, config=self.config.mqtt,
+            outbox=Outbox(self.config.outbox_path, self.config.outbox),
+            layout=self.layout, status=self._status_message, on_message=self._on_message,
+            on_drop=lambda _id, reason: self.metrics.dropped.labels(reason).inc(),
+            rng=self._rng,
+        )
+        self.uplink.start()
+        self._actions = ActionRunner(self.config.actions, publish=self._publish_local,
+                                     metrics=self.metrics)
+        self._actions.start()
+        threads = [
+            threading.Thread(target=self._pump, args=(source,), name=f"source:{name}",
+                             daemon=True)
+            for name, source in self.sources.items()
+        ]
+        for thread in threads:
+            thread.start()
+        pipeline = threading.Thread(target=self._pipeline, name="pipeline", daemon=True)
+        pipeline.start()
+        self._notifier.ready(self._summary())
+        exit_code = 0
+        try:
+            exit_code = self._supervise(stop, exit_when_done, threads)
+        finally:
+            self._notifier.stopping()
+            self._source_stop.set()
+            for thread in threads:
+                thread.join(5)
+            self._pipeline_stop.set()
+            pipeline.join(30)
+            self._actions.stop()
+            self.uplink.stop()
+            self._write_status(running=False)
+            for model, _ in self.models.values():
+                model.close()
+            self._notifier.close()
+        return exit_code
+
+    def _supervise(self, stop: threading.Event, exit_when_done: bool,
+                   threads: list[threading.Thread]) -> int:
+        interval = self._notifier.watchdog_interval_s or 1.0
+        interval = min(interval, 1.0)
+        while not stop.wait(interval):
+            assert self.uplink is not None
+            if self.uplink.error is not None:
+                log.error("uplink failed: %s; stopping", self.uplink.error)
+                return 1
+            stuck_for = self._stuck_for()
+            if stuck_for is None:
+                self._notifier.watchdog()
+                self._notifier.status(self._summary())
+            else:
+                self._notifier.status(f"pipeline stuck for {stuck_for:.0f} s")
+                log.error("pipeline stuck for %.0f s; withholding the watchdog", stuck_for)
+            self._refresh_gauges()
+            self._write_status(running=True)
+            if exit_when_done and self._done(threads):
+                log.info("all inputs finished and every escalation delivered; exiting")
+                return 0
+        return 0
+
+    def _stuck_for(self) -> float | None:
+        busy_since = self._busy_since
+        now = time.monotonic()
+        quiet = now - self._heartbeat
+        stalled = now - busy_since if busy_since is not None else quiet
+        if max(quiet, stalled) > self.config.watchdog.stuck_after_s:
+            return max(quiet, stalled)
+        return None
+
+    def _done(self, threads: list[threading.Thread]) -> bool:
+        assert self.uplink is not None
+        counters = self.uplink.counters()
+        return (
+            not any(t.is_alive() for t in threads)
+            and self._work.empty() and self._busy_since is None
+            and len(self._pending) == 0
+            and counters.outbox_depth == 0 and counters.inflight == 0
+        )
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def _load_models(self) -> None:
+        for source in self.config.sources:
+            try:
+                model, selection = self._model_loader(source)
+            except (ModelError, HardwareError) as exc:
+                raise EdgeAgentError(f"source {source.name}: {exc}") from exc
+            task = model.manifest.task
+            wants = "anomaly" if source.kind == "sensor" else "detector"
+            if task != wants:
+                raise ConfigError(
+                    f"source {source.name}: model {model.bundle.label} is a {task} model; "
+                    f"a {source.kind} source needs a {wants} model", key="sources.model",
+                )
+            feature_set = model.manifest.input.feature_set
+            if wants == "anomaly" and feature_set not in FEATURE_SETS:
+                raise ConfigError(
+                    f"source {source.name}: model needs feature set {feature_set!r}, "
+                    f"this agent has {', '.join(FEATURE_SETS)}", key="sources.model",
+                )
+            self.models[source.name] = (model, selection)
+            manifest = model.manifest
+            self.metrics.backend.labels(source.name, manifest.name, manifest.version,
+                                        selection.chosen).set(1)
+            for skipped in selection.skipped:
+                log.warning("source %s: skipped backend %s: %s", source.name, skipped.name,
+                            skipped.reason)
+            log.info("source %s: %s on %s", source.name, model.bundle.label, selection.chosen)
+
+    def _build_sources(self) -> None:
+        mqtt = self.config.mqtt
+        for cfg in self.config.sources:
+            source: Source | SensorSource
+            if cfg.kind == "video":
+                assert cfg.url is not None
+                source = VideoSource(cfg.name, cfg.url, max_fps=cfg.max_fps, loop=cfg.loop)
+            elif cfg.kind == "folder":
+                assert cfg.url is not None
+                source = FolderSource(cfg.name, Path(cfg.url), max_fps=cfg.max_fps)
+            elif cfg.kind == "sample":
+                source = SampleSource(cfg.name, SampleFootage(), max_fps=cfg.max_fps,
+                                      loop=cfg.loop)
+            else:
+                assert cfg.topic is not None
+                source = SensorSource(cfg.name, host=mqtt.host, port=mqtt.port,
+                                      topic=cfg.topic, window=cfg.window,
+                                      username=mqtt.username, password=mqtt.password)
+            self.sources[cfg.name] = source
+            self._gates[cfg.name] = MotionGate(cfg.motion)
+
+    def _start_metrics_server(self) -> None:
+        if self.config.metrics.port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.config.metrics.port, self.config.metrics.host,
+                              registry=self.metrics.registry)
+            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host,
+                     self.config.metrics.port)
+
+    # -- source threads --------------------------------------------------------------
+
+    def _pump(self, source: Source | SensorSource) -> None:
+        for item in source.frames(self._source_stop):
+            if source.live:
+                try:
+                    self._work.put_nowait(item)
+                except queue.Full:
+                    self.metrics.busy_drops.labels(source.name).inc()
+                continue
+            while not self._source_stop.is_set():
+                try:
+                    self._work.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    # -- the pipeline thread ---------------------------------------------------------
+
+    def _pipeline(self) -> None:
+        while not self._pipeline_stop.is_set():
+            self._heartbeat = time.monotonic()
+            try:
+                item = self._work.get(timeout=0.1)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self._busy_since = time.monotonic()
+                try:
+                    self._process(item)
+                finally:
+                    self._busy_since = None
+            self._handle_verdicts()
+            self._apply_fallbacks()
+
+    def _process(self, item: WorkItem) -> None:
+        name = item.source
+        model, _ = self.models[name]
+        if isinstance(item, ReadingWindow):
+            self._process_window(item, model)
+            return
+        self.metrics.frames.labels(name).inc()
+        if not self._gates[name].check(item.image).infer:
+            self.metrics.gated.labels(name).inc()
+            return
+        started = time.perf_counter()
+        try:
+            detections = model.detect(item.image)
+        except ModelError as exc:
+            self._counters.inference_errors += 1
+            self.metrics.dropped.labels("inference-error").inc()
+            log.error("source %s frame %d: inference failed: %s", name, item.index, exc)
+            return
+        self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+        self.metrics.inferences.labels(name).inc()
+        decision = self._policy.decide(name, detections, time.monotonic())
+        self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
+        if decision.action == "escalate":
+            event = frame_event(
+                event_id=self._ids(), device_id=self.config.device.id, source=name,
+                captured_at=item.captured_at, reason=decision.reason,  # type: ignore[arg-type]
+                priority=decision.priority, manifest=model.manifest,
+                detections=decision.detections, image=item.image,
+                crop_max_bytes=self.config.policy.crop_max_bytes,
+                thumbnail_width=self.config.policy.thumbnail_width,
+            )
+            self._escalate(event, decision)
+        elif decision.action == "local" and decision.positive:
+            self._act("decision", name, decision)
+
+    def _process_window(self, item: ReadingWindow, model: Model) -> None:
+        name = item.source
+        self.metrics.frames.labels(name).inc()
+        feature_set = model.manifest.input.feature_set
+        assert feature_set is not None
+        features = FEATURE_SETS[feature_set](item.values)
+        try:
+            [score] = model.score(features)
+        except ModelError as exc:
+            self.metrics.dropped.labels("inference-error").inc()
+            log.error("source %s: anomaly model failed: %s", name, exc)
+            return
+        self.metrics.inferences.labels(name).inc()
+        decision = self._policy.decide_anomaly(name, score, time.monotonic())
+        self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
+        if decision.action == "escalate":
+            self._escalate(window_event(
+                event_id=self._ids(), device_id=self.config.device.id, source=name,
+                captured_at=item.captured_at, priority=decision.priority,
+                manifest=model.manifest, values=item.values, score=score.score,
+            ), decision)
+
+    def _escalate(self, event: EventMessage, decision: Decision) -> None:
+        assert self.uplink is not None
+        item = OutboxItem(event.event_id, self.layout.events(self.config.device.id),
+                          encode(event), event.priority, time.time())
+        while True:  # back-pressure: wait for the uplink rather than lose the event
+            try:
+                self.uplink.submit(item, timeout_s=0.5)
+                break
+            except queue.Full:
+                self._heartbeat = time.monotonic()
+                log.warning("uplink queue full; waiting to hand over %s", event.event_id)
+        self._counters.escalations += 1
+        self.metrics.escalations.labels(event.source, event.reason).inc()
+        self._pending.add(event.event_id, event.source, decision.positive, time.monotonic())
+
+    # -- verdicts and the local fallback ----------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """Called in paho's thread: queue it for the pipeline thread."""
+        try:
+            self._verdicts.put_nowait((topic, payload))
+        except queue.Full:
+            self.metrics.dropped.labels("verdict-queue-full").inc()
+
+    def _handle_verdicts(self) -> None:
+        while True:
+            try:
+                topic, payload = self._verdicts.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                address = self.layout.parse(topic)
+                if address.kind != "verdicts" or address.name != self.config.device.id:
+                    raise TopicError(f"not this device's verdict topic: {topic}")
+                verdict = decode(payload, VerdictMessage, max_bytes=MAX_VERDICT_BYTES)
+                if verdict.device_id != self.config.device.id:
+                    raise TopicError(f"verdict for device {verdict.device_id!r}")
+            except (MessageError, TopicError) as exc:
+                self.metrics.malformed.labels("verdict").inc()
+                log.warning("dropped a bad verdict on %s: %s", topic, exc)
+                continue
+            self._apply_verdict(verdict)
+
+    def _apply_verdict(self, verdict: VerdictMessage) -> None:
+        confirmed = verdict.outcome == "confirmed"
+        resolution = self._pending.resolve(verdict.event_id, confirmed)
+        self.metrics.verdicts.labels(verdict.outcome, resolution.kind).inc()
+        self._counters.verdicts += 1
+        self._counters.last_verdict = {
+            "event_id": verdict.event_id, "outcome": verdict.outcome,
+            "timing": resolution.kind, "at": time.time(),
+        }
+        pending = resolution.pending
+        if pending is None:
+            return
+        labels = tuple(sorted({d.label for d in verdict.detections}))
+        score = max((d.score for d in verdict.detections), default=None)
+        if resolution.kind == "on-time":
+            self._dispatch(ActionEvent("verdict", self.config.device.id, pending.source,
+                                       confirmed, time.time(), verdict.event_id,
+                                       verdict.outcome, labels, score))
+        else:
+            log.info("late verdict for %s: %s, %s the local fallback", verdict.event_id,
+                     verdict.outcome, "agreeing with" if resolution.agrees else "overruling")
+            self._dispatch(ActionEvent("reconciled", self.config.device.id, pending.source,
+                                       confirmed, time.time(), verdict.event_id,
+                                       verdict.outcome, labels, score, resolution.agrees))
+
+    def _apply_fallbacks(self) -> None:
+        for entry in self._pending.expire(time.monotonic()):
+            self._counters.fallbacks += 1
+            self.metrics.fallbacks.inc()
+            act = self.config.fallback.action == "act"
+            log.info("no verdict for %s in %.0f s: %s locally", entry.event_id,
+                     self.config.fallback.verdict_timeout_s, "acting" if act else "holding")
+            if act:
+                self._dispatch(ActionEvent("fallback", self.config.device.id, entry.source,
+                                           entry.positive, time.time(), entry.event_id))
+
+    def _act(self, kind: ActionKind, source: str, decision: Decision) -> None:
+        labels = tuple(sorted({d.label for d in decision.detections}))
+        score = max((d.score for d in decision.detections), default=None)
+        self._dispatch(ActionEvent(kind, self.config.device.id, source, decision.positive,
+                                   time.time(), None, None, labels, score))
+
+    def _dispatch(self, event: ActionEvent) -> None:
+        if self._actions is not None:
+            self._actions.dispatch(event)
+
+    def _publish_local(self, topic: str, payload: bytes) -> None:
+        if self.uplink is not None:
+            self.uplink.publish_side(topic, payload, qos=1)
+
+    # -- status ----------------------------------------------------------------------
+
+    def _status_message(self, state: str) -> StatusMessage:
+        return StatusMessage(
+            device_id=self.config.device.id, state=state,  # type: ignore[arg-type]
+            at=time.time(), agent_version=VERSION,
+            models={m.manifest.name: m.manifest.version for m, _ in self.models.values()},
+            backend=", ".join(sorted({s.chosen for _, s in self.models.values()})),
+        )
+
+    def _summary(self) -> str:
+        connected = self.uplink is not None and self.uplink.connected
+        depth = self.uplink.outbox.count if self.uplink is not None else 0
+        return (f"{len(self.sources)} source(s); broker {'up' if connected else 'down'}; "
+                f"outbox {depth}; escalations {self._counters.escalations}")
+
+    def _refresh_gauges(self) -> None:
+        assert self.uplink is not None
+        counters = self.uplink.counters()
+        self.metrics.outbox_events.set(counters.outbox_depth)
+        self.metrics.outbox_bytes.set(counters.outbox_bytes)
+        self.metrics.reconnects.set(counters.reconnects)
+        self.metrics.connected.set(1 if counters.connected else 0)
+        for name, source in self.sources.items():
+            self.metrics.source_healthy.labels(name).set(1 if source.health.healthy else 0)
+            with source.health.lock:
+                corrupt = source.health.corrupt
+            new = corrupt - self._corrupt_reported.get(name, 0)
+            if new > 0:
+                self.metrics.corrupt.labels(name).inc(new)
+                self._corrupt_reported[name] = corrupt
+
+    def snapshot(self, *, running: bool = True) -> dict[str, Any]:
+        """Everything ``edge-agent status`` shows."""
+        uplink = self.uplink.counters() if self.uplink is not None else None
+        sources = {}
+        for name, source in self.sources.items():
+            model, selection = self.models[name]
+            health = source.health
+            sources[name] = {
+                "model": model.bundle.label, "backend": selection.chosen,
+                "healthy": health.healthy, "frames": health.frames,
+                "corrupt": health.corrupt, "reopens": health.reopens,
+                "finished": health.finished, "last_error": health.last_error,
+            }
+        return {
+            "device_id": self.config.device.id, "running": running, "pid": os.getpid(),
+            "version": VERSION, "started_at": self._started_at, "updated_at": time.time(),
+            "connected": bool(uplink and uplink.connected),
+            "outbox": {"events": uplink.outbox_depth if uplink else 0,
+                       "bytes": uplink.outbox_bytes if uplink else 0,
+                       "inflight": uplink.inflight if uplink else 0},
+            "published": uplink.published if uplink else 0,
+            "reconnects": uplink.reconnects if uplink else 0,
+            "dropped": uplink.dropped if uplink else 0,
+            "escalations": self._counters.escalations,
+            "verdicts": self._counters.verdicts,
+            "fallbacks": self._counters.fallbacks,
+            "pending_verdicts": len(self._pending),
+            "last_verdict": self._counters.last_verdict or None,
+            "sources": sources,
+        }
+
+    def _write_status(self, *, running: bool) -> None:
+        path = self.config.state_dir / STATUS_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.snapshot(running=running), indent=2))
+            temporary.replace(path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)

@@ -1,0 +1,54 @@
+"""The agent's Prometheus metrics, in a registry of its own (one per agent)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class AgentMetrics:
+    """Every counter and gauge the agent exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames = Counter("edge_frames", "Frames read", ["source"], registry=r)
+        self.gated = Counter("edge_frames_gated", "Frames skipped by the motion gate",
+                             ["source"], registry=r)
+        self.corrupt = Counter("edge_frames_corrupt", "Corrupt or empty frames skipped",
+                               ["source"], registry=r)
+        self.busy_drops = Counter("edge_frames_dropped_busy",
+                                  "Live frames dropped while the pipeline was busy",
+                                  ["source"], registry=r)
+        self.inferences = Counter("edge_inferences", "Model calls", ["source"], registry=r)
+        self.latency = Histogram("edge_inference_seconds", "Model call latency", ["source"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.backend = Gauge("edge_backend_info", "Backend serving each source's model",
+                             ["source", "model", "version", "backend"], registry=r)
+        self.decisions = Counter("edge_decisions", "Decisions by action and reason",
+                                 ["source", "action", "reason"], registry=r)
+        self.escalations = Counter("edge_escalations", "Escalations stored for the hub",
+                                   ["source", "reason"], registry=r)
+        self.verdicts = Counter("edge_verdicts", "Verdicts received",
+                                ["outcome", "timing"], registry=r)
+        self.fallbacks = Counter("edge_local_fallbacks",
+                                 "Escalations decided locally after the verdict deadline",
+                                 registry=r)
+        self.dropped = Counter("edge_dropped", "Events or messages dropped, by reason",
+                               ["reason"], registry=r)
+        self.malformed = Counter("edge_malformed_messages",
+                                 "Messages from the broker that were refused", ["kind"],
+                                 registry=r)
+        self.actions = Counter("edge_actions", "Local actions run", ["kind", "result"],
+                               registry=r)
+        self.outbox_events = Gauge("edge_outbox_events", "Escalations waiting for PUBACK",
+                                   registry=r)
+        self.outbox_bytes = Gauge("edge_outbox_bytes", "Payload bytes in the outbox",
+                                  registry=r)
+        self.reconnects = Gauge("edge_mqtt_reconnects", "Broker reconnections since start",
+                                registry=r)
+        self.connected = Gauge("edge_mqtt_connected", "1 while the broker session is up",
+                               registry=r)
+        self.source_healthy = Gauge("edge_source_healthy", "1 while a source delivers",
+                                    ["source"], registry=r)
