@@ -67,6 +67,7 @@ class _Counters:
     verdicts: int = 0
     fallbacks: int = 0
     inference_errors: int = 0
+    malformed_verdicts: int = 0
     last_verdict: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,6 +120,7 @@ class EdgeAgent:
         self._actions: ActionRunner | None = None
         self._started_at = time.time()
         self._corrupt_reported: dict[str, int] = {}
+        self._processed: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -313,6 +315,7 @@ class EdgeAgent:
     def _process(self, item: WorkItem) -> None:
         name = item.source
         model, _ = self.models[name]
+        self._processed[name] = self._processed.get(name, 0) + 1
         if isinstance(item, ReadingWindow):
             self._process_window(item, model)
             return
@@ -406,6 +409,7 @@ class EdgeAgent:
                     raise TopicError(f"verdict for device {verdict.device_id!r}")
             except (MessageError, TopicError) as exc:
                 self.metrics.malformed.labels("verdict").inc()
+                self._counters.malformed_verdicts += 1
                 log.warning("dropped a bad verdict on %s: %s", topic, exc)
                 continue
             self._apply_verdict(verdict)
@@ -502,6 +506,7 @@ class EdgeAgent:
             sources[name] = {
                 "model": model.bundle.label, "backend": selection.chosen,
                 "healthy": health.healthy, "frames": health.frames,
+                "processed": self._processed.get(name, 0),
                 "corrupt": health.corrupt, "reopens": health.reopens,
                 "finished": health.finished, "last_error": health.last_error,
             }
@@ -516,6 +521,7 @@ class EdgeAgent:
             "reconnects": uplink.reconnects if uplink else 0,
             "dropped": uplink.dropped if uplink else 0,
             "escalations": self._counters.escalations,
+            "malformed_verdicts": self._counters.malformed_verdicts,
             "verdicts": self._counters.verdicts,
             "fallbacks": self._counters.fallbacks,
             "pending_verdicts": len(self._pending),

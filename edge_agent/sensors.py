@@ -116,10 +116,9 @@ class SensorSource(Source):
     """Readings from a local MQTT topic, cut into overlapping windows.
 
     A message is a JSON number or an object with a numeric ``value``. Anything else is
-    counted as corrupt and skipped.
+    counted as corrupt and skipped. Windows queue up in the source (up to 64) rather than
+    being dropped when the pipeline is busy: each one is cheap to score.
     """
-
-    live = True
 
     def __init__(self, name: str, *, host: str, port: int, topic: str,
                  window: int = DEFAULT_WINDOW, username: str | None = None,

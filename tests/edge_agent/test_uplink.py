@@ -83,6 +83,9 @@ def test_zero_loss_across_broker_restarts(
     try:
         for _ in range(3):
             time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while not uplink.connected and time.monotonic() < deadline:
+                time.sleep(0.02)
             broker.restart(down_s=0.4)
         producer.join(60)
         assert uplink.wait_idle(60)
