@@ -8,11 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.config import AgentConfig, parse_config

@@ -16,8 +16,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sync import EventMessage, ModelRef, TopicLayout, VerdictMessage, decode, encode
 from models import ModelStore
+from sync import EventMessage, ModelRef, TopicLayout, VerdictMessage, decode, encode
 from tests.broker import Collector, MosquittoBroker
 from tests.edge_agent.agent_helpers import (
     AgentThread,

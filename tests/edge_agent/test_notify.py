@@ -14,7 +14,7 @@ from edge_agent.config import SourceConfig
 from edge_agent.notify import SystemdNotifier
 from hardware import Selection, plan_backends, probe_hardware
 from hardware.select import SkippedBackend
-from models import BackendDescription, BackendSpec, FakeBackend, Model, ModelBundle, ModelStore
+from models import BackendDescription, BackendSpec, FakeBackend, Model, ModelStore
 from tests.broker import MosquittoBroker
 from tests.edge_agent.agent_helpers import AgentThread, agent_config
 
