@@ -6,9 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import overhead
+from bench import gate, overhead
 
-BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"overhead": overhead.main}
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
+    "gate": gate.main,
+    "overhead": overhead.main,
+}
 
 
 def main() -> int:

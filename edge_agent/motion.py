@@ -50,7 +50,8 @@ class MotionGate:
             self._background = small.copy()
             return self._open("first", 1.0)
         delta = small - self._background
-        delta -= np.float32(np.median(delta))  # remove global lighting change
+        # Remove a global lighting change; every 4th pixel estimates the median well.
+        delta -= np.float32(np.median(delta[::2, ::2]))
         moving = (np.abs(delta) > self.config.pixel_threshold).astype(np.uint8)
         changed = float(np.count_nonzero(moving)) / delta.size
         # Learn the background where nothing moves; let a moving object sink in only
@@ -73,9 +74,9 @@ class MotionGate:
         return GateDecision(True, reason, changed)
 
     def _shrink(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        height, width = frame.shape[:2]
-        target_w = min(self.config.width, width)
-        target_h = max(1, round(height * target_w / width))
+        # Plain subsampling, then a blur: a quarter of the cost of an area resize of the
+        # whole frame, and the blur does the anti-aliasing that matters for differencing.
+        step = max(1, frame.shape[1] // self.config.width)
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
-        small = cv2.resize(grey, (target_w, target_h), interpolation=cv2.INTER_AREA)
+        small = np.ascontiguousarray(grey[::step, ::step])
         return np.asarray(cv2.GaussianBlur(small, (5, 5), 0), dtype=np.float32)

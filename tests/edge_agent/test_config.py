@@ -64,3 +64,17 @@ def test_missing_and_unreadable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="a video source needs url"):
         parse_config({"device": {"id": "c"},
                       "sources": [{"name": "s", "kind": "video", "model": "m"}]}, environ={})
+
+
+def test_packaged_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent.parent / "packaging" / "agent.example.toml"
+    config = load_config(example, environ={PASSWORD_ENV: "secret"})
+    assert [s.kind for s in config.sources] == ["video", "sensor"]
+    assert config.mqtt.password == "secret"
+
+
+def test_systemd_unit_has_the_promised_settings() -> None:
+    unit = (Path(__file__).parent.parent.parent / "packaging" / "edge-agent.service").read_text()
+    for setting in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=",
+                    "ProtectSystem=strict", "NoNewPrivileges=yes", "User=edge-agent"):
+        assert setting in unit
