@@ -6,11 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import gate, overhead
+from bench import gate, overhead, publish
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "gate": gate.main,
     "overhead": overhead.main,
+    "publish": publish.main,
 }
 
 

@@ -36,7 +36,7 @@ from edge_agent.outbox import Outbox, OutboxItem
 from edge_agent.policy import Decision, EscalationPolicy
 from edge_agent.sensors import ReadingWindow, SensorSource
 from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
-from edge_agent.uplink import Uplink
+from edge_agent.uplink import ConnectionState, Uplink
 from hardware import HardwareError, Selection, load_model, plan_backends, probe_hardware
 from models import Model, ModelError, ModelStore, default_store_path
 from models.features import FEATURE_SETS
@@ -466,9 +466,9 @@ class EdgeAgent:
 
     # -- status ----------------------------------------------------------------------
 
-    def _status_message(self, state: str) -> StatusMessage:
+    def _status_message(self, state: ConnectionState) -> StatusMessage:
         return StatusMessage(
-            device_id=self.config.device.id, state=state,  # type: ignore[arg-type]
+            device_id=self.config.device.id, state=state,
             at=time.time(), agent_version=VERSION,
             models={m.manifest.name: m.manifest.version for m, _ in self.models.values()},
             backend=", ".join(sorted({s.chosen for _, s in self.models.values()})),

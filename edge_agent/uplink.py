@@ -2,11 +2,17 @@
 
 One thread, named ``uplink``, owns the outbox. Escalations reach it through a bounded
 queue (:meth:`Uplink.submit` blocks when it is full: back-pressure, never a silent drop).
-Each turn of its loop commits, in one transaction, every event that arrived and deletes
-every event whose PUBACK arrived; then it publishes, oldest first, as many stored events
+Each turn of its loop commits, in one transaction, every event that arrived (and the
+deletes of acknowledged events); then it publishes, oldest first, as many stored events
 as the in-flight window and the drain rate allow. Events are published only after their
 commit, and deleted only after their PUBACK, so a crash at any point loses nothing: on
 start, everything still in the outbox is sent again (the hub deduplicates by event id).
+
+Deletes are not urgent (a crash before one is committed costs a duplicate, never a
+loss), so they ride along with the next insert, or are flushed in groups of
+:data:`DELETE_BATCH`, after :data:`DELETE_DELAY_S`, or when nothing is in flight: one
+fsync for many PUBACKs. Freshly stored events are published from memory; the database is
+read back only for a backlog (after a restart or an outage).
 
 paho-mqtt runs its network loop in its own thread and calls back into this module; the
 callbacks only queue what they saw and wake the uplink thread.
@@ -23,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -38,8 +44,30 @@ from sync import StatusMessage, TopicLayout, encode
 
 log = logging.getLogger(__name__)
 
+ConnectionState = Literal["online", "offline"]
 INBOUND_QUEUE = 1024
 BATCH = 1024
+DELETE_BATCH = 512
+HANDOFF_WINDOWS = 8
+ACK_WAKE = 64
+FAILURE_CODE = 0x80  # MQTT 5 reason codes from 0x80 up are failures
+DELETE_DELAY_S = 0.25
+
+
+class _PackedProperties(Properties):
+    """PUBLISH properties packed once: paho packs them again for every message otherwise,
+    which costs as much as the rest of a publish."""
+
+    def __init__(self, message_expiry_s: int) -> None:
+        super().__init__(PacketTypes.PUBLISH)
+        self.MessageExpiryInterval = message_expiry_s
+        # Properties refuses attributes that are not MQTT property names.
+        object.__setattr__(self, "_packed", super().pack())
+
+    def pack(self) -> bytes:
+        """The bytes packed at construction."""
+        packed: bytes = object.__getattribute__(self, "_packed")
+        return packed
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +109,7 @@ class Uplink:
         config: MqttConfig,
         outbox: Outbox,
         layout: TopicLayout,
-        status: Callable[[str], StatusMessage],
+        status: Callable[[ConnectionState], StatusMessage],
         on_message: Callable[[str, bytes], None] | None = None,
         subscriptions: tuple[str, ...] = (),
         on_drop: Callable[[str, str], None] | None = None,
@@ -99,7 +127,8 @@ class Uplink:
         self._on_stored = on_stored
         self._rng = rng or random.Random()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
-        self._inbound: queue.Queue[OutboxItem] = queue.Queue(maxsize=INBOUND_QUEUE)
+        self._inbound: deque[OutboxItem] = deque()
+        self._room = threading.Condition()
         self._acks: deque[tuple[int, bool, str]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -107,9 +136,14 @@ class Uplink:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
-        self._inflight: dict[int, str] = {}
+        self._inflight: dict[int, OutboxItem] = {}  # by MQTT message id
+        self._acked: list[tuple[int, int]] = []  # (seq, disk cost)
+        self._acked_since = 0.0
+        self._ready: deque[OutboxItem] = deque()
+        self._backlog = True  # until the database has been read once, it may hold events
         self._cursor = 0
         self._attempt = 0
+        self._properties = _PackedProperties(config.message_expiry_s)
         self._tokens = float(config.max_inflight)
         self._tokens_at = time.monotonic()
         self.error: BaseException | None = None
@@ -137,15 +171,22 @@ class Uplink:
         Raises:
             queue.Full: Still full after ``timeout_s``.
         """
-        self._inbound.put(item, timeout=timeout_s)
-        self._idle.clear()
-        self._wake.set()
+        if len(self._inbound) >= INBOUND_QUEUE:
+            with self._room:
+                if not self._room.wait_for(lambda: len(self._inbound) < INBOUND_QUEUE,
+                                           timeout_s):
+                    raise queue.Full
+        self._inbound.append(item)
+        if self._idle.is_set():
+            self._idle.clear()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is queued, in flight or stored (all delivered)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._idle.wait(0.05) and self._inbound.empty():
+            if self._idle.wait(0.05) and not self._inbound:
                 return True
         return False
 
@@ -155,7 +196,7 @@ class Uplink:
             connected=self.connected, published=self.published,
             acknowledged=self.acknowledged, refused=self.refused,
             reconnects=self.reconnects, inflight=len(self._inflight),
-            outbox_depth=self.outbox.count, outbox_bytes=self.outbox.payload_bytes,
+            outbox_depth=self.outbox.count, outbox_bytes=self.outbox.stored_bytes,
             dropped=self.dropped,
         )
 
@@ -193,21 +234,22 @@ class Uplink:
             while True:
                 stopping = self._stop.is_set()
                 items = self._take_inbound()
-                acked = self._take_acks()
-                if items or acked:
+                self._take_acks()
+                if items or self._deletes_due(stopping):
+                    acked, self._acked = self._acked, []
                     result = self.outbox.commit(items, acked)
                     self.acknowledged += result.deleted
                     for event_id, reason in result.dropped:
                         self._dropped(event_id, reason)
-                    if result.stored and self._on_stored is not None:
-                        self._on_stored(result.stored)
+                    if result.stored:
+                        self._stored(result.stored)
                 self._publish_ready()
-                if stopping and self._inbound.empty():
+                if stopping and not self._inbound:
                     break
-                if self._inbound.empty() and not self._acks:
+                if not self._inbound and not self._acks:
                     if self.outbox.count == 0 and not self._inflight:
                         self._idle.set()
-                    self._wake.wait(0.2)
+                    self._wake.wait(DELETE_DELAY_S if self._acked else 0.2)
                     self._wake.clear()
         except BaseException as exc:
             self.error = exc
@@ -215,29 +257,45 @@ class Uplink:
             raise
 
     def _take_inbound(self) -> list[OutboxItem]:
-        items: list[OutboxItem] = []
-        while len(items) < BATCH:
-            try:
-                items.append(self._inbound.get_nowait())
-            except queue.Empty:
-                break
+        inbound = self._inbound
+        items = [inbound.popleft() for _ in range(min(BATCH, len(inbound)))]
+        if items:
+            with self._room:
+                self._room.notify_all()
         return items
 
-    def _take_acks(self) -> list[str]:
-        acked: list[str] = []
+    def _deletes_due(self, stopping: bool) -> bool:
+        if not self._acked:
+            return False
+        return (
+            stopping or len(self._acked) >= DELETE_BATCH or not self._inflight
+            or time.monotonic() - self._acked_since >= DELETE_DELAY_S
+        )
+
+    def _stored(self, stored: list[OutboxItem]) -> None:
+        if self._on_stored is not None:
+            self._on_stored(stored)
+        if self._backlog or not self.connected:
+            self._backlog = True  # they wait in the database
+        else:
+            self._ready.extend(stored)
+
+    def _take_acks(self) -> None:
+        if self._acks and not self._acked:
+            self._acked_since = time.monotonic()
         while self._acks:
             mid, failed, reason = self._acks.popleft()
-            event_id = self._inflight.pop(mid, None)
-            if event_id is None:
+            sent = self._inflight.pop(mid, None)
+            if sent is None:
                 continue
+            event_id = sent.event_id
             if failed:
                 self.refused += 1
                 log.error("broker refused event %s: %s", event_id, reason)
-                self.outbox.record_drop(event_id, f"broker-refused: {reason}")
+                self.outbox.record_drop(sent, f"broker-refused: {reason}")
                 self._dropped(event_id, f"broker-refused: {reason}")
             else:
-                acked.append(event_id)
-        return acked
+                self._acked.append((sent.seq, sent.cost))
 
     def _dropped(self, event_id: str, reason: str) -> None:
         self.dropped += 1
@@ -248,10 +306,13 @@ class Uplink:
         client = self._client
         if client is None or not self.connected:
             return
-        room = self.config.max_inflight - len(self._inflight)
+        # paho keeps ``max_inflight`` on the wire and sends the next on each PUBACK in its
+        # own thread; handing it a few windows ahead keeps the pipe full without waiting
+        # for this thread to wake up between PUBACKs.
+        room = HANDOFF_WINDOWS * self.config.max_inflight - len(self._inflight)
         now = time.monotonic()
         rate = self.config.drain_rate_per_s
-        self._tokens = min(float(self.config.max_inflight),
+        self._tokens = min(float(HANDOFF_WINDOWS * self.config.max_inflight),
                            self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         budget = min(room, int(self._tokens), BATCH)
@@ -259,13 +320,19 @@ class Uplink:
             if room > 0:  # rate-limited: come back when a token is due
                 threading.Timer(1.0 / rate, self._wake.set).start()
             return
-        properties = Properties(PacketTypes.PUBLISH)
-        properties.MessageExpiryInterval = self.config.message_expiry_s
-        for item in self.outbox.after(self._cursor, budget):
+        properties = self._properties
+        if self._backlog:
+            self._ready.clear()  # stale after an outage: the database is the truth
+            batch = self.outbox.after(self._cursor, budget)
+            if len(batch) < budget:
+                self._backlog = False  # caught up: new events go out from memory
+        else:
+            batch = [self._ready.popleft() for _ in range(min(budget, len(self._ready)))]
+        for item in batch:
             info = client.publish(item.topic, item.payload, qos=1, properties=properties)
             # Not connected any more: paho keeps the message and sends it on reconnect.
-            self._inflight[info.mid] = item.event_id
-            self._cursor = item.seq
+            self._inflight[info.mid] = item
+            self._cursor = max(self._cursor, item.seq)
             self._tokens -= 1
             self.published += 1
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -331,6 +398,7 @@ class Uplink:
                        reason: ReasonCode, properties: Properties | None) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._backlog = True  # what was ready in memory is safe in the database
         if self._stop.is_set():
             return
         if was_connected:
@@ -345,8 +413,12 @@ class Uplink:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
-        self._acks.append((mid, reason.is_failure, str(reason)))
-        self._wake.set()
+        # ReasonCode's properties and str() are slow; a success is the plain value 0.
+        failed = reason.value >= FAILURE_CODE
+        self._acks.append((mid, failed, str(reason) if failed else ""))
+        # Wake the uplink thread for batches of PUBACKs, not for each one.
+        if len(self._acks) >= ACK_WAKE or len(self._acks) >= len(self._inflight):
+            self._wake.set()
 
     def _on_paho_message(self, client: mqtt.Client, userdata: Any,
                          message: mqtt.MQTTMessage) -> None:
