@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench
+.PHONY: setup mosquitto demo test bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The tests, the demo and the benchmarks start private Mosquitto brokers.
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing mosquitto with apt-get"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; \
+	else \
+		echo "mosquitto is missing: install it with your package manager" \
+		     "(dnf install mosquitto, brew install mosquitto, apk add mosquitto)"; exit 1; \
+	fi
+
+setup: $(STAMP) mosquitto
 
 demo: setup
 	$(BIN)/edge-agent demo
@@ -26,3 +38,5 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench overhead
+	$(BIN)/python -m bench gate
+	$(BIN)/python -m bench publish

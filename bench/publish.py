@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     """Run the comparison and the drain, print the JSON line."""
     parser = argparse.ArgumentParser(prog="python -m bench publish")
     parser.add_argument("--events", type=int, default=5000, help="events per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--payload-bytes", type=int, default=2048, help="crop bytes per event")
     parser.add_argument("--backlog", type=int, default=20_000)
     args = parser.parse_args(argv)

@@ -161,3 +161,23 @@ def test_demo_reports_what_it_found(zoo_store: ModelStore) -> None:
     found, total = (int(v) for v in
                     result.stdout.split("found a face in ")[1].split(" frames")[0].split(" of "))
     assert total > 0 and found / total > 0.8
+
+
+def test_run_with_a_bad_config_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[device]\nid = "cam/1"\n[[sources]]\nname="a"\nkind="sample"\nmodel="m"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    _assert_one_line_error(result, "device.id = 'cam/1'")
+    missing = _run(tmp_path, "status", "--config", str(config))
+    _assert_one_line_error(missing, "device.id")
+
+
+def test_run_with_an_unknown_model_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'state_dir = "{tmp_path}/state"\n[device]\nid = "cam-1"\n'
+                      '[[sources]]\nname="a"\nkind="sample"\nmodel="nope"\n')
+    result = _run(tmp_path / "store", "run", "--config", str(config))
+    _assert_one_line_error(result, "source a: no model named 'nope'")

@@ -99,3 +99,15 @@ def test_not_an_outbox(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(OutboxError, match="cannot open the outbox"):
         Outbox(path, OutboxConfig()).open()
+
+
+def test_disk_cost_estimates_pages_never_low() -> None:
+    from edge_agent.outbox import disk_cost
+
+    assert disk_cost(100, 4096) == 4096 // ((4096 - 35) // 300)  # rows share a page
+    assert disk_cost(3000, 4096) == 4096  # one per page
+    assert disk_cost(4000, 4096) == 2 * 4096  # spills into one overflow page
+    assert disk_cost(3000, 16384) == 16384 // 5
+    assert disk_cost(100_000, 16384) == 16384 * 7  # a leaf part and six overflow pages
+    for size in (10, 1000, 5000, 50_000):
+        assert disk_cost(size, 4096) >= size
