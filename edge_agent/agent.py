@@ -45,6 +45,7 @@ from sync import (
     EventMessage,
     MessageError,
     StatusMessage,
+    TelemetryMessage,
     TopicError,
     TopicLayout,
     VerdictMessage,
@@ -121,6 +122,7 @@ class EdgeAgent:
         self._started_at = time.time()
         self._corrupt_reported: dict[str, int] = {}
         self._processed: dict[str, int] = {}
+        self._next_telemetry = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -193,6 +195,7 @@ class EdgeAgent:
                 log.error("pipeline stuck for %.0f s; withholding the watchdog", stuck_for)
             self._refresh_gauges()
             self._write_status(running=True)
+            self._send_telemetry()
             if exit_when_done and self._done(threads):
                 log.info("all inputs finished and every escalation delivered; exiting")
                 return 0
@@ -473,6 +476,26 @@ class EdgeAgent:
             models={m.manifest.name: m.manifest.version for m, _ in self.models.values()},
             backend=", ".join(sorted({s.chosen for _, s in self.models.values()})),
         )
+
+    def _send_telemetry(self) -> None:
+        interval = self.config.mqtt.telemetry_interval_s
+        now = time.monotonic()
+        if not interval or now < self._next_telemetry or self.uplink is None:
+            return
+        self._next_telemetry = now + interval
+        snapshot = self.snapshot()
+        values = {
+            "escalations": snapshot["escalations"], "verdicts": snapshot["verdicts"],
+            "fallbacks": snapshot["fallbacks"], "outbox_events": snapshot["outbox"]["events"],
+            "outbox_bytes": snapshot["outbox"]["bytes"], "reconnects": snapshot["reconnects"],
+            "dropped": snapshot["dropped"], "uptime_s": time.time() - self._started_at,
+        }
+        for name, source in snapshot["sources"].items():
+            values[f"frames.{name}"] = source["frames"]
+            values[f"healthy.{name}"] = 1.0 if source["healthy"] else 0.0
+        message = TelemetryMessage(device_id=self.config.device.id, at=time.time(),
+                                   values={k: float(v) for k, v in values.items()})
+        self.uplink.publish_side(self.layout.telemetry(self.config.device.id), encode(message))
 
     def _summary(self) -> str:
         connected = self.uplink is not None and self.uplink.connected

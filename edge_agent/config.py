@@ -60,6 +60,7 @@ class MqttConfig(_Section):
     reconnect_max_s: Seconds = 30.0
     max_inflight: int = Field(default=100, ge=1, le=65535)
     drain_rate_per_s: float = Field(default=500.0, gt=0, description="publishes/s when draining")
+    telemetry_interval_s: float = Field(default=60.0, ge=0, description="0 turns telemetry off")
 
     @model_validator(mode="after")
     def _consistent(self) -> MqttConfig:

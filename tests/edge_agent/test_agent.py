@@ -6,8 +6,11 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -17,8 +20,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from models import ModelStore
-from sync import EventMessage, ModelRef, TopicLayout, VerdictMessage, decode, encode
-from tests.broker import Collector, MosquittoBroker
+from sync import (
+    EventMessage,
+    ModelRef,
+    TelemetryMessage,
+    TopicLayout,
+    VerdictMessage,
+    decode,
+    encode,
+)
+from tests.broker import Collector, MosquittoBroker, free_port
 from tests.edge_agent.agent_helpers import (
     AgentThread,
     agent_config,
@@ -122,6 +133,11 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(
     assert process.returncode == 0, errors.decode()[-2000:]
     status = read_status(tmp_path / "state")
     assert status["running"] is False
+    shown = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "status", "--config",
+         str(tmp_path / "agent.toml")], capture_output=True, text=True, timeout=30, check=True,
+    ).stdout
+    assert "device cam-test: stopped" in shown and "blazeface-short@1.0.0 on litert" in shown
     stored = sqlite3.connect(tmp_path / "state" / "outbox.sqlite3").execute(
         "SELECT event_id FROM outbox").fetchall()
     delivered = set(_events(collector))
@@ -167,10 +183,14 @@ def test_kill_9_then_restart_delivers_what_the_outbox_held(
         broker.stop()
 
 
-def test_malformed_verdicts_are_counted_and_dropped(
+def test_malformed_verdicts_are_counted_and_dropped_and_metrics_served(
     broker: MosquittoBroker, zoo_store: ModelStore, tmp_path: Path
 ) -> None:
-    raw = agent_config(tmp_path, broker.port, zoo_store.root)
+    metrics_port = free_port()
+    telemetry = Collector(broker.port, LAYOUT.telemetry("cam-test"))
+    raw = agent_config(tmp_path, broker.port, zoo_store.root,
+                       metrics={"port": metrics_port},
+                       mqtt={"telemetry_interval_s": 0.5})
     raw["sources"] = [{"name": "yard", "kind": "sample", "model": "blazeface-short",
                        "loop": True, "max_fps": 30.0}]
     run = AgentThread(raw).start()
@@ -192,7 +212,17 @@ def test_malformed_verdicts_are_counted_and_dropped(
         run.wait_until(lambda s: s["sources"]["yard"]["frames"] > 20)  # still working
         sender.disconnect()
         sender.loop_stop()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as page:
+            exposition = page.read().decode()
+        for name in ("edge_frames_total", "edge_frames_gated_total", "edge_inference_seconds",
+                     "edge_backend_info", "edge_outbox_events", "edge_mqtt_reconnects",
+                     'edge_malformed_messages_total{kind="verdict"} 4.0'):
+            assert name in exposition
+        assert telemetry.wait_for(lambda m: len(m) >= 2, 10)
+        values = decode(telemetry.messages[-1][1], TelemetryMessage).values
+        assert values["frames.yard"] > 0 and "outbox_events" in values
     finally:
+        telemetry.close()
         assert run.finish() == 0
 
 
