@@ -1,0 +1,47 @@
+"""Errors raised by the cloud hub.
+
+Hierarchy::
+
+    HubError                    anything the hub refuses
+    ├── SettingsError           settings missing, wrong, or a placeholder secret in production
+    ├── StoreError              the database failed or holds a newer schema
+    │   └── NotFoundError       no such device, event, model or token
+    ├── ProvisioningError       device credentials or broker ACL could not be written
+    └── JudgeError              the heavy model could not judge an escalation
+"""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Base of every error the hub raises."""
+
+
+class SettingsError(HubError):
+    """The hub's settings are unusable; the message names the setting."""
+
+
+class StoreError(HubError):
+    """The database failed."""
+
+
+class NotFoundError(StoreError):
+    """No such record.
+
+    Attributes:
+        kind: ``device``, ``event``, ``model`` or ``token``.
+        key: What was looked up.
+    """
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"no {kind} {key!r}")
+
+
+class ProvisioningError(HubError):
+    """Device credentials or the broker's ACL could not be written."""
+
+
+class JudgeError(HubError):
+    """The heavy model could not judge an escalation (e.g. its image does not decode)."""

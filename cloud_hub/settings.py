@@ -1,0 +1,92 @@
+"""The hub's settings: environment (``CLOUD_HUB_*``) or an env file, validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cloud_hub.errors import SettingsError
+
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "secret", "development"})
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/cloud-hub`` (``~/.local/share/cloud-hub``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local/share")
+    return Path(base) / "cloud-hub"
+
+
+class HubSettings(BaseSettings):
+    """Everything the hub needs to know; every field can be set as ``CLOUD_HUB_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUD_HUB_", extra="forbid", frozen=True)
+
+    mode: Literal["development", "production"] = "development"
+    secret_key: str = Field(default="changethis", description="peppers API token hashes")
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = Field(
+        default=None, description="sqlite:///path or postgresql+psycopg://...; default SQLite"
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_prefix: str = "fleet"
+    share_group: str = "hub"
+    mqtt_client_id: str | None = None
+    ingest_workers: int = Field(default=4, ge=1, le=64)
+    max_message_bytes: int = Field(default=512 * 1024, ge=1024)
+
+    model_store: Path | None = None
+    detector_model: str = "blazeface-full"
+    landmark_model: str | None = "face-landmark"
+    backend: str | None = None
+    confirm_score: float = Field(default=0.6, gt=0, lt=1)
+    batch_max_size: int = Field(default=8, ge=1, le=256)
+    batch_max_delay_ms: float = Field(default=5.0, ge=0)
+
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    image_retention_days: float = Field(default=7.0, gt=0)
+    event_retention_days: float = Field(default=90.0, gt=0)
+
+    mosquitto_password_file: Path | None = None
+    mosquitto_acl_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _no_placeholder_secret_in_production(self) -> HubSettings:
+        if self.mode == "production" and (
+            self.secret_key in PLACEHOLDER_SECRETS or len(self.secret_key) < 32
+        ):
+            raise ValueError(
+                "secret_key is a placeholder or shorter than 32 characters; set "
+                "CLOUD_HUB_SECRET_KEY (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`) before running in production"
+            )
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database, or SQLite in ``data_dir``."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'hub.sqlite3'}"
+
+
+def load_settings(**overrides: object) -> HubSettings:
+    """Read settings from the environment (and ``overrides``).
+
+    Raises:
+        SettingsError: A setting is wrong; the message names it and what was expected.
+    """
+    try:
+        return HubSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(p) for p in error["loc"]) or "settings"
+        env = f"CLOUD_HUB_{name.upper()}" if name != "settings" else "settings"
+        raise SettingsError(f"{env}: {error['msg']}") from exc

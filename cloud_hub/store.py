@@ -1,0 +1,444 @@
+"""The hub's storage: one layer over SQLite (default) and PostgreSQL (scale-out).
+
+SQLAlchemy Core, no ORM: tables are declared once, queries are explicit, and the only
+dialect-specific piece is the idempotent insert. Schema changes are numbered
+migrations recorded in ``schema_migrations``. Persistence functions take keyword-only
+arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from cloud_hub.errors import NotFoundError, StoreError
+
+metadata = sa.MetaData()
+
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("group_name", sa.String(64), nullable=False, server_default="default"),
+    sa.Column("labels", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("credential_hash", sa.String(128), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=True),
+    sa.Column("online", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("status_at", sa.Float, nullable=True),
+    sa.Column("models", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("backend", sa.String(128), nullable=False, server_default=""),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("device_id", sa.String(64), nullable=False, index=True),
+    sa.Column("source", sa.String(128), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("captured_at", sa.Float, nullable=False, index=True),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("edge_model", sa.String(64), nullable=False),
+    sa.Column("edge_version", sa.String(64), nullable=False),
+    sa.Column("edge_detections", sa.Text, nullable=False),
+    sa.Column("anomaly_score", sa.Float, nullable=True),
+    sa.Column("crop", sa.LargeBinary, nullable=True),
+    sa.Column("thumbnail", sa.LargeBinary, nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=True, index=True),
+    sa.Column("hub_detections", sa.Text, nullable=True),
+    sa.Column("hub_model", sa.String(64), nullable=True),
+    sa.Column("hub_version", sa.String(64), nullable=True),
+    sa.Column("inference_ms", sa.Float, nullable=True),
+    sa.Column("decided_at", sa.Float, nullable=True),
+    sa.Column("handled_by", sa.String(64), nullable=True),
+)
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.String(64), primary_key=True),
+    sa.Column("task", sa.String(32), nullable=False),
+    sa.Column("runtime", sa.String(16), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("uploaded_at", sa.Float, nullable=False),
+)
+
+tokens = sa.Table(
+    "api_tokens", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used", sa.Float, nullable=True),
+)
+
+migrations_table = sa.Table(
+    "schema_migrations", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    for table in (devices, events, models, tokens):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1),)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """One page of events and the cursor of the next page (``None`` at the end)."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Store:
+    """The database. Thread-safe: SQLAlchemy pools a connection per thread.
+
+    Args:
+        url: ``sqlite:///path`` or ``postgresql+psycopg://user@host/db``.
+        connect_args: Passed to the driver (tests set a PostgreSQL ``search_path``).
+    """
+
+    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self._connect_args = connect_args or {}
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine; :meth:`open` first."""
+        if self._engine is None:
+            raise StoreError("the store is not open")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def open(self) -> None:
+        """Connect and apply pending migrations.
+
+        Raises:
+            StoreError: The database is unreachable or its schema is newer than ours.
+        """
+        try:
+            if self.url.startswith("sqlite"):
+                self._engine = sa.create_engine(
+                    self.url, connect_args={"check_same_thread": False, "timeout": 30,
+                                            **self._connect_args})
+                sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+            else:
+                self._engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=10,
+                                                connect_args=self._connect_args)
+            self._migrate()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the database: {exc}") from exc
+
+    def close(self) -> None:
+        """Dispose of the connection pool."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as conn:
+            migrations_table.create(conn, checkfirst=True)
+            applied = {row[0] for row in conn.execute(sa.select(migrations_table.c.version))}
+            newest = max(applied, default=0)
+            if newest > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database has schema version {newest}; this hub knows up to "
+                    f"{SCHEMA_VERSION}: upgrade the hub"
+                )
+            for version, step in MIGRATIONS:
+                if version not in applied:
+                    step(conn)
+                    conn.execute(migrations_table.insert().values(
+                        version=version, applied_at=time.time()))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def _insert_ignore(self, table: sa.Table) -> Any:
+        """An INSERT that can take ``on_conflict_do_nothing`` / ``..._do_update``."""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    # -- devices ---------------------------------------------------------------------
+
+    def add_device(self, *, device_id: str, group: str, credential_hash: str | None = None,
+                   labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create or update a device."""
+        values = {"id": device_id, "group_name": group, "credential_hash": credential_hash,
+                  "labels": json.dumps(labels or {}), "created_at": time.time()}
+        with self._tx() as conn:
+            statement = self._insert_ignore(devices).values(**values)
+            conn.execute(statement.on_conflict_do_update(
+                index_elements=["id"],
+                set_={"group_name": group, "credential_hash": credential_hash,
+                      "labels": values["labels"]},
+            ))
+        return self.get_device(device_id=device_id)
+
+    def get_device(self, *, device_id: str) -> dict[str, Any]:
+        """One device.
+
+        Raises:
+            NotFoundError: No such device.
+        """
+        with self._tx() as conn:
+            row = conn.execute(sa.select(devices).where(devices.c.id == device_id)).first()
+        if row is None:
+            raise NotFoundError("device", device_id)
+        return _device(row._mapping)
+
+    def device_exists(self, *, device_id: str) -> bool:
+        """Whether a device was provisioned."""
+        with self._tx() as conn:
+            return conn.execute(
+                sa.select(devices.c.id).where(devices.c.id == device_id)).first() is not None
+
+    def list_devices(self, *, group: str | None = None) -> list[dict[str, Any]]:
+        """All devices (of ``group``), by id."""
+        query = sa.select(devices).order_by(devices.c.id)
+        if group is not None:
+            query = query.where(devices.c.group_name == group)
+        with self._tx() as conn:
+            return [_device(row._mapping) for row in conn.execute(query)]
+
+    def record_status(self, *, device_id: str, online: bool, at: float,
+                      models: dict[str, str], backend: str) -> None:
+        """Store a device's retained status (online or its last will), if newer."""
+        with self._tx() as conn:
+            conn.execute(devices.update().where(devices.c.id == device_id).where(
+                sa.or_(devices.c.status_at.is_(None), devices.c.status_at <= at)
+            ).values(online=online, status_at=at, models=json.dumps(models), backend=backend,
+                     last_seen=sa.func.coalesce(devices.c.last_seen, at)))
+
+    def touch_device(self, *, device_id: str, at: float) -> None:
+        """Note that a device was heard from."""
+        with self._tx() as conn:
+            conn.execute(devices.update().where(devices.c.id == device_id)
+                         .values(last_seen=at))
+
+    # -- events ----------------------------------------------------------------------
+
+    def add_event(self, **values: Any) -> bool:
+        """Store an escalation once; ``False`` if its id was already stored."""
+        with self._tx() as conn:
+            # RETURNING, not rowcount: psycopg reports 1 for a skipped conflicting row.
+            result = conn.execute(
+                self._insert_ignore(events).values(**values).on_conflict_do_nothing(
+                    index_elements=["id"]).returning(events.c.id)
+            )
+            return result.first() is not None
+
+    def set_verdict(self, *, event_id: str, outcome: str, detections: list[dict[str, Any]],
+                    model: str, version: str, inference_ms: float, decided_at: float,
+                    handled_by: str) -> None:
+        """Record the hub's verdict for an event (the first one wins)."""
+        with self._tx() as conn:
+            conn.execute(events.update().where(events.c.id == event_id)
+                         .where(events.c.outcome.is_(None)).values(
+                outcome=outcome, hub_detections=json.dumps(detections), hub_model=model,
+                hub_version=version, inference_ms=inference_ms, decided_at=decided_at,
+                handled_by=handled_by))
+
+    def get_event(self, *, event_id: str) -> dict[str, Any]:
+        """One event, without its images.
+
+        Raises:
+            NotFoundError: No such event.
+        """
+        with self._tx() as conn:
+            row = conn.execute(sa.select(*_EVENT_COLUMNS).where(events.c.id == event_id)).first()
+        if row is None:
+            raise NotFoundError("event", event_id)
+        return _event(row._mapping)
+
+    def event_image(self, *, event_id: str, kind: str) -> bytes | None:
+        """An event's ``crop`` or ``thumbnail`` JPEG (``None`` if pruned or absent).
+
+        Raises:
+            NotFoundError: No such event.
+        """
+        column = events.c.crop if kind == "crop" else events.c.thumbnail
+        with self._tx() as conn:
+            row = conn.execute(sa.select(column).where(events.c.id == event_id)).first()
+        if row is None:
+            raise NotFoundError("event", event_id)
+        return bytes(row[0]) if row[0] is not None else None
+
+    def list_events(self, *, device_id: str | None = None, outcome: str | None = None,
+                    since: float | None = None, until: float | None = None,
+                    limit: int = 50, cursor: str | None = None) -> EventPage:
+        """Newest first, with a cursor for the next page.
+
+        Raises:
+            StoreError: The cursor is not one this store made.
+        """
+        query = sa.select(*_EVENT_COLUMNS).order_by(events.c.received_at.desc(),
+                                                    events.c.id.desc()).limit(limit + 1)
+        if device_id is not None:
+            query = query.where(events.c.device_id == device_id)
+        if outcome == "pending":
+            query = query.where(events.c.outcome.is_(None))
+        elif outcome is not None:
+            query = query.where(events.c.outcome == outcome)
+        if since is not None:
+            query = query.where(events.c.captured_at >= since)
+        if until is not None:
+            query = query.where(events.c.captured_at < until)
+        if cursor is not None:
+            received_at, last_id = _decode_cursor(cursor)
+            query = query.where(sa.or_(
+                events.c.received_at < received_at,
+                sa.and_(events.c.received_at == received_at, events.c.id < last_id),
+            ))
+        with self._tx() as conn:
+            rows = [_event(row._mapping) for row in conn.execute(query)]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = _encode_cursor(rows[-1]["received_at"], rows[-1]["id"])
+        return EventPage(rows, next_cursor)
+
+    def event_counts(self, *, since: float) -> dict[str, Any]:
+        """Totals for the dashboard and metrics: by outcome, and escalations per device."""
+        with self._tx() as conn:
+            by_outcome: dict[Any, Any] = dict(conn.execute(
+                sa.select(sa.func.coalesce(events.c.outcome, "pending"), sa.func.count())
+                .where(events.c.received_at >= since).group_by(events.c.outcome)).all())
+            by_device: dict[Any, Any] = dict(conn.execute(
+                sa.select(events.c.device_id, sa.func.count())
+                .where(events.c.received_at >= since).group_by(events.c.device_id)).all())
+            latency = conn.execute(
+                sa.select(sa.func.avg(events.c.decided_at - events.c.captured_at))
+                .where(events.c.received_at >= since)
+                .where(events.c.decided_at.is_not(None))).scalar()
+        return {"by_outcome": {str(k): int(v) for k, v in by_outcome.items()},
+                "by_device": {str(k): int(v) for k, v in by_device.items()},
+                "mean_verdict_latency_s": float(latency) if latency is not None else None}
+
+    def prune(self, *, images_before: float, events_before: float) -> tuple[int, int]:
+        """Retention: drop images of older events first, then whole old events.
+
+        Returns:
+            ``(events whose images were pruned, events deleted)``.
+        """
+        with self._tx() as conn:
+            images = conn.execute(events.update().where(events.c.received_at < images_before)
+                                  .where(sa.or_(events.c.crop.is_not(None),
+                                                events.c.thumbnail.is_not(None)))
+                                  .values(crop=None, thumbnail=None)).rowcount
+            deleted = conn.execute(events.delete()
+                                   .where(events.c.received_at < events_before)).rowcount
+        return int(images), int(deleted)
+
+    # -- models and tokens -----------------------------------------------------------
+
+    def add_model(self, *, name: str, version: str, task: str, runtime: str, sha256: str,
+                  size_bytes: int, path: str) -> dict[str, Any]:
+        """Record a model version (idempotent for the same name and version)."""
+        with self._tx() as conn:
+            conn.execute(self._insert_ignore(models).values(
+                name=name, version=version, task=task, runtime=runtime, sha256=sha256,
+                size_bytes=size_bytes, path=path, uploaded_at=time.time(),
+            ).on_conflict_do_nothing(index_elements=["name", "version"]))
+            row = conn.execute(sa.select(models).where(models.c.name == name)
+                               .where(models.c.version == version)).first()
+        assert row is not None
+        return dict(row._mapping)
+
+    def list_models(self, *, name: str | None = None) -> list[dict[str, Any]]:
+        """Model versions, newest upload first."""
+        query = sa.select(models).order_by(models.c.name, models.c.uploaded_at.desc())
+        if name is not None:
+            query = query.where(models.c.name == name)
+        with self._tx() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def add_token(self, *, name: str, role: str, token_hash: str) -> int:
+        """Store an API token's hash; returns its id."""
+        with self._tx() as conn:
+            result = conn.execute(tokens.insert().values(
+                name=name, role=role, token_hash=token_hash, created_at=time.time()))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def token_role(self, *, token_hash: str) -> tuple[str, str] | None:
+        """``(name, role)`` of a token, or ``None``."""
+        with self._tx() as conn:
+            row = conn.execute(sa.select(tokens.c.name, tokens.c.role)
+                               .where(tokens.c.token_hash == token_hash)).first()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+
+_EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail")] + [
+    (events.c.crop.is_not(None)).label("has_crop"),
+    (events.c.thumbnail.is_not(None)).label("has_thumbnail"),
+]
+
+
+def _device(row: Any) -> dict[str, Any]:
+    device = dict(row)
+    device.pop("credential_hash", None)
+    device["group"] = device.pop("group_name")
+    device["labels"] = json.loads(device["labels"])
+    device["models"] = json.loads(device["models"])
+    device["online"] = bool(device["online"])
+    return device
+
+
+def _event(row: Any) -> dict[str, Any]:
+    event = dict(row)
+    event["edge_detections"] = json.loads(event["edge_detections"])
+    event["hub_detections"] = (json.loads(event["hub_detections"])
+                               if event["hub_detections"] else None)
+    event["has_crop"] = bool(event["has_crop"])
+    event["has_thumbnail"] = bool(event["has_thumbnail"])
+    return event
+
+
+def _encode_cursor(received_at: float, event_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{received_at!r}|{event_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        received_at, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return float(received_at), event_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"invalid cursor {cursor!r}") from exc
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()

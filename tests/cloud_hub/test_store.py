@@ -1,0 +1,118 @@
+"""The storage layer, against SQLite and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from cloud_hub.errors import NotFoundError, StoreError
+from cloud_hub.store import SCHEMA_VERSION, Store, migrations_table
+
+
+def _event(event_id: str, device: str = "cam-1", received_at: float | None = None,
+           **extra: object) -> dict[str, object]:
+    values: dict[str, object] = {
+        "id": event_id, "device_id": device, "source": "door", "reason": "uncertain",
+        "priority": 5, "captured_at": 1000.0, "received_at": received_at or time.time(),
+        "edge_model": "blazeface-short", "edge_version": "1.0.0",
+        "edge_detections": json.dumps([{"box": [1, 2, 3, 4], "score": 0.6, "label": "face"}]),
+        "crop": b"\xff\xd8crop", "thumbnail": b"\xff\xd8thumb",
+    }
+    values.update(extra)
+    return values
+
+
+def test_migrations_are_recorded_and_reapplying_is_a_no_op(store: Store) -> None:
+    with store.engine.connect() as conn:
+        versions = [r[0] for r in conn.execute(sa.select(migrations_table.c.version))]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    again = Store(store.url, connect_args=store._connect_args)
+    again.open()
+    again.close()
+
+
+def test_newer_schema_is_refused(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(migrations_table.insert().values(version=SCHEMA_VERSION + 1,
+                                                      applied_at=time.time()))
+    newer = Store(store.url)
+    with pytest.raises(StoreError, match="upgrade the hub"):
+        newer.open()
+
+
+def test_devices_and_status(store: Store) -> None:
+    store.add_device(device_id="cam-1", group="lobby", labels={"site": "a"})
+    store.add_device(device_id="cam-2", group="yard")
+    assert [d["id"] for d in store.list_devices(group="lobby")] == ["cam-1"]
+    store.record_status(device_id="cam-1", online=True, at=10.0,
+                        models={"blazeface-short": "1.0.0"}, backend="litert:xnnpack")
+    store.record_status(device_id="cam-1", online=False, at=5.0, models={}, backend="")
+    device = store.get_device(device_id="cam-1")
+    assert device["online"] is True and device["models"] == {"blazeface-short": "1.0.0"}
+    assert device["labels"] == {"site": "a"} and "credential_hash" not in device
+    with pytest.raises(NotFoundError, match="no device 'nope'"):
+        store.get_device(device_id="nope")
+
+
+def test_events_are_stored_once_and_verdicts_once(store: Store) -> None:
+    assert store.add_event(**_event("e1"))
+    assert not store.add_event(**_event("e1"))  # a QoS 1 duplicate
+    store.set_verdict(event_id="e1", outcome="confirmed", detections=[], model="m",
+                      version="1", inference_ms=3.0, decided_at=1001.0, handled_by="hub-a")
+    store.set_verdict(event_id="e1", outcome="rejected", detections=[], model="m",
+                      version="1", inference_ms=3.0, decided_at=1002.0, handled_by="hub-b")
+    event = store.get_event(event_id="e1")
+    assert event["outcome"] == "confirmed" and event["handled_by"] == "hub-a"
+    assert event["has_crop"] and store.event_image(event_id="e1", kind="crop") == b"\xff\xd8crop"
+
+
+def test_cursor_pagination_and_filters(store: Store) -> None:
+    for i in range(7):
+        store.add_event(**_event(f"e{i}", device="cam-1" if i % 2 else "cam-2",
+                                 received_at=100.0 + i, captured_at=float(i)))
+    store.set_verdict(event_id="e3", outcome="rejected", detections=[], model="m",
+                      version="1", inference_ms=1, decided_at=1, handled_by="h")
+    first = store.list_events(limit=3)
+    assert [e["id"] for e in first.items] == ["e6", "e5", "e4"]
+    second = store.list_events(limit=3, cursor=first.next_cursor)
+    assert [e["id"] for e in second.items] == ["e3", "e2", "e1"]
+    last = store.list_events(limit=3, cursor=second.next_cursor)
+    assert [e["id"] for e in last.items] == ["e0"] and last.next_cursor is None
+    assert [e["id"] for e in store.list_events(device_id="cam-1").items] == ["e5", "e3", "e1"]
+    assert [e["id"] for e in store.list_events(outcome="rejected").items] == ["e3"]
+    assert len(store.list_events(outcome="pending").items) == 6
+    assert [e["id"] for e in store.list_events(since=2.0, until=4.0).items] == ["e3", "e2"]
+    with pytest.raises(StoreError, match="invalid cursor"):
+        store.list_events(cursor="@@@")
+
+
+def test_retention_prunes_images_before_metadata(store: Store) -> None:
+    now = time.time()
+    store.add_event(**_event("old", received_at=now - 100 * 86400))
+    store.add_event(**_event("middle", received_at=now - 10 * 86400))
+    store.add_event(**_event("new", received_at=now))
+    pruned, deleted = store.prune(images_before=now - 7 * 86400,
+                                  events_before=now - 90 * 86400)
+    assert (pruned, deleted) == (2, 1)
+    middle = store.get_event(event_id="middle")
+    assert not middle["has_crop"] and store.event_image(event_id="middle", kind="crop") is None
+    assert store.get_event(event_id="new")["has_crop"]
+    with pytest.raises(NotFoundError):
+        store.get_event(event_id="old")
+
+
+def test_models_tokens_and_counts(store: Store) -> None:
+    store.add_model(name="m", version="1.0.0", task="detector", runtime="onnx",
+                    sha256="a" * 64, size_bytes=10, path="/x")
+    store.add_model(name="m", version="1.0.0", task="detector", runtime="onnx",
+                    sha256="a" * 64, size_bytes=10, path="/x")
+    assert len(store.list_models(name="m")) == 1
+    store.add_token(name="ops", role="operator", token_hash="h" * 64)
+    assert store.token_role(token_hash="h" * 64) == ("ops", "operator")
+    assert store.token_role(token_hash="x" * 64) is None
+    store.add_event(**_event("e1", device="cam-9"))
+    counts = store.event_counts(since=0)
+    assert counts["by_device"] == {"cam-9": 1} and counts["by_outcome"] == {"pending": 1}
