@@ -30,8 +30,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.mosquitto import MosquittoBroker
 from edge_agent.config import MqttConfig, OutboxConfig
-from edge_agent.mosquitto import MosquittoBroker
 from edge_agent.outbox import Outbox, OutboxItem
 from edge_agent.uplink import Uplink
 from sync import EventIdFactory, EventMessage, ModelRef, StatusMessage, TopicLayout, encode

@@ -1,29 +1,146 @@
 """``cloud-hub``: the cloud hub's command line.
 
-``cloud-hub doctor`` shows which ONNX Runtime execution providers the hub's heavy models
-would run on here (TensorRT, CUDA, then CPU on a GPU server).
+Settings come from ``CLOUD_HUB_*`` environment variables (see ``cloud_hub/settings.py``);
+every error a user can cause is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cloud_hub.api.auth import hash_token, new_token
+from cloud_hub.errors import HubError
+from cloud_hub.service import HubService
+from cloud_hub.settings import HubSettings, load_settings
 from hardware import plan_for_runtime, probe_hardware
+
+log = logging.getLogger("cloud_hub")
+Handler = Callable[[argparse.Namespace, HubSettings], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="cloud-hub: %(levelname)s: %(message)s", stream=sys.stderr)
+    handler: Handler = args.handler
+    try:
+        return handler(args, load_settings())
+    except HubError as exc:
+        print(f"cloud-hub: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="cloud-hub", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the web API, dashboard and MQTT ingest")
+    serve.add_argument("--host", default=None, help="listen address (CLOUD_HUB_HTTP_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="port (CLOUD_HUB_HTTP_PORT)")
+    serve.add_argument("--no-ingest", action="store_true", help="serve the API only")
+    serve.set_defaults(handler=_serve)
+
+    devices = commands.add_parser("devices", help="provision and list devices")
+    device_commands = devices.add_subparsers(dest="devices_command", required=True)
+    add = device_commands.add_parser("add", help="register a device, print its credentials")
+    add.add_argument("device_id")
+    add.add_argument("--group", default="default")
+    add.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add.set_defaults(handler=_devices_add)
+    listing = device_commands.add_parser("list", help="show the fleet")
+    listing.set_defaults(handler=_devices_list)
+
+    tokens = commands.add_parser("tokens", help="issue API tokens")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = token_commands.add_parser("create", help="issue a token and print it once")
+    create.add_argument("name")
+    create.add_argument("--role", choices=["viewer", "operator", "admin"], required=True)
+    create.set_defaults(handler=_tokens_create)
+
     doctor = commands.add_parser("doctor", help="show the hub's hardware and ONNX backend plan")
     doctor.add_argument("--json", action="store_true", help="one JSON object on stdout")
     doctor.add_argument("--root", type=Path, default=Path("/"), help="filesystem root to probe")
-    args = parser.parse_args(argv)
+    doctor.set_defaults(handler=_doctor)
 
+    demo = commands.add_parser(
+        "demo", help="run broker, hub and an edge agent over the sample footage on this machine"
+    )
+    demo.add_argument("--port", type=int, default=8080, help="HTTP port of the hub")
+    demo.add_argument("--frames-loop", action="store_true", help="loop the sample footage")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
+    import uvicorn
+
+    from cloud_hub.api import create_app
+
+    service = HubService(settings, ingest=not args.no_ingest)
+    app = create_app(service)
+    uvicorn.run(app, host=args.host or settings.http_host, port=args.port or settings.http_port,
+                log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
+    service = HubService(settings)
+    service.open_store()
+    try:
+        device, credentials = service.provision_device(args.device_id, args.group)
+    finally:
+        service.store.close()
+    if args.json:
+        print(json.dumps({"device": device, "username": credentials.username,
+                          "password": credentials.password}))
+        return 0
+    print(f"device {device['id']} (group {device['group']}) registered")
+    print(f"  MQTT username: {credentials.username}")
+    print(f"  MQTT password: {credentials.password}   (shown once; put it in the "
+          "device's EDGE_AGENT_MQTT_PASSWORD)")
+    if settings.mosquitto_acl_file is not None:
+        print("  broker password file and ACL updated: reload Mosquitto (SIGHUP) to apply")
+    return 0
+
+
+def _devices_list(args: argparse.Namespace, settings: HubSettings) -> int:
+    service = HubService(settings)
+    service.open_store()
+    try:
+        for device in service.store.list_devices():
+            state = "online" if device["online"] else "offline"
+            models = ", ".join(f"{k} {v}" for k, v in device["models"].items()) or "-"
+            print(f"{device['id']:<24} {device['group']:<12} {state:<8} {models}")
+    finally:
+        service.store.close()
+    return 0
+
+
+def _tokens_create(args: argparse.Namespace, settings: HubSettings) -> int:
+    service = HubService(settings)
+    service.open_store()
+    token = new_token()
+    try:
+        service.store.add_token(name=args.name, role=args.role,
+                                token_hash=hash_token(settings.secret_key, token))
+    finally:
+        service.store.close()
+    print(token)
+    return 0
+
+
+def _doctor(args: argparse.Namespace, settings: HubSettings) -> int:
     profile = probe_hardware(args.root)
     plan = plan_for_runtime(profile, "onnx", label="hub models (ONNX)")
     if args.json:
@@ -33,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{profile.architecture}, {profile.cpu_count} cores, NVIDIA GPUs: {gpus}")
     print("\n".join(plan.lines()))
     return 0
+
+
+def _demo(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.demo import run_demo
+
+    return run_demo(port=args.port, loop=args.frames_loop)
 
 
 if __name__ == "__main__":

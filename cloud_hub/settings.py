@@ -45,7 +45,7 @@ class HubSettings(BaseSettings):
     max_message_bytes: int = Field(default=512 * 1024, ge=1024)
 
     model_store: Path | None = None
-    detector_model: str = "blazeface-full"
+    detector_model: str = "blazeface-full-onnx"
     landmark_model: str | None = "face-landmark"
     backend: str | None = None
     confirm_score: float = Field(default=0.6, gt=0, lt=1)

@@ -11,7 +11,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.mosquitto import MosquittoBroker, free_port
+from cloud_hub.mosquitto import MosquittoBroker, free_port
 
 __all__ = ["Collector", "MosquittoBroker", "free_port"]
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from edge_agent.errors import EdgeAgentError
+from cloud_hub.errors import HubError
 
 
 def free_port() -> int:
@@ -36,7 +36,7 @@ class MosquittoBroker:
                  anonymous: bool = True) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
-            raise EdgeAgentError("mosquitto is not installed; see the README's set-up")
+            raise HubError("mosquitto is not installed; see the README's set-up")
         self.binary = binary
         self.folder = folder
         self.port = free_port()
@@ -67,13 +67,19 @@ class MosquittoBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 error = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise EdgeAgentError(f"mosquitto exited at start: {error.strip()}")
+                raise HubError(f"mosquitto exited at start: {error.strip()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
-        raise EdgeAgentError(f"mosquitto did not listen on port {self.port} within 10 s")
+        raise HubError(f"mosquitto did not listen on port {self.port} within 10 s")
+
+    def reload(self) -> None:
+        """Reread the password file and ACL (SIGHUP)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGHUP)
+            time.sleep(0.2)  # mosquitto reloads asynchronously; give it a moment
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM): it saves its persistent state."""

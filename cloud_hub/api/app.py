@@ -1,0 +1,38 @@
+"""The FastAPI application factory: settings in, app out; nothing happens at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from cloud_hub.api.routes import dashboard, devices, events, health, infer, models
+from cloud_hub.service import HubService
+
+
+def create_app(service: HubService, *, manage: bool = True) -> FastAPI:
+    """Build the app around ``service``.
+
+    Args:
+        manage: Start the service with the app and stop it with the app.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage:
+                service.stop()
+
+    app = FastAPI(
+        title="Cloud hub", version="0.1.0", lifespan=lifespan,
+        description="Judges what edge agents escalate, stores events, serves the fleet.",
+    )
+    app.state.service = service
+    for module in (health, devices, events, models, infer, dashboard):
+        app.include_router(module.router)
+    return app

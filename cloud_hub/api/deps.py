@@ -1,0 +1,85 @@
+"""Dependencies shared by the routes: the service, the caller's role, bounded bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+
+from cloud_hub.api.auth import ROLE_RANK, Role, hash_token
+from cloud_hub.service import HubService
+
+TOKEN_COOKIE = "hub_token"
+
+
+def get_service(request: Request) -> HubService:
+    """The hub service the app was built with."""
+    service: HubService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[HubService, Depends(get_service)]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling."""
+
+    name: str
+    role: str
+
+
+def get_principal(request: Request, service: ServiceDep) -> Principal:
+    """The caller, from ``Authorization: Bearer`` or the dashboard's cookie.
+
+    Raises:
+        HTTPException: 401 without a valid token.
+    """
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    token = token or request.cookies.get(TOKEN_COOKIE)
+    if not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an API token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    found = service.store.token_role(token_hash=hash_token(service.settings.secret_key, token))
+    if found is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API token",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return Principal(*found)
+
+
+def require(role: Role) -> Any:
+    """A dependency that admits callers of ``role`` or higher."""
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if ROLE_RANK[principal.role] < ROLE_RANK[role]:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"this needs the {role} role; {principal.name} is a "
+                                f"{principal.role}")
+        return principal
+
+    return Depends(check)
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes before reading it all.
+
+    Raises:
+        HTTPException: 413 when too large, 400 when empty.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                            f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                                f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    if not size:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "the request body is empty")
+    return b"".join(chunks)

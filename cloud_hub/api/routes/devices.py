@@ -1,0 +1,42 @@
+"""``/v1/devices``: the fleet."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.api.schemas import DeviceCreate, DeviceProvisioned, DevicePublic, MqttCredentials
+from cloud_hub.errors import NotFoundError, ProvisioningError
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"])
+
+
+@router.get("", response_model=list[DevicePublic], dependencies=[require("viewer")])
+def list_devices(service: ServiceDep, group: str | None = None) -> list[dict[str, object]]:
+    """Every device, with its online state and installed models."""
+    return service.store.list_devices(group=group)
+
+
+@router.get("/{device_id}", response_model=DevicePublic, dependencies=[require("viewer")])
+def get_device(device_id: str, service: ServiceDep) -> dict[str, object]:
+    """One device."""
+    try:
+        return service.store.get_device(device_id=device_id)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.post("", response_model=DeviceProvisioned, status_code=status.HTTP_201_CREATED,
+             dependencies=[require("admin")])
+def provision_device(body: DeviceCreate, service: ServiceDep) -> dict[str, object]:
+    """Register a device and issue its MQTT credentials (the password is shown once)."""
+    try:
+        device, credentials = service.provision_device(body.id, body.group, body.labels)
+    except ProvisioningError as exc:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
+    settings = service.settings
+    device["mqtt"] = MqttCredentials(
+        username=credentials.username, password=credentials.password,
+        host=settings.mqtt_host, port=settings.mqtt_port, topic_prefix=settings.mqtt_prefix,
+    )
+    return device

@@ -1,0 +1,65 @@
+"""``/v1/events``: escalations, their verdicts and their images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.api.schemas import EventPage, EventPublic
+from cloud_hub.errors import NotFoundError, StoreError
+
+router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[require("viewer")])
+
+
+def _public(event: dict[str, object]) -> dict[str, object]:
+    decided, captured = event.get("decided_at"), event.get("captured_at")
+    if isinstance(decided, float) and isinstance(captured, float):
+        event["verdict_latency_s"] = decided - captured
+    return event
+
+
+@router.get("", response_model=EventPage)
+def list_events(
+    service: ServiceDep,
+    device_id: str | None = None,
+    outcome: Literal["confirmed", "rejected", "pending"] | None = None,
+    since: Annotated[float | None, Query(description="captured at or after (Unix s)")] = None,
+    until: Annotated[float | None, Query(description="captured before (Unix s)")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> dict[str, object]:
+    """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    try:
+        page = service.store.list_events(device_id=device_id, outcome=outcome, since=since,
+                                         until=until, limit=limit, cursor=cursor)
+    except StoreError as exc:
+        if "cursor" in str(exc):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+        raise
+    return {"items": [_public(e) for e in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get("/{event_id}", response_model=EventPublic)
+def get_event(event_id: str, service: ServiceDep) -> dict[str, object]:
+    """One event and its verdict."""
+    try:
+        return _public(service.store.get_event(event_id=event_id))
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.get("/{event_id}/{kind}.jpg", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}})
+def get_image(event_id: str, kind: Literal["crop", "thumbnail"],
+              service: ServiceDep) -> Response:
+    """The escalated crop or the frame thumbnail (404 once retention pruned it)."""
+    try:
+        data = service.store.event_image(event_id=event_id, kind=kind)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    if data is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id} has no {kind}")
+    return Response(data, media_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=86400"})

@@ -1,0 +1,51 @@
+"""``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/tokens``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cloud_hub.api.auth import hash_token, new_token
+from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.api.schemas import TokenCreate, TokenIssued
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(service: ServiceDep, response: Response) -> dict[str, object]:
+    """Ready to serve: models loaded, database answering, broker connected (if ingesting)."""
+    problems = []
+    if not service.ready:
+        problems.append("starting")
+    try:
+        service.store.list_models(name="-")
+    except Exception as exc:  # any database failure means not ready
+        problems.append(f"database: {exc}")
+    if service.ingest is not None and not service.ingest.connected.is_set():
+        problems.append("broker: not connected")
+    if problems:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"ready": not problems, "problems": problems}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(service: ServiceDep) -> Response:
+    """Prometheus exposition."""
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/v1/tokens", response_model=TokenIssued, status_code=status.HTTP_201_CREATED,
+             dependencies=[require("admin")], tags=["auth"])
+def issue_token(body: TokenCreate, service: ServiceDep) -> dict[str, str]:
+    """Issue an API token (shown once; only its keyed hash is stored)."""
+    token = new_token()
+    service.store.add_token(name=body.name, role=body.role,
+                            token_hash=hash_token(service.settings.secret_key, token))
+    return {"name": body.name, "role": body.role, "token": token}

@@ -1,0 +1,42 @@
+"""``/v1/infer/{model}``: model as a service, through the same micro-batcher as ingest."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from cloud_hub.api.deps import ServiceDep, read_bounded, require
+from cloud_hub.api.schemas import InferenceResult
+from cloud_hub.errors import HubError, JudgeError
+from cloud_hub.judge import decode_jpeg
+
+router = APIRouter(prefix="/v1/infer", tags=["inference"])
+
+
+@router.post("/{model}", response_model=InferenceResult, dependencies=[require("operator")],
+             openapi_extra={"requestBody": {"content": {"image/jpeg": {}, "image/png": {}}}})
+async def infer(model: str, request: Request, service: ServiceDep) -> dict[str, object]:
+    """Detections on an uploaded image (JPEG or PNG body), boxes in its pixels."""
+    body = await read_bounded(request, service.settings.max_upload_bytes)
+    try:
+        image = decode_jpeg(body)
+    except JudgeError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            "the body is not a decodable image") from exc
+    try:
+        batcher = service.batcher(model)
+    except HubError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    detections = await asyncio.wrap_future(batcher.submit(image))
+    loaded, selection = service.models[model]
+    service.metrics.http_infer.labels(model).inc()
+    return {
+        "model": loaded.manifest.name, "version": loaded.manifest.version,
+        "backend": selection.chosen, "width": image.shape[1], "height": image.shape[0],
+        "detections": [
+            {"box": list(d.box), "score": d.score, "label": d.label,
+             "keypoints": [list(k) for k in d.keypoints]}
+            for d in detections
+        ],
+    }

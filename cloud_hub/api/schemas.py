@@ -1,0 +1,133 @@
+"""Request and response bodies. ``XCreate`` is what clients send, ``XPublic`` what they get.
+
+Create schemas ignore fields the server owns (``online``, ``last_seen``, ``created_at``,
+``verified`` ...): a client cannot set them, and sending them is not an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sync import TopicError, check_name
+
+
+class DeviceCreate(BaseModel):
+    """A device to provision."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    group: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id", "group")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return check_name(value)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class DevicePublic(BaseModel):
+    """A device as the API shows it."""
+
+    id: str
+    group: str
+    labels: dict[str, str]
+    created_at: float
+    last_seen: float | None
+    online: bool
+    status_at: float | None
+    models: dict[str, str]
+    backend: str
+
+
+class MqttCredentials(BaseModel):
+    """Shown once, at provisioning."""
+
+    username: str
+    password: str
+    host: str
+    port: int
+    topic_prefix: str
+
+
+class DeviceProvisioned(DevicePublic):
+    """A new device and its credentials."""
+
+    mqtt: MqttCredentials
+
+
+class EventPublic(BaseModel):
+    """An escalation and its verdict (images are separate downloads)."""
+
+    id: str
+    device_id: str
+    source: str
+    reason: str
+    priority: int
+    captured_at: float
+    received_at: float
+    edge_model: str
+    edge_version: str
+    edge_detections: list[dict[str, Any]]
+    anomaly_score: float | None
+    outcome: str | None
+    hub_detections: list[dict[str, Any]] | None
+    hub_model: str | None
+    hub_version: str | None
+    inference_ms: float | None
+    decided_at: float | None
+    verdict_latency_s: float | None = None
+    has_crop: bool
+    has_thumbnail: bool
+
+
+class EventPage(BaseModel):
+    """A page of events, newest first."""
+
+    items: list[EventPublic]
+    next_cursor: str | None
+
+
+class ModelPublic(BaseModel):
+    """A model version in the registry."""
+
+    name: str
+    version: str
+    task: str
+    runtime: str
+    sha256: str
+    size_bytes: int
+    uploaded_at: float
+
+
+class TokenCreate(BaseModel):
+    """A token to issue."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=128)
+    role: Literal["viewer", "operator", "admin"]
+
+
+class TokenIssued(BaseModel):
+    """A new token, shown once."""
+
+    name: str
+    role: str
+    token: str
+
+
+class InferenceResult(BaseModel):
+    """Detections from ``/v1/infer``."""
+
+    model: str
+    version: str
+    backend: str
+    width: int
+    height: int
+    detections: list[dict[str, Any]]

@@ -1,0 +1,248 @@
+"""The MQTT ingest worker: escalations in, verdicts out, exactly once in the store.
+
+Escalations arrive through an MQTT 5 shared subscription (``$share/<group>/...``), so
+that several hub processes split the load. paho acknowledges nothing by itself
+(``manual_ack``): a message is acknowledged only after it was handled, so a hub that dies
+mid-way gets it redelivered. The store inserts each event id once; a redelivered event is
+answered with the verdict already recorded. Bad input (malformed, oversized, unknown
+device, a device writing under another's id) is counted, logged and dropped.
+
+paho's network thread only queues messages; ``ingest-<n>`` worker threads handle them,
+so that their detector requests meet in the micro-batcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud_hub.errors import HubError, JudgeError, NotFoundError
+from cloud_hub.judge import Judge
+from cloud_hub.metrics import HubMetrics
+from cloud_hub.settings import HubSettings
+from cloud_hub.store import Store
+from sync import (
+    DetectionPayload,
+    EventMessage,
+    MessageError,
+    ModelRef,
+    StatusMessage,
+    TopicError,
+    TopicLayout,
+    VerdictMessage,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+
+
+class IngestWorker:
+    """One hub process's share of the fleet's escalations."""
+
+    def __init__(self, settings: HubSettings, store: Store, judge: Judge,
+                 metrics: HubMetrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.judge = judge
+        self.metrics = metrics
+        self.layout = TopicLayout(settings.mqtt_prefix)
+        self.name = settings.mqtt_client_id or f"hub-{uuid.uuid4().hex[:8]}"
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(QUEUE_SIZE)
+        self._threads: list[threading.Thread] = []
+        self._client: mqtt.Client | None = None
+        self.connected = threading.Event()
+        self.handled = 0
+
+    def start(self) -> None:
+        """Connect, subscribe, start the worker threads."""
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.name,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        if self.settings.mqtt_username:
+            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(1, 30)
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 3600
+        client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30,
+                             clean_start=False, properties=properties)
+        self._client = client
+        for index in range(self.settings.ingest_workers):
+            thread = threading.Thread(target=self._work, name=f"ingest-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect, then let the workers finish what they hold."""
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(30)
+        self._threads.clear()
+
+    # -- paho's thread ---------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the hub's connection: %s", reason)
+            return
+        client.subscribe(self.layout.shared(self.settings.share_group, "events"), qos=1)
+        client.subscribe(self.layout.all_devices("status"), qos=1)
+        self.connected.set()
+        self.metrics.connected.set(1)
+        log.info("%s connected to %s:%d", self.name, self.settings.mqtt_host,
+                 self.settings.mqtt_port)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        self.connected.clear()
+        self.metrics.connected.set(0)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any,
+                    message: mqtt.MQTTMessage) -> None:
+        try:
+            self._queue.put(message, timeout=10)
+        except queue.Full:
+            # Not acknowledged: the broker delivers it again after a reconnect.
+            self.metrics.dropped.labels("hub-busy").inc()
+            log.warning("ingest queue full; left %s unacknowledged", message.topic)
+
+    # -- worker threads --------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (message := self._queue.get()) is not None:
+            try:
+                self.handle(message.topic, bytes(message.payload))
+            except HubError as exc:
+                self.metrics.dropped.labels("hub-error").inc()
+                log.error("could not handle a message on %s: %s", message.topic, exc)
+            finally:
+                if message.qos > 0 and self._client is not None:
+                    self._client.ack(message.mid, message.qos)
+            self.handled += 1
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Handle one message; never raises for bad input (it is counted instead)."""
+        try:
+            address = self.layout.parse(topic)
+        except TopicError as exc:
+            self._drop("bad-topic", f"{topic}: {exc}")
+            return
+        if address.kind == "status":
+            self._status(address.name, payload)
+        elif address.kind == "events":
+            self._event(address.name, payload)
+        else:
+            self._drop("unexpected-topic", topic)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.metrics.dropped.labels(reason).inc()
+        log.warning("dropped a message (%s): %s", reason, detail)
+
+    def _status(self, device_id: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained message
+        try:
+            status = decode(payload, StatusMessage, max_bytes=self.settings.max_message_bytes)
+        except MessageError as exc:
+            self._drop("malformed", f"status of {device_id}: {exc}")
+            return
+        if status.device_id != device_id:
+            self._drop("spoofed-device", f"status for {status.device_id} on {device_id}'s topic")
+            return
+        if not self.store.device_exists(device_id=device_id):
+            self._drop("unknown-device", f"status from {device_id}")
+            return
+        self.store.record_status(device_id=device_id, online=status.state == "online",
+                                 at=status.at, models=status.models, backend=status.backend)
+
+    def _event(self, device_id: str, payload: bytes) -> None:
+        try:
+            event = decode(payload, EventMessage, max_bytes=self.settings.max_message_bytes)
+        except MessageError as exc:
+            self._drop("oversized" if "exceeds" in str(exc) else "malformed",
+                       f"event from {device_id}: {exc}")
+            return
+        if event.device_id != device_id:
+            self._drop("spoofed-device",
+                       f"event claims {event.device_id} on {device_id}'s topic")
+            return
+        if not self.store.device_exists(device_id=device_id):
+            self._drop("unknown-device", f"event {event.event_id} from {device_id}")
+            return
+        received_at = time.time()
+        self.store.touch_device(device_id=device_id, at=received_at)
+        new = self.store.add_event(
+            id=event.event_id, device_id=device_id, source=event.source,
+            reason=event.reason, priority=event.priority, captured_at=event.captured_at,
+            received_at=received_at, edge_model=event.model.name,
+            edge_version=event.model.version,
+            edge_detections=json.dumps([d.model_dump(mode="json") for d in event.detections]),
+            anomaly_score=event.anomaly_score, crop=event.crop_jpeg,
+            thumbnail=event.thumbnail_jpeg,
+        )
+        if new:
+            self.metrics.ingested.labels(device_id).inc()
+        else:
+            self.metrics.dedup_hits.inc()
+            stored = self.store.get_event(event_id=event.event_id)
+            if stored["outcome"] is not None:
+                self._send(stored)
+                return
+        started = time.perf_counter()
+        try:
+            judgement = self.judge.judge(event)
+            outcome, detections = judgement.outcome, judgement.detections
+            model, version, inference_ms = (judgement.model, judgement.version,
+                                            judgement.inference_ms)
+        except JudgeError as exc:
+            self._drop("bad-image", f"event {event.event_id}: {exc}")
+            outcome, detections, inference_ms = "rejected", (), 0.0
+            model, version = self.judge.detector.manifest.name, "unjudged"
+        self.metrics.inference.observe(time.perf_counter() - started)
+        self.store.set_verdict(
+            event_id=event.event_id, outcome=outcome,
+            detections=[d.model_dump(mode="json") for d in detections], model=model,
+            version=version, inference_ms=inference_ms, decided_at=time.time(),
+            handled_by=self.name,
+        )
+        try:
+            self._send(self.store.get_event(event_id=event.event_id))
+        except NotFoundError:
+            log.warning("event %s was pruned before its verdict went out", event.event_id)
+
+    def _send(self, stored: dict[str, Any]) -> None:
+        verdict = VerdictMessage(
+            event_id=stored["id"], device_id=stored["device_id"], outcome=stored["outcome"],
+            detections=tuple(DetectionPayload.model_validate(d)
+                             for d in stored["hub_detections"] or []),
+            model=ModelRef(name=stored["hub_model"], version=stored["hub_version"]),
+            inference_ms=stored["inference_ms"] or 0.0, decided_at=stored["decided_at"],
+        )
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.CorrelationData = stored["id"].encode()
+        assert self._client is not None
+        self._client.publish(self.layout.verdicts(stored["device_id"]), encode(verdict),
+                             qos=1, properties=properties)
+        self.metrics.verdicts.labels(verdict.outcome).inc()
+        self.metrics.verdict_latency.observe(max(0.0, time.time() - stored["captured_at"]))

@@ -1,0 +1,130 @@
+"""The heavy model's judgement of an escalation: confirmed or rejected.
+
+By default BlazeFace full-range looks at the escalated crop (or, without one, the
+thumbnail); if it finds a face above ``confirm_score``, the face-landmark model looks at
+that face and must agree that a face is present. Boxes come back in the device's frame
+coordinates. Any detector bundle in the store can replace BlazeFace; without a landmark
+model the detector alone decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from cloud_hub.batching import MicroBatcher
+from cloud_hub.errors import JudgeError
+from cloud_hub.settings import HubSettings
+from hardware import Selection, load_model, plan_backends, probe_hardware
+from models import Detection, Model, ModelError, ModelStore, ModelZoo, default_store_path
+from sync import DetectionPayload, EventMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The hub's verdict on one escalation, before it is sent."""
+
+    outcome: str
+    detections: tuple[DetectionPayload, ...]
+    model: str
+    version: str
+    inference_ms: float
+
+
+def decode_jpeg(data: bytes) -> npt.NDArray[np.uint8]:
+    """RGB pixels of an image file's bytes.
+
+    Raises:
+        JudgeError: The bytes are not a decodable image.
+    """
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None:
+        raise JudgeError("the image does not decode")
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+
+
+def load_hub_model(settings: HubSettings, name: str) -> tuple[Model, Selection]:
+    """Load a model from the hub's store, pulling (and converting) zoo models if missing."""
+    store = ModelStore(settings.model_store or default_store_path())
+    try:
+        bundle = store.resolve(name)
+    except ModelError:
+        zoo = ModelZoo(store)
+        base = name.removesuffix("-onnx")
+        pulled = zoo.pull(base)
+        bundle = zoo.convert_to_onnx(pulled) if name.endswith("-onnx") else pulled
+    plan = plan_backends(probe_hardware(), bundle.manifest)
+    model, selection = load_model(bundle, plan, only=settings.backend)
+    log.info("hub model %s on %s", bundle.label, selection.chosen)
+    return model, selection
+
+
+class Judge:
+    """Judges escalations with the detector (through its batcher) and the landmark model."""
+
+    def __init__(self, detector: Model, batcher: MicroBatcher, landmarks: Model | None, *,
+                 confirm_score: float) -> None:
+        self.detector = detector
+        self.batcher = batcher
+        self.landmarks = landmarks
+        self.confirm_score = confirm_score
+
+    def judge(self, event: EventMessage) -> Judgement:
+        """Decide on one escalation.
+
+        Raises:
+            JudgeError: Its image does not decode.
+        """
+        started = time.perf_counter()
+        manifest = self.detector.manifest
+        if event.crop_jpeg is None and event.thumbnail_jpeg is None:
+            # A sensor window: the hub has no second opinion on readings; it records the
+            # edge model's verdict so that the device hears back.
+            outcome = "confirmed" if event.anomaly_score is not None and (
+                event.anomaly_score < 0) else "rejected"
+            return Judgement(outcome, (), event.model.name, event.model.version,
+                             (time.perf_counter() - started) * 1e3)
+        use_crop = event.crop_jpeg is not None
+        image = decode_jpeg((event.crop_jpeg if use_crop else event.thumbnail_jpeg) or b"")
+        offset_x, offset_y, scale = 0.0, 0.0, 1.0
+        if use_crop and event.crop_box is not None:
+            offset_x, offset_y = event.crop_box[0], event.crop_box[1]
+            scale = (event.crop_box[2] - event.crop_box[0]) / image.shape[1]
+        elif not use_crop and event.frame_size is not None:
+            scale = event.frame_size[0] / image.shape[1]
+        faces = [d for d in self.batcher.detect(image) if d.score >= self.confirm_score]
+        confirmed = bool(faces)
+        if confirmed and self.landmarks is not None:
+            confirmed = self._landmarks_agree(image, faces[0])
+        detections = tuple(_to_frame(d, offset_x, offset_y, scale) for d in faces)
+        return Judgement("confirmed" if confirmed else "rejected", detections, manifest.name,
+                         manifest.version, (time.perf_counter() - started) * 1e3)
+
+    def _landmarks_agree(self, image: npt.NDArray[np.uint8], face: Detection) -> bool:
+        assert self.landmarks is not None
+        x1, y1, x2, y2 = face.box
+        margin_x, margin_y = (x2 - x1) * 0.25, (y2 - y1) * 0.25
+        height, width = image.shape[:2]
+        left, top = max(0, int(x1 - margin_x)), max(0, int(y1 - margin_y))
+        right = min(width, int(x2 + margin_x) + 1)
+        bottom = min(height, int(y2 + margin_y) + 1)
+        if right - left < 4 or bottom - top < 4:
+            return False
+        region = np.ascontiguousarray(image[top:bottom, left:right])
+        return self.landmarks.landmarks(region).present
+
+
+def _to_frame(detection: Detection, dx: float, dy: float, scale: float) -> DetectionPayload:
+    x1, y1, x2, y2 = detection.box
+    return DetectionPayload(
+        box=(x1 * scale + dx, y1 * scale + dy, x2 * scale + dx, y2 * scale + dy),
+        score=min(max(detection.score, 0.0), 1.0), label=detection.label,
+        keypoints=tuple((x * scale + dx, y * scale + dy) for x, y in detection.keypoints),
+    )

@@ -1,0 +1,176 @@
+"""The hub's parts wired together: store, models, batchers, judge, ingest, retention."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_hub.batching import MicroBatcher
+from cloud_hub.errors import HubError
+from cloud_hub.ingest import IngestWorker
+from cloud_hub.judge import Judge, load_hub_model
+from cloud_hub.metrics import HubMetrics
+from cloud_hub.provisioning import (
+    DeviceCredentials,
+    acl_text,
+    new_credentials,
+    set_password,
+    write_acl,
+)
+from cloud_hub.settings import HubSettings
+from cloud_hub.store import Store
+from hardware import Selection
+from models import Detection, Model
+from sync import TopicLayout
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 3600.0
+
+
+class HubService:
+    """One hub process.
+
+    Args:
+        settings: Validated settings.
+        ingest: Whether to consume escalations from the broker (an API-only replica may not).
+    """
+
+    def __init__(self, settings: HubSettings, *, ingest: bool = True) -> None:
+        self.settings = settings
+        self.metrics = HubMetrics()
+        self.store = Store(settings.effective_database_url)
+        self.models: dict[str, tuple[Model, Selection]] = {}
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.judge: Judge | None = None
+        self.ingest: IngestWorker | None = None
+        self._want_ingest = ingest
+        self._stop = threading.Event()
+        self._retention: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.ready = False
+
+    def open_store(self) -> None:
+        """Open the store alone (for CLI commands that need no models)."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store.open()
+
+    def start(self) -> None:
+        """Open the store, load the models, start batching, ingest and retention.
+
+        Raises:
+            HubError: The store or a model could not be opened.
+        """
+        self.open_store()
+        detector_batcher = self.batcher(self.settings.detector_model)
+        detector, _ = self.models[self.settings.detector_model]
+        landmarks = None
+        if self.settings.landmark_model:
+            landmarks, _ = self._load(self.settings.landmark_model)
+        self.judge = Judge(detector, detector_batcher, landmarks,
+                           confirm_score=self.settings.confirm_score)
+        if self._want_ingest:
+            self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics)
+            self.ingest.start()
+        self._retention = threading.Thread(target=self._retain, name="retention", daemon=True)
+        self._retention.start()
+        self.ready = True
+
+    def stop(self) -> None:
+        """Stop everything started."""
+        self.ready = False
+        self._stop.set()
+        if self.ingest is not None:
+            self.ingest.stop()
+        for batcher in self.batchers.values():
+            batcher.stop()
+        for model, _ in self.models.values():
+            model.close()
+        self.store.close()
+
+    def _load(self, name: str) -> tuple[Model, Selection]:
+        with self._lock:
+            if name not in self.models:
+                try:
+                    self.models[name] = load_hub_model(self.settings, name)
+                except Exception as exc:  # model, zoo and hardware errors alike
+                    raise HubError(f"cannot load model {name!r}: {exc}") from exc
+            return self.models[name]
+
+    def batcher(self, name: str) -> MicroBatcher:
+        """The micro-batcher of a detector model, loading the model on first use.
+
+        Raises:
+            HubError: The model cannot be loaded or is not a detector.
+        """
+        with self._lock:
+            existing = self.batchers.get(name)
+        if existing is not None:
+            return existing
+        model, _ = self._load(name)
+        if model.manifest.task != "detector":
+            raise HubError(f"model {name!r} is a {model.manifest.task} model, not a detector")
+
+        def run(images: Sequence[npt.NDArray[np.uint8]]) -> list[list[Detection]]:
+            return model.detect_batch(images)
+
+        with self._lock:
+            if name not in self.batchers:
+                batcher = MicroBatcher(
+                    name, run, max_size=self.settings.batch_max_size,
+                    max_delay_s=self.settings.batch_max_delay_ms / 1000.0,
+                    batch_sizes=self.metrics.batch_size, batch_waits=self.metrics.batch_wait,
+                )
+                batcher.start()
+                self.batchers[name] = batcher
+            return self.batchers[name]
+
+    def provision_device(self, device_id: str, group: str,
+                         labels: dict[str, str] | None = None) -> tuple[dict[str, Any],
+                                                                       DeviceCredentials]:
+        """Register a device, issue its MQTT credentials, and rewrite the broker's ACL.
+
+        The password file and ACL are written when the settings name them; reload
+        Mosquitto (SIGHUP) afterwards.
+
+        Raises:
+            ProvisioningError: The id is unusable or the broker files cannot be written.
+        """
+        credentials = new_credentials(device_id)
+        if self.settings.mosquitto_password_file is not None:
+            set_password(self.settings.mosquitto_password_file, credentials.username,
+                         credentials.password)
+        device = self.store.add_device(device_id=device_id, group=group, labels=labels,
+                                       credential_hash=credentials.fingerprint)
+        self.write_acl()
+        return device, credentials
+
+    def write_acl(self) -> None:
+        """Rewrite the broker's ACL from the device registry (if an ACL file is set)."""
+        if self.settings.mosquitto_acl_file is None:
+            return
+        groups = {d["id"]: d["group"] for d in self.store.list_devices()}
+        write_acl(self.settings.mosquitto_acl_file, acl_text(
+            TopicLayout(self.settings.mqtt_prefix),
+            hub_username=self.settings.mqtt_username or "hub", device_groups=groups))
+
+    def _retain(self) -> None:
+        while not self._stop.wait(1.0 if not self.ready else RETENTION_INTERVAL_S):
+            now = time.time()
+            try:
+                images, events = self.store.prune(
+                    images_before=now - self.settings.image_retention_days * 86400,
+                    events_before=now - self.settings.event_retention_days * 86400,
+                )
+            except HubError as exc:
+                log.error("retention failed: %s", exc)
+                continue
+            if images or events:
+                log.info("retention: pruned images of %d events, deleted %d events",
+                         images, events)
