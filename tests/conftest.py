@@ -26,6 +26,7 @@ def zoo_store(tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
     for name in ModelZoo.names():
         zoo.pull(name)
     zoo.convert_to_onnx(store.resolve("blazeface-short"))
+    zoo.convert_to_onnx(store.resolve("blazeface-full"))
     return store
 
 

@@ -36,7 +36,7 @@ def list_events(
                                          until=until, limit=limit, cursor=cursor)
     except StoreError as exc:
         if "cursor" in str(exc):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+            raise HTTPException(422, str(exc)) from exc
         raise
     return {"items": [_public(e) for e in page.items], "next_cursor": page.next_cursor}
 

@@ -22,7 +22,7 @@ async def infer(model: str, request: Request, service: ServiceDep) -> dict[str, 
     try:
         image = decode_jpeg(body)
     except JudgeError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(422,
                             "the body is not a decodable image") from exc
     try:
         batcher = service.batcher(model)

@@ -39,17 +39,17 @@ async def upload_model(request: Request, service: ServiceDep) -> dict[str, objec
                 # Only base names are used, so no entry can write outside the folder.
                 bases = [Path(n).name for n in names]
                 if len(set(bases)) != 2 or any(b.startswith(".") for b in bases):
-                    raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                    raise HTTPException(422,
                                         "the zip must hold manifest.json and one model file")
                 for name, base in zip(names, bases, strict=True):
                     (folder / base).write_bytes(archive.read(name))
         except zipfile.BadZipFile as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+            raise HTTPException(422,
                                 f"not a zip archive: {exc}") from exc
         try:
             bundle = open_bundle(folder)
         except ModelError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+            raise HTTPException(422, str(exc)) from exc
         store = ModelStore(service.settings.model_store or default_store_path())
         stored = store.add(bundle.manifest, bundle.read_verified_model())
     manifest = stored.manifest

@@ -1,0 +1,52 @@
+"""Building hubs for tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from cloud_hub.settings import HubSettings
+from sync import DetectionPayload, EventIdFactory, EventMessage, ModelRef
+
+SECRET = "test-secret-" + "x" * 32
+
+
+def hub_settings(tmp_path: Path, store_root: Path, **overrides: Any) -> HubSettings:
+    """Settings for a hub in ``tmp_path`` using the session's model store."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "hub", "model_store": store_root, "secret_key": SECRET,
+        "detector_model": "blazeface-full-onnx", "landmark_model": "face-landmark",
+        "batch_max_delay_ms": 2.0,
+    }
+    values.update(overrides)
+    return HubSettings(**values)
+
+
+def jpeg(image: npt.NDArray[np.uint8], quality: int = 85) -> bytes:
+    """RGB image to JPEG bytes."""
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return data.tobytes()
+
+
+_ids = EventIdFactory()
+
+
+def face_event(device_id: str, image: npt.NDArray[np.uint8], **changes: Any) -> EventMessage:
+    """An escalation whose thumbnail is ``image`` (the whole frame)."""
+    fields: dict[str, Any] = {
+        "event_id": _ids(), "device_id": device_id, "source": "door",
+        "captured_at": time.time(), "reason": "uncertain", "priority": 5,
+        "model": ModelRef(name="blazeface-short", version="1.0.0"),
+        "detections": (DetectionPayload(box=(178, 82, 271, 174), score=0.7, label="face"),),
+        "frame_size": (image.shape[1], image.shape[0]),
+        "thumbnail_jpeg": jpeg(image),
+    }
+    fields.update(changes)
+    return EventMessage.model_validate(fields)
