@@ -136,6 +136,9 @@ class IngestWorker:
             except HubError as exc:
                 self.metrics.dropped.labels("hub-error").inc()
                 log.error("could not handle a message on %s: %s", message.topic, exc)
+            except Exception:  # a worker must outlive any one message
+                self.metrics.dropped.labels("internal-error").inc()
+                log.exception("failed on a message on %s", message.topic)
             finally:
                 if message.qos > 0 and self._client is not None:
                     self._client.ack(message.mid, message.qos)

@@ -10,6 +10,7 @@ model the detector alone decides.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ class Judge:
         self.batcher = batcher
         self.landmarks = landmarks
         self.confirm_score = confirm_score
+        # Runtimes' sessions are not safe to call from several ingest threads at once.
+        self._landmarks_lock = threading.Lock()
 
     def judge(self, event: EventMessage) -> Judgement:
         """Decide on one escalation.
@@ -118,7 +121,8 @@ class Judge:
         if right - left < 4 or bottom - top < 4:
             return False
         region = np.ascontiguousarray(image[top:bottom, left:right])
-        return self.landmarks.landmarks(region).present
+        with self._landmarks_lock:
+            return self.landmarks.landmarks(region).present
 
 
 def _to_frame(detection: Detection, dx: float, dy: float, scale: float) -> DetectionPayload:

@@ -1,0 +1,165 @@
+"""Edge agent and hub together on a real Mosquitto, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from skimage import data
+
+from cloud_hub.service import HubService
+from models import ModelStore
+from sync import TopicLayout, VerdictMessage, decode, encode
+from tests.broker import Collector, MosquittoBroker
+from tests.cloud_hub.conftest import postgres_store_url
+from tests.cloud_hub.hub_helpers import face_event, hub_settings
+from tests.edge_agent.agent_helpers import agent_config, agent_process, read_status, write_config
+
+LAYOUT = TopicLayout()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    instance = MosquittoBroker(tmp_path / "broker")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path, broker: MosquittoBroker,
+        zoo_store: ModelStore) -> Iterator[HubService]:
+    url = None
+    if request.param == "postgresql":
+        url = postgres_store_url(request.getfixturevalue("postgres_schema"))
+    service = HubService(hub_settings(tmp_path, zoo_store.root, mqtt_port=broker.port,
+                                      database_url=url, max_message_bytes=200_000))
+    service.start()
+    assert service.ingest is not None and service.ingest.connected.wait(10)
+    yield service
+    service.stop()
+
+
+def _publisher(port: int) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def _dropped(hub: HubService, reason: str) -> float:
+    value = hub.metrics.registry.get_sample_value("hub_messages_dropped_total",
+                                                  {"reason": reason})
+    return value or 0.0
+
+
+def test_agent_and_hub_end_to_end(hub: HubService, broker: MosquittoBroker,
+                                  zoo_store: ModelStore, tmp_path: Path) -> None:
+    hub.provision_device("cam-e2e", "yard")
+    raw = agent_config(tmp_path, broker.port, zoo_store.root,
+                       fallback={"verdict_timeout_s": 20.0})
+    raw["device"] = {"id": "cam-e2e", "group": "yard"}
+    process = agent_process(write_config(tmp_path / "agent.toml", raw), "--exit-when-done")
+    _, errors = process.communicate(timeout=180)
+    assert process.returncode == 0, errors.decode()[-2000:]
+    status = read_status(tmp_path / "state")
+    assert status["escalations"] >= 10
+    # Every escalation was judged and its verdict reached the device before the deadline.
+    assert status["verdicts"] == status["escalations"] and status["fallbacks"] == 0
+    events = hub.store.list_events(device_id="cam-e2e", limit=200).items
+    assert len(events) == status["escalations"]
+    outcomes = {e["outcome"] for e in events}
+    assert outcomes == {"confirmed", "rejected"}  # faces confirmed, the cat rejected
+    confirmed = [e for e in events if e["outcome"] == "confirmed"]
+    assert all(e["hub_detections"] and e["hub_model"] == "blazeface-full-onnx"
+               for e in confirmed)
+    assert all(e["has_crop"] and e["has_thumbnail"] for e in events)
+    deadline = time.monotonic() + 10
+    while hub.store.get_device(device_id="cam-e2e")["online"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    device = hub.store.get_device(device_id="cam-e2e")
+    assert device["models"] == {"blazeface-short": "1.0.0"} and device["online"] is False
+    assert device["backend"] == "litert:xnnpack"
+
+
+def test_duplicates_are_stored_once_and_answered_alike(
+    hub: HubService, broker: MosquittoBroker
+) -> None:
+    hub.provision_device("cam-dup", "yard")
+    verdicts = Collector(broker.port, LAYOUT.verdicts("cam-dup"))
+    publisher = _publisher(broker.port)
+    event = face_event("cam-dup", data.astronaut())
+    try:
+        for _ in range(2):
+            publisher.publish(LAYOUT.events("cam-dup"), encode(event), qos=1).wait_for_publish(5)
+        assert verdicts.wait_for(lambda m: len(m) >= 2, 30)
+    finally:
+        publisher.disconnect()
+        verdicts.close()
+    answers = [decode(payload, VerdictMessage) for _, payload in verdicts.messages]
+    assert {a.event_id for a in answers} == {event.event_id}
+    assert answers[0] == answers[1] and answers[0].outcome == "confirmed"
+    assert len(hub.store.list_events(device_id="cam-dup").items) == 1
+    assert hub.metrics.registry.get_sample_value("hub_dedup_hits_total") == 1.0
+
+
+def test_bad_messages_are_counted_and_dropped(hub: HubService,
+                                              broker: MosquittoBroker) -> None:
+    hub.provision_device("cam-good", "yard")
+    verdicts = Collector(broker.port, LAYOUT.all_devices("verdicts"))
+    publisher = _publisher(broker.port)
+    topic = LAYOUT.events("cam-good")
+    stranger = face_event("cam-stranger", data.astronaut())
+    spoofed = face_event("cam-other", data.astronaut())
+    broken = face_event("cam-good", data.astronaut(), thumbnail_jpeg=b"\xff\xd8 not a jpeg")
+    good = face_event("cam-good", data.astronaut())
+    try:
+        for target, payload in [
+            (topic, b"\x00\x01 not json"),
+            (topic, json.dumps({"schema": "event/1"}).encode()),
+            (topic, b"x" * 300_000),
+            (LAYOUT.events("cam-stranger"), encode(stranger)),
+            (topic, encode(spoofed)),
+            (topic, encode(broken)),
+            (topic, encode(good)),
+        ]:
+            publisher.publish(target, payload, qos=1).wait_for_publish(5)
+        assert verdicts.wait_for(
+            lambda m: {decode(p, VerdictMessage).event_id for _, p in m}
+            >= {good.event_id, broken.event_id}, 30)
+    finally:
+        publisher.disconnect()
+        verdicts.close()
+    assert _dropped(hub, "malformed") == 2
+    assert _dropped(hub, "oversized") == 1
+    assert _dropped(hub, "unknown-device") == 1
+    assert _dropped(hub, "spoofed-device") == 1
+    assert _dropped(hub, "bad-image") == 1
+    assert hub.store.get_event(event_id=broken.event_id)["outcome"] == "rejected"
+    assert hub.store.get_event(event_id=good.event_id)["outcome"] == "confirmed"
+    assert len(hub.store.list_events().items) == 2
+
+
+def test_thumbnail_only_and_sensor_events(hub: HubService, broker: MosquittoBroker) -> None:
+    hub.provision_device("cam-misc", "yard")
+    verdicts = Collector(broker.port, LAYOUT.verdicts("cam-misc"))
+    publisher = _publisher(broker.port)
+    coffee = face_event("cam-misc", data.coffee())
+    window = face_event("cam-misc", data.coffee(), thumbnail_jpeg=None, detections=(),
+                        reason="anomaly", anomaly_score=-0.2, readings=(1.0, 2.0, 9.0))
+    try:
+        for event in (coffee, window):
+            publisher.publish(LAYOUT.events("cam-misc"), encode(event),
+                              qos=1).wait_for_publish(5)
+        assert verdicts.wait_for(lambda m: len(m) >= 2, 30)
+    finally:
+        publisher.disconnect()
+        verdicts.close()
+    outcome = {decode(p, VerdictMessage).event_id: decode(p, VerdictMessage).outcome
+               for _, p in verdicts.messages}
+    assert outcome == {coffee.event_id: "rejected", window.event_id: "confirmed"}
