@@ -1,12 +1,12 @@
 # Two entry points, both safe to run on a fresh machine: they build .venv first.
-#   make demo   pull the real models and run detection over the sample footage
+#   make demo   the whole system on this machine: broker, hub, an edge agent on sample footage
 #   make test   lint, type-check and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto demo test bench
+.PHONY: setup mosquitto chromium demo test bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,23 @@ mosquitto:
 		     "(dnf install mosquitto, brew install mosquitto, apk add mosquitto)"; exit 1; \
 	fi
 
+# The dashboard's browser test drives Debian's chromium (never a downloaded browser).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing chromium with apt-get"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "chromium is missing: install it with your package manager"; exit 1; \
+	fi
+
 setup: $(STAMP) mosquitto
 
 demo: setup
-	$(BIN)/edge-agent demo
+	$(BIN)/cloud-hub demo
 
-test: setup
+test: setup chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -130,7 +130,8 @@ def test_models_list(zoo_store: ModelStore) -> None:
     listing = json.loads(_run(zoo_store.root, "models", "list", "--json").stdout)
     names = {(m["name"], m["runtime"]) for m in listing["models"]}
     assert names == {("blazeface-short", "tflite"), ("blazeface-full", "tflite"),
-                     ("face-landmark", "tflite"), ("blazeface-short-onnx", "onnx")}
+                     ("face-landmark", "tflite"), ("blazeface-short-onnx", "onnx"),
+                     ("blazeface-full-onnx", "onnx")}
     text = _run(zoo_store.root, "models", "list").stdout
     assert "blazeface-full@1.0.0" in text and "landmarks" in text
 
