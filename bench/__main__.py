@@ -6,9 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import gate, overhead, publish
+from bench import batching, gate, overhead, publish
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
+    "batching": batching.main,
     "gate": gate.main,
     "overhead": overhead.main,
     "publish": publish.main,

@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="cloud-hub: %(levelname)s: %(message)s", stream=sys.stderr)
     handler: Handler = args.handler
     try:
-        return handler(args, load_settings())
+        return handler(args, load_settings(settings_file=args.settings))
     except HubError as exc:
         print(f"cloud-hub: error: {exc}", file=sys.stderr)
         return 1
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="cloud-hub", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="a file of CLOUD_HUB_* lines (the environment still wins)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the web API, dashboard and MQTT ingest")

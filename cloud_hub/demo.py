@@ -91,7 +91,8 @@ def run_demo(*, port: int, loop: bool, stop: threading.Event | None = None,
     print(f"API:       {base}/docs   (Authorization: Bearer {token})")
     print(f"agent:     {DEVICE} over the sample footage; config {agent_config}")
     print("Ctrl-C stops everything.")
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if in_main else None
     try:
         shown = -1
         while not stop.wait(2.0):
@@ -102,7 +103,8 @@ def run_demo(*, port: int, loop: bool, stop: threading.Event | None = None,
                 print(f"escalations {total}: " + ", ".join(
                     f"{n} {k}" for k, n in sorted(counts.items())), flush=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         agent.send_signal(signal.SIGTERM)
         try:
             agent.wait(30)

@@ -77,14 +77,16 @@ class HubSettings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'hub.sqlite3'}"
 
 
-def load_settings(**overrides: object) -> HubSettings:
-    """Read settings from the environment (and ``overrides``).
+def load_settings(*, settings_file: Path | None = None, **overrides: object) -> HubSettings:
+    """Read settings from the environment, a ``CLOUD_HUB_*=...`` file, and ``overrides``.
 
     Raises:
-        SettingsError: A setting is wrong; the message names it and what was expected.
+        SettingsError: A setting is wrong or the file is missing; the message names it.
     """
+    if settings_file is not None and not settings_file.is_file():
+        raise SettingsError(f"{settings_file}: no such settings file")
     try:
-        return HubSettings(**overrides)  # type: ignore[arg-type]
+        return HubSettings(_env_file=settings_file, **overrides)  # type: ignore[arg-type,call-arg]
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ".".join(str(p) for p in error["loc"]) or "settings"

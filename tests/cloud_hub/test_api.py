@@ -176,3 +176,12 @@ def test_placeholder_secret_is_refused_in_production(tmp_path: Path) -> None:
     assert load_settings(mode="development", secret_key="changethis", data_dir=tmp_path)
     with pytest.raises(SettingsError, match="CLOUD_HUB_BATCH_MAX_SIZE"):
         load_settings(batch_max_size=0, data_dir=tmp_path)
+    settings_file = tmp_path / "hub.env"
+    settings_file.write_text("CLOUD_HUB_MQTT_PORT=18883\nCLOUD_HUB_SHARE_GROUP=eu\n")
+    from_file = load_settings(settings_file=settings_file, data_dir=tmp_path)
+    assert (from_file.mqtt_port, from_file.share_group) == (18883, "eu")
+    settings_file.write_text("CLOUD_HUB_MQTT_PORT=not-a-port\n")
+    with pytest.raises(SettingsError, match="CLOUD_HUB_MQTT_PORT"):
+        load_settings(settings_file=settings_file, data_dir=tmp_path)
+    with pytest.raises(SettingsError, match="no such settings file"):
+        load_settings(settings_file=tmp_path / "absent.env")
