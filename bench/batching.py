@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from cloud_hub.batching import MicroBatcher
 from edge_agent.footage import SampleFootage
 from hardware import load_model, plan_backends, probe_hardware
-from models import ModelError, ModelStore, ModelZoo, default_store_path
+from models import ModelStore, ModelZoo, default_store_path
 
 
 def main(argv: list[str]) -> int:
@@ -37,12 +37,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--store", type=Path, default=None)
     args = parser.parse_args(argv)
-    store = ModelStore(args.store or default_store_path())
-    try:
-        bundle = store.resolve("blazeface-full-onnx")
-    except ModelError:
-        zoo = ModelZoo(store)
-        bundle = zoo.convert_to_onnx(zoo.pull("blazeface-full"))
+    bundle = ModelZoo(ModelStore(args.store or default_store_path())).ensure(
+        "blazeface-full-onnx")
     model, selection = load_model(bundle, plan_backends(probe_hardware(), bundle.manifest))
     frames = [f.image for f in SampleFootage(static_frames=2).frames()][: args.images]
     registry = CollectorRegistry()

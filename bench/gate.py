@@ -22,7 +22,7 @@ from edge_agent.config import MotionConfig
 from edge_agent.footage import SampleFootage
 from edge_agent.motion import MotionGate
 from hardware import load_model, plan_backends, probe_hardware
-from models import Model, ModelError, ModelStore, ModelZoo, default_store_path, iou
+from models import Model, ModelStore, ModelZoo, default_store_path, iou
 
 
 def _run(model: Model, footage: SampleFootage, gate: MotionGate | None) -> dict[str, Any]:
@@ -65,11 +65,7 @@ def main(argv: list[str]) -> int:
                         help="frames in each static stretch of the footage")
     parser.add_argument("--store", type=Path, default=None)
     args = parser.parse_args(argv)
-    store = ModelStore(args.store or default_store_path())
-    try:
-        bundle = store.resolve("blazeface-short")
-    except ModelError:
-        bundle = ModelZoo(store).pull("blazeface-short")
+    bundle = ModelZoo(ModelStore(args.store or default_store_path())).ensure("blazeface-short")
     model, selection = load_model(bundle, plan_backends(probe_hardware(), bundle.manifest))
     footage = SampleFootage(static_frames=args.static_frames)
     ungated = _run(model, footage, None)

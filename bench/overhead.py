@@ -32,7 +32,6 @@ from models import (
     LiteRTBackend,
     Model,
     ModelBundle,
-    ModelError,
     ModelStore,
     ModelZoo,
     OnnxRuntimeBackend,
@@ -47,15 +46,7 @@ TARGET = 1.05
 
 def _bundles(store: ModelStore) -> tuple[ModelBundle, ModelBundle]:
     zoo = ModelZoo(store)
-    try:
-        tflite = store.resolve("blazeface-short")
-    except ModelError:
-        tflite = zoo.pull("blazeface-short")
-    try:
-        onnx = store.resolve("blazeface-short-onnx")
-    except ModelError:
-        onnx = zoo.convert_to_onnx(tflite)
-    return tflite, onnx
+    return zoo.ensure("blazeface-short"), zoo.ensure("blazeface-short-onnx")
 
 
 def _interleaved(

@@ -22,7 +22,7 @@ from cloud_hub.batching import MicroBatcher
 from cloud_hub.errors import JudgeError
 from cloud_hub.settings import HubSettings
 from hardware import Selection, load_model, plan_backends, probe_hardware
-from models import Detection, Model, ModelError, ModelStore, ModelZoo, default_store_path
+from models import Detection, Model, ModelStore, ModelZoo, default_store_path
 from sync import DetectionPayload, EventMessage
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,7 @@ def decode_jpeg(data: bytes) -> npt.NDArray[np.uint8]:
 
 def load_hub_model(settings: HubSettings, name: str) -> tuple[Model, Selection]:
     """Load a model from the hub's store, pulling (and converting) zoo models if missing."""
-    store = ModelStore(settings.model_store or default_store_path())
-    try:
-        bundle = store.resolve(name)
-    except ModelError:
-        zoo = ModelZoo(store)
-        base = name.removesuffix("-onnx")
-        pulled = zoo.pull(base)
-        bundle = zoo.convert_to_onnx(pulled) if name.endswith("-onnx") else pulled
+    bundle = ModelZoo(ModelStore(settings.model_store or default_store_path())).ensure(name)
     plan = plan_backends(probe_hardware(), bundle.manifest)
     model, selection = load_model(bundle, plan, only=settings.backend)
     log.info("hub model %s on %s", bundle.label, selection.chosen)

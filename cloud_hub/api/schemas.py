@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sync import TopicError, check_name
+from sync import check_name
 
 
 class DeviceCreate(BaseModel):
@@ -25,10 +25,7 @@ class DeviceCreate(BaseModel):
     @field_validator("id", "group")
     @classmethod
     def _name(cls, value: str) -> str:
-        try:
-            return check_name(value)
-        except TopicError as exc:
-            raise ValueError(str(exc)) from exc
+        return check_name(value)  # TopicError is a ValueError: pydantic reports it
 
 
 class DevicePublic(BaseModel):

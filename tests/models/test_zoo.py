@@ -97,3 +97,14 @@ def test_converting_onnx_again_is_refused(zoo_store: ModelStore,
                                           short_onnx: ModelBundle) -> None:
     with pytest.raises(ZooError, match="already an onnx model"):
         ModelZoo(zoo_store, fetcher=_Refusing()).convert_to_onnx(short_onnx)
+
+
+def test_ensure_pulls_or_converts_only_what_is_missing(tmp_path: Path) -> None:
+    zoo = ModelZoo(ModelStore(tmp_path), cache_dir=default_cache_path())
+    onnx = zoo.ensure("blazeface-short-onnx")  # pulls the TFLite model, then converts it
+    assert onnx.manifest.runtime == "onnx"
+    assert zoo.ensure("blazeface-short").manifest.runtime == "tflite"
+    assert ModelZoo(ModelStore(tmp_path), fetcher=_Refusing()).ensure(
+        "blazeface-short-onnx").manifest == onnx.manifest
+    with pytest.raises(ModelNotFoundError):
+        zoo.ensure("yolo-onnx")
