@@ -7,7 +7,8 @@ Hierarchy::
     ├── SampleDataError         sample footage or readings cannot be produced
     ├── ImageReadError          an image file is missing or cannot be decoded
     ├── SourceError             an input (camera, file, folder, topic) cannot be opened
-    └── OutboxError             the durable outbox cannot be opened or written
+    ├── OutboxError             the durable outbox cannot be opened or written
+    └── UpdateRefusedError      a model update failed verification or does not fit
 """
 
 from __future__ import annotations
@@ -43,3 +44,16 @@ class SourceError(EdgeAgentError):
 
 class OutboxError(EdgeAgentError):
     """The durable outbox cannot be opened or written."""
+
+
+class UpdateRefusedError(EdgeAgentError):
+    """An update was refused.
+
+    Attributes:
+        kind: ``signature``, ``expired``, ``rollback``, ``mix-and-match``, ``integrity``,
+            ``too-long``, ``unavailable``, ``runtime`` or ``hardware``.
+    """
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        super().__init__(f"update refused ({kind}): {reason}")

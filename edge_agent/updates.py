@@ -8,7 +8,7 @@ signed targets metadata; ngclient aborts one that runs past its signed length. O
 TUF, :meth:`UpdateClient.offers` refuses what TUF cannot know is wrong for this device:
 a version lower than the one installed, a runtime it lacks, hardware it does not have.
 
-Every failure is one :class:`UpdateRefused` with a ``kind`` and a clear reason; nothing
+Every failure is one :class:`UpdateRefusedError` with a ``kind`` and a clear reason; nothing
 unverified is written anywhere (ngclient persists metadata only after verifying it).
 """
 
@@ -23,23 +23,10 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 
-from edge_agent.errors import EdgeAgentError
+from edge_agent.errors import UpdateRefusedError
 from models import semver_key
 
 log = logging.getLogger(__name__)
-
-
-class UpdateRefused(EdgeAgentError):
-    """An update was refused.
-
-    Attributes:
-        kind: ``signature``, ``expired``, ``rollback``, ``mix-and-match``, ``integrity``,
-            ``too-long``, ``unavailable``, ``runtime`` or ``hardware``.
-    """
-
-    def __init__(self, kind: str, reason: str) -> None:
-        self.kind = kind
-        super().__init__(f"update refused ({kind}): {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +50,22 @@ class DeviceFit:
     hardware: frozenset[str]
 
 
-def _refusal(exc: Exception) -> UpdateRefused:
+def _refusal(exc: Exception) -> UpdateRefusedError:
     """Map python-tuf's exceptions, once, to a refusal with a kind."""
     if isinstance(exc, tuf_errors.ExpiredMetadataError):
-        return UpdateRefused("expired", str(exc))
+        return UpdateRefusedError("expired", str(exc))
     if isinstance(exc, tuf_errors.UnsignedMetadataError):
-        return UpdateRefused("signature", str(exc))
+        return UpdateRefusedError("signature", str(exc))
     if isinstance(exc, tuf_errors.BadVersionNumberError):
-        return UpdateRefused("mix-and-match", str(exc))
+        return UpdateRefusedError("mix-and-match", str(exc))
     if isinstance(exc, tuf_errors.LengthOrHashMismatchError):
-        return UpdateRefused("integrity", str(exc))
+        return UpdateRefusedError("integrity", str(exc))
     if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
-        return UpdateRefused("too-long", str(exc))
+        return UpdateRefusedError("too-long", str(exc))
     if isinstance(exc, tuf_errors.RepositoryError):
-        return UpdateRefused("mix-and-match" if "snapshot" in str(exc).lower()
+        return UpdateRefusedError("mix-and-match" if "snapshot" in str(exc).lower()
                              else "signature", str(exc))
-    return UpdateRefused("unavailable", str(exc))
+    return UpdateRefusedError("unavailable", str(exc))
 
 
 class UpdateClient:
@@ -101,7 +88,7 @@ class UpdateClient:
         root = self.metadata_dir / "root.json"
         if not root.exists():
             if trusted_root is None:
-                raise UpdateRefused("signature", f"no trusted root in {self.metadata_dir}")
+                raise UpdateRefusedError("signature", f"no trusted root in {self.metadata_dir}")
             root.write_bytes(trusted_root)
         self._config = UpdaterConfig(targets_max_length=max_target_bytes)
         self._updater: Updater | None = None
@@ -115,7 +102,7 @@ class UpdateClient:
         """Fetch and verify the newest metadata.
 
         Raises:
-            UpdateRefused: Verification failed; the trusted metadata is unchanged.
+            UpdateRefusedError: Verification failed; the trusted metadata is unchanged.
         """
         self._updater = self._new_updater()
         try:
@@ -129,11 +116,11 @@ class UpdateClient:
         newest first. Call :meth:`refresh` first.
 
         Raises:
-            UpdateRefused: The newest signed version is older than the installed one
+            UpdateRefusedError: The newest signed version is older than the installed one
                 (``rollback``), or does not fit (``runtime`` / ``hardware``).
         """
         if self._updater is None:
-            raise UpdateRefused("unavailable", "refresh() first")
+            raise UpdateRefusedError("unavailable", "refresh() first")
         candidates = []
         prefix = f"models/{name}/"
         targets = self._trusted_targets()
@@ -152,17 +139,18 @@ class UpdateClient:
             return []
         newest = candidates[0]
         if installed is not None and semver_key(newest.version) < semver_key(installed):
-            raise UpdateRefused(
+            raise UpdateRefusedError(
                 "rollback", f"the newest signed {name} is {newest.version}, older than the "
                 f"installed {installed}")
         fresh = [o for o in candidates
                  if installed is None or semver_key(o.version) > semver_key(installed)]
         for offer in fresh:
             if offer.runtime not in fit.runtimes:
-                raise UpdateRefused("runtime", f"{name} {offer.version} needs {offer.runtime}; "
-                                    f"this device has {', '.join(sorted(fit.runtimes))}")
+                raise UpdateRefusedError(
+                    "runtime", f"{name} {offer.version} needs {offer.runtime}; "
+                    f"this device has {', '.join(sorted(fit.runtimes))}")
             if "any" not in offer.hardware and not set(offer.hardware) & fit.hardware:
-                raise UpdateRefused(
+                raise UpdateRefusedError(
                     "hardware", f"{name} {offer.version} is built for "
                     f"{', '.join(offer.hardware)}; this device is "
                     f"{', '.join(sorted(fit.hardware))}")
@@ -172,15 +160,15 @@ class UpdateClient:
         """Download (or reuse from the cache) and verify one target.
 
         Raises:
-            UpdateRefused: Length or hash mismatch, or a download longer than signed;
+            UpdateRefusedError: Length or hash mismatch, or a download longer than signed;
                 nothing unverified is left in the cache.
         """
         if self._updater is None:
-            raise UpdateRefused("unavailable", "refresh() first")
+            raise UpdateRefusedError("unavailable", "refresh() first")
         try:
             info = self._updater.get_targetinfo(offer.path)
             if info is None:
-                raise UpdateRefused("unavailable", f"{offer.path} is not a signed target")
+                raise UpdateRefusedError("unavailable", f"{offer.path} is not a signed target")
             cached = self._updater.find_cached_target(info)
             return Path(cached or self._updater.download_target(info))
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError, OSError) as exc:

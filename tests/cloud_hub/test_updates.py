@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.updates import ModelRepository
-from edge_agent.updates import DeviceFit, UpdateClient, UpdateRefused
+from edge_agent.updates import DeviceFit, UpdateClient, UpdateRefusedError
 from models import ModelBundle, ModelStore
 from tests.broker import free_port
 
@@ -74,7 +74,7 @@ def test_rollback_to_a_lower_version_is_refused(repo: tuple[ModelRepository, Ser
     repository.publish(_version(zoo_store, "0.9.0"))
     client = _client(tmp_path, repository, server)
     client.refresh()
-    with pytest.raises(UpdateRefused, match="older than the installed 1.0.0") as caught:
+    with pytest.raises(UpdateRefusedError, match=r"older than the installed 1\.0\.0") as caught:
         client.offers("blazeface-short", installed="1.0.0", fit=FIT)
     assert caught.value.kind == "rollback"
 
@@ -86,7 +86,7 @@ def test_expired_timestamp_is_refused(tmp_path: Path, zoo_store: ModelStore) -> 
     server = Server(tmp_path / "repo")
     try:
         client = _client(tmp_path, repository, server)
-        with pytest.raises(UpdateRefused) as caught:
+        with pytest.raises(UpdateRefusedError) as caught:
             client.refresh()
         assert caught.value.kind == "expired" and "timestamp" in str(caught.value)
     finally:
@@ -108,7 +108,7 @@ def test_unknown_key_is_refused_and_trust_unchanged(repo: tuple[ModelRepository,
     timestamp.signatures.clear()
     timestamp.sign(CryptoSigner.generate_ed25519())
     repository._write(timestamp, "timestamp.json")
-    with pytest.raises(UpdateRefused) as caught:
+    with pytest.raises(UpdateRefusedError) as caught:
         client.refresh()
     assert caught.value.kind == "signature"
     assert (tmp_path / "device" / "metadata" / "timestamp.json").read_bytes() == trusted
@@ -126,7 +126,7 @@ def test_tampered_target_is_refused_and_not_cached(repo: tuple[ModelRepository, 
     client = _client(tmp_path, repository, server)
     client.refresh()
     [offer] = client.offers("blazeface-short", installed="1.0.0", fit=FIT)
-    with pytest.raises(UpdateRefused) as caught:
+    with pytest.raises(UpdateRefusedError) as caught:
         client.download(offer)
     assert caught.value.kind == "integrity"
     assert not list((tmp_path / "device" / "targets").rglob("*.zip"))
@@ -142,7 +142,7 @@ def test_endless_data_is_cut_at_the_signed_length(repo: tuple[ModelRepository, S
     client = _client(tmp_path, repository, server)
     client.refresh()
     [offer] = client.offers("blazeface-short", installed="1.0.0", fit=FIT)
-    with pytest.raises(UpdateRefused) as caught:
+    with pytest.raises(UpdateRefusedError) as caught:
         client.download(offer)
     assert caught.value.kind in ("too-long", "integrity")
     assert not list((tmp_path / "device" / "targets").rglob("*.zip"))
@@ -157,7 +157,7 @@ def test_targets_not_matching_snapshot_is_refused(repo: tuple[ModelRepository, S
     metadata = repository.metadata_dir
     (metadata / "2.targets.json").write_bytes((metadata / "1.targets.json").read_bytes())
     client = _client(tmp_path, repository, server)
-    with pytest.raises(UpdateRefused) as caught:
+    with pytest.raises(UpdateRefusedError) as caught:
         client.refresh()
     assert caught.value.kind == "mix-and-match"
 
@@ -168,11 +168,11 @@ def test_other_runtime_or_hardware_is_refused(repo: tuple[ModelRepository, Serve
     repository.publish(_version(zoo_store, "2.0.0"), hardware=["edgetpu"])
     client = _client(tmp_path, repository, server)
     client.refresh()
-    with pytest.raises(UpdateRefused, match="built for edgetpu") as caught:
+    with pytest.raises(UpdateRefusedError, match="built for edgetpu") as caught:
         client.offers("blazeface-short", installed="1.0.0", fit=FIT)
     assert caught.value.kind == "hardware"
     no_tflite = DeviceFit(runtimes=frozenset({"onnx"}), hardware=frozenset({"x86_64"}))
-    with pytest.raises(UpdateRefused, match="needs tflite") as caught:
+    with pytest.raises(UpdateRefusedError, match="needs tflite") as caught:
         client.offers("blazeface-short", installed="1.0.0", fit=no_tflite)
     assert caught.value.kind == "runtime"
 
@@ -199,7 +199,7 @@ def test_root_rotation_needs_both_thresholds(repo: tuple[ModelRepository, Server
     root.signatures.clear()
     root.sign(stranger)
     repository._write(root, "3.root.json")
-    with pytest.raises(UpdateRefused) as caught:
+    with pytest.raises(UpdateRefusedError) as caught:
         client.refresh()
     assert caught.value.kind == "signature"
     trusted = json.loads((tmp_path / "device" / "metadata" / "root.json").read_text())
