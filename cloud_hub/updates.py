@@ -38,7 +38,15 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from cloud_hub.errors import HubError
-from models import MANIFEST_FILENAME, ModelBundle
+from models import (
+    MANIFEST_FILENAME,
+    BackendSpec,
+    Golden,
+    Model,
+    ModelBundle,
+    create_backend,
+    golden_outputs,
+)
 
 EXPIRY = {"root": timedelta(days=365), "targets": timedelta(days=90),
           "snapshot": timedelta(days=7), "timestamp": timedelta(days=1)}
@@ -70,6 +78,18 @@ def bundle_archive(bundle: ModelBundle) -> bytes:
         archive.writestr(MANIFEST_FILENAME, bundle.manifest.to_json())
         archive.writestr(bundle.manifest.file.path, bundle.read_verified_model())
     return buffer.getvalue()
+
+
+def golden_outputs_on_cpu(bundle: ModelBundle) -> Golden:
+    """Golden outputs computed with the runtime's plain CPU kernels."""
+    spec = BackendSpec("litert" if bundle.manifest.runtime == "tflite" else "onnxruntime",
+                       "cpu")
+    backend = create_backend(bundle, spec)
+    backend.load()
+    try:
+        return golden_outputs(Model(bundle, backend))
+    finally:
+        backend.close()
 
 
 def target_path(name: str, version: str) -> str:
@@ -131,12 +151,20 @@ class ModelRepository:
 
     # -- publishing ------------------------------------------------------------------
 
-    def publish(self, bundle: ModelBundle, *, hardware: Iterable[str] = ("any",)) -> str:
+    def publish(self, bundle: ModelBundle, *, hardware: Iterable[str] = ("any",),
+                golden: Golden | None = None) -> str:
         """Add a bundle version as a signed target, then re-sign snapshot and timestamp.
+
+        Args:
+            hardware: What the model is built for (``any``, ``x86_64``, ``edgetpu`` ...).
+            golden: The model's golden outputs (:func:`models.golden_outputs`); computed on
+                the CPU here when not given.
 
         Returns:
             The target path devices download.
         """
+        if golden is None:
+            golden = golden_outputs_on_cpu(bundle)
         manifest = bundle.manifest
         data = bundle_archive(bundle)
         path = target_path(manifest.name, manifest.version)
@@ -144,6 +172,9 @@ class ModelRepository:
             "name": manifest.name, "version": manifest.version, "runtime": manifest.runtime,
             "task": manifest.task, "hardware": sorted(set(hardware)),
             "accelerators": list(manifest.accelerators),
+            # Canonical JSON (what is signed) has no floats: millionths, as integers.
+            "golden_micro": {name: [round(v * 1_000_000) for v in values]
+                             for name, values in golden.items()},
         }
         target = TargetFile.from_data(path, data, ["sha256"])
         target.unrecognized_fields = {"custom": custom}

@@ -8,7 +8,8 @@ Hierarchy::
     ├── ImageReadError          an image file is missing or cannot be decoded
     ├── SourceError             an input (camera, file, folder, topic) cannot be opened
     ├── OutboxError             the durable outbox cannot be opened or written
-    └── UpdateRefusedError      a model update failed verification or does not fit
+    ├── UpdateRefusedError      a model update failed verification or does not fit
+    └── InstallError            a model install step failed; the serving model is unchanged
 """
 
 from __future__ import annotations
@@ -57,3 +58,8 @@ class UpdateRefusedError(EdgeAgentError):
     def __init__(self, kind: str, reason: str) -> None:
         self.kind = kind
         super().__init__(f"update refused ({kind}): {reason}")
+
+
+class InstallError(EdgeAgentError):
+    """An install step failed; the install record says which, and the serving model is
+    unchanged."""

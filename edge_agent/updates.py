@@ -40,6 +40,7 @@ class ModelOffer:
     hardware: tuple[str, ...]
     length: int
     sha256: str
+    golden: dict[str, list[float]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,8 @@ class UpdateClient:
                 runtime=str(custom.get("runtime")),
                 hardware=tuple(custom.get("hardware", ["any"])), length=target.length,
                 sha256=target.hashes.get("sha256", ""),
+                golden={name: [v / 1_000_000 for v in values]
+                        for name, values in custom.get("golden_micro", {}).items()},
             ))
         candidates.sort(key=lambda o: semver_key(o.version), reverse=True)
         if not candidates:

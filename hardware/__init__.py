@@ -9,7 +9,7 @@ from __future__ import annotations
 from hardware.errors import HardwareError, NoBackendError, UnknownBackendError
 from hardware.plan import BackendPlan, Exclusion, PlannedBackend, plan_backends, plan_for_runtime
 from hardware.probe import HardwareProfile, RuntimeInventory, probe_hardware
-from hardware.select import BackendFactory, Selection, SkippedBackend, load_model, warmup_tensor
+from hardware.select import BackendFactory, Selection, SkippedBackend, load_model
 
 __all__ = [
     "BackendFactory",
@@ -27,5 +27,4 @@ __all__ = [
     "plan_backends",
     "plan_for_runtime",
     "probe_hardware",
-    "warmup_tensor",
 ]

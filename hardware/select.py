@@ -20,7 +20,7 @@ from hardware.plan import BackendPlan, PlannedBackend
 from models import Backend, BackendDescription, BackendSpec, Model, ModelBundle, ModelError
 from models.backends import create_backend
 from models.errors import InferenceError
-from models.preprocess import ImagePreprocessor
+from models.golden import golden_input
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +54,6 @@ class Selection:
         }
 
 
-def warmup_tensor(bundle: ModelBundle) -> npt.NDArray[np.generic]:
-    """A deterministic input shaped, typed and scaled exactly as the model expects."""
-    spec = bundle.manifest.input
-    if spec.is_image:
-        # A grey gradient through the model's own preprocessing: realistic values, no luck.
-        ramp = np.linspace(0, 255, spec.width * 2, dtype=np.float32).astype(np.uint8)
-        image = np.broadcast_to(ramp[np.newaxis, :, np.newaxis], (spec.height, ramp.size, 3))
-        tensor, _ = ImagePreprocessor(spec)(np.ascontiguousarray(image))
-        return tensor
-    rng = np.random.default_rng(0)
-    return rng.standard_normal(size=(1, *spec.shape[1:])).astype(spec.dtype)
-
-
 def load_model(
     bundle: ModelBundle,
     plan: BackendPlan,
@@ -86,7 +73,7 @@ def load_model(
     """
     candidates = _restrict(plan, only)
     skipped: list[SkippedBackend] = []
-    probe = warmup_tensor(bundle)
+    probe = golden_input(bundle)
     for candidate in candidates:
         backend: Backend | None = None
         try:

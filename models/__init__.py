@@ -29,6 +29,7 @@ from models.errors import (
     ZooError,
     ZooFetchError,
 )
+from models.golden import Golden, golden_input, golden_outputs, smoke_test
 from models.manifest import MANIFEST_FILENAME, InputSpec, Manifest, parse_manifest, semver_key
 from models.model import Model
 from models.preprocess import ImagePreprocessor, Placement
@@ -51,6 +52,7 @@ __all__ = [
     "Classification",
     "Detection",
     "FakeBackend",
+    "Golden",
     "ImagePreprocessor",
     "InferenceError",
     "InputSpec",
@@ -76,10 +78,13 @@ __all__ = [
     "ZooFetchError",
     "create_backend",
     "default_store_path",
+    "golden_input",
+    "golden_outputs",
     "iou",
     "open_bundle",
     "parse_manifest",
     "semver_key",
     "sha256_hex",
+    "smoke_test",
     "write_bundle",
 ]

@@ -1,0 +1,142 @@
+"""Staged install on the device: smoke test, health window, rollback, and kill -9 at
+every step, with the real models and a real signed repository."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.updates import ModelRepository, golden_outputs_on_cpu
+from edge_agent.install import ModelInstaller
+from edge_agent.updates import DeviceFit, ModelOffer, UpdateClient
+from models import ModelBundle, ModelStore
+from sync.install import HealthStats, Step
+from tests.cloud_hub.test_updates import Server
+from tests.edge_agent.install_driver import load
+
+ROOT = Path(__file__).parent.parent.parent
+FIT = DeviceFit(runtimes=frozenset({"tflite"}), hardware=frozenset({"x86_64"}))
+HEALTHY = HealthStats(inferences=200, errors=0, p95_latency_s=0.002, escalations=10)
+
+
+def _as_version(bundle: ModelBundle, version: str, folder: Path,
+                **manifest_changes: object) -> ModelBundle:
+    store = ModelStore(folder)
+    return store.add(bundle.manifest.model_copy(update={"version": version,
+                                                         **manifest_changes}),
+                     bundle.read_verified_model())
+
+
+def _download(tmp_path: Path, bundle: ModelBundle, **publish: object) -> tuple[Path, ModelOffer]:
+    repository = ModelRepository(tmp_path / "repo", tmp_path / "keys")
+    repository.init()
+    repository.publish(bundle, **publish)  # type: ignore[arg-type]
+    server = Server(tmp_path / "repo")
+    try:
+        client = UpdateClient(tmp_path / "device-tuf", server.url,
+                              trusted_root=repository.trusted_root())
+        client.refresh()
+        [offer] = client.offers(bundle.manifest.name, installed="1.0.0", fit=FIT)
+        return client.download(offer), offer
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def installer(tmp_path: Path, zoo_store: ModelStore) -> ModelInstaller:
+    device = ModelInstaller(tmp_path / "state", load)
+    device.seed(zoo_store.resolve("blazeface-short"))
+    return device
+
+
+def test_good_update_is_committed_and_the_old_slot_freed(
+    installer: ModelInstaller, zoo_store: ModelStore, tmp_path: Path
+) -> None:
+    new = _as_version(zoo_store.resolve("blazeface-short"), "1.1.0", tmp_path / "pub")
+    archive, offer = _download(tmp_path, new)
+    record = installer.begin("blazeface-short", "1.1.0")
+    record = installer.stage(record, archive)
+    record, model = installer.smoke(record, offer.golden)
+    assert record.step == Step.SMOKE_PASSED and model is not None
+    record = installer.swap(record)
+    assert installer.active_version("blazeface-short") == "1.1.0"
+    undecided = HealthStats(inferences=10, errors=0, p95_latency_s=0.002, escalations=1)
+    assert installer.conclude(record, undecided, HEALTHY) == record  # keep watching
+    record = installer.conclude(record, HEALTHY, HEALTHY)
+    assert record.step == Step.COMMITTED
+    assert not installer.slot("blazeface-short", "1.0.0").exists()
+    assert installer.active_bundle("blazeface-short").manifest.version == "1.1.0"
+
+
+def test_verified_update_failing_its_smoke_test_is_rolled_back(
+    installer: ModelInstaller, zoo_store: ModelStore, tmp_path: Path
+) -> None:
+    original = zoo_store.resolve("blazeface-short")
+    # A release with the wrong normalisation: it verifies (it is what was signed), but
+    # on the device it does not reproduce the outputs the publisher measured.
+    broken = _as_version(original, "1.2.0", tmp_path / "pub", input=original.manifest.input
+                         .model_copy(update={"normalization": {"mean": (0.0, 0.0, 0.0),
+                                                               "std": (255.0, 255.0, 255.0)}}))
+    archive, offer = _download(tmp_path, broken, golden=golden_outputs_on_cpu(original))
+    record = installer.begin("blazeface-short", "1.2.0")
+    record = installer.stage(record, archive)
+    record, model = installer.smoke(record, offer.golden)
+    assert model is None and record.step == Step.ROLLED_BACK
+    assert "smoke test failed: output" in record.reason
+    assert installer.active_version("blazeface-short") == "1.0.0"
+    assert not installer.slot("blazeface-short", "1.2.0").exists()
+    load(installer.active_bundle("blazeface-short")).close()  # the old model still serves
+
+
+def test_update_degrading_in_the_health_window_is_rolled_back(
+    installer: ModelInstaller, zoo_store: ModelStore, tmp_path: Path
+) -> None:
+    new = _as_version(zoo_store.resolve("blazeface-short"), "1.3.0", tmp_path / "pub")
+    archive, offer = _download(tmp_path, new)
+    record = installer.begin("blazeface-short", "1.3.0")
+    record, _ = installer.smoke(installer.stage(record, archive), offer.golden)
+    record = installer.swap(record)
+    escalating = HealthStats(inferences=200, errors=0, p95_latency_s=0.002, escalations=90)
+    record = installer.conclude(record, escalating, HEALTHY)
+    assert record.step == Step.ROLLED_BACK and "escalation rate 45.0%" in record.reason
+    assert installer.active_version("blazeface-short") == "1.0.0"
+    assert [step for step, _ in record.history] == [
+        "idle", "verified", "staged", "smoke-passed", "active", "rolled-back"]
+
+
+@pytest.mark.parametrize("crash_at", ["idle", "verified", "staged", "smoke-passed", "active",
+                                      "committed"])
+def test_kill_9_at_every_step_leaves_a_loadable_model(
+    crash_at: str, installer: ModelInstaller, zoo_store: ModelStore, tmp_path: Path
+) -> None:
+    new = _as_version(zoo_store.resolve("blazeface-short"), "1.1.0", tmp_path / "pub")
+    archive, offer = _download(tmp_path, new)
+    golden = tmp_path / "golden.json"
+    golden.write_text(json.dumps(offer.golden))
+    driver = subprocess.run(
+        [sys.executable, "-m", "tests.edge_agent.install_driver", str(tmp_path / "state"),
+         str(archive), str(golden), crash_at], cwd=ROOT, capture_output=True, timeout=120,
+        check=False,
+    )
+    assert driver.returncode == -9, driver.stderr.decode()[-1000:]
+    action = installer.resume("blazeface-short")
+    # Whatever the step, a complete, verified model serves right after the restart...
+    load(installer.active_bundle("blazeface-short")).close()
+    record = installer.record("blazeface-short")
+    assert record is not None
+    # ...and the install can be finished from where it stopped.
+    if action in ("verify", "stage", "smoke-test", "swap"):
+        assert installer.active_version("blazeface-short") == "1.0.0"
+        record = installer.begin("blazeface-short", "1.1.0")
+        record, _ = installer.smoke(installer.stage(record, archive), offer.golden)
+        record = installer.swap(record)
+        action = "watch"
+    if action == "watch":
+        assert installer.active_version("blazeface-short") == "1.1.0"
+        record = installer.conclude(installer.record("blazeface-short"), HEALTHY, HEALTHY)
+    assert record.step == Step.COMMITTED
+    assert installer.active_bundle("blazeface-short").manifest.version == "1.1.0"
