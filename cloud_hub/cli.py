@@ -70,6 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["viewer", "operator", "admin"], required=True)
     create.set_defaults(handler=_tokens_create)
 
+    keys = commands.add_parser("keys", help="manage the update signing keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    init = key_commands.add_parser("init", help="create keys and the TUF repository")
+    init.add_argument("--root-keys", type=int, default=1, help="number of root keys")
+    init.add_argument("--root-threshold", type=int, default=1, help="signatures root needs")
+    init.set_defaults(handler=_keys_init)
+
+    models = commands.add_parser("models", help="publish model versions")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    publish = model_commands.add_parser("publish", help="sign a bundle for devices")
+    publish.add_argument("bundle", type=Path, help="bundle folder (manifest.json + model)")
+    publish.add_argument("--hardware", action="append", default=None,
+                         help="what it is built for (any, x86_64, aarch64, edgetpu ...)")
+    publish.set_defaults(handler=_models_publish)
+
+    rollout = commands.add_parser("rollout", help="staged rollouts to device groups")
+    rollout_commands = rollout.add_subparsers(dest="rollout_command", required=True)
+    begin = rollout_commands.add_parser("start", help="canaries first, then the group")
+    begin.add_argument("model")
+    begin.add_argument("version")
+    begin.add_argument("--group", required=True)
+    begin.add_argument("--canary", type=float, default=10.0, help="percent of the group")
+    begin.add_argument("--max-failure-share", type=float, default=0.2)
+    begin.set_defaults(handler=_rollout_start)
+    back = rollout_commands.add_parser("rollback", help="stop and ship the previous model")
+    back.add_argument("rollout_id")
+    back.set_defaults(handler=_rollout_rollback)
+    show = rollout_commands.add_parser("list", help="show rollouts")
+    show.set_defaults(handler=_rollout_list)
+
     doctor = commands.add_parser("doctor", help="show the hub's hardware and ONNX backend plan")
     doctor.add_argument("--json", action="store_true", help="one JSON object on stdout")
     doctor.add_argument("--root", type=Path, default=Path("/"), help="filesystem root to probe")
@@ -139,6 +169,80 @@ def _tokens_create(args: argparse.Namespace, settings: HubSettings) -> int:
     finally:
         service.store.close()
     print(token)
+    return 0
+
+
+def _keys_init(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.updates import ModelRepository
+
+    repository = ModelRepository(settings.repository_dir, settings.signing_keys_dir)
+    repository.init(root_keys=args.root_keys, root_threshold=args.root_threshold)
+    keys = settings.signing_keys_dir
+    print(f"TUF repository in {settings.repository_dir}")
+    print(f"root keys in {keys / 'root'}: move them offline; targets key {keys / 'targets.pem'}")
+    print(f"provision devices with {settings.repository_dir / 'metadata' / '1.root.json'}")
+    return 0
+
+
+def _with_distribution(settings: HubSettings) -> HubService:
+    service = HubService(settings, ingest=False)
+    service.open_store()
+    return service
+
+
+def _models_publish(args: argparse.Namespace, settings: HubSettings) -> int:
+    from models import ModelError, open_bundle
+
+    service = _with_distribution(settings)
+    try:
+        bundle = open_bundle(args.bundle)
+        assert service.distribution is not None
+        path = service.distribution.publish(bundle, hardware=args.hardware or ["any"])
+    except ModelError as exc:
+        raise HubError(str(exc)) from exc
+    finally:
+        service.store.close()
+    print(f"published {bundle.label} as {path}")
+    return 0
+
+
+def _rollout_start(args: argparse.Namespace, settings: HubSettings) -> int:
+    service = _with_distribution(settings)
+    try:
+        assert service.distribution is not None
+        rollout = service.distribution.start(
+            model=args.model, version=args.version, group=args.group,
+            canary_percent=args.canary, max_failure_share=args.max_failure_share)
+    finally:
+        service.store.close()
+    print(f"rollout {rollout.id}: {rollout.model} {rollout.version} to {rollout.group}, "
+          f"canaries {', '.join(rollout.waves[0]) if rollout.waves else '-'}")
+    return 0
+
+
+def _rollout_rollback(args: argparse.Namespace, settings: HubSettings) -> int:
+    service = _with_distribution(settings)
+    try:
+        assert service.distribution is not None
+        again = service.distribution.roll_back(args.rollout_id)
+    finally:
+        service.store.close()
+    print(f"rolled back; {again.model} {again.version} (the previous model) goes to "
+          f"{again.group} in rollout {again.id}")
+    return 0
+
+
+def _rollout_list(args: argparse.Namespace, settings: HubSettings) -> int:
+    service = _with_distribution(settings)
+    try:
+        for rollout in service.store.list_rollouts():
+            done = len(rollout["results"])
+            total = sum(len(w) for w in rollout["waves"])
+            print(f"{rollout['id']}  {rollout['model']} {rollout['version']} -> "
+                  f"{rollout['group']}: {rollout['status']}, wave {rollout['wave'] + 1}, "
+                  f"{done}/{total} reported {rollout['reason']}")
+    finally:
+        service.store.close()
     return 0
 
 

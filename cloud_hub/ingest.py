@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -40,6 +41,7 @@ from sync import (
     StatusMessage,
     TopicError,
     TopicLayout,
+    UpdateReport,
     VerdictMessage,
     decode,
     encode,
@@ -54,8 +56,10 @@ class IngestWorker:
     """One hub process's share of the fleet's escalations."""
 
     def __init__(self, settings: HubSettings, store: Store, judge: Judge,
-                 metrics: HubMetrics) -> None:
+                 metrics: HubMetrics,
+                 on_update_report: Callable[[UpdateReport], None] | None = None) -> None:
         self.settings = settings
+        self._on_update_report = on_update_report
         self.store = store
         self.judge = judge
         self.metrics = metrics
@@ -108,6 +112,7 @@ class IngestWorker:
             return
         client.subscribe(self.layout.shared(self.settings.share_group, "events"), qos=1)
         client.subscribe(self.layout.all_devices("status"), qos=1)
+        client.subscribe(self.layout.shared(self.settings.share_group, "updates"), qos=1)
         self.connected.set()
         self.metrics.connected.set(1)
         log.info("%s connected to %s:%d", self.name, self.settings.mqtt_host,
@@ -155,6 +160,8 @@ class IngestWorker:
             self._status(address.name, payload)
         elif address.kind == "events":
             self._event(address.name, payload)
+        elif address.kind == "updates":
+            self._update_report(address.name, payload)
         else:
             self._drop("unexpected-topic", topic)
 
@@ -178,6 +185,27 @@ class IngestWorker:
             return
         self.store.record_status(device_id=device_id, online=status.state == "online",
                                  at=status.at, models=status.models, backend=status.backend)
+
+    def _update_report(self, device_id: str, payload: bytes) -> None:
+        try:
+            report = decode(payload, UpdateReport, max_bytes=self.settings.max_message_bytes)
+        except MessageError as exc:
+            self._drop("malformed", f"update report of {device_id}: {exc}")
+            return
+        if report.device_id != device_id:
+            self._drop("spoofed-device", f"report for {report.device_id} on {device_id}'s topic")
+            return
+        if not self.store.device_exists(device_id=device_id):
+            self._drop("unknown-device", f"update report from {device_id}")
+            return
+        if self._on_update_report is not None:
+            self._on_update_report(report)
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Publish with QoS 1 on the worker's connection (announcements)."""
+        if self._client is None:
+            raise HubError("the ingest worker is not started")
+        self._client.publish(topic, payload, qos=1, retain=retain)
 
     def _event(self, device_id: str, payload: bytes) -> None:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_hub.batching import MicroBatcher
+from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import HubError
 from cloud_hub.ingest import IngestWorker
 from cloud_hub.judge import Judge, load_hub_model
@@ -27,11 +28,38 @@ from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
 from hardware import Selection
 from models import Detection, Model
-from sync import TopicLayout
+from sync import TopicLayout, UpdateReport
 
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 3600.0
+
+
+def publish_once(settings: HubSettings, topic: str, payload: bytes, *, retain: bool) -> None:
+    """Connect, publish one QoS 1 message, wait for its PUBACK, disconnect.
+
+    Raises:
+        HubError: The broker could not be reached or refused the message.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if settings.mqtt_username:
+        client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+    try:
+        client.connect(settings.mqtt_host, settings.mqtt_port)
+        client.loop_start()
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(timeout=10)
+        if not info.is_published():
+            raise HubError(f"the broker did not acknowledge {topic}")
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise HubError(
+            f"cannot publish to {settings.mqtt_host}:{settings.mqtt_port}: {exc}") from exc
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class HubService:
@@ -49,6 +77,7 @@ class HubService:
         self.models: dict[str, tuple[Model, Selection]] = {}
         self.batchers: dict[str, MicroBatcher] = {}
         self.judge: Judge | None = None
+        self.distribution: ModelDistribution | None = None
         self.ingest: IngestWorker | None = None
         self._want_ingest = ingest
         self._stop = threading.Event()
@@ -60,6 +89,17 @@ class HubService:
         """Open the store alone (for CLI commands that need no models)."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store.open()
+        self.distribution = ModelDistribution(self.settings, self.store, self._announce)
+
+    def _announce(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self.ingest is not None:
+            self.ingest.publish(topic, payload, retain)
+        else:
+            publish_once(self.settings, topic, payload, retain=retain)
+
+    def _on_update_report(self, report: UpdateReport) -> None:
+        if self.distribution is not None:
+            self.distribution.report(report)
 
     def start(self) -> None:
         """Open the store, load the models, start batching, ingest and retention.
@@ -76,7 +116,8 @@ class HubService:
         self.judge = Judge(detector, detector_batcher, landmarks,
                            confirm_score=self.settings.confirm_score)
         if self._want_ingest:
-            self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics)
+            self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics,
+                                       on_update_report=self._on_update_report)
             self.ingest.start()
         self._retention = threading.Thread(target=self._retain, name="retention", daemon=True)
         self._retention.start()

@@ -56,6 +56,9 @@ class HubSettings(BaseSettings):
     image_retention_days: float = Field(default=7.0, gt=0)
     event_retention_days: float = Field(default=90.0, gt=0)
 
+    tuf_dir: Path | None = Field(default=None, description="TUF repository; data_dir/tuf")
+    keys_dir: Path | None = Field(
+        default=None, description="signing keys; data_dir/keys (keep keys/root offline)")
     mosquitto_password_file: Path | None = None
     mosquitto_acl_file: Path | None = None
 
@@ -70,6 +73,16 @@ class HubSettings(BaseSettings):
                 "print(secrets.token_urlsafe(32))'`) before running in production"
             )
         return self
+
+    @property
+    def repository_dir(self) -> Path:
+        """The TUF repository served at ``/tuf``."""
+        return self.tuf_dir or self.data_dir / "tuf"
+
+    @property
+    def signing_keys_dir(self) -> Path:
+        """Where ``cloud-hub keys init`` writes the keys."""
+        return self.keys_dir or self.data_dir / "keys"
 
     @property
     def effective_database_url(self) -> str:

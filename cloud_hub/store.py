@@ -83,6 +83,30 @@ tokens = sa.Table(
     sa.Column("last_used", sa.Float, nullable=True),
 )
 
+rollouts = sa.Table(
+    "rollouts", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("group_name", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+update_reports = sa.Table(
+    "update_reports", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False, index=True),
+    sa.Column("rollout_id", sa.String(64), nullable=True, index=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("step", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
 migrations_table = sa.Table(
     "schema_migrations", metadata,
     sa.Column("version", sa.Integer, primary_key=True),
@@ -95,7 +119,12 @@ def _v1(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1),)
+def _v2(conn: Connection) -> None:
+    for table in (rollouts, update_reports):
+        table.create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1), (2, _v2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
@@ -382,6 +411,56 @@ class Store:
             query = query.where(models.c.name == name)
         with self._tx() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    def save_rollout(self, *, rollout: dict[str, Any]) -> None:
+        """Insert or replace a rollout's state."""
+        now = time.time()
+        with self._tx() as conn:
+            statement = self._insert_ignore(rollouts).values(
+                id=rollout["id"], model=rollout["model"], version=rollout["version"],
+                group_name=rollout["group"], status=rollout["status"],
+                state=json.dumps(rollout), created_at=now, updated_at=now)
+            conn.execute(statement.on_conflict_do_update(
+                index_elements=["id"],
+                set_={"status": rollout["status"], "state": json.dumps(rollout),
+                      "updated_at": now}))
+
+    def get_rollout(self, *, rollout_id: str) -> dict[str, Any]:
+        """One rollout's state.
+
+        Raises:
+            NotFoundError: No such rollout.
+        """
+        with self._tx() as conn:
+            row = conn.execute(sa.select(rollouts.c.state)
+                               .where(rollouts.c.id == rollout_id)).first()
+        if row is None:
+            raise NotFoundError("rollout", rollout_id)
+        state: dict[str, Any] = json.loads(row[0])
+        return state
+
+    def list_rollouts(self, *, status: str | None = None) -> list[dict[str, Any]]:
+        """Rollouts, newest first."""
+        query = sa.select(rollouts.c.state).order_by(rollouts.c.created_at.desc())
+        if status is not None:
+            query = query.where(rollouts.c.status == status)
+        with self._tx() as conn:
+            return [json.loads(row[0]) for row in conn.execute(query)]
+
+    def add_update_report(self, *, device_id: str, rollout_id: str | None, model: str,
+                          version: str, step: str, reason: str, at: float) -> None:
+        """Keep a device's install step."""
+        with self._tx() as conn:
+            conn.execute(update_reports.insert().values(
+                device_id=device_id, rollout_id=rollout_id, model=model, version=version,
+                step=step, reason=reason, at=at))
+
+    def update_reports_of(self, *, device_id: str) -> list[dict[str, Any]]:
+        """A device's install steps, oldest first."""
+        with self._tx() as conn:
+            return [dict(row._mapping) for row in conn.execute(
+                sa.select(update_reports).where(update_reports.c.device_id == device_id)
+                .order_by(update_reports.c.id))]
 
     def add_token(self, *, name: str, role: str, token_hash: str) -> int:
         """Store an API token's hash; returns its id."""

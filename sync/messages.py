@@ -134,7 +134,38 @@ class TelemetryMessage(_DeviceMessage):
     model_config = ConfigDict(populate_by_name=True)
 
 
-AnyMessage = EventMessage | VerdictMessage | StatusMessage | TelemetryMessage
+class ModelAnnouncement(_Message):
+    """The hub's retained word to a device group: this version, for these devices."""
+
+    schema_: Literal["announce/1"] = Field(default="announce/1", alias="schema")
+    rollout_id: str = Field(min_length=1, max_length=64)
+    group: str
+    model: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+    target: str = Field(min_length=1, max_length=256)
+    devices: tuple[str, ...] | None = Field(default=None, description="None: the whole group")
+    at: float
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class UpdateReport(_DeviceMessage):
+    """A device's report of one install step (and, when it failed, why)."""
+
+    schema_: Literal["update/1"] = Field(default="update/1", alias="schema")
+    rollout_id: str | None = None
+    model: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+    previous: str | None = None
+    step: str = Field(min_length=1, max_length=32)
+    reason: str = Field(default="", max_length=2000)
+    at: float
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+AnyMessage = (EventMessage | VerdictMessage | StatusMessage | TelemetryMessage
+              | ModelAnnouncement | UpdateReport)
 _M = TypeVar("_M", bound=_Message)
 
 

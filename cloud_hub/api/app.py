@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
-from cloud_hub.api.routes import dashboard, devices, events, health, infer, models
+from cloud_hub.api.routes import dashboard, devices, events, health, infer, models, rollouts
 from cloud_hub.service import HubService
 
 
@@ -33,6 +34,11 @@ def create_app(service: HubService, *, manage: bool = True) -> FastAPI:
         description="Judges what edge agents escalate, stores events, serves the fleet.",
     )
     app.state.service = service
-    for module in (health, devices, events, models, infer, dashboard):
+    for module in (health, devices, events, models, rollouts, infer, dashboard):
         app.include_router(module.router)
+    # The TUF repository: metadata and targets are verified by devices, not trusted on
+    # transport, so they are served to anyone who asks.
+    repository = service.settings.repository_dir
+    repository.mkdir(parents=True, exist_ok=True)
+    app.mount("/tuf", StaticFiles(directory=repository, check_dir=False), name="tuf")
     return app

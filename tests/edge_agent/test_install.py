@@ -14,6 +14,7 @@ from cloud_hub.updates import ModelRepository, golden_outputs_on_cpu
 from edge_agent.install import ModelInstaller
 from edge_agent.updates import DeviceFit, ModelOffer, UpdateClient
 from models import ModelBundle, ModelStore
+from models.manifest import Normalization
 from sync.install import HealthStats, Step
 from tests.cloud_hub.test_updates import Server
 from tests.edge_agent.install_driver import load
@@ -78,9 +79,9 @@ def test_verified_update_failing_its_smoke_test_is_rolled_back(
     original = zoo_store.resolve("blazeface-short")
     # A release with the wrong normalisation: it verifies (it is what was signed), but
     # on the device it does not reproduce the outputs the publisher measured.
+    wrong = Normalization(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0))
     broken = _as_version(original, "1.2.0", tmp_path / "pub", input=original.manifest.input
-                         .model_copy(update={"normalization": {"mean": (0.0, 0.0, 0.0),
-                                                               "std": (255.0, 255.0, 255.0)}}))
+                         .model_copy(update={"normalization": wrong}))
     archive, offer = _download(tmp_path, broken, golden=golden_outputs_on_cpu(original))
     record = installer.begin("blazeface-short", "1.2.0")
     record = installer.stage(record, archive)

@@ -51,6 +51,15 @@ def dashboard(request: Request, service: ServiceDep) -> str:
         for d in devices
     )
     cards = "".join(_event_card(e, now) for e in events)
+    rollout_rows = "".join(
+        f"<tr class='rollout' data-rollout='{esc(r['id'])}'><td>{esc(r['id'])}</td>"
+        f"<td>{esc(r['model'])} {esc(r['version'])}</td><td>{esc(r['group'])}</td>"
+        f"<td class='{esc(r['status'])}'>{esc(r['status'])}</td><td>{r['wave'] + 1} of "
+        f"{len(r['waves'])}</td><td>{sum(v == 'committed' for v in r['results'].values())}"
+        f" committed, {sum(v != 'committed' for v in r['results'].values())} failed</td>"
+        f"<td>{esc(r['reason'])}</td></tr>"
+        for r in store.list_rollouts()[:5]
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_S}">
@@ -83,6 +92,9 @@ mean capture-to-verdict</div>
 <h2>Fleet</h2>
 <table id="fleet"><tr><th>device</th><th>group</th><th>state</th><th>last seen</th>
 <th>models</th><th>backend</th><th>escalations / h</th></tr>{rows}</table>
+<h2>Rollouts</h2>
+<table id="rollouts"><tr><th>rollout</th><th>model</th><th>group</th><th>status</th>
+<th>wave</th><th>devices</th><th>note</th></tr>{rollout_rows}</table>
 <h2>Latest escalations</h2>
 <div class="events" id="events">{cards or '<p>No escalations yet.</p>'}</div>
 </body></html>"""

@@ -1,0 +1,100 @@
+"""``/v1/rollouts`` and publishing: model versions going out to the fleet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.errors import HubError, NotFoundError
+from models import ModelError
+
+router = APIRouter(tags=["rollouts"])
+
+
+class RolloutCreate(BaseModel):
+    """A rollout to start (its id, waves and status are the server's)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    version: str
+    group: str
+    canary_percent: float = Field(default=10.0, gt=0, le=100)
+    max_failure_share: float = Field(default=0.2, ge=0, le=1)
+
+
+class PublishRequest(BaseModel):
+    """What a published version is built for."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hardware: list[str] = Field(default_factory=lambda: ["any"])
+
+
+def _distribution(service: Any) -> Any:
+    if service.distribution is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the hub is starting")
+    return service.distribution
+
+
+@router.post("/v1/models/{name}/{version}/publish", status_code=status.HTTP_201_CREATED,
+             dependencies=[require("admin")])
+def publish_model(name: str, version: str, body: PublishRequest,
+                  service: ServiceDep) -> dict[str, str]:
+    """Sign an uploaded version into the TUF repository that devices update from."""
+    distribution = _distribution(service)
+    try:
+        bundle = distribution.models.resolve(f"{name}@{version}")
+        path = distribution.publish(bundle, hardware=body.hardware)
+    except ModelError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except HubError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return {"target": path}
+
+
+@router.get("/v1/rollouts", dependencies=[require("viewer")])
+def list_rollouts(service: ServiceDep, status_filter: str | None = None) -> list[dict[str, Any]]:
+    """Every rollout, newest first."""
+    return service.store.list_rollouts(status=status_filter)
+
+
+@router.get("/v1/rollouts/{rollout_id}", dependencies=[require("viewer")])
+def get_rollout(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
+    """One rollout: waves, outcomes per device, status."""
+    try:
+        return service.store.get_rollout(rollout_id=rollout_id)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.post("/v1/rollouts", status_code=status.HTTP_201_CREATED,
+             dependencies=[require("operator")])
+def start_rollout(body: RolloutCreate, service: ServiceDep) -> dict[str, Any]:
+    """Start a staged rollout: canaries first, then the rest of the group."""
+    try:
+        rollout = _distribution(service).start(
+            model=body.model, version=body.version, group=body.group,
+            canary_percent=body.canary_percent, max_failure_share=body.max_failure_share)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except HubError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    result: dict[str, Any] = rollout.to_dict()
+    return result
+
+
+@router.post("/v1/rollouts/{rollout_id}/rollback", dependencies=[require("operator")])
+def rollback(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
+    """Stop a rollout and ship the previous model to the whole group again."""
+    try:
+        again = _distribution(service).roll_back(rollout_id)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except HubError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    result: dict[str, Any] = again.to_dict()
+    return result

@@ -1,0 +1,157 @@
+"""Publishing model versions and rolling them out to device groups.
+
+Publishing stores the bundle, records it, and signs it into the TUF repository. A rollout
+announces the version on the group's retained ``models`` topic, naming the devices of the
+waves started so far; devices report each install step on their ``updates`` topic, and
+each report may advance (or halt) the rollout, which then announces again. A fleet-wide
+rollback re-publishes the previous model under the next patch version (devices refuse to
+install a lower version, by design) and rolls that out to the whole group at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cloud_hub.errors import HubError, NotFoundError
+from cloud_hub.settings import HubSettings
+from cloud_hub.store import Store
+from cloud_hub.updates import ModelRepository, target_path
+from models import ModelBundle, ModelStore, default_store_path, semver_key
+from sync import ModelAnnouncement, TopicLayout, UpdateReport, encode
+from sync.rollout import Rollout, on_report, roll_back, start
+
+log = logging.getLogger(__name__)
+
+Publisher = Callable[[str, bytes, bool], None]
+
+
+def _rollout_from(state: dict[str, Any]) -> Rollout:
+    return Rollout(
+        id=state["id"], model=state["model"], version=state["version"],
+        group=state["group"], waves=tuple(tuple(w) for w in state["waves"]),
+        wave=state["wave"], status=state["status"],
+        max_failure_share=state["max_failure_share"],
+        results=tuple(state["results"].items()), reason=state["reason"],
+    )
+
+
+class ModelDistribution:
+    """The hub's side of signed model updates."""
+
+    def __init__(self, settings: HubSettings, store: Store, publish: Publisher) -> None:
+        self.settings = settings
+        self.store = store
+        self._publish = publish
+        self.layout = TopicLayout(settings.mqtt_prefix)
+        self.repository = ModelRepository(settings.repository_dir, settings.signing_keys_dir)
+        self.models = ModelStore(settings.model_store or default_store_path())
+        self._lock = threading.Lock()
+
+    def publish(self, bundle: ModelBundle, *, hardware: Iterable[str] = ("any",)) -> str:
+        """Store, record and sign a bundle version; returns its TUF target path.
+
+        Raises:
+            HubError: The repository has no keys (run ``cloud-hub keys init``).
+        """
+        if not (self.settings.signing_keys_dir / "targets.pem").exists():
+            raise HubError("no signing keys: run `cloud-hub keys init` first")
+        stored = self.models.add(bundle.manifest, bundle.read_verified_model())
+        manifest = stored.manifest
+        self.store.add_model(name=manifest.name, version=manifest.version, task=manifest.task,
+                             runtime=manifest.runtime, sha256=manifest.file.sha256,
+                             size_bytes=manifest.file.size_bytes, path=str(stored.root))
+        path = self.repository.publish(stored, hardware=hardware)
+        log.info("published %s as %s", stored.label, path)
+        return path
+
+    def start(self, *, model: str, version: str, group: str, canary_percent: float,
+              max_failure_share: float = 0.2) -> Rollout:
+        """Start rolling ``model`` ``version`` out to ``group``.
+
+        Raises:
+            NotFoundError: The version was never published.
+            HubError: The group has no devices.
+        """
+        if not any(m["version"] == version for m in self.store.list_models(name=model)):
+            raise NotFoundError("model version", f"{model} {version}")
+        devices = [d["id"] for d in self.store.list_devices(group=group)]
+        if not devices:
+            raise HubError(f"group {group!r} has no devices")
+        rollout = start(rollout_id=f"r-{uuid.uuid4().hex[:10]}", model=model, version=version,
+                        group=group, devices=devices, canary_percent=canary_percent,
+                        max_failure_share=max_failure_share)
+        self._save_and_announce(rollout)
+        return rollout
+
+    def report(self, report: UpdateReport) -> None:
+        """Record a device's install step and let it move its rollout."""
+        self.store.add_update_report(device_id=report.device_id, rollout_id=report.rollout_id,
+                                     model=report.model, version=report.version,
+                                     step=report.step, reason=report.reason, at=report.at)
+        if report.rollout_id is None:
+            return
+        with self._lock:
+            try:
+                rollout = _rollout_from(self.store.get_rollout(rollout_id=report.rollout_id))
+            except NotFoundError:
+                log.warning("report for unknown rollout %s", report.rollout_id)
+                return
+            updated = on_report(rollout, report.device_id, report.step)
+            if updated != rollout:
+                if updated.status == "halted":
+                    log.warning("rollout %s halted: %s", updated.id, updated.reason)
+                self._save_and_announce(updated)
+
+    def roll_back(self, rollout_id: str, reason: str = "operator request") -> Rollout:
+        """Stop a rollout and ship the previous version to the whole group again.
+
+        Returns:
+            The new rollout that carries the previous model.
+
+        Raises:
+            NotFoundError: No such rollout.
+            HubError: There is no earlier version to go back to.
+        """
+        with self._lock:
+            rollout = roll_back(_rollout_from(self.store.get_rollout(rollout_id=rollout_id)),
+                                reason)
+            self.store.save_rollout(rollout=rollout.to_dict())
+        versions = sorted((m["version"] for m in self.store.list_models(name=rollout.model)),
+                          key=semver_key)
+        earlier = [v for v in versions if semver_key(v) < semver_key(rollout.version)]
+        if not earlier:
+            raise HubError(f"{rollout.model} has no version before {rollout.version}")
+        previous = self.models.resolve(f"{rollout.model}@{earlier[-1]}")
+        major, minor, patch = (int(p) for p in max(versions, key=semver_key)
+                               .split("+")[0].split("-")[0].split("."))
+        again = self.models.add(
+            previous.manifest.model_copy(update={"version": f"{major}.{minor}.{patch + 1}"}),
+            previous.read_verified_model(),
+        )
+        self.publish(again)
+        return self.start(model=rollout.model, version=again.manifest.version,
+                          group=rollout.group, canary_percent=100)
+
+    def _save_and_announce(self, rollout: Rollout) -> None:
+        self.store.save_rollout(rollout=rollout.to_dict())
+        announcement = ModelAnnouncement(
+            rollout_id=rollout.id, group=rollout.group, model=rollout.model,
+            version=rollout.version, target=target_path(rollout.model, rollout.version),
+            devices=rollout.targeted, at=time.time(),
+        )
+        self._publish(self.layout.models(rollout.group), encode(announcement), True)
+        log.info("rollout %s (%s %s to %s): %s, wave %d, targeting %d device(s)",
+                 rollout.id, rollout.model, rollout.version, rollout.group, rollout.status,
+                 rollout.wave + 1, len(rollout.targeted))
+
+
+def current_rollout(store: Store, rollout_id: str) -> Rollout:
+    """A stored rollout as a value (for the API)."""
+    return _rollout_from(store.get_rollout(rollout_id=rollout_id))
+
+
