@@ -29,6 +29,7 @@ from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.escalation import frame_event, window_event
 from edge_agent.fallback import PendingVerdicts
 from edge_agent.footage import SampleFootage
+from edge_agent.install import ModelInstaller
 from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate
 from edge_agent.notify import SystemdNotifier
@@ -36,18 +37,29 @@ from edge_agent.outbox import Outbox, OutboxItem
 from edge_agent.policy import Decision, EscalationPolicy
 from edge_agent.sensors import ReadingWindow, SensorSource
 from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
+from edge_agent.updater import ModelHealth, Updater, device_fit, read_trusted_root
+from edge_agent.updates import UpdateClient
 from edge_agent.uplink import ConnectionState, Uplink
-from hardware import HardwareError, Selection, load_model, plan_backends, probe_hardware
-from models import Model, ModelError, ModelStore, default_store_path
+from hardware import (
+    HardwareError,
+    HardwareProfile,
+    Selection,
+    load_model,
+    plan_backends,
+    probe_hardware,
+)
+from models import Model, ModelBundle, ModelError, ModelStore, default_store_path
 from models.features import FEATURE_SETS
 from sync import (
     EventIdFactory,
     EventMessage,
     MessageError,
+    ModelAnnouncement,
     StatusMessage,
     TelemetryMessage,
     TopicError,
     TopicLayout,
+    UpdateReport,
     VerdictMessage,
     decode,
     encode,
@@ -72,13 +84,21 @@ class _Counters:
     last_verdict: dict[str, Any] = field(default_factory=dict)
 
 
-def store_model_loader(config: AgentConfig) -> ModelLoader:
-    """Load each source's model from the store on the best backend this machine has."""
+def store_model_loader(config: AgentConfig,
+                       installer: ModelInstaller | None = None) -> ModelLoader:
+    """Load each source's model on the best backend this machine has: the installed slot
+    when signed updates are on (seeded from the store the first time), else the store."""
     store = ModelStore(config.model_store or default_store_path())
     profile = probe_hardware()
 
     def load(source: SourceConfig) -> tuple[Model, Selection]:
         bundle = store.resolve(source.model)
+        if installer is not None:
+            name = bundle.manifest.name
+            if installer.active_version(name) is None:
+                installer.seed(bundle)
+            installer.resume(name)
+            bundle = installer.active_bundle(name)
         return load_model(bundle, plan_backends(profile, bundle.manifest), only=source.backend)
 
     return load
@@ -101,7 +121,13 @@ class EdgeAgent:
         self.config = config
         self.layout = TopicLayout(config.mqtt.prefix)
         self.metrics = AgentMetrics()
-        self._model_loader = model_loader or store_model_loader(config)
+        self._profile: HardwareProfile | None = None
+        self.installer: ModelInstaller | None = None
+        if config.updates.enabled:
+            self.installer = ModelInstaller(config.state_dir, self._load_bundle)
+        self._model_loader = model_loader or store_model_loader(config, self.installer)
+        self.updater: Updater | None = None
+        self._health: dict[str, ModelHealth] = {}
         self._notifier = notifier or SystemdNotifier.from_environment()
         self._rng = rng or random.Random()
         self._ids = EventIdFactory()
@@ -138,14 +164,19 @@ class EdgeAgent:
         self._load_models()
         self._build_sources()
         self._start_metrics_server()
+        subscriptions: tuple[str, ...] = ()
+        if self.installer is not None:
+            subscriptions = (self.layout.models(self.config.device.group),)
         self.uplink = Uplink(
             device_id=self.config.device.id, config=self.config.mqtt,
             outbox=Outbox(self.config.outbox_path, self.config.outbox),
             layout=self.layout, status=self._status_message, on_message=self._on_message,
+            subscriptions=subscriptions,
             on_drop=lambda _id, reason: self.metrics.dropped.labels(reason).inc(),
             rng=self._rng,
         )
         self.uplink.start()
+        self._start_updater()
         self._actions = ActionRunner(self.config.actions, publish=self._publish_local,
                                      metrics=self.metrics)
         self._actions.start()
@@ -172,7 +203,9 @@ class EdgeAgent:
             self._actions.stop()
             self.uplink.stop()
             self._write_status(running=False)
-            for model, _ in self.models.values():
+            if self.updater is not None:
+                self.updater.stop()
+            for model in {id(m): m for m, _ in self.models.values()}.values():
                 model.close()
             self._notifier.close()
         return exit_code
@@ -222,12 +255,23 @@ class EdgeAgent:
 
     # -- set-up ----------------------------------------------------------------------
 
+    def _load_bundle(self, bundle: ModelBundle) -> Model:
+        """Load an installed or staged bundle on this machine's best backend."""
+        if self._profile is None:
+            self._profile = probe_hardware()
+        model, _ = load_model(bundle, plan_backends(self._profile, bundle.manifest))
+        return model
+
     def _load_models(self) -> None:
+        loaded: dict[tuple[str, str | None], tuple[Model, Selection]] = {}
         for source in self.config.sources:
+            key = (source.model, source.backend)
             try:
-                model, selection = self._model_loader(source)
-            except (ModelError, HardwareError) as exc:
+                # Sources that name the same model share one instance: updates swap it once.
+                model, selection = loaded.get(key) or self._model_loader(source)
+            except (ModelError, HardwareError, EdgeAgentError) as exc:
                 raise EdgeAgentError(f"source {source.name}: {exc}") from exc
+            loaded[key] = (model, selection)
             task = model.manifest.task
             wants = "anomaly" if source.kind == "sensor" else "detector"
             if task != wants:
@@ -280,6 +324,43 @@ class EdgeAgent:
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host,
                      self.config.metrics.port)
 
+    def _start_updater(self) -> None:
+        updates = self.config.updates
+        if self.installer is None or not updates.url or updates.trusted_root is None:
+            return
+        client = UpdateClient(self.config.state_dir / "tuf", updates.url,
+                              trusted_root=read_trusted_root(updates.trusted_root))
+        self.updater = Updater(
+            device_id=self.config.device.id, config=updates, installer=self.installer,
+            client=client, fit=device_fit(self._profile or probe_hardware()),
+            swap=self._swap_model, health=self.model_health, report=self._send_report,
+        )
+        self.updater.start()
+
+    def model_health(self, name: str) -> ModelHealth:
+        """The serving model's counters (``name`` is the model's name)."""
+        return self._health.setdefault(name, ModelHealth())
+
+    def _swap_model(self, name: str, model: Model) -> Model | None:
+        """Make ``model`` serve every source whose model is ``name``; between two frames,
+        because the pipeline reads ``self.models`` once per frame."""
+        previous = None
+        for source, (current, selection) in list(self.models.items()):
+            if current.manifest.name == name:
+                previous = current
+                self.models[source] = (model, selection)
+        self._health[name] = ModelHealth()
+        if self.uplink is not None:
+            self.uplink.publish_side(self.layout.status(self.config.device.id),
+                                     encode(self._status_message("online")), qos=1,
+                                     retain=True)
+        return previous
+
+    def _send_report(self, report: UpdateReport) -> None:
+        if self.uplink is not None:
+            self.uplink.publish_side(self.layout.updates(self.config.device.id),
+                                     encode(report), qos=1)
+
     # -- source threads --------------------------------------------------------------
 
     def _pump(self, source: Source | SensorSource) -> None:
@@ -327,16 +408,24 @@ class EdgeAgent:
             self.metrics.gated.labels(name).inc()
             return
         started = time.perf_counter()
+        health = self.model_health(model.manifest.name)
         try:
             detections = model.detect(item.image)
         except ModelError as exc:
+            health.errors += 1
+            health.inferences += 1
             self._counters.inference_errors += 1
             self.metrics.dropped.labels("inference-error").inc()
             log.error("source %s frame %d: inference failed: %s", name, item.index, exc)
             return
-        self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        health.inferences += 1
+        health.latencies.append(elapsed)
+        self.metrics.latency.labels(name).observe(elapsed)
         self.metrics.inferences.labels(name).inc()
         decision = self._policy.decide(name, detections, time.monotonic())
+        if decision.action == "escalate":
+            health.escalations += 1
         self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
         if decision.action == "escalate":
             event = frame_event(
@@ -391,7 +480,19 @@ class EdgeAgent:
     # -- verdicts and the local fallback ----------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        """Called in paho's thread: queue it for the pipeline thread."""
+        """Called in paho's thread: queue verdicts for the pipeline thread, hand model
+        announcements to the updater."""
+        if self.updater is not None and topic == self.layout.models(self.config.device.group):
+            if not payload:
+                return  # a cleared retained announcement
+            try:
+                announcement = decode(payload, ModelAnnouncement, max_bytes=MAX_VERDICT_BYTES)
+            except MessageError as exc:
+                self.metrics.malformed.labels("announcement").inc()
+                log.warning("dropped a bad model announcement: %s", exc)
+                return
+            self.updater.offer(announcement)
+            return
         try:
             self._verdicts.put_nowait((topic, payload))
         except queue.Full:

@@ -167,6 +167,24 @@ class ActionConfig(_Section):
         return self
 
 
+class UpdatesConfig(_Section):
+    """Signed model updates from the hub's TUF repository."""
+
+    enabled: bool = False
+    url: str | None = Field(default=None, description="the hub's /tuf base URL")
+    trusted_root: Path | None = Field(default=None, description="root.json from provisioning")
+    health_inferences: int = Field(default=50, ge=1, description="calls judged after a swap")
+    health_max_wait_s: Seconds = 600.0
+    max_latency_ratio: float = Field(default=1.5, gt=1)
+    max_escalation_ratio: float = Field(default=2.0, gt=1)
+
+    @model_validator(mode="after")
+    def _needs(self) -> UpdatesConfig:
+        if self.enabled and (not self.url or self.trusted_root is None):
+            raise ValueError("enabled updates need url and trusted_root")
+        return self
+
+
 class MetricsConfig(_Section):
     """Prometheus metrics on an optional local port (0 = off)."""
 
@@ -194,6 +212,7 @@ class AgentConfig(_Section):
     actions: tuple[ActionConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    updates: UpdatesConfig = UpdatesConfig()
 
     @model_validator(mode="after")
     def _unique_sources(self) -> AgentConfig:

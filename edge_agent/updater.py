@@ -1,0 +1,224 @@
+"""The ``updater`` thread: acts on the hub's model announcements.
+
+For an announcement that names this device (or its whole group) and a model one of its
+sources runs, it refreshes the TUF metadata, picks the signed version, downloads and
+verifies it, stages it in its own slot, runs the smoke test, swaps it in between two
+frames, watches the health window, and commits or rolls back. Each step is reported to
+the hub on the device's ``updates`` topic, with the reason when one fails. The running
+model is never touched until the new one has passed its smoke test.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.config import UpdatesConfig
+from edge_agent.errors import EdgeAgentError, InstallError, UpdateRefusedError
+from edge_agent.install import ModelInstaller
+from edge_agent.updates import DeviceFit, UpdateClient
+from hardware import HardwareProfile
+from models import Model
+from sync import ModelAnnouncement, UpdateReport
+from sync.install import HealthLimits, HealthStats, InstallRecord, Step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ModelHealth:
+    """Rolling counters of one serving model, fed by the pipeline thread."""
+
+    inferences: int = 0
+    errors: int = 0
+    escalations: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
+
+    def stats(self) -> HealthStats:
+        """A snapshot for the health judgement."""
+        p95 = float(np.percentile(list(self.latencies), 95)) if self.latencies else 0.0
+        return HealthStats(self.inferences, self.errors, p95, self.escalations)
+
+
+def device_fit(profile: HardwareProfile) -> DeviceFit:
+    """What this device can run, in the tags publishers use."""
+    runtimes = set()
+    if profile.runtimes.tflite_package:
+        runtimes.add("tflite")
+    if profile.runtimes.onnx_providers:
+        runtimes.add("onnx")
+    hardware = {profile.architecture}
+    if profile.has_cuda_gpu:
+        hardware.add("cuda")
+    if profile.has_coral:
+        hardware.add("edgetpu")
+    if profile.is_jetson:
+        hardware.add("jetson")
+    return DeviceFit(frozenset(runtimes), frozenset(hardware))
+
+
+class Updater:
+    """Runs installs one at a time in its own thread.
+
+    Args:
+        device_id: This device.
+        config: The ``[updates]`` section.
+        installer: Slots and install records.
+        fit: What this device can run.
+        swap: Makes a loaded model serve the sources that use its name (returns the
+            model it replaced); called between two frames.
+        health: The serving model's counters, by model name (reset on swap).
+        report: Publishes an :class:`UpdateReport` to the hub.
+        installed: The serving version of a model name.
+    """
+
+    def __init__(self, *, device_id: str, config: UpdatesConfig, installer: ModelInstaller,
+                 client: UpdateClient, fit: DeviceFit,
+                 swap: Callable[[str, Model], Model | None],
+                 health: Callable[[str], ModelHealth],
+                 report: Callable[[UpdateReport], None]) -> None:
+        self.device_id = device_id
+        self.config = config
+        self.installer = installer
+        self.client = client
+        self.fit = fit
+        self._swap = swap
+        self._health = health
+        self._report = report
+        self._limits = HealthLimits(min_inferences=config.health_inferences,
+                                    max_latency_ratio=config.max_latency_ratio,
+                                    max_escalation_ratio=config.max_escalation_ratio)
+        self._queue: queue.Queue[ModelAnnouncement | None] = queue.Queue(16)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.busy = False
+
+    def start(self) -> None:
+        """Start the ``updater`` thread."""
+        self._thread = threading.Thread(target=self._run, name="updater", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current step."""
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def offer(self, announcement: ModelAnnouncement) -> None:
+        """Consider an announcement (called from the MQTT thread)."""
+        if announcement.devices is not None and self.device_id not in announcement.devices:
+            return
+        try:
+            self._queue.put_nowait(announcement)
+        except queue.Full:
+            log.warning("update queue full; dropped the announcement of %s %s",
+                        announcement.model, announcement.version)
+
+    def _run(self) -> None:
+        while (announcement := self._queue.get()) is not None:
+            if self._stop.is_set():
+                return
+            self.busy = True
+            try:
+                self.install(announcement)
+            except Exception:  # the updater must outlive any one update
+                log.exception("update of %s %s failed", announcement.model,
+                              announcement.version)
+            finally:
+                self.busy = False
+
+    def install(self, announcement: ModelAnnouncement) -> InstallRecord | None:
+        """The whole install of one announced version; returns the final record."""
+        name, version = announcement.model, announcement.version
+        installed = self.installer.active_version(name)
+        if installed == version:
+            return None
+        last = self.installer.record(name)
+        if last is not None and last.candidate == version and last.finished:
+            return None  # already tried: a retained announcement seen again
+        record = self.installer.begin(name, version)
+        self._tell(announcement, record)
+        try:
+            self.client.refresh()
+            offers = [o for o in self.client.offers(name, installed=installed, fit=self.fit)
+                      if o.version == version]
+            if not offers:
+                raise UpdateRefusedError("unavailable", f"{name} {version} is not signed")
+            archive = self.client.download(offers[0])
+        except UpdateRefusedError as exc:
+            record = self.installer.refuse(record, str(exc))
+            self._tell(announcement, record)
+            return record
+        try:
+            record = self.installer.stage(record, archive)
+        except InstallError:
+            record = self.installer.record(name) or record
+            self._tell(announcement, record)
+            return record
+        self._tell(announcement, record)
+        record, model = self.installer.smoke(record, offers[0].golden)
+        self._tell(announcement, record)
+        if model is None:
+            return record
+        baseline = self._health(name).stats()
+        previous_model = self._swap(name, model)
+        record = self.installer.swap(record)
+        self._tell(announcement, record)
+        record = self._watch(record, baseline)
+        if record.step == Step.ROLLED_BACK:
+            restored = self._restore(name, previous_model)
+            self._swap(name, restored)
+            model.close()
+        elif previous_model is not None:
+            previous_model.close()
+        self._tell(announcement, record)
+        return record
+
+    def _watch(self, record: InstallRecord, baseline: HealthStats) -> InstallRecord:
+        deadline = time.monotonic() + self.config.health_max_wait_s
+        while not self._stop.is_set():
+            stats = self._health(record.model).stats()
+            concluded = self.installer.conclude(record, stats, baseline)
+            if concluded.finished:
+                return concluded
+            if time.monotonic() > deadline:
+                # A quiet camera may not reach the window's size: no errors is healthy.
+                relaxed = HealthStats(max(stats.inferences, self._limits.min_inferences),
+                                      stats.errors, stats.p95_latency_s, stats.escalations)
+                return self.installer.conclude(record, relaxed, baseline)
+            self._stop.wait(0.2)
+        return record
+
+    def _restore(self, name: str, previous: Model | None) -> Model:
+        if previous is not None:
+            return previous
+        raise EdgeAgentError(f"no previous {name} to restore")
+
+    def _tell(self, announcement: ModelAnnouncement, record: InstallRecord) -> None:
+        self._report(UpdateReport(
+            device_id=self.device_id, rollout_id=announcement.rollout_id, model=record.model,
+            version=record.candidate, previous=record.previous, step=record.step.value,
+            reason=record.reason, at=time.time()))
+        log.info("update %s %s: %s %s", record.model, record.candidate, record.step.value,
+                 record.reason)
+
+
+def read_trusted_root(path: Path) -> bytes:
+    """The provisioned root metadata.
+
+    Raises:
+        EdgeAgentError: It cannot be read.
+    """
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EdgeAgentError(f"{path}: cannot read the trusted root: {exc.strerror}") from exc

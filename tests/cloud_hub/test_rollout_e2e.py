@@ -1,0 +1,147 @@
+"""Done-when of signed updates: a hub, agents and a real Mosquitto. A good version goes
+to the canary first, then to the rest; a bad one halts the rollout and the device that
+took it rolls back; a fleet rollback on command ships the previous model again."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from cloud_hub.api import create_app
+from cloud_hub.service import HubService
+from models import ModelBundle, ModelStore
+from tests.broker import MosquittoBroker, free_port
+from tests.cloud_hub.hub_helpers import hub_settings
+from tests.edge_agent.agent_helpers import agent_config, agent_process, read_status, write_config
+
+DEVICES = [f"cam-{i}" for i in range(4)]
+
+
+def _bundle_as(source: ModelBundle, version: str, store: ModelStore,
+               name: str = "blazeface-short") -> ModelBundle:
+    manifest = source.manifest.model_copy(update={"name": name, "version": version})
+    return store.add(manifest, source.read_verified_model())
+
+
+def _wait(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, zoo_store: ModelStore) -> Iterator[tuple[HubService, list[Any]]]:
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    port = free_port()
+    settings = hub_settings(tmp_path, tmp_path / "hub-models", mqtt_port=broker.port,
+                            http_port=port, landmark_model=None,
+                            detector_model="blazeface-short")
+    hub_models = ModelStore(tmp_path / "hub-models")
+    _bundle_as(zoo_store.resolve("blazeface-short"), "1.0.0", hub_models)
+    service = HubService(settings)
+    service.open_store()
+    assert service.distribution is not None
+    service.distribution.repository.init()
+    for device in DEVICES:
+        service.store.add_device(device_id=device, group="site-a")
+    service.store.close()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    web = threading.Thread(target=server.run, daemon=True)
+    web.start()
+    _wait(lambda: service.ready and server.started, 60, "the hub")
+    root = settings.repository_dir / "metadata" / "1.root.json"
+    agents = []
+    for device in DEVICES:
+        folder = tmp_path / device
+        folder.mkdir()
+        raw = agent_config(folder, broker.port, zoo_store.root,
+                           policy={"confident_score": 0.5, "uncertain_score": 0.4})
+        raw["device"] = {"id": device, "group": "site-a"}
+        raw["sources"] = [{"name": "yard", "kind": "sample", "model": "blazeface-short",
+                           "loop": True, "max_fps": 25.0, "motion": {"enabled": False}}]
+        raw["updates"] = {"enabled": True, "url": f"http://127.0.0.1:{port}/tuf",
+                          "trusted_root": str(root), "health_inferences": 25,
+                          "health_max_wait_s": 30.0}
+        agents.append((device, folder, agent_process(write_config(folder / "agent.toml", raw))))
+    _wait(lambda: all(read_status(f / "state").get("connected") for _, f, _ in agents), 60,
+          "the agents")
+    yield service, agents
+    for _, _, process in agents:
+        process.terminate()
+    for _, _, process in agents:
+        process.wait(30)
+    server.should_exit = True
+    web.join(30)
+    broker.stop()
+
+
+def _serving(service: HubService, device: str) -> str | None:
+    return service.store.get_device(device_id=device)["models"].get("blazeface-short")
+
+
+def _steps(service: HubService, device: str, version: str) -> list[str]:
+    return [r["step"] for r in service.store.update_reports_of(device_id=device)
+            if r["version"] == version]
+
+
+def test_rollout_canary_first_bad_version_halts_and_rolls_back(
+    fleet: tuple[HubService, list[Any]], zoo_store: ModelStore, tmp_path: Path
+) -> None:
+    service, agents = fleet
+    distribution = service.distribution
+    assert distribution is not None
+    hub_models = distribution.models
+    distribution.publish(hub_models.resolve("blazeface-short@1.0.0"))
+    good = _bundle_as(zoo_store.resolve("blazeface-short"), "1.1.0", hub_models)
+    distribution.publish(good)
+
+    rollout = distribution.start(model="blazeface-short", version="1.1.0", group="site-a",
+                                 canary_percent=25)
+    [canary] = rollout.waves[0]
+    _wait(lambda: service.store.get_rollout(rollout_id=rollout.id)["status"] == "completed",
+          120, "the good rollout")
+    commits = {d: [r["at"] for r in service.store.update_reports_of(device_id=d)
+                   if r["version"] == "1.1.0" and r["step"] == "committed"] for d in DEVICES}
+    assert all(commits.values())
+    assert all(commits[canary][0] < min(commits[d]) for d in DEVICES if d != canary)
+    _wait(lambda: all(_serving(service, d) == "1.1.0" for d in DEVICES), 30, "status 1.1.0")
+
+    # A bad release: the full-range weights shipped as blazeface-short. It is signed and
+    # passes its own smoke test, but it is much slower: the health window catches it.
+    bad = _bundle_as(zoo_store.resolve("blazeface-full"), "1.2.0", hub_models)
+    distribution.publish(bad)
+    halted = distribution.start(model="blazeface-short", version="1.2.0", group="site-a",
+                                canary_percent=25, max_failure_share=0.0)
+    [bad_canary] = halted.waves[0]
+    _wait(lambda: service.store.get_rollout(rollout_id=halted.id)["status"] == "halted",
+          120, "the halt")
+    assert _steps(service, bad_canary, "1.2.0")[-1] == "rolled-back"
+    reason = [r["reason"] for r in service.store.update_reports_of(device_id=bad_canary)
+              if r["version"] == "1.2.0"][-1]
+    assert "health window" in reason
+    for device in DEVICES:
+        if device != bad_canary:
+            assert _steps(service, device, "1.2.0") == []  # never offered
+    _wait(lambda: all(_serving(service, d) == "1.1.0" for d in DEVICES), 30, "1.1.0 back")
+
+    # Fleet-wide rollback of the good rollout on command: 1.0.0's model, as 1.2.1.
+    again = distribution.roll_back(rollout.id)
+    assert again.version == "1.2.1" and set(again.targeted) == set(DEVICES)
+    _wait(lambda: service.store.get_rollout(rollout_id=again.id)["status"] == "completed",
+          120, "the fleet rollback")
+    _wait(lambda: all(_serving(service, d) == "1.2.1" for d in DEVICES), 30, "status 1.2.1")
+    for device, folder, process in agents:
+        assert process.poll() is None, f"{device} died"
+        record = json.loads((folder / "state" / "models" / "blazeface-short" /
+                             "install.json").read_text())
+        assert record["candidate"] == "1.2.1" and record["step"] == "committed"
