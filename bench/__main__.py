@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import batching, gate, overhead, publish
+from bench import batching, gate, overhead, publish, update
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "batching": batching.main,
     "gate": gate.main,
     "overhead": overhead.main,
     "publish": publish.main,
+    "update": update.main,
 }
 
 

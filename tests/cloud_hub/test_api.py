@@ -185,3 +185,30 @@ def test_placeholder_secret_is_refused_in_production(tmp_path: Path) -> None:
         load_settings(settings_file=settings_file, data_dir=tmp_path)
     with pytest.raises(SettingsError, match="no such settings file"):
         load_settings(settings_file=tmp_path / "absent.env")
+
+
+def test_publish_and_rollouts_through_the_api(client: TestClient) -> None:
+    service: HubService = client.app.state.service  # type: ignore[attr-defined]
+    assert service.distribution is not None
+    no_keys = client.post("/v1/models/blazeface-short/1.0.0/publish", headers=_auth("admin"),
+                          json={"hardware": ["any"]})
+    assert no_keys.status_code == 409 and "keys init" in no_keys.json()["detail"]
+    service.distribution.repository.init()
+    published = client.post("/v1/models/blazeface-short/1.0.0/publish",
+                            headers=_auth("admin"), json={"hardware": ["any"]})
+    assert published.status_code == 201, published.text
+    assert published.json()["target"] == "models/blazeface-short/blazeface-short-1.0.0.zip"
+    metadata = client.get("/tuf/metadata/timestamp.json")
+    assert metadata.status_code == 200 and metadata.json()["signed"]["_type"] == "timestamp"
+    assert client.post("/v1/models/nope/1.0.0/publish", headers=_auth("admin"),
+                       json={}).status_code == 404
+    missing_group = client.post("/v1/rollouts", headers=_auth("operator"), json={
+        "model": "blazeface-short", "version": "1.0.0", "group": "empty"})
+    assert missing_group.status_code == 409 and "no devices" in missing_group.text
+    bad = client.post("/v1/rollouts", headers=_auth("operator"), json={
+        "model": "blazeface-short", "version": "1.0.0", "group": "lobby",
+        "canary_percent": 150})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == [
+        "body", "canary_percent"]
+    assert client.post("/v1/rollouts", headers=_auth("viewer"), json={}).status_code == 403
+    assert client.get("/v1/rollouts/none", headers=_auth("viewer")).status_code == 404

@@ -204,3 +204,56 @@ def test_root_rotation_needs_both_thresholds(repo: tuple[ModelRepository, Server
     assert caught.value.kind == "signature"
     trusted = json.loads((tmp_path / "device" / "metadata" / "root.json").read_text())
     assert trusted["signed"]["version"] == 2
+
+
+def test_expired_snapshot_is_refused(tmp_path: Path) -> None:
+    repository = ModelRepository(tmp_path / "repo", tmp_path / "keys")
+    repository.init()
+    server = Server(tmp_path / "repo")
+    try:
+        # Snapshot re-signed with an expiry in the past, under a fresh timestamp.
+        from cloud_hub.updates import _read_key
+
+        snapshot = repository.load("snapshot")
+        snapshot.signed.version += 1
+        snapshot.signed.expires = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        snapshot.signatures.clear()
+        snapshot.sign(_read_key(tmp_path / "keys" / "snapshot.pem"))
+        repository._write(snapshot, f"{snapshot.signed.version}.snapshot.json")
+        timestamp = repository.load("timestamp")
+        timestamp.signed.version += 1
+        timestamp.signed.snapshot_meta.version = snapshot.signed.version
+        timestamp.signatures.clear()
+        timestamp.sign(_read_key(tmp_path / "keys" / "timestamp.pem"))
+        repository._write(timestamp, "timestamp.json")
+        client = _client(tmp_path, repository, server)
+        with pytest.raises(UpdateRefusedError) as caught:
+            client.refresh()
+        assert caught.value.kind == "expired" and "snapshot" in str(caught.value)
+    finally:
+        server.close()
+
+
+def test_fewer_signatures_than_the_root_threshold_are_refused(tmp_path: Path) -> None:
+    repository = ModelRepository(tmp_path / "repo", tmp_path / "keys")
+    repository.init(root_keys=2, root_threshold=2)
+    server = Server(tmp_path / "repo")
+    try:
+        client = _client(tmp_path, repository, server)
+        client.refresh()
+        from cloud_hub.updates import _read_key
+
+        # A new root signed by one of the two root keys only.
+        keys = sorted((tmp_path / "keys" / "root").glob("*.pem"))
+        root = repository.load("root")
+        root.signed.version += 1
+        root.signatures.clear()
+        root.sign(_read_key(keys[0]))
+        repository._write(root, "2.root.json")
+        with pytest.raises(UpdateRefusedError) as caught:
+            client.refresh()
+        assert caught.value.kind == "signature" and "signed by 1/2 keys" in str(caught.value)
+        trusted = json.loads((tmp_path / "device" / "metadata" / "root.json").read_text())
+        assert trusted["signed"]["version"] == 1
+    finally:
+        server.close()
