@@ -349,7 +349,7 @@ class EdgeAgent:
             if current.manifest.name == name:
                 previous = current
                 self.models[source] = (model, selection)
-        self._health[name] = ModelHealth()
+        self._health[name] = ModelHealth(warmup=self.config.updates.health_warmup_inferences)
         if self.uplink is not None:
             self.uplink.publish_side(self.layout.status(self.config.device.id),
                                      encode(self._status_message("online")), qos=1,
@@ -412,20 +412,16 @@ class EdgeAgent:
         try:
             detections = model.detect(item.image)
         except ModelError as exc:
-            health.errors += 1
-            health.inferences += 1
+            health.record(None)
             self._counters.inference_errors += 1
             self.metrics.dropped.labels("inference-error").inc()
             log.error("source %s frame %d: inference failed: %s", name, item.index, exc)
             return
         elapsed = time.perf_counter() - started
-        health.inferences += 1
-        health.latencies.append(elapsed)
         self.metrics.latency.labels(name).observe(elapsed)
         self.metrics.inferences.labels(name).inc()
         decision = self._policy.decide(name, detections, time.monotonic())
-        if decision.action == "escalate":
-            health.escalations += 1
+        health.record(elapsed, escalated=decision.action == "escalate")
         self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
         if decision.action == "escalate":
             event = frame_event(

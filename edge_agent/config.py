@@ -174,6 +174,7 @@ class UpdatesConfig(_Section):
     url: str | None = Field(default=None, description="the hub's /tuf base URL")
     trusted_root: Path | None = Field(default=None, description="root.json from provisioning")
     health_inferences: int = Field(default=50, ge=1, description="calls judged after a swap")
+    health_warmup_inferences: int = Field(default=20, ge=0, description="not judged")
     health_max_wait_s: Seconds = 600.0
     max_latency_ratio: float = Field(default=1.5, gt=1)
     max_escalation_ratio: float = Field(default=2.0, gt=1)

@@ -35,17 +35,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class ModelHealth:
-    """Rolling counters of one serving model, fed by the pipeline thread."""
+    """Rolling counters of one serving model, fed by the pipeline thread.
 
+    The first ``warmup`` inferences after a swap are not counted: caches, thread pools and
+    delegates settle then, and the install itself still competes for the CPU. Latency is
+    judged on the median, which a short burst of contention does not move.
+    """
+
+    warmup: int = 0
     inferences: int = 0
     errors: int = 0
     escalations: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
 
+    def record(self, latency_s: float | None, *, escalated: bool = False) -> None:
+        """One inference: its latency, or ``None`` if it failed."""
+        if self.warmup > 0:
+            self.warmup -= 1
+            return
+        self.inferences += 1
+        if latency_s is None:
+            self.errors += 1
+        else:
+            self.latencies.append(latency_s)
+        self.escalations += escalated
+
     def stats(self) -> HealthStats:
         """A snapshot for the health judgement."""
-        p95 = float(np.percentile(list(self.latencies), 95)) if self.latencies else 0.0
-        return HealthStats(self.inferences, self.errors, p95, self.escalations)
+        median = float(np.median(list(self.latencies))) if self.latencies else 0.0
+        return HealthStats(self.inferences, self.errors, median, self.escalations)
 
 
 def device_fit(profile: HardwareProfile) -> DeviceFit:
@@ -193,7 +211,7 @@ class Updater:
             if time.monotonic() > deadline:
                 # A quiet camera may not reach the window's size: no errors is healthy.
                 relaxed = HealthStats(max(stats.inferences, self._limits.min_inferences),
-                                      stats.errors, stats.p95_latency_s, stats.escalations)
+                                      stats.errors, stats.median_latency_s, stats.escalations)
                 return self.installer.conclude(record, relaxed, baseline)
             self._stop.wait(0.2)
         return record

@@ -126,7 +126,7 @@ class HealthStats:
 
     inferences: int
     errors: int
-    p95_latency_s: float
+    median_latency_s: float
     escalations: int
 
     @property
@@ -159,9 +159,9 @@ def judge_health(new: HealthStats, baseline: HealthStats | None,
     if new.inferences < limits.min_inferences:
         return "undecided", f"{new.inferences} of {limits.min_inferences} inferences so far"
     if baseline is not None and baseline.inferences:
-        if new.p95_latency_s > baseline.p95_latency_s * limits.max_latency_ratio:
-            return "degraded", (f"p95 latency {new.p95_latency_s * 1e3:.1f} ms against "
-                                f"{baseline.p95_latency_s * 1e3:.1f} ms")
+        if new.median_latency_s > baseline.median_latency_s * limits.max_latency_ratio:
+            return "degraded", (f"median latency {new.median_latency_s * 1e3:.1f} ms against "
+                                f"{baseline.median_latency_s * 1e3:.1f} ms")
         allowed = max(baseline.escalation_rate * limits.max_escalation_ratio,
                       limits.escalation_floor)
         if new.escalation_rate > allowed:

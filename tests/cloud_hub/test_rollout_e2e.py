@@ -30,10 +30,15 @@ def _bundle_as(source: ModelBundle, version: str, store: ModelStore,
     return store.add(manifest, source.read_verified_model())
 
 
-def _wait(predicate: Any, timeout_s: float, what: str) -> None:
+def _wait(predicate: Any, timeout_s: float, what: str,
+          service: HubService | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() > deadline:
+            reports = [] if service is None else [
+                (r["device_id"], r["version"], r["step"], r["reason"])
+                for d in DEVICES for r in service.store.update_reports_of(device_id=d)]
+            raise AssertionError(f"timed out waiting for {what}; reports: {reports}")
         time.sleep(0.25)
 
 
@@ -70,7 +75,7 @@ def fleet(tmp_path: Path, zoo_store: ModelStore) -> Iterator[tuple[HubService, l
         raw["sources"] = [{"name": "yard", "kind": "sample", "model": "blazeface-short",
                            "loop": True, "max_fps": 25.0, "motion": {"enabled": False}}]
         raw["updates"] = {"enabled": True, "url": f"http://127.0.0.1:{port}/tuf",
-                          "trusted_root": str(root), "health_inferences": 25,
+                          "trusted_root": str(root), "health_inferences": 50,
                           "health_max_wait_s": 30.0}
         agents.append((device, folder, agent_process(write_config(folder / "agent.toml", raw))))
     _wait(lambda: all(read_status(f / "state").get("connected") for _, f, _ in agents), 60,
@@ -109,7 +114,7 @@ def test_rollout_canary_first_bad_version_halts_and_rolls_back(
                                  canary_percent=25)
     [canary] = rollout.waves[0]
     _wait(lambda: service.store.get_rollout(rollout_id=rollout.id)["status"] == "completed",
-          120, "the good rollout")
+          120, "the good rollout", service)
     commits = {d: [r["at"] for r in service.store.update_reports_of(device_id=d)
                    if r["version"] == "1.1.0" and r["step"] == "committed"] for d in DEVICES}
     assert all(commits.values())
@@ -124,7 +129,7 @@ def test_rollout_canary_first_bad_version_halts_and_rolls_back(
                                 canary_percent=25, max_failure_share=0.0)
     [bad_canary] = halted.waves[0]
     _wait(lambda: service.store.get_rollout(rollout_id=halted.id)["status"] == "halted",
-          120, "the halt")
+          120, "the halt", service)
     assert _steps(service, bad_canary, "1.2.0")[-1] == "rolled-back"
     reason = [r["reason"] for r in service.store.update_reports_of(device_id=bad_canary)
               if r["version"] == "1.2.0"][-1]
@@ -138,7 +143,7 @@ def test_rollout_canary_first_bad_version_halts_and_rolls_back(
     again = distribution.roll_back(rollout.id)
     assert again.version == "1.2.1" and set(again.targeted) == set(DEVICES)
     _wait(lambda: service.store.get_rollout(rollout_id=again.id)["status"] == "completed",
-          120, "the fleet rollback")
+          120, "the fleet rollback", service)
     _wait(lambda: all(_serving(service, d) == "1.2.1" for d in DEVICES), 30, "status 1.2.1")
     for device, folder, process in agents:
         assert process.poll() is None, f"{device} died"

@@ -44,11 +44,10 @@ def repo(tmp_path: Path) -> Iterator[tuple[ModelRepository, Server]]:
     server.close()
 
 
-def _version(store: ModelStore, version: str) -> ModelBundle:
+def _version(store: ModelStore, version: str, folder: Path) -> ModelBundle:
     base = store.resolve("blazeface-short")
-    other = ModelStore(Path(str(base.root) + f"-v{version}"))
-    return other.add(base.manifest.model_copy(update={"version": version}),
-                     base.read_verified_model())
+    return ModelStore(folder / "published").add(
+        base.manifest.model_copy(update={"version": version}), base.read_verified_model())
 
 
 def _client(tmp_path: Path, repo: ModelRepository, server: Server) -> UpdateClient:
@@ -58,7 +57,7 @@ def _client(tmp_path: Path, repo: ModelRepository, server: Server) -> UpdateClie
 def test_publish_refresh_download_and_verify(repo: tuple[ModelRepository, Server],
                                              zoo_store: ModelStore, tmp_path: Path) -> None:
     repository, server = repo
-    repository.publish(_version(zoo_store, "1.1.0"))
+    repository.publish(_version(zoo_store, "1.1.0", tmp_path))
     client = _client(tmp_path, repository, server)
     client.refresh()
     [offer] = client.offers("blazeface-short", installed="1.0.0", fit=FIT)
@@ -71,7 +70,7 @@ def test_publish_refresh_download_and_verify(repo: tuple[ModelRepository, Server
 def test_rollback_to_a_lower_version_is_refused(repo: tuple[ModelRepository, Server],
                                                 zoo_store: ModelStore, tmp_path: Path) -> None:
     repository, server = repo
-    repository.publish(_version(zoo_store, "0.9.0"))
+    repository.publish(_version(zoo_store, "0.9.0", tmp_path))
     client = _client(tmp_path, repository, server)
     client.refresh()
     with pytest.raises(UpdateRefusedError, match=r"older than the installed 1\.0\.0") as caught:
@@ -118,7 +117,7 @@ def test_tampered_target_is_refused_and_not_cached(repo: tuple[ModelRepository, 
                                                    zoo_store: ModelStore,
                                                    tmp_path: Path) -> None:
     repository, server = repo
-    repository.publish(_version(zoo_store, "1.2.0"))
+    repository.publish(_version(zoo_store, "1.2.0", tmp_path))
     [stored] = list((repository.targets_dir / "models" / "blazeface-short").glob("*.zip"))
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -136,7 +135,7 @@ def test_endless_data_is_cut_at_the_signed_length(repo: tuple[ModelRepository, S
                                                   zoo_store: ModelStore,
                                                   tmp_path: Path) -> None:
     repository, server = repo
-    repository.publish(_version(zoo_store, "1.3.0"))
+    repository.publish(_version(zoo_store, "1.3.0", tmp_path))
     [stored] = list((repository.targets_dir / "models" / "blazeface-short").glob("*.zip"))
     stored.write_bytes(stored.read_bytes() + b"\0" * 5_000_000)
     client = _client(tmp_path, repository, server)
@@ -152,7 +151,7 @@ def test_targets_not_matching_snapshot_is_refused(repo: tuple[ModelRepository, S
                                                   zoo_store: ModelStore,
                                                   tmp_path: Path) -> None:
     repository, server = repo
-    repository.publish(_version(zoo_store, "1.4.0"))
+    repository.publish(_version(zoo_store, "1.4.0", tmp_path))
     # Mix and match: serve version 1 of targets under the name snapshot promises (2).
     metadata = repository.metadata_dir
     (metadata / "2.targets.json").write_bytes((metadata / "1.targets.json").read_bytes())
@@ -165,7 +164,7 @@ def test_targets_not_matching_snapshot_is_refused(repo: tuple[ModelRepository, S
 def test_other_runtime_or_hardware_is_refused(repo: tuple[ModelRepository, Server],
                                               zoo_store: ModelStore, tmp_path: Path) -> None:
     repository, server = repo
-    repository.publish(_version(zoo_store, "2.0.0"), hardware=["edgetpu"])
+    repository.publish(_version(zoo_store, "2.0.0", tmp_path), hardware=["edgetpu"])
     client = _client(tmp_path, repository, server)
     client.refresh()
     with pytest.raises(UpdateRefusedError, match="built for edgetpu") as caught:

@@ -43,7 +43,7 @@ def main() -> int:
     record, model = installer.smoke(record, golden)
     assert model is not None
     record = installer.swap(record)
-    healthy = HealthStats(inferences=100, errors=0, p95_latency_s=0.002, escalations=5)
+    healthy = HealthStats(inferences=100, errors=0, median_latency_s=0.002, escalations=5)
     installer.conclude(record, healthy, healthy)
     return 0
 

@@ -21,7 +21,7 @@ from tests.edge_agent.install_driver import load
 
 ROOT = Path(__file__).parent.parent.parent
 FIT = DeviceFit(runtimes=frozenset({"tflite"}), hardware=frozenset({"x86_64"}))
-HEALTHY = HealthStats(inferences=200, errors=0, p95_latency_s=0.002, escalations=10)
+HEALTHY = HealthStats(inferences=200, errors=0, median_latency_s=0.002, escalations=10)
 
 
 def _as_version(bundle: ModelBundle, version: str, folder: Path,
@@ -65,7 +65,7 @@ def test_good_update_is_committed_and_the_old_slot_freed(
     assert record.step == Step.SMOKE_PASSED and model is not None
     record = installer.swap(record)
     assert installer.active_version("blazeface-short") == "1.1.0"
-    undecided = HealthStats(inferences=10, errors=0, p95_latency_s=0.002, escalations=1)
+    undecided = HealthStats(inferences=10, errors=0, median_latency_s=0.002, escalations=1)
     assert installer.conclude(record, undecided, HEALTHY) == record  # keep watching
     record = installer.conclude(record, HEALTHY, HEALTHY)
     assert record.step == Step.COMMITTED
@@ -101,7 +101,7 @@ def test_update_degrading_in_the_health_window_is_rolled_back(
     record = installer.begin("blazeface-short", "1.3.0")
     record, _ = installer.smoke(installer.stage(record, archive), offer.golden)
     record = installer.swap(record)
-    escalating = HealthStats(inferences=200, errors=0, p95_latency_s=0.002, escalations=90)
+    escalating = HealthStats(inferences=200, errors=0, median_latency_s=0.002, escalations=90)
     record = installer.conclude(record, escalating, HEALTHY)
     assert record.step == Step.ROLLED_BACK and "escalation rate 45.0%" in record.reason
     assert installer.active_version("blazeface-short") == "1.0.0"

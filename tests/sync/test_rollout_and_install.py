@@ -70,11 +70,11 @@ def test_install_transitions_and_resume() -> None:
 
 def test_health_judgement() -> None:
     limits = HealthLimits(min_inferences=50)
-    base = HealthStats(inferences=500, errors=0, p95_latency_s=0.010, escalations=25)
+    base = HealthStats(inferences=500, errors=0, median_latency_s=0.010, escalations=25)
     assert judge_health(HealthStats(10, 0, 0.01, 0), base, limits)[0] == "undecided"
     assert judge_health(HealthStats(10, 5, 0.01, 0), base, limits)[0] == "degraded"
     assert judge_health(HealthStats(100, 0, 0.011, 5), base, limits)[0] == "healthy"
     slow = judge_health(HealthStats(100, 0, 0.030, 5), base, limits)
-    assert slow == ("degraded", "p95 latency 30.0 ms against 10.0 ms")
+    assert slow == ("degraded", "median latency 30.0 ms against 10.0 ms")
     chatty = judge_health(HealthStats(100, 0, 0.010, 40), base, limits)
     assert chatty[0] == "degraded" and "escalation rate 40.0%" in chatty[1]
