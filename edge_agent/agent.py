@@ -64,6 +64,7 @@ from sync import (
     decode,
     encode,
 )
+from sync.install import Step
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,10 @@ class EdgeAgent:
             swap=self._swap_model, health=self.model_health, report=self._send_report,
         )
         self.updater.start()
+        for name in {m.manifest.name for m, _ in self.models.values()}:
+            record = self.installer.record(name)
+            if record is not None and record.step == Step.ACTIVE:
+                self.updater.resume(record)
 
     def model_health(self, name: str) -> ModelHealth:
         """The serving model's counters (``name`` is the model's name)."""

@@ -26,7 +26,7 @@ from edge_agent.errors import EdgeAgentError, InstallError, UpdateRefusedError
 from edge_agent.install import ModelInstaller
 from edge_agent.updates import DeviceFit, UpdateClient
 from hardware import HardwareProfile
-from models import Model
+from models import Model, ModelBundle
 from sync import ModelAnnouncement, UpdateReport
 from sync.install import HealthLimits, HealthStats, InstallRecord, Step
 
@@ -114,7 +114,7 @@ class Updater:
         self._limits = HealthLimits(min_inferences=config.health_inferences,
                                     max_latency_ratio=config.max_latency_ratio,
                                     max_escalation_ratio=config.max_escalation_ratio)
-        self._queue: queue.Queue[ModelAnnouncement | None] = queue.Queue(16)
+        self._queue: queue.Queue[ModelAnnouncement | InstallRecord | None] = queue.Queue(16)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.busy = False
@@ -141,18 +141,37 @@ class Updater:
             log.warning("update queue full; dropped the announcement of %s %s",
                         announcement.model, announcement.version)
 
+    def resume(self, record: InstallRecord) -> None:
+        """Finish the health window of an install the agent was stopped in (the new model
+        serves since the restart); without the old model's figures, absolute limits judge."""
+        self._queue.put(record)
+
     def _run(self) -> None:
-        while (announcement := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None:
             if self._stop.is_set():
                 return
             self.busy = True
             try:
-                self.install(announcement)
+                if isinstance(job, InstallRecord):
+                    self._finish(job)
+                else:
+                    self.install(job)
             except Exception:  # the updater must outlive any one update
-                log.exception("update of %s %s failed", announcement.model,
-                              announcement.version)
+                log.exception("update of %s failed", job.model)
             finally:
                 self.busy = False
+
+    def _finish(self, record: InstallRecord) -> None:
+        record = self._watch(record, None)
+        if record.step == Step.ROLLED_BACK:
+            previous = self.installer.active_bundle(record.model)
+            replaced = self._swap(record.model, self._load(previous))
+            if replaced is not None:
+                replaced.close()
+        self._report(UpdateReport(
+            device_id=self.device_id, model=record.model, version=record.candidate,
+            previous=record.previous, step=record.step.value, reason=record.reason,
+            at=time.time()))
 
     def install(self, announcement: ModelAnnouncement) -> InstallRecord | None:
         """The whole install of one announced version; returns the final record."""
@@ -201,7 +220,10 @@ class Updater:
         self._tell(announcement, record)
         return record
 
-    def _watch(self, record: InstallRecord, baseline: HealthStats) -> InstallRecord:
+    def _load(self, bundle: ModelBundle) -> Model:
+        return self.installer.loader(bundle)
+
+    def _watch(self, record: InstallRecord, baseline: HealthStats | None) -> InstallRecord:
         deadline = time.monotonic() + self.config.health_max_wait_s
         while not self._stop.is_set():
             stats = self._health(record.model).stats()

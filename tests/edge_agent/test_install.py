@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,52 @@ def test_kill_9_at_every_step_leaves_a_loadable_model(
         record = installer.conclude(installer.record("blazeface-short"), HEALTHY, HEALTHY)
     assert record.step == Step.COMMITTED
     assert installer.active_bundle("blazeface-short").manifest.version == "1.1.0"
+
+
+@pytest.mark.parametrize(("errors", "final"), [(0, Step.COMMITTED), (10, Step.ROLLED_BACK)])
+def test_agent_restarted_in_the_health_window_finishes_it(
+    errors: int, final: Step, installer: ModelInstaller, zoo_store: ModelStore,
+    tmp_path: Path,
+) -> None:
+    from edge_agent.config import UpdatesConfig
+    from edge_agent.updater import ModelHealth, Updater
+    from models import Model
+    from sync import UpdateReport
+
+    new = _as_version(zoo_store.resolve("blazeface-short"), "1.1.0", tmp_path / "pub")
+    archive, offer = _download(tmp_path, new)
+    record = installer.begin("blazeface-short", "1.1.0")
+    record, model = installer.smoke(installer.stage(record, archive), offer.golden)
+    assert model is not None
+    installer.swap(record)  # ... and here the agent was stopped
+    health = ModelHealth(inferences=100, errors=errors)
+    health.latencies.extend([0.002] * 100)
+    swapped: list[Model] = []
+    reports: list[UpdateReport] = []
+
+    def swap(name: str, replacement: Model) -> Model | None:
+        swapped.append(replacement)
+        return model
+
+    updater = Updater(
+        device_id="cam-1", config=UpdatesConfig(health_inferences=50), installer=installer,
+        client=None, fit=FIT, swap=swap, health=lambda name: health,  # type: ignore[arg-type]
+        report=reports.append,
+    )
+    updater.start()
+    try:
+        updater.resume(installer.record("blazeface-short"))  # type: ignore[arg-type]
+        deadline = time.monotonic() + 30
+        while not reports:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        updater.stop()
+    assert reports[-1].step == final.value
+    record = installer.record("blazeface-short")
+    assert record is not None and record.step == final
+    if final == Step.ROLLED_BACK:
+        assert installer.active_version("blazeface-short") == "1.0.0"
+        assert swapped and swapped[0].manifest.version == "1.0.0"
+    else:
+        assert installer.active_version("blazeface-short") == "1.1.0" and not swapped
