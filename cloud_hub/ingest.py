@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,6 +38,7 @@ from sync import (
     EventMessage,
     MessageError,
     ModelRef,
+    OversizedMessageError,
     StatusMessage,
     TopicError,
     TopicLayout,
@@ -50,6 +51,7 @@ from sync import (
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+_Device = TypeVar("_Device", EventMessage, StatusMessage, UpdateReport)
 
 
 class IngestWorker:
@@ -169,36 +171,39 @@ class IngestWorker:
         self.metrics.dropped.labels(reason).inc()
         log.warning("dropped a message (%s): %s", reason, detail)
 
+    def _accept(self, device_id: str, payload: bytes, kind: type[_Device],
+                what: str) -> _Device | None:
+        """Decode a device's message; count and drop it if it is malformed, oversized,
+        claims another device, or comes from a device that was never provisioned."""
+        try:
+            message = decode(payload, kind, max_bytes=self.settings.max_message_bytes)
+        except OversizedMessageError as exc:
+            self._drop("oversized", f"{what} from {device_id}: {exc}")
+            return None
+        except MessageError as exc:
+            self._drop("malformed", f"{what} from {device_id}: {exc}")
+            return None
+        if message.device_id != device_id:
+            self._drop("spoofed-device",
+                       f"{what} claims {message.device_id} on {device_id}'s topic")
+            return None
+        if not self.store.device_exists(device_id=device_id):
+            self._drop("unknown-device", f"{what} from {device_id}")
+            return None
+        return message
+
     def _status(self, device_id: str, payload: bytes) -> None:
         if not payload:
             return  # a cleared retained message
-        try:
-            status = decode(payload, StatusMessage, max_bytes=self.settings.max_message_bytes)
-        except MessageError as exc:
-            self._drop("malformed", f"status of {device_id}: {exc}")
-            return
-        if status.device_id != device_id:
-            self._drop("spoofed-device", f"status for {status.device_id} on {device_id}'s topic")
-            return
-        if not self.store.device_exists(device_id=device_id):
-            self._drop("unknown-device", f"status from {device_id}")
-            return
-        self.store.record_status(device_id=device_id, online=status.state == "online",
-                                 at=status.at, models=status.models, backend=status.backend)
+        status = self._accept(device_id, payload, StatusMessage, "status")
+        if status is not None:
+            self.store.record_status(device_id=device_id, online=status.state == "online",
+                                     at=status.at, models=status.models,
+                                     backend=status.backend)
 
     def _update_report(self, device_id: str, payload: bytes) -> None:
-        try:
-            report = decode(payload, UpdateReport, max_bytes=self.settings.max_message_bytes)
-        except MessageError as exc:
-            self._drop("malformed", f"update report of {device_id}: {exc}")
-            return
-        if report.device_id != device_id:
-            self._drop("spoofed-device", f"report for {report.device_id} on {device_id}'s topic")
-            return
-        if not self.store.device_exists(device_id=device_id):
-            self._drop("unknown-device", f"update report from {device_id}")
-            return
-        if self._on_update_report is not None:
+        report = self._accept(device_id, payload, UpdateReport, "update report")
+        if report is not None and self._on_update_report is not None:
             self._on_update_report(report)
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -208,18 +213,8 @@ class IngestWorker:
         self._client.publish(topic, payload, qos=1, retain=retain)
 
     def _event(self, device_id: str, payload: bytes) -> None:
-        try:
-            event = decode(payload, EventMessage, max_bytes=self.settings.max_message_bytes)
-        except MessageError as exc:
-            self._drop("oversized" if "exceeds" in str(exc) else "malformed",
-                       f"event from {device_id}: {exc}")
-            return
-        if event.device_id != device_id:
-            self._drop("spoofed-device",
-                       f"event claims {event.device_id} on {device_id}'s topic")
-            return
-        if not self.store.device_exists(device_id=device_id):
-            self._drop("unknown-device", f"event {event.event_id} from {device_id}")
+        event = self._accept(device_id, payload, EventMessage, "event")
+        if event is None:
             return
         received_at = time.time()
         self.store.touch_device(device_id=device_id, at=received_at)
