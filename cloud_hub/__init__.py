@@ -1,1 +1,41 @@
-"""The cloud hub: judges what the edge escalates, stores events, serves the web API."""
+"""The cloud hub: judges what the edge escalates, stores events, serves the web API,
+and distributes signed model updates.
+
+Public API: the service and its settings, the app factory, the store, the TUF repository
+and rollouts, and the hub's errors.
+"""
+
+from __future__ import annotations
+
+from cloud_hub.api import create_app
+from cloud_hub.distribution import ModelDistribution
+from cloud_hub.errors import (
+    HubError,
+    JudgeError,
+    NotFoundError,
+    ProvisioningError,
+    SettingsError,
+    StoreError,
+    UpdateRepositoryError,
+)
+from cloud_hub.service import HubService
+from cloud_hub.settings import HubSettings, load_settings
+from cloud_hub.store import Store
+from cloud_hub.updates import ModelRepository
+
+__all__ = [
+    "HubError",
+    "HubService",
+    "HubSettings",
+    "JudgeError",
+    "ModelDistribution",
+    "ModelRepository",
+    "NotFoundError",
+    "ProvisioningError",
+    "SettingsError",
+    "Store",
+    "StoreError",
+    "UpdateRepositoryError",
+    "create_app",
+    "load_settings",
+]

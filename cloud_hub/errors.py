@@ -7,6 +7,7 @@ Hierarchy::
     ├── StoreError              the database failed or holds a newer schema
     │   └── NotFoundError       no such device, event, model or token
     ├── ProvisioningError       device credentials or broker ACL could not be written
+    ├── UpdateRepositoryError   the TUF repository or its signing keys cannot be used
     └── JudgeError              the heavy model could not judge an escalation
 """
 
@@ -45,3 +46,7 @@ class ProvisioningError(HubError):
 
 class JudgeError(HubError):
     """The heavy model could not judge an escalation (e.g. its image does not decode)."""
+
+
+class UpdateRepositoryError(HubError):
+    """The TUF repository or its signing keys cannot be used."""

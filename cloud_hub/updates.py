@@ -37,7 +37,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from cloud_hub.errors import HubError
+from cloud_hub.errors import UpdateRepositoryError
 from models import (
     MANIFEST_FILENAME,
     BackendSpec,
@@ -51,10 +51,6 @@ from models import (
 EXPIRY = {"root": timedelta(days=365), "targets": timedelta(days=90),
           "snapshot": timedelta(days=7), "timestamp": timedelta(days=1)}
 ONLINE_ROLES = ("snapshot", "timestamp")
-
-
-class UpdateRepositoryError(HubError):
-    """The TUF repository or its keys cannot be used."""
 
 
 def _write_key(path: Path, signer: CryptoSigner) -> None:

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.parametrize("package", ["models", "hardware", "edge_agent"])
+@pytest.mark.parametrize("package", ["models", "hardware", "edge_agent", "sync", "cloud_hub"])
 def test_all_lists_every_public_name(package: str) -> None:
     module = importlib.import_module(package)
     exported = set(module.__all__)
