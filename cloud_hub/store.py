@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cloud_hub.errors import NotFoundError, StoreError
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -126,6 +129,8 @@ def _v2(conn: Connection) -> None:
 
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1), (2, _v2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+MIGRATION_ATTEMPTS = 5
+MIGRATION_LOCK = 0x45444745  # any constant shared by every hub of one database
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +192,24 @@ class Store:
             self._engine = None
 
     def _migrate(self) -> None:
+        # Hubs that start together race to migrate: PostgreSQL serialises them with an
+        # advisory lock; SQLite has no such lock, so a loser retries once the winner is done.
+        for attempt in range(MIGRATION_ATTEMPTS):
+            try:
+                self._migrate_once()
+                return
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError,
+                    sa.exc.IntegrityError) as exc:
+                if attempt == MIGRATION_ATTEMPTS - 1:
+                    raise
+                log.info("migration raced another hub (%s); retrying", exc.orig)
+                time.sleep(0.2 * (attempt + 1))
+
+    def _migrate_once(self) -> None:
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                             {"key": MIGRATION_LOCK})
             migrations_table.create(conn, checkfirst=True)
             applied = {row[0] for row in conn.execute(sa.select(migrations_table.c.version))}
             newest = max(applied, default=0)

@@ -116,3 +116,40 @@ def test_models_tokens_and_counts(store: Store) -> None:
     store.add_event(**_event("e1", device="cam-9"))
     counts = store.event_counts(since=0)
     assert counts["by_device"] == {"cam-9": 1} and counts["by_outcome"] == {"pending": 1}
+
+
+def test_hubs_starting_together_migrate_once(store: Store) -> None:
+    import threading
+
+    url = store.url.replace("hub.sqlite3", "race.sqlite3")
+    if store.dialect == "postgresql":
+        # A fresh schema for the race, on the same server.
+        schema = f"race_{int(time.time() * 1e6)}"
+        with store.engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        url = store.url.rsplit("search_path%3D", 1)[0] + f"search_path%3D{schema}"
+    errors: list[BaseException] = []
+    stores = [Store(url) for _ in range(4)]
+
+    def open_one(candidate: Store) -> None:
+        try:
+            candidate.open()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert errors == []
+        with stores[0].engine.connect() as conn:
+            versions = [r[0] for r in conn.execute(sa.select(migrations_table.c.version))]
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        for candidate in stores:
+            candidate.close()
+        if store.dialect == "postgresql":
+            with store.engine.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
