@@ -10,10 +10,12 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from cloud_hub.api.auth import hash_token, new_token
+from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import HubError
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings, load_settings
@@ -127,12 +129,8 @@ def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
-    service = HubService(settings)
-    service.open_store()
-    try:
+    with _hub_store(settings) as service:
         device, credentials = service.provision_device(args.device_id, args.group)
-    finally:
-        service.store.close()
     if args.json:
         print(json.dumps({"device": device, "username": credentials.username,
                           "password": credentials.password}))
@@ -147,27 +145,20 @@ def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def _devices_list(args: argparse.Namespace, settings: HubSettings) -> int:
-    service = HubService(settings)
-    service.open_store()
-    try:
-        for device in service.store.list_devices():
-            state = "online" if device["online"] else "offline"
-            models = ", ".join(f"{k} {v}" for k, v in device["models"].items()) or "-"
-            print(f"{device['id']:<24} {device['group']:<12} {state:<8} {models}")
-    finally:
-        service.store.close()
+    with _hub_store(settings) as service:
+        devices = service.store.list_devices()
+    for device in devices:
+        state = "online" if device["online"] else "offline"
+        models = ", ".join(f"{k} {v}" for k, v in device["models"].items()) or "-"
+        print(f"{device['id']:<24} {device['group']:<12} {state:<8} {models}")
     return 0
 
 
 def _tokens_create(args: argparse.Namespace, settings: HubSettings) -> int:
-    service = HubService(settings)
-    service.open_store()
     token = new_token()
-    try:
+    with _hub_store(settings) as service:
         service.store.add_token(name=args.name, role=args.role,
                                 token_hash=hash_token(settings.secret_key, token))
-    finally:
-        service.store.close()
     print(token)
     return 0
 
@@ -184,65 +175,62 @@ def _keys_init(args: argparse.Namespace, settings: HubSettings) -> int:
     return 0
 
 
-def _with_distribution(settings: HubSettings) -> HubService:
+@contextmanager
+def _hub_store(settings: HubSettings) -> Iterator[HubService]:
+    """A service with its store (and model distribution) open, for one command."""
     service = HubService(settings, ingest=False)
     service.open_store()
-    return service
+    try:
+        yield service
+    finally:
+        service.store.close()
+
+
+def _distribution(service: HubService) -> ModelDistribution:
+    assert service.distribution is not None  # open_store() sets it
+    return service.distribution
 
 
 def _models_publish(args: argparse.Namespace, settings: HubSettings) -> int:
     from models import ModelError, open_bundle
 
-    service = _with_distribution(settings)
     try:
         bundle = open_bundle(args.bundle)
-        assert service.distribution is not None
-        path = service.distribution.publish(bundle, hardware=args.hardware or ["any"])
     except ModelError as exc:
         raise HubError(str(exc)) from exc
-    finally:
-        service.store.close()
+    with _hub_store(settings) as service:
+        path = _distribution(service).publish(bundle, hardware=args.hardware or ["any"])
     print(f"published {bundle.label} as {path}")
     return 0
 
 
 def _rollout_start(args: argparse.Namespace, settings: HubSettings) -> int:
-    service = _with_distribution(settings)
-    try:
-        assert service.distribution is not None
-        rollout = service.distribution.start(
+    with _hub_store(settings) as service:
+        rollout = _distribution(service).start(
             model=args.model, version=args.version, group=args.group,
             canary_percent=args.canary, max_failure_share=args.max_failure_share)
-    finally:
-        service.store.close()
     print(f"rollout {rollout.id}: {rollout.model} {rollout.version} to {rollout.group}, "
           f"canaries {', '.join(rollout.waves[0]) if rollout.waves else '-'}")
     return 0
 
 
 def _rollout_rollback(args: argparse.Namespace, settings: HubSettings) -> int:
-    service = _with_distribution(settings)
-    try:
-        assert service.distribution is not None
-        again = service.distribution.roll_back(args.rollout_id)
-    finally:
-        service.store.close()
+    with _hub_store(settings) as service:
+        again = _distribution(service).roll_back(args.rollout_id)
     print(f"rolled back; {again.model} {again.version} (the previous model) goes to "
           f"{again.group} in rollout {again.id}")
     return 0
 
 
 def _rollout_list(args: argparse.Namespace, settings: HubSettings) -> int:
-    service = _with_distribution(settings)
-    try:
-        for rollout in service.store.list_rollouts():
-            done = len(rollout["results"])
-            total = sum(len(w) for w in rollout["waves"])
-            print(f"{rollout['id']}  {rollout['model']} {rollout['version']} -> "
-                  f"{rollout['group']}: {rollout['status']}, wave {rollout['wave'] + 1}, "
-                  f"{done}/{total} reported {rollout['reason']}")
-    finally:
-        service.store.close()
+    with _hub_store(settings) as service:
+        rollouts = service.store.list_rollouts()
+    for rollout in rollouts:
+        done = len(rollout["results"])
+        total = sum(len(w) for w in rollout["waves"])
+        print(f"{rollout['id']}  {rollout['model']} {rollout['version']} -> "
+              f"{rollout['group']}: {rollout['status']}, wave {rollout['wave'] + 1}, "
+              f"{done}/{total} reported {rollout['reason']}")
     return 0
 
 

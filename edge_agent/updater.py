@@ -117,7 +117,6 @@ class Updater:
         self._queue: queue.Queue[ModelAnnouncement | InstallRecord | None] = queue.Queue(16)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.busy = False
 
     def start(self) -> None:
         """Start the ``updater`` thread."""
@@ -150,7 +149,6 @@ class Updater:
         while (job := self._queue.get()) is not None:
             if self._stop.is_set():
                 return
-            self.busy = True
             try:
                 if isinstance(job, InstallRecord):
                     self._finish(job)
@@ -158,8 +156,6 @@ class Updater:
                     self.install(job)
             except Exception:  # the updater must outlive any one update
                 log.exception("update of %s failed", job.model)
-            finally:
-                self.busy = False
 
     def _finish(self, record: InstallRecord) -> None:
         record = self._watch(record, None)

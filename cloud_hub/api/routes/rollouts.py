@@ -8,7 +8,9 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import HubError, NotFoundError
+from cloud_hub.service import HubService
 from models import ModelError
 
 router = APIRouter(tags=["rollouts"])
@@ -34,7 +36,7 @@ class PublishRequest(BaseModel):
     hardware: list[str] = Field(default_factory=lambda: ["any"])
 
 
-def _distribution(service: Any) -> Any:
+def _distribution(service: HubService) -> ModelDistribution:
     if service.distribution is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the hub is starting")
     return service.distribution
