@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -60,9 +61,25 @@ class Collector:
 
     def wait_for(self, predicate: Callable[[list[tuple[str, bytes]]], bool],
                  timeout_s: float) -> bool:
-        """Wait until ``predicate(messages)`` holds."""
-        with self.arrived:
-            return self.arrived.wait_for(lambda: predicate(self.messages), timeout_s)
+        """Wait until ``predicate(messages)`` holds.
+
+        The predicate runs on a copy, outside the lock: run under it, an O(n) predicate
+        re-evaluated on every arrival would hold up paho's thread and, with thousands of
+        redelivered messages, starve the very delivery it waits for.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.lock:
+                snapshot = list(self.messages)
+            if predicate(snapshot):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self.arrived:
+                if len(self.messages) == len(snapshot):
+                    self.arrived.wait(min(remaining, 0.5))
+            time.sleep(0.02)  # check a burst once, not once per message
 
     def close(self) -> None:
         """Disconnect."""
