@@ -426,7 +426,7 @@ class EdgeAgent:
         self.metrics.latency.labels(name).observe(elapsed)
         self.metrics.inferences.labels(name).inc()
         decision = self._policy.decide(name, detections, time.monotonic())
-        health.record(elapsed, escalated=decision.action == "escalate")
+        counted = health.record(elapsed, escalated=decision.action == "escalate")
         self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
         if decision.action == "escalate":
             event = frame_event(
@@ -440,6 +440,8 @@ class EdgeAgent:
             self._escalate(event, decision)
         elif decision.action == "local" and decision.positive:
             self._act("decision", name, decision)
+        if counted:  # after the decision's work, so that the shadow delays nothing
+            health.run_shadow(lambda previous: previous.detect(item.image))
 
     def _process_window(self, item: ReadingWindow, model: Model) -> None:
         name = item.source
@@ -447,14 +449,21 @@ class EdgeAgent:
         feature_set = model.manifest.input.feature_set
         assert feature_set is not None
         features = FEATURE_SETS[feature_set](item.values)
+        started = time.perf_counter()
+        health = self.model_health(model.manifest.name)
         try:
             [score] = model.score(features)
         except ModelError as exc:
+            health.record(None)
+            self._counters.inference_errors += 1
             self.metrics.dropped.labels("inference-error").inc()
             log.error("source %s: anomaly model failed: %s", name, exc)
             return
+        elapsed = time.perf_counter() - started
+        self.metrics.latency.labels(name).observe(elapsed)
         self.metrics.inferences.labels(name).inc()
         decision = self._policy.decide_anomaly(name, score, time.monotonic())
+        counted = health.record(elapsed, escalated=decision.action == "escalate")
         self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
         if decision.action == "escalate":
             self._escalate(window_event(
@@ -462,6 +471,8 @@ class EdgeAgent:
                 captured_at=item.captured_at, priority=decision.priority,
                 manifest=model.manifest, values=item.values, score=score.score,
             ), decision)
+        if counted:
+            health.run_shadow(lambda previous: previous.score(features))
 
     def _escalate(self, event: EventMessage, decision: Decision) -> None:
         assert self.uplink is not None

@@ -26,7 +26,7 @@ from edge_agent.errors import EdgeAgentError, InstallError, UpdateRefusedError
 from edge_agent.install import ModelInstaller
 from edge_agent.updates import DeviceFit, UpdateClient
 from hardware import HardwareProfile
-from models import Model, ModelBundle
+from models import Model, ModelBundle, ModelError
 from sync import ModelAnnouncement, UpdateReport
 from sync.install import HealthLimits, HealthStats, InstallRecord, Step
 
@@ -40,6 +40,11 @@ class ModelHealth:
     The first ``warmup`` inferences after a swap are not counted: caches, thread pools and
     delegates settle then, and the install itself still competes for the CPU. Latency is
     judged on the median, which a short burst of contention does not move.
+
+    During a health window the previous model can run as a *shadow*: after each counted
+    inference the pipeline runs it on the same input, and its latency is kept beside the
+    new model's. Both are then measured under the same load, which a comparison with the
+    previous model's earlier window is not (a busy device would fail good updates).
     """
 
     warmup: int = 0
@@ -47,23 +52,55 @@ class ModelHealth:
     errors: int = 0
     escalations: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
+    shadow_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
+    _shadow: Model | None = None
+    _shadow_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, latency_s: float | None, *, escalated: bool = False) -> None:
-        """One inference: its latency, or ``None`` if it failed."""
+    def record(self, latency_s: float | None, *, escalated: bool = False) -> bool:
+        """One inference: its latency, or ``None`` if it failed. Returns whether it was
+        counted (it was not during the warm-up)."""
         if self.warmup > 0:
             self.warmup -= 1
-            return
+            return False
         self.inferences += 1
         if latency_s is None:
             self.errors += 1
         else:
             self.latencies.append(latency_s)
         self.escalations += escalated
+        return True
+
+    def start_shadow(self, previous: Model) -> None:
+        """Run ``previous`` beside the serving model from now on (updater thread)."""
+        with self._shadow_lock:
+            self._shadow = previous
+
+    def end_shadow(self) -> None:
+        """Stop the shadow; waits for a shadow inference under way, so that the caller may
+        close or re-serve the previous model as soon as this returns (updater thread)."""
+        with self._shadow_lock:
+            self._shadow = None
+
+    def run_shadow(self, infer: Callable[[Model], object]) -> None:
+        """Time ``infer`` on the shadow model, if there is one (pipeline thread). A failing
+        shadow is not the new model's fault: it is logged and not counted."""
+        with self._shadow_lock:
+            if self._shadow is None:
+                return
+            started = time.perf_counter()
+            try:
+                infer(self._shadow)
+            except ModelError as exc:
+                log.warning("the previous model failed beside the new one: %s", exc)
+                return
+            self.shadow_latencies.append(time.perf_counter() - started)
 
     def stats(self) -> HealthStats:
         """A snapshot for the health judgement."""
         median = float(np.median(list(self.latencies))) if self.latencies else 0.0
-        return HealthStats(self.inferences, self.errors, median, self.escalations)
+        shadow = list(self.shadow_latencies)
+        return HealthStats(self.inferences, self.errors, median, self.escalations,
+                           float(np.median(shadow)) if shadow else None)
 
 
 def device_fit(profile: HardwareProfile) -> DeviceFit:
@@ -204,9 +241,15 @@ class Updater:
             return record
         baseline = self._health(name).stats()
         previous_model = self._swap(name, model)
+        window = self._health(name)
+        if previous_model is not None and self.config.health_side_by_side:
+            window.start_shadow(previous_model)
         record = self.installer.swap(record)
         self._tell(announcement, record)
-        record = self._watch(record, baseline)
+        try:
+            record = self._watch(record, baseline)
+        finally:
+            window.end_shadow()
         if record.step == Step.ROLLED_BACK:
             restored = self._restore(name, previous_model)
             self._swap(name, restored)

@@ -122,12 +122,19 @@ def resume_action(record: InstallRecord) -> ResumeAction:
 
 @dataclass(frozen=True, slots=True)
 class HealthStats:
-    """What a model did over a window: calls, failures, latency and escalations."""
+    """What a model did over a window: calls, failures, latency and escalations.
+
+    ``previous_median_latency_s`` is the previous model's median latency measured side by
+    side with the new one, on the same inputs in the same window; when present, latency is
+    judged against it rather than against the previous model's own, earlier window, because
+    a device's load (other processes, the install itself) moves both of them alike.
+    """
 
     inferences: int
     errors: int
     median_latency_s: float
     escalations: int
+    previous_median_latency_s: float | None = None
 
     @property
     def error_rate(self) -> float:
@@ -158,10 +165,13 @@ def judge_health(new: HealthStats, baseline: HealthStats | None,
         return "degraded", f"error rate {new.error_rate:.1%} over {limits.max_error_rate:.1%}"
     if new.inferences < limits.min_inferences:
         return "undecided", f"{new.inferences} of {limits.min_inferences} inferences so far"
+    reference, against = new.previous_median_latency_s, " for the previous model on the same inputs"
+    if reference is None and baseline is not None and baseline.inferences:
+        reference, against = baseline.median_latency_s, ""
+    if reference is not None and new.median_latency_s > reference * limits.max_latency_ratio:
+        return "degraded", (f"median latency {new.median_latency_s * 1e3:.1f} ms against "
+                            f"{reference * 1e3:.1f} ms{against}")
     if baseline is not None and baseline.inferences:
-        if new.median_latency_s > baseline.median_latency_s * limits.max_latency_ratio:
-            return "degraded", (f"median latency {new.median_latency_s * 1e3:.1f} ms against "
-                                f"{baseline.median_latency_s * 1e3:.1f} ms")
         allowed = max(baseline.escalation_rate * limits.max_escalation_ratio,
                       limits.escalation_floor)
         if new.escalation_rate > allowed:

@@ -133,7 +133,9 @@ def test_rollout_canary_first_bad_version_halts_and_rolls_back(
     assert _steps(service, bad_canary, "1.2.0")[-1] == "rolled-back"
     reason = [r["reason"] for r in service.store.update_reports_of(device_id=bad_canary)
               if r["version"] == "1.2.0"][-1]
-    assert "health window" in reason
+    # Latency is judged against the previous model run beside it on the same frames, so
+    # that four agents and a hub sharing this machine's cores do not fail the good release.
+    assert "health window" in reason and "previous model on the same inputs" in reason
     for device in DEVICES:
         if device != bad_canary:
             assert _steps(service, device, "1.2.0") == []  # never offered

@@ -363,6 +363,10 @@ def test_sensor_anomalies_are_escalated(broker: MosquittoBroker, anomaly_store: 
         assert run.finish() == 0
     anomalies = [e for e in _events(collector).values() if e.reason == "anomaly"]
     assert len(anomalies) >= 3
+    # The anomaly model's health counters feed an update's health window like a detector's.
+    health = run.agent.model_health("sensor-anomaly").stats()
+    assert health.inferences >= 74 and health.errors == 0
+    assert health.escalations == len(anomalies) and health.median_latency_s > 0
     flagged: list[range] = []
     for event in anomalies:
         assert event.anomaly_score is not None and event.anomaly_score < 0

@@ -191,3 +191,65 @@ def test_agent_restarted_in_the_health_window_finishes_it(
         assert swapped and swapped[0].manifest.version == "1.0.0"
     else:
         assert installer.active_version("blazeface-short") == "1.1.0" and not swapped
+
+
+def test_health_window_times_the_previous_model_beside_the_new_one(
+    zoo_store: ModelStore,
+) -> None:
+    import threading
+
+    import skimage.data
+
+    from edge_agent.updater import ModelHealth
+    from models import Model, ModelError
+
+    image = skimage.data.astronaut()
+    new, previous = (load(zoo_store.resolve(name)) for name in ("blazeface-full",
+                                                                 "blazeface-short"))
+    health = ModelHealth(warmup=2)
+    shadowed: list[Model] = []
+
+    def detect(model: Model) -> object:
+        shadowed.append(model)
+        return model.detect(image)
+
+    health.run_shadow(detect)  # no shadow yet: nothing runs
+    health.start_shadow(previous)
+    for _ in range(6):
+        started = time.perf_counter()
+        new.detect(image)
+        if health.record(time.perf_counter() - started):  # not during the warm-up
+            health.run_shadow(detect)
+    stats = health.stats()
+    assert stats.inferences == 4 and len(health.shadow_latencies) == 4
+    assert shadowed == [previous] * 4 and stats.previous_median_latency_s is not None
+
+    def failing(model: Model) -> object:
+        raise ModelError("the previous model broke")
+
+    health.run_shadow(failing)  # the previous model's failure is not the new one's
+    assert health.stats().errors == 0 and len(health.shadow_latencies) == 4
+
+    # Ending the shadow waits for the shadow inference under way, so the updater can
+    # close the previous model right after.
+    entered, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(model: Model) -> object:
+        entered.set()
+        release.wait(10)
+        return model.detect(image)
+
+    worker = threading.Thread(target=health.run_shadow, args=(slow,))
+    worker.start()
+    assert entered.wait(10)
+    ender = threading.Thread(target=lambda: (health.end_shadow(), ended.set()))
+    ender.start()
+    assert not ended.wait(0.3)
+    release.set()
+    worker.join(10)
+    ender.join(10)
+    assert ended.is_set() and len(health.shadow_latencies) == 5
+    health.run_shadow(detect)
+    assert len(shadowed) == 4  # ended: nothing runs any more
+    new.close()
+    previous.close()

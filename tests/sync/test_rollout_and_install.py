@@ -78,3 +78,21 @@ def test_health_judgement() -> None:
     assert slow == ("degraded", "median latency 30.0 ms against 10.0 ms")
     chatty = judge_health(HealthStats(100, 0, 0.010, 40), base, limits)
     assert chatty[0] == "degraded" and "escalation rate 40.0%" in chatty[1]
+
+
+def test_health_judges_latency_against_the_previous_model_side_by_side() -> None:
+    limits = HealthLimits(min_inferences=50)
+    quiet = HealthStats(inferences=500, errors=0, median_latency_s=0.002, escalations=25)
+    # The device got busy after the swap: both models slowed alike, so the update is fine,
+    # although its latency is almost three times the previous model's quiet window.
+    busy = HealthStats(100, 0, 0.0057, 5, previous_median_latency_s=0.0055)
+    assert judge_health(busy, quiet, limits) == ("healthy", "within limits")
+    # Without the side-by-side figure, the earlier window is all there is to go by.
+    assert judge_health(HealthStats(100, 0, 0.0057, 5), quiet, limits)[0] == "degraded"
+    # A really slower model is slower than the previous one on the same inputs.
+    slow = judge_health(HealthStats(100, 0, 0.012, 5, previous_median_latency_s=0.004),
+                        quiet, limits)
+    assert slow == ("degraded", "median latency 12.0 ms against 4.0 ms for the previous "
+                                "model on the same inputs")
+    # With no window of the previous model (a resumed install), side by side still judges.
+    assert judge_health(HealthStats(100, 0, 0.012, 5, 0.004), None, limits)[0] == "degraded"
