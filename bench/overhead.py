@@ -90,7 +90,11 @@ class _HandWrittenBlazeFace:
         h, w = image.shape[:2]
         scale = self.size / max(h, w)
         nw, nh = round(w * scale), round(h * scale)
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        shrunk = image
+        while shrunk.shape[1] >= 2 * nw and shrunk.shape[0] >= 2 * nh:  # area-filter halvings
+            shrunk = np.asarray(cv2.resize(shrunk, (shrunk.shape[1] // 2, shrunk.shape[0] // 2),
+                                           interpolation=cv2.INTER_AREA), np.uint8)
+        resized = cv2.resize(shrunk, (nw, nh), interpolation=cv2.INTER_LINEAR)
         px, py = (self.size - nw) // 2, (self.size - nh) // 2
         padded = cv2.copyMakeBorder(resized, py, self.size - nh - py, px, self.size - nw - px,
                                     cv2.BORDER_CONSTANT, value=0)

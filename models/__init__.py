@@ -12,6 +12,7 @@ from models.backends import (
     FakeBackend,
     LiteRTBackend,
     OnnxRuntimeBackend,
+    Outputs,
     create_backend,
 )
 from models.bundle import ModelBundle, open_bundle, sha256_hex, write_bundle
@@ -31,7 +32,7 @@ from models.errors import (
 )
 from models.golden import Golden, golden_input, golden_outputs, smoke_test
 from models.manifest import MANIFEST_FILENAME, InputSpec, Manifest, parse_manifest, semver_key
-from models.model import Model
+from models.model import Model, PreparedImage
 from models.preprocess import ImagePreprocessor, Placement
 from models.results import AnomalyScore, Box, Classification, Detection, Landmarks, iou
 from models.store import ModelStore, StoreEntry, default_store_path
@@ -69,8 +70,10 @@ __all__ = [
     "ModelStore",
     "ModelZoo",
     "OnnxRuntimeBackend",
+    "Outputs",
     "PipWheelFetcher",
     "Placement",
+    "PreparedImage",
     "StoreEntry",
     "WheelFetcher",
     "WheelSource",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -19,10 +20,18 @@ from models.manifest import (
     LandmarksOutput,
     Manifest,
 )
-from models.preprocess import ImagePreprocessor
+from models.preprocess import ImagePreprocessor, Placement
 from models.results import AnomalyScore, Classification, Detection, Landmarks
 
 _Spec = TypeVar("_Spec")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedImage:
+    """One image made ready for the model: its input row and where the image sits in it."""
+
+    row: npt.NDArray[np.generic]
+    placement: Placement
 
 
 class Model:
@@ -52,6 +61,12 @@ class Model:
         """The backend that serves this model."""
         return self.backend.describe()
 
+    def prepare(self, images: Sequence[object]) -> npt.NDArray[np.generic]:
+        """The input tensor (one row per image) that the image methods would run."""
+        if self._preprocess is None:
+            raise ModelError(f"{self.bundle.label} does not take images")
+        return self._preprocess.batch(list(images))[0]
+
     def infer_tensor(self, batch: npt.NDArray[np.generic]) -> Outputs:
         """Run a prepared tensor batch and return raw outputs by name."""
         return self.backend.infer(batch)
@@ -71,17 +86,37 @@ class Model:
 
     def detect_batch(self, images: Sequence[object]) -> list[list[Detection]]:
         """Detections for each image of a batch, in one runtime call."""
+        self._require(DetectorOutput)
+        prepared = [self.prepare_image(image) for image in images]
+        return [self.decode_detections(p, outputs)
+                for p, outputs in zip(prepared, self.infer_prepared(prepared), strict=True)]
+
+    # The three steps of detect_batch, apart, so that a server can prepare and decode in
+    # its callers' threads while one thread keeps the runtime busy with whole batches.
+
+    def prepare_image(self, image: object) -> PreparedImage:
+        """Check, resize and normalise one image (no runtime call).
+
+        Raises:
+            InputSpecError: ``image`` is not a usable picture.
+        """
+        if self._preprocess is None:
+            raise ModelError(f"{self.bundle.label} does not take images")
+        tensor, placement = self._preprocess(image)
+        return PreparedImage(tensor[0], placement)
+
+    def infer_prepared(self, prepared: Sequence[PreparedImage]) -> list[Outputs]:
+        """Run prepared images as one batch; each image's raw outputs (views, no copies)."""
+        outputs = self.backend.infer(np.stack([p.row for p in prepared]))
+        return [{name: value[i] for name, value in outputs.items()}
+                for i in range(len(prepared))]
+
+    def decode_detections(self, prepared: PreparedImage, outputs: Outputs) -> list[Detection]:
+        """One image's detections from its raw outputs, in its own pixels."""
         spec = self._require(DetectorOutput)
         assert self._detector is not None
-        assert self._preprocess is not None
-        tensor, placements = self._preprocess.batch(list(images))
-        outputs = self.backend.infer(tensor)
-        boxes = self._output(outputs, spec.boxes_output)
-        scores = self._output(outputs, spec.scores_output)
-        return [
-            self._detector(boxes[i], scores[i], placement)
-            for i, placement in enumerate(placements)
-        ]
+        return self._detector(self._output(outputs, spec.boxes_output),
+                              self._output(outputs, spec.scores_output), prepared.placement)
 
     def classify(self, image: object) -> Classification:
         """The classifier's verdict on one image."""

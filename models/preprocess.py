@@ -144,14 +144,13 @@ class ImagePreprocessor:
         new_h = max(1, min(target_h, round(src_h * scale)))
         pad_x = (target_w - new_w) // 2
         pad_y = (target_h - new_h) // 2
-        resized = _resize(rgb, new_w, new_h)
         if new_w != target_w or new_h != target_h:
-            resized = np.asarray(cv2.copyMakeBorder(
-                resized, pad_y, target_h - new_h - pad_y, pad_x, target_w - new_w - pad_x,
-                cv2.BORDER_CONSTANT, value=0,
-            ), dtype=np.uint8)
-            if resized.ndim == 2:
-                resized = resized[:, :, np.newaxis]
+            # The resize writes straight into the padded frame: one pass less.
+            resized = np.zeros((target_h, target_w, rgb.shape[2]), np.uint8)
+            _resize(rgb, new_w, new_h, into=resized[pad_y : pad_y + new_h,
+                                                    pad_x : pad_x + new_w])
+        else:
+            resized = _resize(rgb, new_w, new_h)
         placement = Placement(
             src_w, src_h, new_w / src_w, new_h / src_h, float(pad_x), float(pad_y),
             target_w, target_h,
@@ -172,15 +171,35 @@ class ImagePreprocessor:
         return tensor
 
 
-def _resize(image: ImageArray, width: int, height: int) -> ImageArray:
+def _resize(image: ImageArray, width: int, height: int,
+            into: ImageArray | None = None) -> ImageArray:
+    """``image`` at ``width`` x ``height``, written to ``into`` if given (a view of the
+    right size, e.g. the inside of a letterbox)."""
     if image.shape[1] == width and image.shape[0] == height:
-        return image
-    # INTER_AREA avoids aliasing when shrinking camera frames; bilinear when enlarging.
-    shrinking = width < image.shape[1] or height < image.shape[0]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized = np.asarray(
-        cv2.resize(image, (width, height), interpolation=interpolation), dtype=np.uint8
-    )
-    if resized.ndim == 2:
-        resized = resized[:, :, np.newaxis]
-    return resized
+        if into is None:
+            return image
+        into[...] = image
+        return into
+    # Shrinking a camera frame needs an area filter, or the detector sees aliasing. OpenCV's
+    # INTER_AREA is fast for an exact factor of two but about ten times slower for any
+    # other factor (1.4 ms for 640x360 -> 192x108, longer than some models run), so halve
+    # while the image is at least twice the target (bilinear at exactly one half is the
+    # same 2x2 mean, and as fast), then finish with bilinear, which does not alias for the
+    # factor below two that is left.
+    while image.shape[1] >= 2 * width and image.shape[0] >= 2 * height:
+        image = _as_hwc(cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2),
+                                   interpolation=cv2.INTER_AREA))
+    if into is not None and into.flags.c_contiguous and into.shape[2] > 1:
+        cv2.resize(image, (width, height), dst=into, interpolation=cv2.INTER_LINEAR)
+        return into
+    resized = _as_hwc(cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR))
+    if into is None:
+        return resized
+    into[...] = resized
+    return into
+
+
+def _as_hwc(image: npt.NDArray[np.generic]) -> ImageArray:
+    """OpenCV drops a single channel's axis; put it back."""
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[:, :, np.newaxis] if pixels.ndim == 2 else pixels

@@ -20,8 +20,14 @@ from models.backends import Backend
 
 
 def _tensor(bundle: ModelBundle, batch: int = 1, seed: int = 0) -> np.ndarray:
-    shape = (batch, *bundle.manifest.input.shape[1:])
-    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+    """A random tensor of the bundle's input: normalised floats, or uint8 pixels for the
+    ONNX conversions, which normalise inside the graph."""
+    spec = bundle.manifest.input
+    shape = (batch, *spec.shape[1:])
+    rng = np.random.default_rng(seed)
+    if spec.dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.uniform(-1, 1, shape).astype(np.float32)
 
 
 @pytest.fixture(params=["litert:xnnpack", "litert:cpu", "onnxruntime:cpu"])
@@ -76,12 +82,15 @@ def test_wrong_input_is_a_clear_error(short_tflite: ModelBundle, make: object,
         backend.infer(make(_tensor(short_tflite)))  # type: ignore[operator]
 
 
-def test_nchw_model_refuses_nhwc_tensor(short_onnx: ModelBundle,
-                                        short_tflite: ModelBundle) -> None:
+def test_pixel_model_refuses_a_normalised_or_nchw_tensor(short_onnx: ModelBundle,
+                                                         short_tflite: ModelBundle) -> None:
     backend = OnnxRuntimeBackend(short_onnx, BackendSpec("onnxruntime", "cpu"))
     backend.load()
-    with pytest.raises(InputSpecError, match=r"\[N, 3, 128, 128\] \(NCHW\)"):
+    with pytest.raises(InputSpecError, match="dtype float32 does not match the model's uint8"):
         backend.infer(_tensor(short_tflite))
+    nchw = np.zeros((1, 3, 128, 128), np.uint8)
+    with pytest.raises(InputSpecError, match=r"\[N, 128, 128, 3\] \(NHWC\)"):
+        backend.infer(nchw)
 
 
 def test_missing_provider_is_unavailable_not_silent_cpu(short_onnx: ModelBundle) -> None:

@@ -83,14 +83,76 @@ def test_unknown_zoo_name(tmp_path: Path) -> None:
         zoo.pull("yolo")
 
 
-def test_conversion_is_nchw_and_agrees(short_tflite: ModelBundle,
-                                       short_onnx: ModelBundle) -> None:
+def test_conversion_takes_pixels_and_agrees(short_tflite: ModelBundle,
+                                            short_onnx: ModelBundle) -> None:
     onnx = short_onnx.manifest
     assert onnx.name == "blazeface-short-onnx" and onnx.runtime == "onnx"
-    assert onnx.input.layout == "NCHW" and onnx.input.shape == (1, 3, 128, 128)
+    # The graph takes the camera's uint8 NHWC pixels and normalises them itself.
+    assert onnx.input.layout == "NHWC" and onnx.input.shape == (1, 128, 128, 3)
+    assert onnx.input.dtype == "uint8" and onnx.input.normalization is None
     assert onnx.output == short_tflite.manifest.output
     assert short_onnx.model_path.read_bytes()[:2] != b"TF"
-    assert np.isclose(onnx.input.normalization.mean[0], 127.5)  # type: ignore[union-attr]
+    # Same pixels, both runtimes, the same scores (the zoo refuses a conversion that
+    # disagrees; this checks it on a real photograph).
+    import skimage.data
+
+    from models import BackendSpec, Model, create_backend
+
+    models = []
+    for bundle, spec in ((short_tflite, BackendSpec("litert", "xnnpack")),
+                         (short_onnx, BackendSpec("onnxruntime", "cpu"))):
+        backend = create_backend(bundle, spec)
+        backend.load()
+        models.append(Model(bundle, backend))
+    tflite_faces, onnx_faces = (m.detect(skimage.data.astronaut()) for m in models)
+    assert len(tflite_faces) == len(onnx_faces) >= 1
+    np.testing.assert_allclose(tflite_faces[0].box, onnx_faces[0].box, atol=0.5)
+    assert abs(tflite_faces[0].score - onnx_faces[0].score) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["blazeface-short-onnx", "blazeface-full-onnx"])
+def test_conversion_runs_a_batch_in_one_call(zoo_store: ModelStore, name: str) -> None:
+    import onnxruntime
+    import skimage.data
+
+    from models import BackendSpec, Model, create_backend
+
+    bundle = zoo_store.resolve(name)
+    session = onnxruntime.InferenceSession(bundle.read_verified_model(),
+                                           providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "N"  # tflite2onnx wrote 1 here
+    backend = create_backend(bundle, BackendSpec("onnxruntime", "cpu"))
+    backend.load()
+    model = Model(bundle, backend)
+    faces = skimage.data.lfw_subset()[:3]
+    images = [skimage.data.astronaut(), skimage.data.coffee(),
+              *[np.repeat((f * 255).astype(np.uint8)[..., None], 3, axis=2) for f in faces]]
+    together = model.detect_batch(images)
+    alone = [model.detect(image) for image in images]
+    assert [len(d) for d in together] == [len(d) for d in alone]
+    assert len(together[0]) >= 1 and together[1] == []  # the astronaut; no face in coffee
+    for batch_result, single in zip(together, alone, strict=True):
+        for a, b in zip(batch_result, single, strict=True):
+            np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+            assert abs(a.score - b.score) < 1e-4
+    model.close()
+
+
+def test_a_graph_with_batch_bound_in_an_unknown_way_keeps_its_fixed_batch() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from models.zoo import _with_dynamic_batch
+
+    # The Reshape target is computed at run time: nothing to rewrite safely.
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["x", "s"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    original = helper.make_model(graph).SerializeToString()
+    assert _with_dynamic_batch(original) == original
+    assert onnx.load_from_string(original).graph.input[0].type.tensor_type.shape.dim[0] \
+        .dim_value == 1
 
 
 def test_converting_onnx_again_is_refused(zoo_store: ModelStore,
