@@ -87,19 +87,32 @@ class Judge:
                 event.anomaly_score < 0) else "rejected"
             return Judgement(outcome, (), event.model.name, event.model.version,
                              (time.perf_counter() - started) * 1e3)
-        use_crop = event.crop_jpeg is not None
-        image = decode_jpeg((event.crop_jpeg if use_crop else event.thumbnail_jpeg) or b"")
-        offset_x, offset_y, scale = 0.0, 0.0, 1.0
-        if use_crop and event.crop_box is not None:
-            offset_x, offset_y = event.crop_box[0], event.crop_box[1]
-            scale = (event.crop_box[2] - event.crop_box[0]) / image.shape[1]
-        elif not use_crop and event.frame_size is not None:
-            scale = event.frame_size[0] / image.shape[1]
-        faces = [d for d in self.batcher.detect(image) if d.score >= self.confirm_score]
-        confirmed = bool(faces)
-        if confirmed and self.landmarks is not None:
-            confirmed = self._landmarks_agree(image, faces[0])
-        detections = tuple(_to_frame(d, offset_x, offset_y, scale) for d in faces)
+        # The crop first: the edge's detection at full resolution. If it shows no face,
+        # the whole frame (the thumbnail) too: a tight crop can cut a face off, and a
+        # distant face is what the heavy model sees best in context.
+        views: list[tuple[bytes, float, float, float | None]] = []
+        if event.crop_jpeg is not None and event.crop_box is not None:
+            views.append((event.crop_jpeg, event.crop_box[0], event.crop_box[1],
+                          (event.crop_box[2] - event.crop_box[0])))
+        if event.thumbnail_jpeg is not None:
+            views.append((event.thumbnail_jpeg, 0.0, 0.0,
+                          event.frame_size[0] if event.frame_size is not None else None))
+        if not views:  # a crop with no box to place it
+            views.append((event.crop_jpeg or b"", 0.0, 0.0, None))
+        detections: tuple[DetectionPayload, ...] = ()
+        confirmed = False
+        for jpeg, offset_x, offset_y, source_width in views:
+            image = decode_jpeg(jpeg)
+            scale = source_width / image.shape[1] if source_width else 1.0
+            faces = [d for d in self.batcher.detect(image) if d.score >= self.confirm_score]
+            found = bool(faces)
+            if found and self.landmarks is not None:
+                found = self._landmarks_agree(image, faces[0])
+            if found or not detections:
+                detections = tuple(_to_frame(d, offset_x, offset_y, scale) for d in faces)
+            if found:
+                confirmed = True
+                break
         return Judgement("confirmed" if confirmed else "rejected", detections, manifest.name,
                          manifest.version, (time.perf_counter() - started) * 1e3)
 

@@ -24,6 +24,9 @@ class HubMetrics:
         self.verdicts = Counter("hub_verdicts", "Verdicts sent", ["outcome"], registry=r)
         self.batch_size = Histogram("hub_batch_size", "Requests per model call", ["model"],
                                     buckets=SIZE_BUCKETS, registry=r)
+        self.batch_limit = Gauge("hub_batch_max_size",
+                                 "Largest batch, as configured or chosen by measurement",
+                                 ["model"], registry=r)
         self.batch_wait = Histogram("hub_batch_wait_seconds",
                                     "How long a batch's first request waited", ["model"],
                                     buckets=WAIT_BUCKETS, registry=r)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from cloud_hub.batching import MicroBatcher
+from cloud_hub.batching import (
+    MicroBatcher,
+    candidate_batch_sizes,
+    choose_batch_size,
+    measure_batch_sizes,
+)
 from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import HubError
 from cloud_hub.ingest import IngestWorker
@@ -27,7 +30,7 @@ from cloud_hub.provisioning import (
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
 from hardware import Selection
-from models import Detection, Model
+from models import Model
 from sync import TopicLayout, UpdateReport
 
 log = logging.getLogger(__name__)
@@ -157,20 +160,32 @@ class HubService:
         model, _ = self._load(name)
         if model.manifest.task != "detector":
             raise HubError(f"model {name!r} is a {model.manifest.task} model, not a detector")
-
-        def run(images: Sequence[npt.NDArray[np.uint8]]) -> list[list[Detection]]:
-            return model.detect_batch(images)
-
+        max_size = self.settings.batch_max_size
+        if self.settings.batch_autotune and max_size > 1:
+            max_size = self._tune_batch_size(model)
+        self.metrics.batch_limit.labels(name).set(max_size)
         with self._lock:
             if name not in self.batchers:
                 batcher = MicroBatcher(
-                    name, run, max_size=self.settings.batch_max_size,
+                    name, model, max_size=max_size,
                     max_delay_s=self.settings.batch_max_delay_ms / 1000.0,
                     batch_sizes=self.metrics.batch_size, batch_waits=self.metrics.batch_wait,
                 )
                 batcher.start()
                 self.batchers[name] = batcher
             return self.batchers[name]
+
+    def _tune_batch_size(self, model: Model) -> int:
+        """Measure ``model`` at each batch size up to the configured largest (about a
+        second on a CPU) and pick the one to batch at."""
+        spec = model.manifest.input
+        example = model.prepare_image(np.zeros((spec.height, spec.width, 3), np.uint8))
+        rates = measure_batch_sizes(model, example,
+                                    candidate_batch_sizes(self.settings.batch_max_size))
+        chosen = choose_batch_size(rates)
+        log.info("%s: batching up to %d (images/s by batch size: %s)", model.bundle.label,
+                 chosen, ", ".join(f"{size}: {rate:.0f}" for size, rate in rates.items()))
+        return chosen
 
     def provision_device(self, device_id: str, group: str,
                          labels: dict[str, str] | None = None) -> tuple[dict[str, Any],

@@ -49,7 +49,10 @@ class HubSettings(BaseSettings):
     landmark_model: str | None = "face-landmark"
     backend: str | None = None
     confirm_score: float = Field(default=0.6, gt=0, lt=1)
-    batch_max_size: int = Field(default=8, ge=1, le=256)
+    batch_max_size: int = Field(default=16, ge=1, le=256)
+    batch_autotune: bool = Field(
+        default=True, description="measure the model at batch sizes up to batch_max_size "
+        "when it loads and batch at the smallest one within 5% of the best throughput")
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

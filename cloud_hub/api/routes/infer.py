@@ -28,7 +28,8 @@ async def infer(model: str, request: Request, service: ServiceDep) -> dict[str, 
         batcher = service.batcher(model)
     except HubError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    detections = await asyncio.wrap_future(batcher.submit(image))
+    # Preparing and decoding happen in the calling thread: not in the event loop's.
+    detections = await asyncio.to_thread(batcher.detect, image)
     loaded, selection = service.models[model]
     service.metrics.http_infer.labels(model).inc()
     return {
