@@ -487,7 +487,8 @@ class EdgeAgent:
                 log.warning("uplink queue full; waiting to hand over %s", event.event_id)
         self._counters.escalations += 1
         self.metrics.escalations.labels(event.source, event.reason).inc()
-        self._pending.add(event.event_id, event.source, decision.positive, time.monotonic())
+        self._pending.add(event.event_id, event.source, decision.positive, time.monotonic(),
+                          tuple(d.box for d in decision.detections))
 
     # -- verdicts and the local fallback ----------------------------------------------
 
@@ -542,6 +543,10 @@ class EdgeAgent:
         pending = resolution.pending
         if pending is None:
             return
+        # Later frames of the same object take this verdict rather than asking again.
+        self._policy.remember_verdict(
+            pending.source, (*pending.boxes, *(d.box for d in verdict.detections)), confirmed,
+            time.monotonic())
         labels = tuple(sorted({d.label for d in verdict.detections}))
         score = max((d.score for d in verdict.detections), default=None)
         if resolution.kind == "on-time":

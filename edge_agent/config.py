@@ -91,6 +91,11 @@ class PolicyConfig(_Section):
     crop_max_bytes: int = Field(default=48 * 1024, ge=2048)
     thumbnail_width: int = Field(default=320, ge=32)
     min_interval_s: float = Field(default=0.0, ge=0, description="per source, between events")
+    verdict_reuse_s: float = Field(
+        default=2.0, ge=0, description="an uncertain detection where the hub judged one "
+        "this recently is decided by that verdict instead of escalated again (0: never)")
+    verdict_reuse_iou: float = Field(default=0.3, gt=0, le=1,
+                                     description="how much it must overlap the judged one")
 
     @model_validator(mode="after")
     def _band(self) -> PolicyConfig:

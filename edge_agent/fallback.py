@@ -11,6 +11,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from models import Box
+
 _V = TypeVar("_V")
 
 
@@ -23,6 +25,7 @@ class Pending:
     positive: bool
     escalated_at: float
     deadline: float
+    boxes: tuple[Box, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +56,10 @@ class PendingVerdicts:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def add(self, event_id: str, source: str, positive: bool, now: float) -> Pending:
-        """Start waiting for ``event_id``'s verdict."""
-        entry = Pending(event_id, source, positive, now, now + self.timeout_s)
+    def add(self, event_id: str, source: str, positive: bool, now: float,
+            boxes: tuple[Box, ...] = ()) -> Pending:
+        """Start waiting for ``event_id``'s verdict (``boxes``: what the edge saw)."""
+        entry = Pending(event_id, source, positive, now, now + self.timeout_s, boxes)
         self._pending[event_id] = entry
         return entry
 

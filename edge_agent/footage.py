@@ -77,12 +77,13 @@ class SampleFootage:
     """Deterministic footage of ``width`` x ``height`` frames.
 
     The script: static scene, the astronaut crosses large, static, the cat crosses,
-    static with the light dimming, the astronaut crosses smaller, static.
+    static with the light dimming, the astronaut crosses smaller, static; with
+    ``distant_pass``, then once more far away (a small face), and static.
     """
 
     def __init__(
         self, *, width: int = 640, height: int = 360, static_frames: int = 20,
-        seed: int = 0, noise_sigma: float = 2.0,
+        seed: int = 0, noise_sigma: float = 2.0, distant_pass: bool = False,
     ) -> None:
         if width < 160 or height < 120:
             raise SampleDataError(f"footage must be at least 160x120, got {width}x{height}")
@@ -101,6 +102,8 @@ class SampleFootage:
             _Pass("face", int(110 * unit), 24, int(110 * unit), left_to_right=False),
             static_frames,
         )
+        if distant_pass:  # far away: a small face, slower across the view, the edge unsure
+            self.script += (_Pass("face", int(88 * unit), 48, int(40 * unit)), static_frames)
 
     def __len__(self) -> int:
         return sum(step if isinstance(step, int) else step.frames for step in self.script)

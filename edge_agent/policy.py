@@ -1,5 +1,11 @@
 """The escalation policy: for each frame or sensor window, local, escalate or drop.
 
+The policy remembers the hub's recent verdicts, by where they were: an uncertain
+detection overlapping one the hub judged a moment ago (a person still walking through)
+takes that verdict instead of escalating every frame of the same object. The memory
+follows the object from frame to frame and lapses after ``verdict_reuse_s``, when the
+hub is asked again.
+
 Pure: values in, a decision out. Time is passed in; randomness (the audit sample) comes
 from an injected ``random.Random``.
 """
@@ -12,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edge_agent.config import PolicyConfig
-from models import AnomalyScore, Detection
+from models import AnomalyScore, Box, Detection, iou
 
 Action = Literal["local", "escalate", "drop"]
 
@@ -49,7 +55,8 @@ class Decision:
     Attributes:
         action: ``local`` (decide here), ``escalate`` (send to the hub) or ``drop``.
         reason: Why: ``confident``, ``uncertain``, ``suspicious``, ``audit``, ``anomaly``,
-            ``normal``, ``nothing``, ``below-band`` or ``rate-limited``.
+            ``normal``, ``nothing``, ``below-band``, ``rate-limited`` or
+            ``verdict-reused`` (the hub judged this object a moment ago).
         priority: Outbox priority for escalations (0-9), 0 otherwise.
         detections: The detections the decision is about.
         positive: The edge's own answer: something of interest is there.
@@ -62,6 +69,15 @@ class Decision:
     positive: bool = False
 
 
+@dataclass(slots=True)
+class _Judged:
+    """Where the hub judged something, what it said, and when."""
+
+    box: Box
+    confirmed: bool
+    at: float
+
+
 class EscalationPolicy:
     """Decides per source; keeps the per-source rate limits."""
 
@@ -70,6 +86,37 @@ class EscalationPolicy:
         self._rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
         self._last_escalation: dict[str, float] = {}
+        self._judged: dict[str, list[_Judged]] = {}
+
+    def remember_verdict(self, source: str, boxes: Sequence[Box], confirmed: bool,
+                         now: float) -> None:
+        """The hub judged the detections at ``boxes`` (frame pixels) on ``source``."""
+        if self.config.verdict_reuse_s <= 0:
+            return
+        judged = self._fresh(source, now)
+        judged.extend(_Judged(box, confirmed, now) for box in boxes)
+
+    def _fresh(self, source: str, now: float) -> list[_Judged]:
+        horizon = now - self.config.verdict_reuse_s
+        judged = [j for j in self._judged.get(source, ()) if j.at >= horizon]
+        self._judged[source] = judged
+        return judged
+
+    def _reuse(self, source: str, detections: Sequence[Detection],
+               now: float) -> bool | None:
+        """The remembered verdict covering every one of ``detections`` (confirmed if any
+        was), or ``None`` if one of them is new to the hub."""
+        judged = self._fresh(source, now) if source in self._judged else []
+        if not judged or not detections:
+            return None
+        confirmed = False
+        for detection in detections:
+            match = max(judged, key=lambda j: iou(j.box, detection.box))
+            if iou(match.box, detection.box) < self.config.verdict_reuse_iou:
+                return None
+            match.box = detection.box  # follow the object as it moves
+            confirmed = confirmed or match.confirmed
+        return confirmed
 
     def decide(self, source: str, detections: Sequence[Detection], now: float) -> Decision:
         """Decide for one frame's detections."""
@@ -85,6 +132,10 @@ class EscalationPolicy:
         if suspicious:
             return self._escalate(source, "suspicious", tuple(detections), now, positive=True)
         if uncertain:
+            reused = self._reuse(source, uncertain, now)
+            if reused is not None:
+                return Decision("local", "verdict-reused", 0, tuple(detections),
+                                positive=reused or bool(confident))
             return self._escalate(source, "uncertain", tuple(detections), now,
                                   positive=bool(confident))
         if confident:

@@ -49,6 +49,43 @@ def test_rate_limit_is_per_source() -> None:
     assert policy.decide("a", [_face(0.6)], 1.1).action == "escalate"  # one token back
 
 
+def _at(x: float, score: float = 0.6) -> Detection:
+    return Detection(box=(x, 10, x + 40, 50), score=score, label="face")
+
+
+def test_a_verdict_decides_the_same_object_in_later_frames() -> None:
+    policy = EscalationPolicy(PolicyConfig(audit_sample_rate=0.0, verdict_reuse_s=2.0))
+    first = policy.decide("door", [_at(10)], 0.0)
+    assert first.action == "escalate"
+    policy.remember_verdict("door", [d.box for d in first.detections], True, 0.1)
+    # The person walks on: each frame overlaps the last, and takes the hub's verdict.
+    for step in range(1, 12):
+        later = policy.decide("door", [_at(10 + 4 * step)], 0.1 + 0.04 * step)
+        assert (later.action, later.reason, later.positive) == ("local", "verdict-reused",
+                                                                True)
+    # By now the box has left the judged one far behind: the memory followed it.
+    assert policy.decide("door", [_at(10 + 44)], 0.6).reason == "verdict-reused"
+    # Somewhere else in the frame is somebody new.
+    assert policy.decide("door", [_at(300)], 0.7).action == "escalate"
+    # And the verdict lapses: after verdict_reuse_s the hub is asked again.
+    assert policy.decide("door", [_at(58)], 2.2).action == "escalate"
+
+
+def test_a_rejection_is_reused_too_and_reuse_can_be_switched_off() -> None:
+    policy = EscalationPolicy(PolicyConfig(audit_sample_rate=0.0))
+    policy.remember_verdict("yard", [_at(100).box], False, 0.0)
+    cat = policy.decide("yard", [_at(102)], 0.5)
+    assert (cat.action, cat.reason, cat.positive) == ("local", "verdict-reused", False)
+    # Two uncertain detections: one judged, one not: the new one is escalated.
+    both = policy.decide("yard", [_at(102), _at(400)], 0.6)
+    assert both.action == "escalate"
+    # Other sources know nothing of it.
+    assert policy.decide("door", [_at(102)], 0.5).action == "escalate"
+    never = EscalationPolicy(PolicyConfig(audit_sample_rate=0.0, verdict_reuse_s=0))
+    never.remember_verdict("yard", [_at(100).box], True, 0.0)
+    assert never.decide("yard", [_at(100)], 0.1).action == "escalate"
+
+
 def test_anomaly_decisions() -> None:
     policy = EscalationPolicy(PolicyConfig())
     assert policy.decide_anomaly("t", AnomalyScore(-0.2, 0.0, True), 0).priority == 7
