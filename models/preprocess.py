@@ -104,8 +104,14 @@ class ImagePreprocessor:
             self._offset: FloatArray | None = np.broadcast_to(-mean / std, tile).astype(
                 np.float32, order="C"
             )
+            # The usual case, one mean and one std for every channel, is a single fused
+            # OpenCV pass: convert, scale and shift at once.
+            self._uniform: tuple[float, float] | None = (
+                (float(1.0 / std[0]), float(-mean[0] / std[0]))
+                if np.all(std == std[0]) and np.all(mean == mean[0]) else None)
         else:
             self._scale = self._offset = None
+            self._uniform = None
 
     def __call__(self, image: object) -> tuple[npt.NDArray[np.generic], Placement]:
         """Return a batch-of-one tensor for ``image`` and where the image was placed."""
@@ -159,15 +165,25 @@ class ImagePreprocessor:
 
     def _finish(self, pixels: ImageArray) -> npt.NDArray[np.generic]:
         tensor: npt.NDArray[np.generic]
-        if self._scale is not None and self._offset is not None:
+        nchw = self.spec.layout == "NCHW"
+        if nchw:  # move the bytes, before they are four times as many floats
+            pixels = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        if self._uniform is not None:
+            scale, shift = self._uniform
+            flat = pixels.reshape(pixels.shape[0], -1)
+            tensor = np.asarray(cv2.addWeighted(flat, scale, flat, 0.0, shift,
+                                                dtype=cv2.CV_32F)).reshape(pixels.shape)
+        elif self._scale is not None and self._offset is not None:
             normalised = pixels.astype(np.float32)
-            normalised *= self._scale
-            normalised += self._offset
+            tile_scale, tile_offset = self._scale, self._offset
+            if nchw:
+                tile_scale = tile_scale.transpose(2, 0, 1)
+                tile_offset = tile_offset.transpose(2, 0, 1)
+            normalised *= tile_scale
+            normalised += tile_offset
             tensor = normalised
         else:
             tensor = pixels.astype(self._dtype, copy=False)
-        if self.spec.layout == "NCHW":
-            tensor = np.ascontiguousarray(tensor.transpose(2, 0, 1))
         return tensor
 
 
