@@ -42,52 +42,72 @@ def _wait(predicate: Any, timeout_s: float, what: str,
         time.sleep(0.25)
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, zoo_store: ModelStore) -> Iterator[tuple[HubService, list[Any]]]:
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.start()
-    port = free_port()
-    settings = hub_settings(tmp_path, tmp_path / "hub-models", mqtt_port=broker.port,
-                            http_port=port, landmark_model=None,
-                            detector_model="blazeface-short")
-    hub_models = ModelStore(tmp_path / "hub-models")
-    _bundle_as(zoo_store.resolve("blazeface-short"), "1.0.0", hub_models)
-    service = HubService(settings)
-    service.open_store()
-    assert service.distribution is not None
-    service.distribution.repository.init()
-    for device in DEVICES:
-        service.store.add_device(device_id=device, group="site-a")
-    service.store.close()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    web = threading.Thread(target=server.run, daemon=True)
-    web.start()
-    _wait(lambda: service.ready and server.started, 60, "the hub")
-    root = settings.repository_dir / "metadata" / "1.root.json"
-    agents = []
-    for device in DEVICES:
-        folder = tmp_path / device
+class Fleet:
+    """A broker, a hub serving TUF and the API, and edge agents started on demand."""
+
+    def __init__(self, tmp_path: Path, zoo_store: ModelStore, devices: list[str]) -> None:
+        self.tmp_path, self.zoo_store = tmp_path, zoo_store
+        self.broker = MosquittoBroker(tmp_path / "broker")
+        self.broker.start()
+        self.port = free_port()
+        settings = hub_settings(tmp_path, tmp_path / "hub-models", mqtt_port=self.broker.port,
+                                http_port=self.port, landmark_model=None,
+                                detector_model="blazeface-short", batch_autotune=False)
+        _bundle_as(zoo_store.resolve("blazeface-short"), "1.0.0",
+                   ModelStore(tmp_path / "hub-models"))
+        self.service = HubService(settings)
+        self.service.open_store()
+        assert self.service.distribution is not None
+        self.service.distribution.repository.init()
+        for device in devices:
+            self.service.store.add_device(device_id=device, group="site-a")
+        self.service.store.close()
+        self.server = uvicorn.Server(uvicorn.Config(
+            create_app(self.service), host="127.0.0.1", port=self.port, log_level="warning"))
+        self.web = threading.Thread(target=self.server.run, daemon=True)
+        self.web.start()
+        _wait(lambda: self.service.ready and self.server.started, 60, "the hub")
+        self.root = settings.repository_dir / "metadata" / "1.root.json"
+        self.agents: list[tuple[str, Path, Any]] = []
+
+    def start_agent(self, device: str) -> tuple[str, Path, Any]:
+        """An ``edge-agent run`` process for ``device`` with updates on."""
+        folder = self.tmp_path / device
         folder.mkdir()
-        raw = agent_config(folder, broker.port, zoo_store.root,
+        raw = agent_config(folder, self.broker.port, self.zoo_store.root,
                            policy={"confident_score": 0.5, "uncertain_score": 0.4})
         raw["device"] = {"id": device, "group": "site-a"}
         raw["sources"] = [{"name": "yard", "kind": "sample", "model": "blazeface-short",
                            "loop": True, "max_fps": 25.0, "motion": {"enabled": False}}]
-        raw["updates"] = {"enabled": True, "url": f"http://127.0.0.1:{port}/tuf",
-                          "trusted_root": str(root), "health_inferences": 50,
+        raw["updates"] = {"enabled": True, "url": f"http://127.0.0.1:{self.port}/tuf",
+                          "trusted_root": str(self.root), "health_inferences": 50,
                           "health_max_wait_s": 30.0}
-        agents.append((device, folder, agent_process(write_config(folder / "agent.toml", raw))))
-    _wait(lambda: all(read_status(f / "state").get("connected") for _, f, _ in agents), 60,
-          "the agents")
-    yield service, agents
-    for _, _, process in agents:
-        process.terminate()
-    for _, _, process in agents:
-        process.wait(30)
-    server.should_exit = True
-    web.join(30)
-    broker.stop()
+        agent = (device, folder, agent_process(write_config(folder / "agent.toml", raw)))
+        self.agents.append(agent)
+        return agent
+
+    def close(self) -> None:
+        """Stop the agents, the hub and the broker."""
+        for _, _, process in self.agents:
+            process.terminate()
+        for _, _, process in self.agents:
+            process.wait(30)
+        self.server.should_exit = True
+        self.web.join(30)
+        self.broker.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, zoo_store: ModelStore) -> Iterator[tuple[HubService, list[Any]]]:
+    hub = Fleet(tmp_path, zoo_store, DEVICES)
+    try:
+        for device in DEVICES:
+            hub.start_agent(device)
+        _wait(lambda: all(read_status(f / "state").get("connected") for _, f, _ in hub.agents),
+              60, "the agents")
+        yield hub.service, hub.agents
+    finally:
+        hub.close()
 
 
 def _serving(service: HubService, device: str) -> str | None:
@@ -152,3 +172,30 @@ def test_rollout_canary_first_bad_version_halts_and_rolls_back(
         record = json.loads((folder / "state" / "models" / "blazeface-short" /
                              "install.json").read_text())
         assert record["candidate"] == "1.2.1" and record["step"] == "committed"
+
+
+def test_a_device_offline_at_the_rollout_catches_up_when_it_returns(
+    tmp_path: Path, zoo_store: ModelStore
+) -> None:
+    hub = Fleet(tmp_path, zoo_store, ["cam-away"])
+    try:
+        distribution = hub.service.distribution
+        assert distribution is not None
+        distribution.publish(distribution.models.resolve("blazeface-short@1.0.0"))
+        distribution.publish(_bundle_as(zoo_store.resolve("blazeface-short"), "1.1.0",
+                                        distribution.models))
+        rollout = distribution.start(model="blazeface-short", version="1.1.0", group="site-a",
+                                     canary_percent=100)
+        time.sleep(1.0)  # announced (retained) while nobody was listening
+        assert hub.service.store.update_reports_of(device_id="cam-away") == []
+        _, folder, process = hub.start_agent("cam-away")
+        _wait(lambda: hub.service.store.get_rollout(rollout_id=rollout.id)["status"]
+              == "completed", 120, "the rollout to reach the returning device", hub.service)
+        assert _steps(hub.service, "cam-away", "1.1.0")[-1] == "committed"
+        _wait(lambda: _serving(hub.service, "cam-away") == "1.1.0", 30, "status 1.1.0")
+        assert process.poll() is None
+        record = json.loads((folder / "state" / "models" / "blazeface-short" /
+                             "install.json").read_text())
+        assert record["candidate"] == "1.1.0" and record["step"] == "committed"
+    finally:
+        hub.close()
