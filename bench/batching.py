@@ -160,7 +160,8 @@ def main(argv: list[str]) -> int:
     bundle = model.bundle
     footage = SampleFootage(static_frames=2)
     frames = [frame.image for frame in footage.frames()][::2][:32]
-    tensors = model.prepare(frames)  # the tensors the hub's path builds
+    # The very rows the hub's path builds, stacked once for the bare runtime.
+    tensors = np.stack([model.prepare_image(frame).row for frame in frames])
     sessions = _bare_sessions(bundle, selection.chosen.split(":", 1)[1])
     registry = service.metrics.registry
     try:

@@ -99,22 +99,18 @@ class Judge:
                           event.frame_size[0] if event.frame_size is not None else None))
         if not views:  # a crop with no box to place it
             views.append((event.crop_jpeg or b"", 0.0, 0.0, None))
-        detections: tuple[DetectionPayload, ...] = ()
-        confirmed = False
+        rejected: tuple[DetectionPayload, ...] = ()  # faces the landmarks did not confirm
         for jpeg, offset_x, offset_y, source_width in views:
             image = decode_jpeg(jpeg)
             scale = source_width / image.shape[1] if source_width else 1.0
             faces = [d for d in self.batcher.detect(image) if d.score >= self.confirm_score]
-            found = bool(faces)
-            if found and self.landmarks is not None:
-                found = self._landmarks_agree(image, faces[0])
-            if found or not detections:
-                detections = tuple(_to_frame(d, offset_x, offset_y, scale) for d in faces)
-            if found:
-                confirmed = True
-                break
-        return Judgement("confirmed" if confirmed else "rejected", detections, manifest.name,
-                         manifest.version, (time.perf_counter() - started) * 1e3)
+            in_frame = tuple(_to_frame(d, offset_x, offset_y, scale) for d in faces)
+            if faces and (self.landmarks is None or self._landmarks_agree(image, faces[0])):
+                return Judgement("confirmed", in_frame, manifest.name, manifest.version,
+                                 (time.perf_counter() - started) * 1e3)
+            rejected = rejected or in_frame
+        return Judgement("rejected", rejected, manifest.name, manifest.version,
+                         (time.perf_counter() - started) * 1e3)
 
     def _landmarks_agree(self, image: npt.NDArray[np.uint8], face: Detection) -> bool:
         assert self.landmarks is not None

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_agent.actions import ActionEvent, ActionKind, ActionRunner
 from edge_agent.config import AgentConfig, SourceConfig
@@ -48,7 +48,15 @@ from hardware import (
     plan_backends,
     probe_hardware,
 )
-from models import Model, ModelBundle, ModelError, ModelStore, default_store_path
+from models import (
+    AnomalyScore,
+    Detection,
+    Model,
+    ModelBundle,
+    ModelError,
+    ModelStore,
+    default_store_path,
+)
 from models.features import FEATURE_SETS
 from sync import (
     EventIdFactory,
@@ -67,6 +75,8 @@ from sync import (
 from sync.install import Step
 
 log = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 VERSION = "0.1.0"
 MAX_VERDICT_BYTES = 64 * 1024
@@ -412,22 +422,15 @@ class EdgeAgent:
         if not self._gates[name].check(item.image).infer:
             self.metrics.gated.labels(name).inc()
             return
-        started = time.perf_counter()
-        health = self.model_health(model.manifest.name)
-        try:
-            detections = model.detect(item.image)
-        except ModelError as exc:
-            health.record(None)
-            self._counters.inference_errors += 1
-            self.metrics.dropped.labels("inference-error").inc()
-            log.error("source %s frame %d: inference failed: %s", name, item.index, exc)
+        def detect(serving: Model) -> list[Detection]:
+            return serving.detect(item.image)
+
+        outcome = self._infer(name, model, detect, f"frame {item.index}")
+        if outcome is None:
             return
-        elapsed = time.perf_counter() - started
-        self.metrics.latency.labels(name).observe(elapsed)
-        self.metrics.inferences.labels(name).inc()
+        detections, elapsed, health = outcome
         decision = self._policy.decide(name, detections, time.monotonic())
-        counted = health.record(elapsed, escalated=decision.action == "escalate")
-        self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
+        counted = self._count_decision(name, health, elapsed, decision)
         if decision.action == "escalate":
             event = frame_event(
                 event_id=self._ids(), device_id=self.config.device.id, source=name,
@@ -441,7 +444,7 @@ class EdgeAgent:
         elif decision.action == "local" and decision.positive:
             self._act("decision", name, decision)
         if counted:  # after the decision's work, so that the shadow delays nothing
-            health.run_shadow(lambda previous: previous.detect(item.image))
+            health.run_shadow(detect)
 
     def _process_window(self, item: ReadingWindow, model: Model) -> None:
         name = item.source
@@ -449,30 +452,50 @@ class EdgeAgent:
         feature_set = model.manifest.input.feature_set
         assert feature_set is not None
         features = FEATURE_SETS[feature_set](item.values)
-        started = time.perf_counter()
-        health = self.model_health(model.manifest.name)
-        try:
-            [score] = model.score(features)
-        except ModelError as exc:
-            health.record(None)
-            self._counters.inference_errors += 1
-            self.metrics.dropped.labels("inference-error").inc()
-            log.error("source %s: anomaly model failed: %s", name, exc)
+
+        def score(serving: Model) -> AnomalyScore:
+            [result] = serving.score(features)
+            return result
+
+        outcome = self._infer(name, model, score, "anomaly window")
+        if outcome is None:
             return
-        elapsed = time.perf_counter() - started
-        self.metrics.latency.labels(name).observe(elapsed)
-        self.metrics.inferences.labels(name).inc()
-        decision = self._policy.decide_anomaly(name, score, time.monotonic())
-        counted = health.record(elapsed, escalated=decision.action == "escalate")
-        self.metrics.decisions.labels(name, decision.action, decision.reason).inc()
+        anomaly, elapsed, health = outcome
+        decision = self._policy.decide_anomaly(name, anomaly, time.monotonic())
+        counted = self._count_decision(name, health, elapsed, decision)
         if decision.action == "escalate":
             self._escalate(window_event(
                 event_id=self._ids(), device_id=self.config.device.id, source=name,
                 captured_at=item.captured_at, priority=decision.priority,
-                manifest=model.manifest, values=item.values, score=score.score,
+                manifest=model.manifest, values=item.values, score=anomaly.score,
             ), decision)
         if counted:
-            health.run_shadow(lambda previous: previous.score(features))
+            health.run_shadow(score)
+
+    def _infer(self, source: str, model: Model, run: Callable[[Model], _Result],
+               what: str) -> tuple[_Result, float, ModelHealth] | None:
+        """Run ``model`` on one input of ``source``, timed and counted; ``None`` if it
+        failed (logged, counted, and recorded against the model's health)."""
+        health = self.model_health(model.manifest.name)
+        started = time.perf_counter()
+        try:
+            result = run(model)
+        except ModelError as exc:
+            health.record(None)
+            self._counters.inference_errors += 1
+            self.metrics.dropped.labels("inference-error").inc()
+            log.error("source %s %s: inference failed: %s", source, what, exc)
+            return None
+        elapsed = time.perf_counter() - started
+        self.metrics.latency.labels(source).observe(elapsed)
+        self.metrics.inferences.labels(source).inc()
+        return result, elapsed, health
+
+    def _count_decision(self, source: str, health: ModelHealth, elapsed: float,
+                        decision: Decision) -> bool:
+        """Count a decision; whether the health window counted the inference."""
+        self.metrics.decisions.labels(source, decision.action, decision.reason).inc()
+        return health.record(elapsed, escalated=decision.action == "escalate")
 
     def _escalate(self, event: EventMessage, decision: Decision) -> None:
         assert self.uplink is not None

@@ -106,7 +106,7 @@ class EscalationPolicy:
                now: float) -> bool | None:
         """The remembered verdict covering every one of ``detections`` (confirmed if any
         was), or ``None`` if one of them is new to the hub."""
-        judged = self._fresh(source, now) if source in self._judged else []
+        judged = self._fresh(source, now)
         if not judged or not detections:
             return None
         confirmed = False

@@ -61,12 +61,6 @@ class Model:
         """The backend that serves this model."""
         return self.backend.describe()
 
-    def prepare(self, images: Sequence[object]) -> npt.NDArray[np.generic]:
-        """The input tensor (one row per image) that the image methods would run."""
-        if self._preprocess is None:
-            raise ModelError(f"{self.bundle.label} does not take images")
-        return self._preprocess.batch(list(images))[0]
-
     def infer_tensor(self, batch: npt.NDArray[np.generic]) -> Outputs:
         """Run a prepared tensor batch and return raw outputs by name."""
         return self.backend.infer(batch)

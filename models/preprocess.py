@@ -92,44 +92,29 @@ class ImagePreprocessor:
             raise InputSpecError(f"input layout {spec.layout} is not an image layout")
         self.spec = spec
         self._dtype = np.dtype(spec.dtype)
+        self._uniform: tuple[float, float] | None = None
+        self._scale: FloatArray | None = None
+        self._offset: FloatArray | None = None
         if spec.normalization is not None:
             std = np.asarray(spec.normalization.std, dtype=np.float32)
             mean = np.asarray(spec.normalization.mean, dtype=np.float32)
-            # Whole-image tiles: broadcasting a 3-vector makes numpy loop 3 wide, about
-            # ten times slower than element-wise work on contiguous arrays.
-            tile = (spec.height, spec.width, spec.channels)
-            self._scale: FloatArray | None = np.broadcast_to(1.0 / std, tile).astype(
-                np.float32, order="C"
-            )
-            self._offset: FloatArray | None = np.broadcast_to(-mean / std, tile).astype(
-                np.float32, order="C"
-            )
-            # The usual case, one mean and one std for every channel, is a single fused
-            # OpenCV pass: convert, scale and shift at once.
-            self._uniform: tuple[float, float] | None = (
-                (float(1.0 / std[0]), float(-mean[0] / std[0]))
-                if np.all(std == std[0]) and np.all(mean == mean[0]) else None)
-        else:
-            self._scale = self._offset = None
-            self._uniform = None
+            if np.all(std == std[0]) and np.all(mean == mean[0]):
+                # The usual case, one mean and one std for every channel, is a single
+                # fused OpenCV pass: convert, scale and shift at once.
+                self._uniform = (float(1.0 / std[0]), float(-mean[0] / std[0]))
+            else:
+                # Whole-image tiles: broadcasting a 3-vector makes numpy loop 3 wide,
+                # about ten times slower than element-wise work on contiguous arrays.
+                tile = (spec.height, spec.width, spec.channels)
+                self._scale = np.broadcast_to(1.0 / std, tile).astype(np.float32, order="C")
+                self._offset = np.broadcast_to(-mean / std, tile).astype(np.float32,
+                                                                         order="C")
 
     def __call__(self, image: object) -> tuple[npt.NDArray[np.generic], Placement]:
         """Return a batch-of-one tensor for ``image`` and where the image was placed."""
         rgb = as_rgb_image(image)
         pixels, placement = self._place(rgb)
         return self._finish(pixels)[np.newaxis], placement
-
-    def batch(self, images: list[object]) -> tuple[npt.NDArray[np.generic], list[Placement]]:
-        """Return one tensor of ``len(images)`` rows and the placement of each image."""
-        if not images:
-            raise InputSpecError("a batch needs at least one image")
-        rows = []
-        placements = []
-        for image in images:
-            pixels, placement = self._place(as_rgb_image(image))
-            rows.append(self._finish(pixels))
-            placements.append(placement)
-        return np.stack(rows), placements
 
     def _place(self, rgb: ImageArray) -> tuple[ImageArray, Placement]:
         spec = self.spec
