@@ -58,3 +58,17 @@ def bundle_copy(tmp_path: Path, short_tflite: ModelBundle) -> Path:
     for item in short_tflite.root.iterdir():
         (target / item.name).write_bytes(item.read_bytes())
     return target
+
+
+LANES = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one lane (see ``markers`` in pyproject.toml)."""
+    for item in items:
+        lanes = {mark.name for mark in item.iter_markers() if mark.name in LANES}
+        if len(lanes) != 1:
+            raise pytest.UsageError(
+                f"{item.nodeid}: needs exactly one lane marker of {', '.join(LANES)}, "
+                f"has {sorted(lanes) or 'none'}"
+            )

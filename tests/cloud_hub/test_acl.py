@@ -20,6 +20,8 @@ from sync import TopicLayout
 from tests.broker import Collector, MosquittoBroker
 from tests.cloud_hub.hub_helpers import hub_settings
 
+pytestmark = pytest.mark.integration
+
 LAYOUT = TopicLayout()
 NOT_AUTHORIZED = 0x87
 

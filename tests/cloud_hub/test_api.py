@@ -22,6 +22,8 @@ from models import ModelStore, iou
 from tests.cloud_hub.hub_helpers import SECRET, hub_settings, jpeg
 from tests.conftest import ASTRONAUT_FACE
 
+pytestmark = pytest.mark.integration
+
 TOKENS = {"admin": "tok-admin", "operator": "tok-operator", "viewer": "tok-viewer"}
 
 

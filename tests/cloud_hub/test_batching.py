@@ -21,6 +21,8 @@ from models import (
     PreparedImage,
 )
 
+pytestmark = pytest.mark.integration
+
 PLACED = Placement(4, 4, 1.0, 1.0, 0.0, 0.0, 4, 4)
 
 

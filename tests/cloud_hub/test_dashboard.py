@@ -25,6 +25,8 @@ from sync import StatusMessage, TopicLayout, encode
 from tests.broker import MosquittoBroker, free_port
 from tests.cloud_hub.hub_helpers import SECRET, face_event, hub_settings
 
+pytestmark = pytest.mark.integration
+
 LAYOUT = TopicLayout()
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -13,6 +13,8 @@ from cloud_hub.store import Store
 from models import ModelStore
 from tests.broker import free_port
 
+pytestmark = pytest.mark.e2e
+
 
 def test_demo_runs_the_whole_system_and_stops(
     tmp_path: Path, zoo_store: ModelStore, monkeypatch: pytest.MonkeyPatch,

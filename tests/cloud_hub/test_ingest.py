@@ -20,6 +20,8 @@ from tests.cloud_hub.conftest import postgres_store_url
 from tests.cloud_hub.hub_helpers import face_event, hub_settings
 from tests.edge_agent.agent_helpers import agent_config, agent_process, read_status, write_config
 
+pytestmark = pytest.mark.integration
+
 LAYOUT = TopicLayout()
 
 

@@ -14,6 +14,8 @@ from cloud_hub.judge import Judge
 from models import BackendSpec, Model, ModelStore, create_backend, iou
 from tests.cloud_hub.hub_helpers import face_event, jpeg
 
+pytestmark = pytest.mark.integration
+
 FACE = (178, 82, 271, 174)  # the astronaut's face in astronaut.png
 
 

@@ -21,6 +21,8 @@ from tests.broker import MosquittoBroker, free_port
 from tests.cloud_hub.hub_helpers import hub_settings
 from tests.edge_agent.agent_helpers import agent_config, agent_process, read_status, write_config
 
+pytestmark = pytest.mark.e2e
+
 DEVICES = [f"cam-{i}" for i in range(4)]
 
 

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from skimage import data
 
@@ -20,6 +21,8 @@ from sync import TopicLayout, encode
 from tests.broker import MosquittoBroker, free_port
 from tests.cloud_hub.conftest import postgres_store_url
 from tests.cloud_hub.hub_helpers import SECRET, face_event
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).parent.parent.parent
 LAYOUT = TopicLayout()

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from cloud_hub.errors import NotFoundError, StoreError
 from cloud_hub.store import SCHEMA_VERSION, Store, migrations_table
 
+pytestmark = pytest.mark.integration
+
 
 def _event(event_id: str, device: str = "cam-1", received_at: float | None = None,
            **extra: object) -> dict[str, object]:

@@ -18,6 +18,8 @@ from edge_agent.updates import DeviceFit, UpdateClient, UpdateRefusedError
 from models import ModelBundle, ModelStore
 from tests.broker import free_port
 
+pytestmark = pytest.mark.integration
+
 FIT = DeviceFit(runtimes=frozenset({"tflite", "onnx"}), hardware=frozenset({"x86_64"}))
 
 

@@ -38,6 +38,8 @@ from tests.edge_agent.agent_helpers import (
     write_config,
 )
 
+pytestmark = pytest.mark.integration
+
 LAYOUT = TopicLayout()
 
 

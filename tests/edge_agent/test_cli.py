@@ -16,6 +16,8 @@ import pytest
 from models import ModelStore, iou
 from tests.conftest import ASTRONAUT_FACE
 
+pytestmark = pytest.mark.integration
+
 TREES = Path(__file__).parent.parent / "fixtures" / "hardware"
 
 

@@ -9,6 +9,8 @@ import pytest
 from edge_agent.config import PASSWORD_ENV, load_config, parse_config
 from edge_agent.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 MINIMAL = """
 [device]
 id = "cam-1"

@@ -7,6 +7,8 @@ import pytest
 
 from edge_agent import SampleDataError, SampleFootage
 
+pytestmark = pytest.mark.unit
+
 
 def test_footage_is_deterministic_with_truth() -> None:
     first = list(SampleFootage(width=320, height=180, static_frames=4).frames())

@@ -20,6 +20,8 @@ from sync.install import HealthStats, Step
 from tests.cloud_hub.test_updates import Server
 from tests.edge_agent.install_driver import load
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).parent.parent.parent
 FIT = DeviceFit(runtimes=frozenset({"tflite"}), hardware=frozenset({"x86_64"}))
 HEALTHY = HealthStats(inferences=200, errors=0, median_latency_s=0.002, escalations=10)

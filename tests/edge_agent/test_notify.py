@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from edge_agent.config import SourceConfig
 from edge_agent.notify import SystemdNotifier
@@ -17,6 +18,8 @@ from hardware.select import SkippedBackend
 from models import BackendDescription, BackendSpec, FakeBackend, Model, ModelStore
 from tests.broker import MosquittoBroker
 from tests.edge_agent.agent_helpers import AgentThread, agent_config
+
+pytestmark = pytest.mark.integration
 
 
 class NotifySocket:

@@ -12,6 +12,8 @@ from edge_agent.outbox import Outbox
 from sync import TopicLayout
 from tests.edge_agent.helpers import event_id, event_item
 
+pytestmark = pytest.mark.unit
+
 LAYOUT = TopicLayout()
 
 

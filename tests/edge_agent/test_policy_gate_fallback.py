@@ -15,6 +15,8 @@ from edge_agent.motion import MotionGate
 from edge_agent.policy import EscalationPolicy, TokenBucket
 from models import AnomalyScore, Detection
 
+pytestmark = pytest.mark.unit
+
 
 def _face(score: float, label: str = "face") -> Detection:
     return Detection(box=(10, 10, 50, 50), score=score, label=label)

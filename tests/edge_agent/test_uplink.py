@@ -21,6 +21,8 @@ from sync import StatusMessage, TopicLayout, decode
 from tests.broker import Collector, MosquittoBroker
 from tests.edge_agent.helpers import event_id, event_item
 
+pytestmark = pytest.mark.integration
+
 LAYOUT = TopicLayout()
 ROOT = Path(__file__).parent.parent.parent
 

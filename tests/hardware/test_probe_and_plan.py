@@ -9,6 +9,8 @@ import pytest
 from hardware import HardwareProfile, RuntimeInventory, plan_backends, probe_hardware
 from models import ModelBundle
 
+pytestmark = pytest.mark.integration
+
 TREES = Path(__file__).parent.parent / "fixtures" / "hardware"
 GPU_ORT = RuntimeInventory(
     tflite_package="ai_edge_litert",

@@ -19,6 +19,8 @@ from hardware import (
 from models import Backend, BackendSpec, FakeBackend, ModelBundle, create_backend, iou
 from tests.conftest import ASTRONAUT_FACE
 
+pytestmark = pytest.mark.integration
+
 TREES = Path(__file__).parent.parent / "fixtures" / "hardware"
 GPU_ORT = RuntimeInventory(
     tflite_package="ai_edge_litert",

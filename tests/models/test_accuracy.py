@@ -11,6 +11,8 @@ from skimage import data
 from models import BackendSpec, Model, ModelBundle, ModelStore, create_backend, iou
 from tests.conftest import ASTRONAUT_FACE
 
+pytestmark = pytest.mark.integration
+
 
 def _model(bundle: ModelBundle, engine: str, accelerator: str) -> Model:
     backend = create_backend(bundle, BackendSpec(engine, accelerator))  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ from models import (
 )
 from models.backends import Backend
 
+pytestmark = pytest.mark.integration
+
 
 def _tensor(bundle: ModelBundle, batch: int = 1, seed: int = 0) -> np.ndarray:
     """A random tensor of the bundle's input: normalised floats, or uint8 pixels for the

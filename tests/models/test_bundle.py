@@ -20,6 +20,8 @@ from models import (
     write_bundle,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def test_tampered_model_is_refused_naming_file_and_both_hashes(bundle_copy: Path) -> None:
     model = bundle_copy / "model.tflite"

@@ -9,6 +9,8 @@ from models.decode import DetectorDecoder, ssd_anchor_centres
 from models.manifest import DetectorOutput, SsdAnchors
 from models.preprocess import Placement
 
+pytestmark = pytest.mark.unit
+
 SHORT = SsdAnchors(strides=(8, 16, 16, 16))
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from models import ManifestError, ModelBundle, parse_manifest, semver_key
 
+pytestmark = pytest.mark.integration
+
 
 def _raw(bundle: ModelBundle) -> dict[str, Any]:
     return json.loads(bundle.manifest.to_json())

@@ -7,6 +7,8 @@ import pytest
 
 from models import ImagePreprocessor, InputSpec, InputSpecError
 
+pytestmark = pytest.mark.integration
+
 
 def _spec(**changes: object) -> InputSpec:
     base: dict[str, object] = {

@@ -22,6 +22,8 @@ from models import (
 )
 from models.zoo import default_cache_path
 
+pytestmark = pytest.mark.integration
+
 
 class _Refusing(WheelFetcher):
     """Fails the test if the zoo goes to the network."""

@@ -16,6 +16,8 @@ from sync.install import (
 )
 from sync.rollout import on_report, plan_waves, roll_back, start
 
+pytestmark = pytest.mark.unit
+
 DEVICES = [f"cam-{i:02d}" for i in range(10)]
 
 

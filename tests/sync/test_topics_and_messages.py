@@ -24,6 +24,8 @@ from sync import (
     peek_schema,
 )
 
+pytestmark = pytest.mark.unit
+
 LAYOUT = TopicLayout("acme")
 
 
