@@ -9,9 +9,12 @@ Hierarchy::
     ├── ProvisioningError       device credentials or broker ACL could not be written
     ├── UpdateRepositoryError   the TUF repository or its signing keys cannot be used
     └── JudgeError              the heavy model could not judge an escalation
+        └── BadImageError       an image was refused before or while decoding it
 """
 
 from __future__ import annotations
+
+from models import ImageRefusal
 
 
 class HubError(Exception):
@@ -46,6 +49,18 @@ class ProvisioningError(HubError):
 
 class JudgeError(HubError):
     """The heavy model could not judge an escalation (e.g. its image does not decode)."""
+
+
+class BadImageError(JudgeError):
+    """An escalated or uploaded image was refused, most often before it was decoded.
+
+    Attributes:
+        reason: ``unknown-format``, ``malformed-header``, ``too-large`` or ``undecodable``.
+    """
+
+    def __init__(self, reason: ImageRefusal, detail: str) -> None:
+        self.reason: ImageRefusal = reason
+        super().__init__(detail)
 
 
 class UpdateRepositoryError(HubError):

@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_hub.errors import HubError, JudgeError, NotFoundError
+from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError
 from cloud_hub.judge import Judge
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.settings import HubSettings
@@ -242,6 +242,8 @@ class IngestWorker:
             model, version, inference_ms = (judgement.model, judgement.version,
                                             judgement.inference_ms)
         except JudgeError as exc:
+            if isinstance(exc, BadImageError):
+                self.metrics.images_refused.labels(exc.reason, "ingest").inc()
             self._drop("bad-image", f"event {event.event_id}: {exc}")
             outcome, detections, inference_ms = "rejected", (), 0.0
             model, version = self.judge.detector.manifest.name, "unjudged"

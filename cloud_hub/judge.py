@@ -14,15 +14,22 @@ import threading
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from cloud_hub.batching import MicroBatcher
-from cloud_hub.errors import JudgeError
+from cloud_hub.errors import BadImageError
 from cloud_hub.settings import HubSettings
 from hardware import Selection, load_model, plan_backends, probe_hardware
-from models import Detection, Model, ModelStore, ModelZoo, default_store_path
+from models import (
+    Detection,
+    ImageRefusedError,
+    Model,
+    ModelStore,
+    ModelZoo,
+    decode_image,
+    default_store_path,
+)
 from sync import DetectionPayload, EventMessage
 
 log = logging.getLogger(__name__)
@@ -39,16 +46,18 @@ class Judgement:
     inference_ms: float
 
 
-def decode_jpeg(data: bytes) -> npt.NDArray[np.uint8]:
-    """RGB pixels of an image file's bytes.
+def decode_untrusted(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """RGB pixels of an image file's bytes, its header checked against ``max_pixels``
+    before anything is allocated.
 
     Raises:
-        JudgeError: The bytes are not a decodable image.
+        BadImageError: Refused (unknown format, malformed header, too large) or does
+            not decode; ``reason`` says which.
     """
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if image is None:
-        raise JudgeError("the image does not decode")
-    return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), dtype=np.uint8)
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except ImageRefusedError as exc:
+        raise BadImageError(exc.reason, str(exc)) from exc
 
 
 def load_hub_model(settings: HubSettings, name: str) -> tuple[Model, Selection]:
@@ -64,8 +73,9 @@ class Judge:
     """Judges escalations with the detector (through its batcher) and the landmark model."""
 
     def __init__(self, detector: Model, batcher: MicroBatcher, landmarks: Model | None, *,
-                 confirm_score: float) -> None:
+                 confirm_score: float, max_image_pixels: int) -> None:
         self.detector = detector
+        self.max_image_pixels = max_image_pixels
         self.batcher = batcher
         self.landmarks = landmarks
         self.confirm_score = confirm_score
@@ -76,7 +86,7 @@ class Judge:
         """Decide on one escalation.
 
         Raises:
-            JudgeError: Its image does not decode.
+            BadImageError: Its image was refused before decoding, or does not decode.
         """
         started = time.perf_counter()
         manifest = self.detector.manifest
@@ -101,7 +111,7 @@ class Judge:
             views.append((event.crop_jpeg or b"", 0.0, 0.0, None))
         rejected: tuple[DetectionPayload, ...] = ()  # faces the landmarks did not confirm
         for jpeg, offset_x, offset_y, source_width in views:
-            image = decode_jpeg(jpeg)
+            image = decode_untrusted(jpeg, max_pixels=self.max_image_pixels)
             scale = source_width / image.shape[1] if source_width else 1.0
             faces = [d for d in self.batcher.detect(image) if d.score >= self.confirm_score]
             in_frame = tuple(_to_frame(d, offset_x, offset_y, scale) for d in faces)

@@ -37,5 +37,8 @@ class HubMetrics:
                                          buckets=SECONDS_BUCKETS, registry=r)
         self.http_infer = Counter("hub_http_inferences", "Inferences served over HTTP",
                                   ["model"], registry=r)
+        self.images_refused = Counter(
+            "hub_images_refused", "Images refused, by reason, mostly before decoding them",
+            ["reason", "path"], registry=r)
         self.connected = Gauge("hub_mqtt_connected", "1 while the broker session is up",
                                registry=r)

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloud_hub.errors import SettingsError
+from models import DEFAULT_MAX_IMAGE_PIXELS
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "secret", "development"})
 
@@ -56,6 +57,11 @@ class HubSettings(BaseSettings):
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="largest width x height of an "
+        "escalated or uploaded image, read from its header before it is decoded")
+    public_metrics: bool = Field(
+        default=False, description="serve /metrics without a token (it names device ids)")
     image_retention_days: float = Field(default=7.0, gt=0)
     event_retention_days: float = Field(default=90.0, gt=0)
 

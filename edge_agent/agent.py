@@ -311,10 +311,12 @@ class EdgeAgent:
             source: Source | SensorSource
             if cfg.kind == "video":
                 assert cfg.url is not None
-                source = VideoSource(cfg.name, cfg.url, max_fps=cfg.max_fps, loop=cfg.loop)
+                source = VideoSource(cfg.name, cfg.url, max_fps=cfg.max_fps, loop=cfg.loop,
+                                     max_pixels=cfg.max_pixels)
             elif cfg.kind == "folder":
                 assert cfg.url is not None
-                source = FolderSource(cfg.name, Path(cfg.url), max_fps=cfg.max_fps)
+                source = FolderSource(cfg.name, Path(cfg.url), max_fps=cfg.max_fps,
+                                      max_pixels=cfg.max_pixels)
             elif cfg.kind == "sample":
                 source = SampleSource(cfg.name, SampleFootage(), max_fps=cfg.max_fps,
                                       loop=cfg.loop)

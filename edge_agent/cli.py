@@ -34,6 +34,7 @@ from hardware import (
     probe_hardware,
 )
 from models import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     ZOO,
     Detection,
     Model,
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--backend", default=None,
                        help="only this backend, e.g. litert, onnxruntime:cpu, litert:xnnpack")
     infer.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    infer.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                       help="refuse an image whose header declares more pixels (width x "
+                       "height) than this, before decoding it (default %(default)s)")
     infer.set_defaults(handler=_infer)
 
     models = commands.add_parser("models", help="manage the local model store")
@@ -276,7 +280,7 @@ def _print_hardware(profile: HardwareProfile) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    image = read_image(args.image)
+    image = read_image(args.image, max_pixels=args.max_pixels)
     model, selection = _open(args, args.model)
     try:
         task = model.manifest.task

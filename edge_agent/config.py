@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
+from models import DEFAULT_MAX_IMAGE_PIXELS
 from sync import check_name
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
@@ -132,6 +133,9 @@ class SourceConfig(_Section):
     backend: str | None = None
     motion: MotionConfig = MotionConfig()
     max_fps: float | None = Field(default=None, gt=0)
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="largest width x height of a "
+        "folder's image or a stream's frame, read from its header before decoding")
     loop: bool = False
     topic: str | None = None
     window: int = Field(default=32, ge=2)

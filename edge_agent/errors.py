@@ -14,6 +14,10 @@ Hierarchy::
 
 from __future__ import annotations
 
+from typing import Literal
+
+from models import ImageRefusal
+
 
 class EdgeAgentError(Exception):
     """Base of every error the edge agent raises."""
@@ -36,7 +40,18 @@ class SampleDataError(EdgeAgentError):
 
 
 class ImageReadError(EdgeAgentError):
-    """An image file is missing or cannot be decoded."""
+    """An image file is missing, unreadable, or its image was refused.
+
+    Attributes:
+        reason: ``unreadable`` (missing or unreadable file), or why the image was
+            refused: ``unknown-format``, ``malformed-header``, ``too-large`` or
+            ``undecodable``.
+    """
+
+    def __init__(self, message: str, *, reason: ImageRefusal | Literal["unreadable"] = (
+            "unreadable")) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class SourceError(EdgeAgentError):

@@ -3,6 +3,11 @@
 Each source is a generator run by its own thread. It never raises for bad data: a
 corrupt or empty frame is counted and skipped; a stream that is lost, or a file that
 vanished, is reopened with backoff while the source reports itself unhealthy.
+
+Images are hostile until checked: a folder's image file is decoded only after its
+header's width x height passed the source's pixel budget (``models.decode_image``), and
+a stream whose declared frame size is over that budget is refused once it is opened.
+Each refusal is counted by reason in the source's health.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.errors import ImageReadError
 from edge_agent.footage import SampleFootage, TruthObject
 from edge_agent.images import read_image
+from models import DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ class SourceHealth:
     frames: int = 0
     corrupt: int = 0
     reopens: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
     finished: bool = False
     last_error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -99,10 +106,13 @@ class Source(abc.ABC):
             self.health.healthy = True
         return FrameItem(self.name, self._index, time.time(), image, truth)
 
-    def _corrupt(self, what: str) -> None:
+    def _corrupt(self, what: str, *, refused: str | None = None) -> None:
+        """Count a skipped frame; ``refused`` names why an image was refused unread."""
         with self.health.lock:
             self.health.corrupt += 1
             count = self.health.corrupt
+            if refused is not None:
+                self.health.refused[refused] = self.health.refused.get(refused, 0) + 1
         if count <= 5 or count % 100 == 0:
             log.warning("%s: skipped a corrupt frame (%s); %d so far", self.name, what, count)
 
@@ -130,11 +140,12 @@ class VideoSource(Source):
 
     def __init__(
         self, name: str, url: str, *, max_fps: float | None = None, loop: bool = False,
-        backoff: Backoff = REOPEN_BACKOFF,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, backoff: Backoff = REOPEN_BACKOFF,
         open_capture: Callable[[str | int], Any] | None = None,
     ) -> None:
         super().__init__(name, max_fps=max_fps)
         self.url = url
+        self.max_pixels = max_pixels
         self.loop = loop
         self.backoff = backoff
         self._open_capture = open_capture or cv2.VideoCapture
@@ -192,6 +203,15 @@ class VideoSource(Source):
             capture.release()
             self.health.problem(f"{self.name}: cannot open {self.url}")
             return None
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > self.max_pixels:
+            capture.release()
+            with self.health.lock:
+                self.health.refused["too-large"] = self.health.refused.get("too-large", 0) + 1
+            self.health.problem(f"{self.name}: {self.url} declares {width}x{height} frames, "
+                                f"over the budget of {self.max_pixels} pixels")
+            return None
         return capture
 
     @staticmethod
@@ -205,9 +225,11 @@ class FolderSource(Source):
     """Every image file that appears in a folder, in name order; each is read once."""
 
     def __init__(self, name: str, folder: Path, *, poll_s: float = 0.5,
-                 max_fps: float | None = None) -> None:
+                 max_fps: float | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         super().__init__(name, max_fps=max_fps)
         self.folder = folder
+        self.max_pixels = max_pixels
         self.poll_s = poll_s
         self._seen: set[str] = set()
 
@@ -228,9 +250,9 @@ class FolderSource(Source):
                     return
                 self._seen.add(path.name)
                 try:
-                    image = read_image(path)
+                    image = read_image(path, max_pixels=self.max_pixels)
                 except ImageReadError as exc:
-                    self._corrupt(str(exc))
+                    self._corrupt(str(exc), refused=exc.reason)
                     continue
                 pacer.wait(stop)
                 yield self._item(image)

@@ -21,6 +21,8 @@ from models.errors import (
     BackendLoadError,
     BackendUnavailableError,
     BundleError,
+    ImageRefusal,
+    ImageRefusedError,
     InferenceError,
     InputSpecError,
     IntegrityError,
@@ -31,6 +33,14 @@ from models.errors import (
     ZooFetchError,
 )
 from models.golden import Golden, golden_input, golden_outputs, smoke_test
+from models.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ImageFormat,
+    ImageHeader,
+    check_image,
+    decode_image,
+    read_image_header,
+)
 from models.manifest import MANIFEST_FILENAME, InputSpec, Manifest, parse_manifest, semver_key
 from models.model import Model, PreparedImage
 from models.preprocess import ImagePreprocessor, Placement
@@ -39,6 +49,7 @@ from models.store import ModelStore, StoreEntry, default_store_path
 from models.zoo import ZOO, ModelZoo, PipWheelFetcher, WheelFetcher, WheelSource
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "MANIFEST_FILENAME",
     "ZOO",
     "AnomalyScore",
@@ -54,7 +65,11 @@ __all__ = [
     "Detection",
     "FakeBackend",
     "Golden",
+    "ImageFormat",
+    "ImageHeader",
     "ImagePreprocessor",
+    "ImageRefusal",
+    "ImageRefusedError",
     "InferenceError",
     "InputSpec",
     "InputSpecError",
@@ -79,13 +94,16 @@ __all__ = [
     "WheelSource",
     "ZooError",
     "ZooFetchError",
+    "check_image",
     "create_backend",
+    "decode_image",
     "default_store_path",
     "golden_input",
     "golden_outputs",
     "iou",
     "open_bundle",
     "parse_manifest",
+    "read_image_header",
     "semver_key",
     "sha256_hex",
     "smoke_test",

@@ -7,6 +7,7 @@ Hierarchy::
     │   ├── ManifestError           manifest missing, unparsable or with a bad field
     │   └── IntegrityError          model file size or sha256 differs from the manifest
     ├── InputSpecError              an input tensor or image does not fit the model
+    ├── ImageRefusedError           image bytes refused before (or while) decoding them
     ├── BackendError                a runtime failed
     │   ├── BackendUnavailableError the runtime or accelerator is not installed here
     │   ├── BackendLoadError        the runtime could not load the model
@@ -22,6 +23,10 @@ once, at the seam that calls them, with ``raise ... from exc``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+#: Why image bytes were refused: a wire vocabulary, counted by reason on both sides.
+ImageRefusal = Literal["unknown-format", "malformed-header", "too-large", "undecodable"]
 
 
 class ModelError(Exception):
@@ -68,6 +73,18 @@ class IntegrityError(BundleError):
 
 class InputSpecError(ModelError, ValueError):
     """An input tensor or image does not fit the model's declared input."""
+
+
+class ImageRefusedError(ModelError, ValueError):
+    """Image bytes were refused: checked before decoding, never allocated.
+
+    Attributes:
+        reason: Why, as a short word to count by.
+    """
+
+    def __init__(self, reason: ImageRefusal, detail: str) -> None:
+        self.reason: ImageRefusal = reason
+        super().__init__(f"image refused ({reason}): {detail}")
 
 
 class BackendError(ModelError):

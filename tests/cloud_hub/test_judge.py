@@ -11,7 +11,7 @@ from skimage import data
 
 from cloud_hub.batching import MicroBatcher
 from cloud_hub.judge import Judge
-from models import BackendSpec, Model, ModelStore, create_backend, iou
+from models import DEFAULT_MAX_IMAGE_PIXELS, BackendSpec, Model, ModelStore, create_backend, iou
 from tests.cloud_hub.hub_helpers import face_event, jpeg
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,8 @@ def judge(zoo_store: ModelStore) -> Iterator[Judge]:
         batch_sizes=Histogram("size", "", ["model"], registry=registry),
         batch_waits=Histogram("wait", "", ["model"], registry=registry))
     batcher.start()
-    yield Judge(detector, batcher, landmarks, confirm_score=0.6)
+    yield Judge(detector, batcher, landmarks, confirm_score=0.6,
+                max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     batcher.stop()
     detector.close()
     landmarks.close()

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from models import ModelStore, iou
+from tests.bombs import jpeg_bomb
 from tests.conftest import ASTRONAUT_FACE
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def test_user_errors_are_one_line(zoo_store: ModelStore, photos: dict[str, Path]
     not_image.write_text("hello")
     _assert_one_line_error(
         _run(zoo_store.root, "infer", "blazeface-short", str(not_image)),
-        "not a decodable image",
+        "image refused (unknown-format)",
     )
     _assert_one_line_error(
         _run(zoo_store.root, "infer", "mobilenet", str(photos["astronaut"])),
@@ -91,6 +92,25 @@ def test_user_errors_are_one_line(zoo_store: ModelStore, photos: dict[str, Path]
              "--backend", "onnxruntime:cuda"),
         "backend 'onnxruntime:cuda' is not planned",
     )
+
+
+def test_infer_refuses_a_decompression_bomb_from_its_header(zoo_store: ModelStore,
+                                                             tmp_path: Path) -> None:
+    """A 12000x12000 JPEG of a few hundred bytes once took `edge-agent infer` to 974 MB."""
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(jpeg_bomb(12000, 12000))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent", "--store", str(zoo_store.root), "infer",
+         "blazeface-short", str(bomb)], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("edge-agent: error:")]
+    assert process.returncode == 1 and len(errors) == 1, stderr
+    assert "image refused (too-large)" in errors[0] and "12000x12000" in errors[0]
+    # Its own peak resident memory (KiB): the interpreter and its imports, no pixels.
+    assert usage.ru_maxrss < 400 * 1024, usage.ru_maxrss
 
 
 def test_tampered_and_bad_bundles_are_one_line(zoo_store: ModelStore, photos: dict[str, Path],

@@ -8,8 +8,8 @@ from fastapi import APIRouter, HTTPException, Request, status
 
 from cloud_hub.api.deps import ServiceDep, read_bounded, require
 from cloud_hub.api.schemas import InferenceResult
-from cloud_hub.errors import HubError, JudgeError
-from cloud_hub.judge import decode_jpeg
+from cloud_hub.errors import BadImageError, HubError
+from cloud_hub.judge import decode_untrusted
 
 router = APIRouter(prefix="/v1/infer", tags=["inference"])
 
@@ -20,10 +20,12 @@ async def infer(model: str, request: Request, service: ServiceDep) -> dict[str, 
     """Detections on an uploaded image (JPEG or PNG body), boxes in its pixels."""
     body = await read_bounded(request, service.settings.max_upload_bytes)
     try:
-        image = decode_jpeg(body)
-    except JudgeError as exc:
-        raise HTTPException(422,
-                            "the body is not a decodable image") from exc
+        # Off the event loop: a large (but allowed) image takes a while to decode.
+        image = await asyncio.to_thread(decode_untrusted, body,
+                                        max_pixels=service.settings.max_image_pixels)
+    except BadImageError as exc:
+        service.metrics.images_refused.labels(exc.reason, "infer").inc()
+        raise HTTPException(422, f"the body is not an acceptable image: {exc}") from exc
     try:
         batcher = service.batcher(model)
     except HubError as exc:
