@@ -264,6 +264,9 @@ def _doctor(args: argparse.Namespace) -> int:
 def _print_hardware(profile: HardwareProfile) -> None:
     print("hardware:")
     print(f"  architecture   {profile.architecture}, {profile.cpu_count} cores")
+    if profile.emulated_on:
+        print(f"  emulated       on {profile.emulated_on}: CPU features and speed are not "
+              "those of a real board")
     print(f"  cpu features   {', '.join(sorted(profile.cpu_features)) or '(none detected)'}")
     print(f"  board          {profile.board or '(no device-tree model)'}")
     if profile.is_jetson:

@@ -129,10 +129,12 @@ def _tflite_plan(
     else:
         excluded.append(Exclusion("litert:gpu", "TFLite GPU delegate library not found"))
 
-    simd = sorted(profile.cpu_features & {"neon", "asimd", "avx2", "avx512"}) or ["scalar"]
+    simd = "/".join(sorted(profile.cpu_features & {"neon", "asimd", "avx2", "avx512"}))
+    if profile.emulated_on:
+        simd = f"SIMD unknown, emulated on {profile.emulated_on}"
     candidates.append(PlannedBackend(
         BackendSpec("litert", "xnnpack", threads),
-        f"XNNPACK CPU kernels ({'/'.join(simd)}, {profile.cpu_count} cores)",
+        f"XNNPACK CPU kernels ({simd or 'scalar'}, {profile.cpu_count} cores)",
     ))
     candidates.append(PlannedBackend(
         BackendSpec("litert", "cpu", threads), "built-in CPU kernels: the last resort"

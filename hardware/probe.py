@@ -4,6 +4,12 @@ Every fact comes from files under a root folder (``/`` on a real machine), so te
 the probe at fixture trees of other machines. What is importable in this Python (LiteRT,
 ONNX Runtime providers) is detected separately, by :meth:`RuntimeInventory.detect`, and
 passed in.
+
+The architecture that counts is the one this Python runs as: under user-mode emulation
+(an arm64 root on an x86 host, qemu-user) ``/proc/cpuinfo`` describes the host's CPU, so
+when it disagrees with the interpreter's machine the profile takes the interpreter's,
+records the host's in ``emulated_on`` and claims no CPU features (the host's AVX says
+nothing about what the emulated CPU offers).
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class HardwareProfile:
     coral_usb: int = 0
     coral_pcie: tuple[str, ...] = ()
     delegate_libraries: tuple[tuple[str, str], ...] = ()
+    emulated_on: str | None = None
     runtimes: RuntimeInventory = field(
         default_factory=lambda: RuntimeInventory(tflite_package=None, onnx_providers=())
     )
@@ -115,6 +122,7 @@ class HardwareProfile:
             "nvidia_gpus": list(self.nvidia_gpus),
             "coral": {"usb": self.coral_usb, "pcie": list(self.coral_pcie)},
             "delegate_libraries": dict(self.delegate_libraries),
+            "emulated_on": self.emulated_on,
             "runtimes": {
                 "tflite": self.runtimes.tflite_package,
                 "onnxruntime_providers": list(self.runtimes.onnx_providers),
@@ -123,16 +131,26 @@ class HardwareProfile:
 
 
 def probe_hardware(
-    root: Path = Path("/"), *, runtimes: RuntimeInventory | None = None
+    root: Path = Path("/"), *, runtimes: RuntimeInventory | None = None,
+    machine: str | None = None,
 ) -> HardwareProfile:
     """Read the machine under ``root``.
 
     Args:
         root: Filesystem root to read ``/proc``, ``/sys``, ``/etc`` and ``/dev`` under.
         runtimes: Installed runtimes; detected in this Python when ``None``.
+        machine: The architecture the probing program runs as (``platform.machine()``);
+            defaults to this Python's when ``root`` is ``/``, and to nothing (trust the
+            files) for another machine's tree.
     """
     cpuinfo = _read(root / "proc/cpuinfo") or ""
     architecture, cpu_count, features = _parse_cpuinfo(cpuinfo)
+    if machine is None and root == Path("/"):
+        machine = platform.machine()
+    emulated_on = None
+    if machine and _family(normalise_machine(machine)) != _family(architecture):
+        emulated_on, architecture = architecture, normalise_machine(machine)
+        features = frozenset()
     board = _read(root / "proc/device-tree/model")
     board = board.strip("\x00 \n") if board else None
     tegra = _read(root / "etc/nv_tegra_release")
@@ -152,8 +170,24 @@ def probe_hardware(
         coral_usb=_coral_usb_count(root),
         coral_pcie=tuple(sorted(f"/dev/{p.name}" for p in (root / "dev").glob("apex_*"))),
         delegate_libraries=_delegate_libraries(root),
+        emulated_on=emulated_on,
         runtimes=runtimes if runtimes is not None else RuntimeInventory.detect(),
     )
+
+
+def normalise_machine(machine: str) -> str:
+    """``platform.machine()`` in cpuinfo's spelling: ``arm64`` is ``aarch64``, and so on."""
+    lowered = machine.lower()
+    return {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}.get(lowered, lowered)
+
+
+def _family(architecture: str) -> str:
+    """The instruction-set family: a 32-bit userland on a 64-bit ARM kernel is no emulation."""
+    if architecture.startswith(("aarch64", "arm")):
+        return "arm"
+    if architecture in ("x86_64", "i386", "i686"):
+        return "x86"
+    return architecture
 
 
 def _read(path: Path) -> str | None:
@@ -181,7 +215,7 @@ def _parse_cpuinfo(text: str) -> tuple[str, int, frozenset[str]]:
         elif key == "vendor_id":
             architecture = "x86_64"
     if not architecture:
-        architecture = platform.machine() or "unknown"
+        architecture = normalise_machine(platform.machine()) or "unknown"
     features = frozenset(_FEATURE_ALIASES[f] for f in raw_features if f in _FEATURE_ALIASES)
     return architecture, max(processors, 1), features
 

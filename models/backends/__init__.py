@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from models.backends.base import Backend, BackendDescription, BackendSpec, Engine, Outputs
 from models.backends.fake import FakeBackend
-from models.backends.litert import LITERT_ACCELERATORS, LiteRTBackend, import_tflite_interpreter
+from models.backends.litert import (
+    LITERT_ACCELERATORS,
+    LiteRTBackend,
+    delegated_nodes,
+    import_tflite_interpreter,
+)
 from models.backends.onnxrt import PROVIDERS, OnnxRuntimeBackend, import_onnxruntime
 from models.bundle import ModelBundle
 from models.errors import BackendUnavailableError
@@ -41,6 +46,7 @@ __all__ = [
     "OnnxRuntimeBackend",
     "Outputs",
     "create_backend",
+    "delegated_nodes",
     "import_onnxruntime",
     "import_tflite_interpreter",
 ]

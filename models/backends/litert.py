@@ -1,5 +1,9 @@
 """LiteRT (TFLite) backend: XNNPACK on CPU, the GPU delegate, the Coral Edge TPU delegate.
 
+Every accelerator but ``cpu`` is proven at load: the delegate must have taken at least one
+node of the model (XNNPACK, applied by default, can silently take none: under qemu-user,
+or on a CPU its kernels do not support).
+
 ``ai_edge_litert`` is the maintained runtime. ``tflite_runtime`` 2.14, its predecessor,
 is imported only where ``ai_edge_litert`` is absent (old Jetson and Raspberry Pi images):
 it cannot load under numpy 2.
@@ -44,6 +48,20 @@ def import_tflite_interpreter() -> tuple[ModuleType, str]:
     )
 
 
+def delegated_nodes(interpreter: Any) -> int | None:
+    """How many nodes of the execution plan a delegate (XNNPACK included) took over.
+
+    A delegate that loads but claims no operation leaves the model on the built-in
+    kernels without a word; LiteRT reports each delegated partition as a ``DELEGATE``
+    node. ``None`` when the runtime cannot tell (an old ``tflite_runtime``).
+    """
+    try:
+        operations = interpreter._get_ops_details()
+    except (AttributeError, ValueError, RuntimeError):
+        return None
+    return sum(1 for operation in operations if operation.get("op_name") == "DELEGATE")
+
+
 class LiteRTBackend(Backend):
     """Runs a ``.tflite`` bundle through the LiteRT interpreter."""
 
@@ -63,6 +81,7 @@ class LiteRTBackend(Backend):
         self._can_batch = True
         self._threads = 0
         self._delegate_library = ""
+        self._delegated_nodes: int | None = None
 
     def load(self) -> None:
         """Build the interpreter with the delegate this backend's accelerator needs."""
@@ -100,6 +119,14 @@ class LiteRTBackend(Backend):
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BackendLoadError(self.name, f"cannot load {self.bundle.label}: {exc}") from exc
+        self._delegated_nodes = delegated_nodes(interpreter)
+        if self._delegated_nodes == 0 and accelerator != "cpu":
+            what = ("XNNPACK" if accelerator == "xnnpack"
+                    else f"the delegate {self._delegate_library}")
+            raise BackendUnavailableError(
+                self.name, f"{what} took no operation of {self.bundle.label}; it would run "
+                "on the built-in kernels (litert:cpu says so honestly)",
+            )
         self._interpreter = interpreter
         self._input_index = interpreter.get_input_details()[0]["index"]
         self._outputs = [(d["name"], d["index"]) for d in interpreter.get_output_details()]
@@ -167,6 +194,8 @@ class LiteRTBackend(Backend):
             details["threads"] = str(self._threads)
         if self._delegate_library:
             details["delegate"] = self._delegate_library
+        if self._interpreter is not None and self._delegated_nodes is not None:
+            details["delegated_nodes"] = str(self._delegated_nodes)
         return BackendDescription(
             self.name, "litert", self.spec.accelerator, version, details
         )

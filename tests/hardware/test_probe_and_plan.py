@@ -122,3 +122,42 @@ def test_this_machine_probes_without_error() -> None:
     assert profile.cpu_count >= 1
     assert profile.runtimes.tflite_package == "ai_edge_litert"
     assert "CPUExecutionProvider" in profile.runtimes.onnx_providers
+    assert profile.emulated_on is None
+
+
+ARM_ALL = RuntimeInventory(
+    tflite_package="ai_edge_litert",
+    onnx_providers=("ACLExecutionProvider", "ArmNNExecutionProvider",
+                    "XnnpackExecutionProvider", "CPUExecutionProvider"),
+)
+
+
+def test_arm_plan_orders_every_arm_provider_installed(short_onnx: ModelBundle) -> None:
+    plan = plan_backends(_probe("rpi4", ARM_ALL), short_onnx.manifest)
+    assert list(plan.names) == [
+        "onnxruntime:acl", "onnxruntime:armnn", "onnxruntime:xnnpack", "onnxruntime:cpu",
+    ]
+    assert "openvino" not in " ".join(e.name for e in plan.excluded)
+
+
+def test_emulated_arm64_on_an_x86_host_is_arm_with_no_host_features(
+    short_tflite: ModelBundle, short_onnx: ModelBundle,
+) -> None:
+    # qemu-user shows the host's /proc/cpuinfo to an arm64 Python.
+    profile = probe_hardware(TREES / "x86-laptop", runtimes=ARM_ORT, machine="aarch64")
+    assert profile.architecture == "aarch64" and profile.is_arm
+    assert profile.emulated_on == "x86_64" and profile.cpu_features == frozenset()
+    assert profile.to_dict()["emulated_on"] == "x86_64"
+    onnx = plan_backends(profile, short_onnx.manifest)
+    assert list(onnx.names) == ["onnxruntime:xnnpack", "onnxruntime:cpu"]
+    assert "openvino" not in " ".join(e.name for e in onnx.excluded)
+    tflite = plan_backends(profile, short_tflite.manifest)
+    xnnpack = next(c for c in tflite.candidates if c.name == "litert:xnnpack")
+    assert "emulated on x86_64" in xnnpack.reason and "avx" not in xnnpack.reason
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64", "armv7l", "armv8l"])
+def test_an_arm_program_on_an_arm_board_is_not_emulated(machine: str) -> None:
+    profile = probe_hardware(TREES / "rpi4", runtimes=ARM_ORT, machine=machine)
+    assert profile.emulated_on is None and profile.architecture == "aarch64"
+    assert "asimd" in profile.cpu_features

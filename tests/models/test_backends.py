@@ -16,7 +16,7 @@ from models import (
     OnnxRuntimeBackend,
     create_backend,
 )
-from models.backends import Backend
+from models.backends import Backend, delegated_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +122,30 @@ def test_describe_tells_what_really_runs(loaded: Backend) -> None:
         assert description.details["providers"] == "CPUExecutionProvider"
     else:
         assert description.details["package"] == "ai_edge_litert"
+
+
+def test_xnnpack_is_proven_by_the_nodes_it_took(short_tflite: ModelBundle) -> None:
+    xnnpack = LiteRTBackend(short_tflite, BackendSpec("litert", "xnnpack"))
+    builtin = LiteRTBackend(short_tflite, BackendSpec("litert", "cpu"))
+    xnnpack.load()
+    builtin.load()
+    assert int(xnnpack.describe().details["delegated_nodes"]) >= 1
+    assert builtin.describe().details["delegated_nodes"] == "0"
+    xnnpack.close()
+    builtin.close()
+
+
+class _Interpreter:
+    """Stands in for a LiteRT interpreter: only its list of plan nodes."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def _get_ops_details(self) -> list[dict[str, object]]:
+        return [{"index": i, "op_name": name} for i, name in enumerate(self.names)]
+
+
+def test_delegated_nodes_count_delegate_partitions() -> None:
+    assert delegated_nodes(_Interpreter("CONV_2D", "RELU")) == 0
+    assert delegated_nodes(_Interpreter("CONV_2D", "DELEGATE", "DELEGATE")) == 2
+    assert delegated_nodes(object()) is None  # an old runtime that cannot tell
