@@ -3,7 +3,8 @@
 Every message carries a ``schema`` tag (``event/1``, ``verdict/1`` …). Images travel as
 base64 inside the JSON: an escalation's crop and thumbnail are bounded JPEGs, so the
 simplicity is worth the third more bytes. Decoding checks the size first, then the JSON,
-then every field; any failure is one :class:`MessageError` naming the problem.
+then every field (no number may be infinite or NaN); any failure is one
+:class:`MessageError` naming the problem.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ Box = tuple[float, float, float, float]
 
 
 class _Message(BaseModel):
+    # allow_inf_nan: JSON's ``Infinity``, ``NaN`` and ``1e999`` are refused in every
+    # number field, on both sides, at decode and at construction alike.
     model_config = ConfigDict(
-        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+        extra="forbid", frozen=True, ser_json_bytes="base64", val_json_bytes="base64",
+        allow_inf_nan=False,
     )
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from sync import (
     DetectionPayload,
@@ -136,3 +139,47 @@ def test_verdict_and_status() -> None:
     assert decode(encode(status), StatusMessage).state == "offline"
     with pytest.raises(MalformedMessageError):
         decode(encode(status), VerdictMessage)
+
+
+def _verdict_json() -> dict[str, object]:
+    verdict = VerdictMessage(
+        event_id=EventIdFactory()(), device_id="cam-1", outcome="rejected",
+        model=ModelRef(name="blazeface-full", version="1.0.0"), inference_ms=3.5,
+        decided_at=1.0)
+    raw: dict[str, object] = json.loads(encode(verdict))
+    return raw
+
+
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN", "1e999"])
+@pytest.mark.parametrize(("kind", "build", "path"), [
+    (EventMessage, lambda: json.loads(encode(_event())), ("captured_at",)),
+    (EventMessage, lambda: json.loads(encode(_event(anomaly_score=0.5))), ("anomaly_score",)),
+    (EventMessage, lambda: json.loads(encode(_event(readings=(1.0, 2.0)))), ("readings", 1)),
+    (EventMessage, lambda: json.loads(encode(_event())), ("detections", 0, "box", 2)),
+    (EventMessage, lambda: json.loads(encode(_event())), ("crop_box",)),
+    (VerdictMessage, _verdict_json, ("decided_at",)),
+    (VerdictMessage, _verdict_json, ("inference_ms",)),
+    (StatusMessage, lambda: json.loads(encode(StatusMessage(device_id="c", state="online",
+                                                            at=1.0))), ("at",)),
+])
+def test_non_finite_numbers_are_refused_at_decode(
+        number: str, kind: type[EventMessage | VerdictMessage | StatusMessage],
+        build: Callable[[], dict[str, Any]], path: tuple[str | int, ...]) -> None:
+    """JSON that Python's json module happily writes: ``Infinity`` once reached the
+    dashboard as ``-inf ms`` and the API as ``null``."""
+    raw = build()
+    target: Any = raw
+    for step in path[:-1]:
+        target = target[step]
+    if path == ("crop_box",):
+        raw["crop_box"] = [0.0, 0.0, 1.0, 1.0]
+        target, path = raw["crop_box"], (3,)
+    target[path[-1]] = "__NUMBER__"
+    payload = json.dumps(raw).replace('"__NUMBER__"', number).encode()
+    with pytest.raises(MalformedMessageError, match="finite number"):
+        decode(payload, kind)
+
+
+def test_non_finite_numbers_cannot_be_built_either() -> None:
+    with pytest.raises(ValidationError, match="finite number"):
+        _event(captured_at=float("inf"))
