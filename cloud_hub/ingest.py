@@ -5,7 +5,8 @@ that several hub processes split the load. paho acknowledges nothing by itself
 (``manual_ack``): a message is acknowledged only after it was handled, so a hub that dies
 mid-way gets it redelivered. The store inserts each event id once; a redelivered event is
 answered with the verdict already recorded. Bad input (malformed, oversized, unknown
-device, a device writing under another's id) is counted, logged and dropped.
+device, a device writing under another's id, a device re-sending another's event id) is
+counted, logged and dropped.
 
 paho's network thread only queues messages; ``ingest-<n>`` worker threads handle them,
 so that their detector requests meet in the micro-batcher.
@@ -230,8 +231,14 @@ class IngestWorker:
         if new:
             self.metrics.ingested.labels(device_id).inc()
         else:
-            self.metrics.dedup_hits.inc()
             stored = self.store.get_event(event_id=event.event_id)
+            if stored["device_id"] != device_id:
+                # An event id belongs to the device that sent it first: another device
+                # re-sending it must not hear (or make its owner hear) that verdict.
+                self._drop("replayed-event-id", f"{device_id} re-sent event "
+                           f"{event.event_id} of {stored['device_id']}")
+                return
+            self.metrics.dedup_hits.inc()
             if stored["outcome"] is not None:
                 self._send(stored)
                 return

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.errors import ManifestError
 
 MANIFEST_FILENAME = "manifest.json"
+#: A model's name: also a folder name in every store, so never ``.``, ``..`` or a path.
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SCHEMA_VERSION = 1
 
 _SEMVER = re.compile(
@@ -212,7 +214,7 @@ class Manifest(_Strict):
     """Everything the runtime needs to know about one model file."""
 
     schema_version: Literal[1]
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
     version: str
     task: Task
     runtime: Runtime

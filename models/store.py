@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from models.bundle import ModelBundle, open_bundle, write_bundle
 from models.errors import BundleError, ModelNotFoundError
-from models.manifest import Manifest, semver_key
+from models.manifest import MODEL_NAME_PATTERN, Manifest, semver_key
 
 STORE_ENV = "EDGE_AGENT_MODEL_STORE"
 
@@ -76,12 +77,18 @@ class ModelStore:
             ModelNotFoundError: No such bundle; the message lists what the store has.
             BundleError: The bundle exists but is broken or tampered with.
         """
-        path = Path(reference).expanduser()
+        try:
+            path = Path(reference).expanduser()
+        except RuntimeError:  # ``~name`` of no such user: not a path, then
+            path = Path(reference)
         if path.is_dir():
             return open_bundle(path)
         if "/" in reference or reference.endswith((".json", ".tflite", ".onnx")):
             raise ModelNotFoundError(reference, f"no bundle folder at {reference}")
         name, _, version = reference.partition("@")
+        if not re.fullmatch(MODEL_NAME_PATTERN, name):
+            # Never a folder lookup: ``..`` would list what lies above the store.
+            raise ModelNotFoundError(reference, f"{name!r} is not a model name")
         folder = self.root / name
         versions = [p.name for p in folder.iterdir() if _visible_dir(p)] if folder.is_dir() else []
         if not versions:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from cloud_hub.api.auth import redact_tokens_in_logs
 from cloud_hub.api.routes import dashboard, devices, events, health, infer, models, rollouts
 from cloud_hub.service import HubService
 
@@ -21,6 +22,8 @@ def create_app(service: HubService, *, manage: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Here, not at import: uvicorn configures its loggers before it starts the app.
+        redact_tokens_in_logs()
         if manage:
             service.start()
         try:

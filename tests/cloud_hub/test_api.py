@@ -52,11 +52,42 @@ def test_health_ready_metrics_openapi(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    assert "hub_batch_size" in client.get("/metrics").text
+    assert "hub_batch_size" in client.get("/metrics", headers=_auth("viewer")).text
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/v1/devices", "/v1/events", "/v1/events/{event_id}", "/v1/models",
                  "/v1/infer/{model}", "/healthz", "/readyz", "/metrics"):
         assert path in paths
+
+
+def test_metrics_take_a_token_unless_made_public(client: TestClient, tmp_path: Path,
+                                                zoo_store: ModelStore) -> None:
+    """The metrics name every device id: no longer readable by anyone who can connect."""
+    refused = client.get("/metrics")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert "hub_events_ingested" not in refused.text
+    assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/metrics", headers=_auth("viewer")).status_code == 200
+    public = HubService(hub_settings(tmp_path, zoo_store.root, public_metrics=True),
+                        ingest=False)
+    public.open_store()
+    try:
+        with TestClient(create_app(public, manage=False)) as anonymous:
+            assert "hub_batch_size" in anonymous.get("/metrics").text
+    finally:
+        public.store.close()
+
+
+def test_a_model_name_outside_the_store_names_nothing_there(client: TestClient) -> None:
+    """``..`` once listed the folder above the model store in the 404's message."""
+    # The client collapses a literal ``..``; an encoded one reaches the route as ``..``.
+    for name, shown in (("%2E%2E", "'..'"), ("%2e", "'.'"), ("~", "'~'"), ("..", None),
+                        ("..%2F..", None)):
+        response = client.post(f"/v1/models/{name}/1.0.0/publish", headers=_auth("admin"),
+                               json={})
+        assert response.status_code == 404, (name, response.text)
+        if shown is not None:
+            assert response.json()["detail"] == f"{shown} is not a model name"
+        assert "models-upload" not in response.text and "has no version" not in response.text
 
 
 def test_no_token_is_401_wrong_role_is_403(client: TestClient) -> None:

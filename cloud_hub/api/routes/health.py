@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud_hub.api.auth import hash_token, new_token
-from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.api.deps import ServiceDep, get_principal, require
 from cloud_hub.api.schemas import TokenCreate, TokenIssued
 
 router = APIRouter(tags=["operations"])
@@ -35,9 +35,20 @@ def readyz(service: ServiceDep, response: Response) -> dict[str, object]:
     return {"ready": not problems, "problems": problems}
 
 
-@router.get("/metrics", response_class=Response)
+def metrics_access(request: Request, service: ServiceDep) -> None:
+    """Admit any API token, or anyone when ``public_metrics`` is set: the metrics name
+    device ids.
+
+    Raises:
+        HTTPException: 401 without a valid token.
+    """
+    if not service.settings.public_metrics:
+        get_principal(request, service)
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)])
 def metrics(service: ServiceDep) -> Response:
-    """Prometheus exposition."""
+    """Prometheus exposition (a bearer token of any role, unless made public)."""
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
