@@ -57,6 +57,10 @@ class HubSettings(BaseSettings):
     batch_max_delay_ms: float = Field(default=5.0, ge=0)
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_bundle_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024,
+        description="largest uncompressed size of an uploaded bundle zip's entries")
+    max_bundle_entries: int = Field(default=16, ge=2, description="most entries in a bundle zip")
     max_image_pixels: int = Field(
         default=DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="largest width x height of an "
         "escalated or uploaded image, read from its header before it is decoded")

@@ -15,7 +15,13 @@ from models.backends import (
     Outputs,
     create_backend,
 )
-from models.bundle import ModelBundle, open_bundle, sha256_hex, write_bundle
+from models.bundle import (
+    ModelBundle,
+    open_bundle,
+    sha256_hex,
+    unpack_bundle_archive,
+    write_bundle,
+)
 from models.errors import (
     BackendError,
     BackendLoadError,
@@ -107,5 +113,6 @@ __all__ = [
     "semver_key",
     "sha256_hex",
     "smoke_test",
+    "unpack_bundle_archive",
     "write_bundle",
 ]

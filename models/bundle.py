@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import IntegrityError, ManifestError
+from models.errors import BundleError, IntegrityError, ManifestError
 from models.manifest import MANIFEST_FILENAME, FileSpec, Manifest, parse_manifest
 
 
@@ -115,6 +117,76 @@ def write_bundle(destination: Path, manifest: Manifest, model_bytes: bytes) -> M
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ModelBundle(root=destination, manifest=manifest)
+
+
+_EOCD = b"PK\x05\x06"  # end of central directory record
+_EOCD_SIZE = 22
+_MAX_COMMENT = 0xFFFF
+_MAX_DIRECTORY_BYTES = 64 * 1024
+_COPY_CHUNK = 1024 * 1024
+
+
+def unpack_bundle_archive(archive: Path, destination: Path, *, max_bytes: int,
+                          max_entries: int) -> None:
+    """Unpack a zip of ``manifest.json`` and one model file into ``destination``,
+    streaming each entry to disk and never past the limits.
+
+    Before Python's ``zipfile`` parses anything, the archive's end record must declare
+    at most ``max_entries`` entries in a central directory of at most 64 KiB (a 10 MB
+    zip of empty entries would otherwise become 200,000 objects); the declared sizes
+    must add up to at most ``max_bytes``; and each entry is copied in 1 MiB chunks,
+    stopping at its declared size, so a header that lies cannot expand it either. Only
+    base names are used, so no entry writes outside ``destination``.
+
+    Raises:
+        BundleError: Not a zip, over a limit, or not exactly two plain files.
+    """
+    entries, directory_bytes = _central_directory(archive)
+    if entries > max_entries or directory_bytes > _MAX_DIRECTORY_BYTES:
+        raise BundleError(f"the zip declares {entries} entries in {directory_bytes} bytes; "
+                          f"at most {max_entries} entries are accepted")
+    try:
+        with zipfile.ZipFile(archive) as bundle_zip:
+            members = [m for m in bundle_zip.infolist() if not m.is_dir()]
+            bases = [Path(m.filename).name for m in members]
+            if len(members) != 2 or len(set(bases)) != 2 or any(
+                    not b or b.startswith(".") for b in bases):
+                raise BundleError("the zip must hold manifest.json and one model file")
+            declared = sum(m.file_size for m in members)
+            if declared > max_bytes:
+                raise BundleError(f"the zip expands to {declared} bytes, over the limit of "
+                                  f"{max_bytes} uncompressed bytes")
+            destination.mkdir(parents=True, exist_ok=True)
+            for member, base in zip(members, bases, strict=True):
+                _copy_bounded(bundle_zip, member, destination / base)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
+            EOFError) as exc:
+        raise BundleError(f"not a usable zip archive: {exc}") from exc
+
+
+def _central_directory(archive: Path) -> tuple[int, int]:
+    """Entry count and central directory size from the zip's end record."""
+    size = archive.stat().st_size
+    with archive.open("rb") as handle:
+        start = max(0, size - _EOCD_SIZE - _MAX_COMMENT)
+        handle.seek(start)
+        tail = handle.read()
+    at = tail.rfind(_EOCD)
+    if at < 0 or len(tail) - at < _EOCD_SIZE:
+        raise BundleError("not a zip archive: no end of central directory record")
+    entries, directory_bytes = struct.unpack_from("<HI", tail, at + 10)
+    return entries, directory_bytes
+
+
+def _copy_bounded(bundle_zip: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -> None:
+    left = member.file_size
+    with bundle_zip.open(member) as source, path.open("wb") as target:
+        while chunk := source.read(min(_COPY_CHUNK, left + 1)):
+            left -= len(chunk)
+            if left < 0:
+                raise BundleError(f"{member.filename} expands past its declared "
+                                  f"{member.file_size} bytes")
+            target.write(chunk)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

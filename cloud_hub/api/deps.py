@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -68,18 +70,34 @@ async def read_bounded(request: Request, limit: int) -> bytes:
     Raises:
         HTTPException: 413 when too large, 400 when empty.
     """
+    chunks: list[bytes] = []
+    async for chunk in _bounded_chunks(request, limit):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def stream_to_file(request: Request, path: Path, limit: int) -> None:
+    """Write the request body to ``path`` as it arrives, never holding it all in memory.
+
+    Raises:
+        HTTPException: 413 when over ``limit`` bytes, 400 when empty.
+    """
+    with path.open("wb") as target:
+        async for chunk in _bounded_chunks(request, limit):
+            target.write(chunk)
+
+
+async def _bounded_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413,
                             f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise HTTPException(413,
                                 f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+        yield chunk
     if not size:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "the request body is empty")
-    return b"".join(chunks)
