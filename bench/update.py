@@ -104,8 +104,9 @@ def main(argv: list[str]) -> int:
         client = UpdateClient(folder / "probe", f"http://127.0.0.1:{port}/tuf",
                               trusted_root=root.read_bytes())
         client.refresh()
-        [offer] = client.offers("blazeface-short", installed="1.0.0",
-                                fit=device_fit(probe_hardware()))
+        offer = client.choose("blazeface-short", "9.0.0", installed="1.0.0",
+                              fit=device_fit(probe_hardware()))
+        assert offer is not None  # 9.0.0 is not installed in the probe
         client.download(offer)
         verify_seconds = time.perf_counter() - verify_started
         server.should_exit = True

@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root-keys", type=int, default=1, help="number of root keys")
     init.add_argument("--root-threshold", type=int, default=1, help="signatures root needs")
     init.set_defaults(handler=_keys_init)
+    refresh = key_commands.add_parser(
+        "refresh", help="re-sign update metadata that is due, before it expires (cron)")
+    refresh.add_argument("--targets-key", type=Path, default=None, metavar="FILE",
+                         help="the targets key, where it is kept offline")
+    refresh.add_argument("--force", action="store_true",
+                         help="re-sign every role whose key is at hand, due or not")
+    refresh.set_defaults(handler=_keys_refresh)
+    rotate = key_commands.add_parser(
+        "rotate-root", help="new root keys and a new root (a year), signed by old and new")
+    rotate.add_argument("--root-keys", type=int, default=1, help="number of new root keys")
+    rotate.add_argument("--root-threshold", type=int, default=1, help="signatures root needs")
+    rotate.set_defaults(handler=_keys_rotate_root)
 
     models = commands.add_parser("models", help="publish model versions")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -85,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("bundle", type=Path, help="bundle folder (manifest.json + model)")
     publish.add_argument("--hardware", action="append", default=None,
                          help="what it is built for (any, x86_64, aarch64, edgetpu ...)")
+    publish.add_argument("--targets-key", type=Path, default=None, metavar="FILE",
+                         help="the targets key, where it is kept offline")
     publish.set_defaults(handler=_models_publish)
 
     rollout = commands.add_parser("rollout", help="staged rollouts to device groups")
@@ -98,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     begin.set_defaults(handler=_rollout_start)
     back = rollout_commands.add_parser("rollback", help="stop and ship the previous model")
     back.add_argument("rollout_id")
+    back.add_argument("--targets-key", type=Path, default=None, metavar="FILE",
+                      help="the targets key, where it is kept offline")
     back.set_defaults(handler=_rollout_rollback)
     show = rollout_commands.add_parser("list", help="show rollouts")
     show.set_defaults(handler=_rollout_list)
@@ -170,8 +186,48 @@ def _keys_init(args: argparse.Namespace, settings: HubSettings) -> int:
     repository.init(root_keys=args.root_keys, root_threshold=args.root_threshold)
     keys = settings.signing_keys_dir
     print(f"TUF repository in {settings.repository_dir}")
-    print(f"root keys in {keys / 'root'}: move them offline; targets key {keys / 'targets.pem'}")
+    print(f"root keys in {keys / 'root'}: move them offline")
+    if settings.targets_key_offline:
+        print(f"targets key {keys / 'targets.pem'}: move it offline too "
+              "(CLOUD_HUB_TARGETS_KEY_OFFLINE is set)")
+    else:
+        print(f"targets key {keys / 'targets.pem'} (online; set "
+              "CLOUD_HUB_TARGETS_KEY_OFFLINE=true and move it away to keep it offline)")
     print(f"provision devices with {settings.repository_dir / 'metadata' / '1.root.json'}")
+    return 0
+
+
+def _keys_rotate_root(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.updates import ModelRepository
+
+    repository = ModelRepository(settings.repository_dir, settings.signing_keys_dir)
+    if not list((settings.signing_keys_dir / "root").glob("*.pem")):
+        raise HubError(f"no root keys in {settings.signing_keys_dir / 'root'}: bring them "
+                       "online there for the rotation")
+    repository.rotate_root(new_root_keys=args.root_keys, new_threshold=args.root_threshold)
+    root = repository.load("root").signed
+    print(f"root version {root.version}, expires {root.expires.isoformat()}; new root keys "
+          f"in {settings.signing_keys_dir / 'root'}: move them offline")
+    return 0
+
+
+def _keys_refresh(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.updates import ModelRepository
+
+    repository = ModelRepository(settings.repository_dir, settings.signing_keys_dir,
+                                 targets_key_online=not settings.targets_key_offline)
+    if not repository.exists():
+        raise HubError(f"no TUF repository in {settings.repository_dir}: run "
+                       "`cloud-hub keys init` first")
+    roles = repository.refresh(targets_key=args.targets_key, force=args.force)
+    print(f"re-signed: {', '.join(roles) or 'nothing was due'}")
+    now = repository.now()
+    for entry in repository.expiries():
+        left = entry.expires - now
+        note = "" if entry.key_online or (args.targets_key and entry.role == "targets") else (
+            "  (key offline)")
+        print(f"{entry.role:<10} version {entry.version:<5} expires "
+              f"{entry.expires.isoformat()}  ({left.days} days left){note}")
     return 0
 
 
@@ -199,7 +255,8 @@ def _models_publish(args: argparse.Namespace, settings: HubSettings) -> int:
     except ModelError as exc:
         raise HubError(str(exc)) from exc
     with _hub_store(settings) as service:
-        path = _distribution(service).publish(bundle, hardware=args.hardware or ["any"])
+        path = _distribution(service).publish(bundle, hardware=args.hardware or ["any"],
+                                              targets_key=args.targets_key)
     print(f"published {bundle.label} as {path}")
     return 0
 
@@ -216,7 +273,8 @@ def _rollout_start(args: argparse.Namespace, settings: HubSettings) -> int:
 
 def _rollout_rollback(args: argparse.Namespace, settings: HubSettings) -> int:
     with _hub_store(settings) as service:
-        again = _distribution(service).roll_back(args.rollout_id)
+        again = _distribution(service).roll_back(args.rollout_id,
+                                                 targets_key=args.targets_key)
     print(f"rolled back; {again.model} {again.version} (the previous model) goes to "
           f"{again.group} in rollout {again.id}")
     return 0

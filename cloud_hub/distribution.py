@@ -15,12 +15,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from cloud_hub.errors import HubError, NotFoundError
+from cloud_hub.errors import HubError, NotFoundError, TargetsKeyOfflineError
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
-from cloud_hub.updates import ModelRepository, target_path
+from cloud_hub.updates import Clock, ModelRepository, target_path, utc_now
 from models import ModelBundle, ModelStore, default_store_path, semver_key
 from sync import ModelAnnouncement, TopicLayout, UpdateReport, encode
 from sync.rollout import Rollout, on_report, roll_back, start
@@ -41,31 +42,42 @@ def _rollout_from(state: dict[str, Any]) -> Rollout:
 
 
 class ModelDistribution:
-    """The hub's side of signed model updates."""
+    """The hub's side of signed model updates.
 
-    def __init__(self, settings: HubSettings, store: Store, publish: Publisher) -> None:
+    Args:
+        clock: The signing clock (expiry dates of the TUF metadata); tests move it.
+    """
+
+    def __init__(self, settings: HubSettings, store: Store, publish: Publisher, *,
+                 clock: Clock = utc_now) -> None:
         self.settings = settings
         self.store = store
         self._publish = publish
         self.layout = TopicLayout(settings.mqtt_prefix)
-        self.repository = ModelRepository(settings.repository_dir, settings.signing_keys_dir)
+        self.repository = ModelRepository(
+            settings.repository_dir, settings.signing_keys_dir, clock=clock,
+            targets_key_online=not settings.targets_key_offline)
         self.models = ModelStore(settings.model_store or default_store_path())
         self._lock = threading.Lock()
 
-    def publish(self, bundle: ModelBundle, *, hardware: Iterable[str] = ("any",)) -> str:
+    def publish(self, bundle: ModelBundle, *, hardware: Iterable[str] = ("any",),
+                targets_key: Path | None = None) -> str:
         """Store, record and sign a bundle version; returns its TUF target path.
+
+        Args:
+            targets_key: The targets key file, where the hub keeps it offline.
 
         Raises:
             HubError: The repository has no keys (run ``cloud-hub keys init``).
+            TargetsKeyOfflineError: The targets key is offline and none was given.
         """
-        if not (self.settings.signing_keys_dir / "targets.pem").exists():
-            raise HubError("no signing keys: run `cloud-hub keys init` first")
+        self._check_can_sign(targets_key)
         stored = self.models.add(bundle.manifest, bundle.read_verified_model())
         manifest = stored.manifest
         self.store.add_model(name=manifest.name, version=manifest.version, task=manifest.task,
                              runtime=manifest.runtime, sha256=manifest.file.sha256,
                              size_bytes=manifest.file.size_bytes, path=str(stored.root))
-        path = self.repository.publish(stored, hardware=hardware)
+        path = self.repository.publish(stored, hardware=hardware, targets_key=targets_key)
         log.info("published %s as %s", stored.label, path)
         return path
 
@@ -107,8 +119,13 @@ class ModelDistribution:
                     log.warning("rollout %s halted: %s", updated.id, updated.reason)
                 self._save_and_announce(updated)
 
-    def roll_back(self, rollout_id: str, reason: str = "operator request") -> Rollout:
+    def roll_back(self, rollout_id: str, reason: str = "operator request", *,
+                  targets_key: Path | None = None) -> Rollout:
         """Stop a rollout and ship the previous version to the whole group again.
+
+        Args:
+            targets_key: The targets key file, where the hub keeps it offline (the previous
+                model is signed again as the next version).
 
         Returns:
             The new rollout that carries the previous model.
@@ -117,6 +134,7 @@ class ModelDistribution:
             NotFoundError: No such rollout.
             HubError: There is no earlier version to go back to.
         """
+        self._check_can_sign(targets_key)
         with self._lock:
             rollout = roll_back(_rollout_from(self.store.get_rollout(rollout_id=rollout_id)),
                                 reason)
@@ -133,9 +151,19 @@ class ModelDistribution:
             previous.manifest.model_copy(update={"version": f"{major}.{minor}.{patch + 1}"}),
             previous.read_verified_model(),
         )
-        self.publish(again)
+        self.publish(again, targets_key=targets_key)
         return self.start(model=rollout.model, version=again.manifest.version,
                           group=rollout.group, canary_percent=100)
+
+    def _check_can_sign(self, targets_key: Path | None) -> None:
+        if not self.repository.exists():
+            raise HubError("no signing keys: run `cloud-hub keys init` first")
+        if targets_key is None and not self.repository.targets_key_online:
+            raise TargetsKeyOfflineError(
+                "publishing is off on this hub: its targets key is kept offline "
+                "(CLOUD_HUB_TARGETS_KEY_OFFLINE); sign on the machine that holds the key with "
+                "`cloud-hub models publish BUNDLE --targets-key FILE` (a fleet rollback with "
+                "`cloud-hub rollout rollback ROLLOUT_ID --targets-key FILE`)")
 
     def _save_and_announce(self, rollout: Rollout) -> None:
         self.store.save_rollout(rollout=rollout.to_dict())

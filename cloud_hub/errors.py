@@ -8,11 +8,15 @@ Hierarchy::
     │   └── NotFoundError       no such device, event, model or token
     ├── ProvisioningError       device credentials or broker ACL could not be written
     ├── UpdateRepositoryError   the TUF repository or its signing keys cannot be used
+    │   ├── TargetsKeyOfflineError  signing targets needs the offline targets key
+    │   └── UnprotectedKeyError     a private key file is readable by others
     └── JudgeError              the heavy model could not judge an escalation
         └── BadImageError       an image was refused before or while decoding it
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from models import ImageRefusal
 
@@ -65,3 +69,23 @@ class BadImageError(JudgeError):
 
 class UpdateRepositoryError(HubError):
     """The TUF repository or its signing keys cannot be used."""
+
+
+class TargetsKeyOfflineError(UpdateRepositoryError):
+    """Signing targets needs the targets key, which this hub keeps offline: publishing
+    happens with ``cloud-hub models publish BUNDLE --targets-key FILE``."""
+
+
+class UnprotectedKeyError(UpdateRepositoryError):
+    """A private key file that its group or others may read (as ssh, we refuse it).
+
+    Attributes:
+        path: The key file.
+        mode: Its permission bits.
+    """
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        self.mode = mode
+        super().__init__(f"{path}: permissions {mode:04o} are too open: a private key must be "
+                         f"readable by its owner only (chmod 600 {path})")

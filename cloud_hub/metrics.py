@@ -42,3 +42,12 @@ class HubMetrics:
             ["reason", "path"], registry=r)
         self.connected = Gauge("hub_mqtt_connected", "1 while the broker session is up",
                                registry=r)
+        self.tuf_expiry = Gauge("hub_tuf_metadata_expiry_timestamp_seconds",
+                                "When each role's newest signed update metadata expires",
+                                ["role"], registry=r)
+        self.tuf_resigned = Counter("hub_tuf_metadata_resigned",
+                                    "Update metadata re-signed before it expired", ["role"],
+                                    registry=r)
+        self.tuf_refresh_failures = Counter("hub_tuf_refresh_failures",
+                                            "Checks of the update metadata that failed",
+                                            registry=r)

@@ -1,4 +1,5 @@
-"""The hub's parts wired together: store, models, batchers, judge, ingest, retention."""
+"""The hub's parts wired together: store, models, batchers, judge, ingest, retention,
+and the ``tuf-refresher`` thread that keeps the signed update metadata from expiring."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from cloud_hub.provisioning import (
 )
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
+from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, utc_now
 from hardware import Selection
 from models import Model
 from sync import TopicLayout, UpdateReport
@@ -71,10 +73,14 @@ class HubService:
     Args:
         settings: Validated settings.
         ingest: Whether to consume escalations from the broker (an API-only replica may not).
+        clock: The signing clock (expiry dates of the update metadata); tests move it.
     """
 
-    def __init__(self, settings: HubSettings, *, ingest: bool = True) -> None:
+    def __init__(self, settings: HubSettings, *, ingest: bool = True,
+                 clock: Clock = utc_now) -> None:
         self.settings = settings
+        self._clock = clock
+        self.refresher: RepositoryRefresher | None = None
         self.metrics = HubMetrics()
         self.store = Store(settings.effective_database_url)
         self.models: dict[str, tuple[Model, Selection]] = {}
@@ -90,9 +96,10 @@ class HubService:
 
     def open_store(self) -> None:
         """Open the store alone (for CLI commands that need no models)."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store.open()
-        self.distribution = ModelDistribution(self.settings, self.store, self._announce)
+        self.distribution = ModelDistribution(self.settings, self.store, self._announce,
+                                              clock=self._clock)
 
     def _announce(self, topic: str, payload: bytes, retain: bool) -> None:
         if self.ingest is not None:
@@ -109,7 +116,9 @@ class HubService:
 
         Raises:
             HubError: The store or a model could not be opened.
+            UnprotectedKeyError: A signing key is readable by others (named).
         """
+        self._check_signing_keys()
         self.open_store()
         detector_batcher = self.batcher(self.settings.detector_model)
         detector, _ = self.models[self.settings.detector_model]
@@ -125,12 +134,20 @@ class HubService:
             self.ingest.start()
         self._retention = threading.Thread(target=self._retain, name="retention", daemon=True)
         self._retention.start()
+        assert self.distribution is not None  # open_store() sets it
+        self.refresher = RepositoryRefresher(
+            self.distribution.repository, interval_s=self.settings.tuf_refresh_interval_s,
+            expiry=self.metrics.tuf_expiry, resigned=self.metrics.tuf_resigned,
+            failures=self.metrics.tuf_refresh_failures)
+        self.refresher.start()
         self.ready = True
 
     def stop(self) -> None:
         """Stop everything started."""
         self.ready = False
         self._stop.set()
+        if self.refresher is not None:
+            self.refresher.stop()
         if self.ingest is not None:
             self.ingest.stop()
         for batcher in self.batchers.values():
@@ -138,6 +155,15 @@ class HubService:
         for model, _ in self.models.values():
             model.close()
         self.store.close()
+
+    def _check_signing_keys(self) -> None:
+        """Refuse to start on a private key others can read, as ssh does."""
+        keys = self.settings.signing_keys_dir
+        check_private_keys(keys)
+        targets = keys / "targets.pem"
+        if self.settings.targets_key_offline and targets.exists():
+            log.warning("the targets key is to be kept offline, but %s is on this machine: "
+                        "move it to offline storage", targets)
 
     def _load(self, name: str) -> tuple[Model, Selection]:
         with self._lock:

@@ -72,6 +72,13 @@ class HubSettings(BaseSettings):
     tuf_dir: Path | None = Field(default=None, description="TUF repository; data_dir/tuf")
     keys_dir: Path | None = Field(
         default=None, description="signing keys; data_dir/keys (keep keys/root offline)")
+    targets_key_offline: bool = Field(
+        default=False, description="never sign targets with keys/targets.pem: publishing "
+        "then needs `cloud-hub models publish --targets-key FILE`, and re-signing targets "
+        "`cloud-hub keys refresh --targets-key FILE` (at least every 45 days)")
+    tuf_refresh_interval_s: float = Field(
+        default=300.0, gt=0, le=3600,
+        description="seconds between checks of the update metadata's expiry dates")
     mosquitto_password_file: Path | None = None
     mosquitto_acl_file: Path | None = None
 

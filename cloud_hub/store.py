@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -174,6 +176,7 @@ class Store:
         """
         try:
             if self.url.startswith("sqlite"):
+                _private_sqlite_file(self.url)
                 self._engine = sa.create_engine(
                     self.url, connect_args={"check_same_thread": False, "timeout": 30,
                                             **self._connect_args})
@@ -535,6 +538,24 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         return float(received_at), event_id
     except (ValueError, UnicodeDecodeError) as exc:
         raise StoreError(f"invalid cursor {cursor!r}") from exc
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the database file ``0600`` before SQLite does (it would take the umask's
+    ``0644``), and tighten one that exists: it holds face crops. SQLite gives its WAL and
+    shared-memory files the database file's mode."""
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for existing in (path, path.with_name(f"{path.name}-wal"),
+                         path.with_name(f"{path.name}-shm")):
+            if existing.exists():
+                existing.chmod(0o600)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the database file: {exc.strerror}") from exc
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError, InstallError
 from models import Model, ModelBundle, ModelError, open_bundle, smoke_test
-from sync import SyncError
+from sync import SyncError, check_name
 from sync.install import (
     HealthLimits,
     HealthStats,
@@ -62,11 +62,15 @@ class ModelInstaller:
     # -- reading state ---------------------------------------------------------------
 
     def _folder(self, name: str) -> Path:
-        return self.root / name
+        return self.root / _path_part(name, "model name")
 
     def slot(self, name: str, version: str) -> Path:
-        """The folder of one version's bundle."""
-        return self._folder(name) / "slots" / version
+        """The folder of one version's bundle.
+
+        Raises:
+            InstallError: The name or version is not one plain folder name.
+        """
+        return self._folder(name) / "slots" / _path_part(version, "model version")
 
     def active_version(self, name: str) -> str | None:
         """The serving version, if any."""
@@ -215,6 +219,14 @@ class ModelInstaller:
         shutil.copytree(source, staging)
         shutil.rmtree(slot, ignore_errors=True)
         staging.rename(slot)
+
+
+def _path_part(value: str, what: str) -> str:
+    """``value`` if it names one folder inside its parent (no separator, not ``..``)."""
+    try:
+        return check_name(value, what)
+    except SyncError as exc:
+        raise InstallError(str(exc)) from exc
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

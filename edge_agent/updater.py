@@ -215,15 +215,21 @@ class Updater:
         last = self.installer.record(name)
         if last is not None and last.candidate == version and last.finished:
             return None  # already tried: a retained announcement seen again
-        record = self.installer.begin(name, version)
-        self._tell(announcement, record)
         try:
             self.client.refresh()
-            offers = [o for o in self.client.offers(name, installed=installed, fit=self.fit)
-                      if o.version == version]
-            if not offers:
-                raise UpdateRefusedError("unavailable", f"{name} {version} is not signed")
-            archive = self.client.download(offers[0])
+            offer = self.client.choose(name, version, installed=installed, fit=self.fit)
+        except UpdateRefusedError as exc:
+            record = self.installer.refuse(self.installer.begin(name, version), str(exc))
+            self._tell(announcement, record)
+            return record
+        if offer is None:
+            return None
+        # The highest build for this device up to the announced version (another
+        # hardware's build may carry the announced number).
+        record = self.installer.begin(name, offer.version)
+        self._tell(announcement, record)
+        try:
+            archive = self.client.download(offer)
         except UpdateRefusedError as exc:
             record = self.installer.refuse(record, str(exc))
             self._tell(announcement, record)
@@ -235,7 +241,7 @@ class Updater:
             self._tell(announcement, record)
             return record
         self._tell(announcement, record)
-        record, model = self.installer.smoke(record, offers[0].golden)
+        record, model = self.installer.smoke(record, offer.golden)
         self._tell(announcement, record)
         if model is None:
             return record

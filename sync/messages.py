@@ -152,6 +152,13 @@ class ModelAnnouncement(_Message):
 
     model_config = ConfigDict(populate_by_name=True)
 
+    @field_validator("model", "version")
+    @classmethod
+    def _path_safe(cls, value: str) -> str:
+        # The device names folders after them before anything is verified: one plain
+        # name each (no '/', never '.' or '..').
+        return check_name(value, "model name or version")
+
 
 class UpdateReport(_DeviceMessage):
     """A device's report of one install step (and, when it failed, why)."""

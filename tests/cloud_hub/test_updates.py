@@ -62,11 +62,12 @@ def test_publish_refresh_download_and_verify(repo: tuple[ModelRepository, Server
     repository.publish(_version(zoo_store, "1.1.0", tmp_path))
     client = _client(tmp_path, repository, server)
     client.refresh()
-    [offer] = client.offers("blazeface-short", installed="1.0.0", fit=FIT)
+    offer = client.choose("blazeface-short", "1.1.0", installed="1.0.0", fit=FIT)
+    assert offer is not None
     assert (offer.version, offer.runtime, offer.hardware) == ("1.1.0", "tflite", ("any",))
     archive = client.download(offer)
     assert archive.stat().st_size == offer.length
-    assert client.offers("blazeface-short", installed="1.1.0", fit=FIT) == []
+    assert client.choose("blazeface-short", "1.1.0", installed="1.1.0", fit=FIT) is None
 
 
 def test_rollback_to_a_lower_version_is_refused(repo: tuple[ModelRepository, Server],
@@ -76,13 +77,13 @@ def test_rollback_to_a_lower_version_is_refused(repo: tuple[ModelRepository, Ser
     client = _client(tmp_path, repository, server)
     client.refresh()
     with pytest.raises(UpdateRefusedError, match=r"older than the installed 1\.0\.0") as caught:
-        client.offers("blazeface-short", installed="1.0.0", fit=FIT)
+        client.choose("blazeface-short", "0.9.0", installed="1.0.0", fit=FIT)
     assert caught.value.kind == "rollback"
 
 
 def test_expired_timestamp_is_refused(tmp_path: Path, zoo_store: ModelStore) -> None:
     past = datetime.now(UTC) - timedelta(days=3)
-    repository = ModelRepository(tmp_path / "repo", tmp_path / "keys", now=past)
+    repository = ModelRepository(tmp_path / "repo", tmp_path / "keys", clock=lambda: past)
     repository.init()
     server = Server(tmp_path / "repo")
     try:
@@ -126,7 +127,8 @@ def test_tampered_target_is_refused_and_not_cached(repo: tuple[ModelRepository, 
     stored.write_bytes(bytes(data))
     client = _client(tmp_path, repository, server)
     client.refresh()
-    [offer] = client.offers("blazeface-short", installed="1.0.0", fit=FIT)
+    offer = client.choose("blazeface-short", "1.2.0", installed="1.0.0", fit=FIT)
+    assert offer is not None
     with pytest.raises(UpdateRefusedError) as caught:
         client.download(offer)
     assert caught.value.kind == "integrity"
@@ -142,7 +144,8 @@ def test_endless_data_is_cut_at_the_signed_length(repo: tuple[ModelRepository, S
     stored.write_bytes(stored.read_bytes() + b"\0" * 5_000_000)
     client = _client(tmp_path, repository, server)
     client.refresh()
-    [offer] = client.offers("blazeface-short", installed="1.0.0", fit=FIT)
+    offer = client.choose("blazeface-short", "1.3.0", installed="1.0.0", fit=FIT)
+    assert offer is not None
     with pytest.raises(UpdateRefusedError) as caught:
         client.download(offer)
     assert caught.value.kind in ("too-long", "integrity")
@@ -170,11 +173,11 @@ def test_other_runtime_or_hardware_is_refused(repo: tuple[ModelRepository, Serve
     client = _client(tmp_path, repository, server)
     client.refresh()
     with pytest.raises(UpdateRefusedError, match="built for edgetpu") as caught:
-        client.offers("blazeface-short", installed="1.0.0", fit=FIT)
+        client.choose("blazeface-short", "2.0.0", installed="1.0.0", fit=FIT)
     assert caught.value.kind == "hardware"
     no_tflite = DeviceFit(runtimes=frozenset({"onnx"}), hardware=frozenset({"x86_64"}))
     with pytest.raises(UpdateRefusedError, match="needs tflite") as caught:
-        client.offers("blazeface-short", installed="1.0.0", fit=no_tflite)
+        client.choose("blazeface-short", "2.0.0", installed="1.0.0", fit=no_tflite)
     assert caught.value.kind == "runtime"
 
 

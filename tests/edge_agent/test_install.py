@@ -44,7 +44,9 @@ def _download(tmp_path: Path, bundle: ModelBundle, **publish: object) -> tuple[P
         client = UpdateClient(tmp_path / "device-tuf", server.url,
                               trusted_root=repository.trusted_root())
         client.refresh()
-        [offer] = client.offers(bundle.manifest.name, installed="1.0.0", fit=FIT)
+        offer = client.choose(bundle.manifest.name, bundle.manifest.version,
+                              installed="1.0.0", fit=FIT)
+        assert offer is not None
         return client.download(offer), offer
     finally:
         server.close()

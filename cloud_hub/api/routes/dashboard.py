@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import html
 import time
+from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cloud_hub.api.deps import TOKEN_COOKIE, ServiceDep, require
+from cloud_hub.errors import HubError
+from cloud_hub.service import HubService
 
 router = APIRouter(tags=["dashboard"])
 
@@ -60,6 +63,7 @@ def dashboard(request: Request, service: ServiceDep) -> str:
         f"<td>{esc(r['reason'])}</td></tr>"
         for r in store.list_rollouts()[:5]
     )
+    signing = _signing_rows(service)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_S}">
@@ -76,6 +80,7 @@ table {{ border-collapse: collapse; }} td, th {{ padding: .3rem .7rem;
 .events {{ display: flex; flex-wrap: wrap; gap: .8rem; }}
 .event {{ border: 1px solid #ddd; border-radius: 6px; padding: .5rem; width: 220px; }}
 .event img {{ width: 100%; border-radius: 4px; background: #eee; }}
+.due {{ color: #b42318; font-weight: bold; }}
 .confirmed {{ color: #17803d; }} .rejected {{ color: #b42318; }} .pending {{ color: #8a6d00; }}
 </style></head><body>
 <h1>Cloud hub</h1>
@@ -95,9 +100,42 @@ mean capture-to-verdict</div>
 <h2>Rollouts</h2>
 <table id="rollouts"><tr><th>rollout</th><th>model</th><th>group</th><th>status</th>
 <th>wave</th><th>devices</th><th>note</th></tr>{rollout_rows}</table>
+<h2>Signed updates</h2>
+<table id="signing"><tr><th>metadata</th><th>version</th><th>expires</th><th>left</th>
+<th>key</th></tr>{signing}</table>
 <h2>Latest escalations</h2>
 <div class="events" id="events">{cards or '<p>No escalations yet.</p>'}</div>
 </body></html>"""
+
+
+def _signing_rows(service: HubService) -> str:
+    """Each role of the update repository: when it expires, and whether this hub can
+    re-sign it. A role in red is due: with its key online the refresher is failing (see
+    the log), with its key offline the operator must re-sign it."""
+    if service.distribution is None or not service.distribution.repository.exists():
+        return "<tr><td colspan='5'>no repository: run <code>cloud-hub keys init</code></td></tr>"
+    repository = service.distribution.repository
+    try:
+        expiries = repository.expiries()
+    except HubError as exc:
+        return f"<tr><td colspan='5' class='due'>{html.escape(str(exc))}</td></tr>"
+    now = repository.now()
+    return "".join(
+        f"<tr class='role' data-role='{e.role}'><td>{e.role}</td><td>{e.version}</td>"
+        f"<td>{e.expires.isoformat()}</td>"
+        f"<td class='{'due' if e.due(now) else 'fresh'}'>"
+        f"{_left(e.expires - now)}</td>"
+        f"<td>{'online' if e.key_online else 'offline'}</td></tr>"
+        for e in expiries
+    )
+
+
+def _left(left: timedelta) -> str:
+    if left.total_seconds() <= 0:
+        return "expired"
+    if left.days >= 2:
+        return f"{left.days} days"
+    return f"{left.total_seconds() / 3600:.1f} h"
 
 
 def _event_card(event: dict[str, object], now: float) -> str:

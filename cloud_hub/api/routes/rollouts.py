@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.deps import ServiceDep, require
 from cloud_hub.distribution import ModelDistribution
-from cloud_hub.errors import HubError, NotFoundError
+from cloud_hub.errors import HubError, NotFoundError, TargetsKeyOfflineError
 from cloud_hub.service import HubService
 from models import ModelError
 
@@ -43,14 +43,22 @@ def _distribution(service: HubService) -> ModelDistribution:
 
 
 @router.post("/v1/models/{name}/{version}/publish", status_code=status.HTTP_201_CREATED,
-             dependencies=[require("admin")])
+             dependencies=[require("admin")],
+             responses={403: {"description": "publishing is off: the targets key is offline"}})
 def publish_model(name: str, version: str, body: PublishRequest,
                   service: ServiceDep) -> dict[str, str]:
-    """Sign an uploaded version into the TUF repository that devices update from."""
+    """Sign an uploaded version into the TUF repository that devices update from.
+
+    Where the hub keeps its targets key offline (``CLOUD_HUB_TARGETS_KEY_OFFLINE``), this
+    route is off (403, saying so): publish with ``cloud-hub models publish BUNDLE
+    --targets-key FILE`` on the machine that holds the key.
+    """
     distribution = _distribution(service)
     try:
         bundle = distribution.models.resolve(f"{name}@{version}")
         path = distribution.publish(bundle, hardware=body.hardware)
+    except TargetsKeyOfflineError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
     except ModelError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except HubError as exc:
@@ -89,11 +97,15 @@ def start_rollout(body: RolloutCreate, service: ServiceDep) -> dict[str, Any]:
     return result
 
 
-@router.post("/v1/rollouts/{rollout_id}/rollback", dependencies=[require("operator")])
+@router.post("/v1/rollouts/{rollout_id}/rollback", dependencies=[require("operator")],
+             responses={403: {"description": "rollback is off: the targets key is offline"}})
 def rollback(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
-    """Stop a rollout and ship the previous model to the whole group again."""
+    """Stop a rollout and ship the previous model to the whole group again (signing it
+    needs the targets key: where it is offline, this route is off, as publishing is)."""
     try:
         again = _distribution(service).roll_back(rollout_id)
+    except TargetsKeyOfflineError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except HubError as exc:
