@@ -6,17 +6,22 @@ waves started so far; devices report each install step on their ``updates`` topi
 each report may advance (or halt) the rollout, which then announces again. A fleet-wide
 rollback re-publishes the previous model under the next patch version (devices refuse to
 install a lower version, by design) and rolls that out to the whole group at once.
+
+Reports reach whichever hub the shared subscription hands them to, so a rollout changes
+only through :meth:`Store.update_rollout`, atomically in the database. A rollout is
+announced again only when the devices it targets change: each such change (a wave
+started, a halt) follows reports from devices that could only have reported after the
+previous announcement reached the broker, so two hubs cannot overwrite the group's
+retained announcement out of order.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from cloud_hub.errors import HubError, NotFoundError, TargetsKeyOfflineError
 from cloud_hub.settings import HubSettings
@@ -29,16 +34,6 @@ from sync.rollout import Rollout, on_report, roll_back, start
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[str, bytes, bool], None]
-
-
-def _rollout_from(state: dict[str, Any]) -> Rollout:
-    return Rollout(
-        id=state["id"], model=state["model"], version=state["version"],
-        group=state["group"], waves=tuple(tuple(w) for w in state["waves"]),
-        wave=state["wave"], status=state["status"],
-        max_failure_share=state["max_failure_share"],
-        results=tuple(state["results"].items()), reason=state["reason"],
-    )
 
 
 class ModelDistribution:
@@ -58,7 +53,6 @@ class ModelDistribution:
             settings.repository_dir, settings.signing_keys_dir, clock=clock,
             targets_key_online=not settings.targets_key_offline)
         self.models = ModelStore(settings.model_store or default_store_path())
-        self._lock = threading.Lock()
 
     def publish(self, bundle: ModelBundle, *, hardware: Iterable[str] = ("any",),
                 targets_key: Path | None = None) -> str:
@@ -97,27 +91,33 @@ class ModelDistribution:
         rollout = start(rollout_id=f"r-{uuid.uuid4().hex[:10]}", model=model, version=version,
                         group=group, devices=devices, canary_percent=canary_percent,
                         max_failure_share=max_failure_share)
-        self._save_and_announce(rollout)
+        self.store.add_rollout(rollout=rollout)
+        self._announce(rollout)
         return rollout
 
     def report(self, report: UpdateReport) -> None:
-        """Record a device's install step and let it move its rollout."""
+        """Record a device's install step and let it move its rollout.
+
+        Raises:
+            StoreError: The database failed (the report may be handled again).
+        """
         self.store.add_update_report(device_id=report.device_id, rollout_id=report.rollout_id,
                                      model=report.model, version=report.version,
                                      step=report.step, reason=report.reason, at=report.at)
         if report.rollout_id is None:
             return
-        with self._lock:
-            try:
-                rollout = _rollout_from(self.store.get_rollout(rollout_id=report.rollout_id))
-            except NotFoundError:
-                log.warning("report for unknown rollout %s", report.rollout_id)
-                return
-            updated = on_report(rollout, report.device_id, report.step)
-            if updated != rollout:
-                if updated.status == "halted":
-                    log.warning("rollout %s halted: %s", updated.id, updated.reason)
-                self._save_and_announce(updated)
+        try:
+            change = self.store.update_rollout(
+                rollout_id=report.rollout_id,
+                change=lambda rollout: on_report(rollout, report.device_id, report.step))
+        except NotFoundError:
+            log.warning("report for unknown rollout %s", report.rollout_id)
+            return
+        before, after = change.before, change.after
+        if after.status == "halted" and before.status != "halted":
+            log.warning("rollout %s halted: %s", after.id, after.reason)
+        if after.targeted != before.targeted:
+            self._announce(after)
 
     def roll_back(self, rollout_id: str, reason: str = "operator request", *,
                   targets_key: Path | None = None) -> Rollout:
@@ -135,10 +135,8 @@ class ModelDistribution:
             HubError: There is no earlier version to go back to.
         """
         self._check_can_sign(targets_key)
-        with self._lock:
-            rollout = roll_back(_rollout_from(self.store.get_rollout(rollout_id=rollout_id)),
-                                reason)
-            self.store.save_rollout(rollout=rollout.to_dict())
+        rollout = self.store.update_rollout(
+            rollout_id=rollout_id, change=lambda current: roll_back(current, reason)).after
         versions = sorted((m["version"] for m in self.store.list_models(name=rollout.model)),
                           key=semver_key)
         earlier = [v for v in versions if semver_key(v) < semver_key(rollout.version)]
@@ -165,8 +163,7 @@ class ModelDistribution:
                 "`cloud-hub models publish BUNDLE --targets-key FILE` (a fleet rollback with "
                 "`cloud-hub rollout rollback ROLLOUT_ID --targets-key FILE`)")
 
-    def _save_and_announce(self, rollout: Rollout) -> None:
-        self.store.save_rollout(rollout=rollout.to_dict())
+    def _announce(self, rollout: Rollout) -> None:
         announcement = ModelAnnouncement(
             rollout_id=rollout.id, group=rollout.group, model=rollout.model,
             version=rollout.version, target=target_path(rollout.model, rollout.version),
@@ -180,6 +177,6 @@ class ModelDistribution:
 
 def current_rollout(store: Store, rollout_id: str) -> Rollout:
     """A stored rollout as a value (for the API)."""
-    return _rollout_from(store.get_rollout(rollout_id=rollout_id))
+    return Rollout.from_dict(store.get_rollout(rollout_id=rollout_id))
 
 

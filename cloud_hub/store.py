@@ -4,6 +4,12 @@ SQLAlchemy Core, no ORM: tables are declared once, queries are explicit, and the
 dialect-specific piece is the idempotent insert. Schema changes are numbered
 migrations recorded in ``schema_migrations``. Persistence functions take keyword-only
 arguments.
+
+Several hubs may share one database, so state that they all change is changed
+atomically in the database, never under a process-local lock: a rollout carries a
+``revision``, and :meth:`Store.update_rollout` writes a new state only where the
+revision is still the one it read (compare-and-set, the same on SQLite and PostgreSQL),
+reading again and re-applying the change when another hub won.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cloud_hub.errors import NotFoundError, StoreError
+from sync.errors import SyncError
+from sync.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +106,7 @@ rollouts = sa.Table(
     sa.Column("state", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
 )
 
 update_reports = sa.Table(
@@ -129,10 +138,28 @@ def _v2(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _v1), (2, _v2))
+def _v3(conn: Connection) -> None:
+    # A database made by _v2 of this code already has the column; an older one gets it.
+    if "revision" not in {c["name"] for c in sa.inspect(conn).get_columns("rollouts")}:
+        conn.execute(sa.text(
+            "ALTER TABLE rollouts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"))
+
+
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
+    (1, _v1), (2, _v2), (3, _v3))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
+ROLLOUT_CAS_ATTEMPTS = 50
 MIGRATION_LOCK = 0x45444745  # any constant shared by every hub of one database
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutChange:
+    """What :meth:`Store.update_rollout` did: the state it changed and the state it wrote
+    (equal when the change left the rollout as it was, and nothing was written)."""
+
+    before: Rollout
+    after: Rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,18 +464,53 @@ class Store:
         with self._tx() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
-    def save_rollout(self, *, rollout: dict[str, Any]) -> None:
-        """Insert or replace a rollout's state."""
+    def add_rollout(self, *, rollout: Rollout) -> None:
+        """Store a new rollout (its revision 0).
+
+        Raises:
+            StoreError: A rollout with this id exists, or the database failed.
+        """
         now = time.time()
         with self._tx() as conn:
-            statement = self._insert_ignore(rollouts).values(
-                id=rollout["id"], model=rollout["model"], version=rollout["version"],
-                group_name=rollout["group"], status=rollout["status"],
-                state=json.dumps(rollout), created_at=now, updated_at=now)
-            conn.execute(statement.on_conflict_do_update(
-                index_elements=["id"],
-                set_={"status": rollout["status"], "state": json.dumps(rollout),
-                      "updated_at": now}))
+            conn.execute(rollouts.insert().values(
+                id=rollout.id, model=rollout.model, version=rollout.version,
+                group_name=rollout.group, status=rollout.status,
+                state=json.dumps(rollout.to_dict()), created_at=now, updated_at=now,
+                revision=0))
+
+    def update_rollout(self, *, rollout_id: str,
+                       change: Callable[[Rollout], Rollout]) -> RolloutChange:
+        """Apply ``change`` to a rollout atomically, whichever hub runs it.
+
+        ``change`` must be pure: it runs again on the newer state when another writer
+        stored one between this read and this write (compare-and-set on ``revision``).
+
+        Raises:
+            NotFoundError: No such rollout.
+            StoreError: The database failed, holds a state that is not a rollout, or
+                other writers won :data:`ROLLOUT_CAS_ATTEMPTS` times in a row (retry later).
+        """
+        for _ in range(ROLLOUT_CAS_ATTEMPTS):
+            with self._tx() as conn:
+                row = conn.execute(sa.select(rollouts.c.state, rollouts.c.revision)
+                                   .where(rollouts.c.id == rollout_id)).first()
+            if row is None:
+                raise NotFoundError("rollout", rollout_id)
+            before = _rollout(row[0])
+            after = change(before)
+            if after == before:
+                return RolloutChange(before, after)
+            with self._tx() as conn:
+                written = conn.execute(
+                    rollouts.update().where(rollouts.c.id == rollout_id)
+                    .where(rollouts.c.revision == row[1])
+                    .values(status=after.status, state=json.dumps(after.to_dict()),
+                            revision=row[1] + 1, updated_at=time.time())).rowcount
+            if written == 1:
+                return RolloutChange(before, after)
+            log.debug("rollout %s changed under us at revision %d; again", rollout_id, row[1])
+        raise StoreError(f"rollout {rollout_id}: {ROLLOUT_CAS_ATTEMPTS} writes in a row lost "
+                         "to other writers")
 
     def get_rollout(self, *, rollout_id: str) -> dict[str, Any]:
         """One rollout's state.
@@ -516,6 +578,13 @@ def _device(row: Any) -> dict[str, Any]:
     device["models"] = json.loads(device["models"])
     device["online"] = bool(device["online"])
     return device
+
+
+def _rollout(state: str) -> Rollout:
+    try:
+        return Rollout.from_dict(json.loads(state))
+    except (ValueError, SyncError) as exc:
+        raise StoreError(f"a stored rollout is unreadable: {exc}") from exc
 
 
 def _event(row: Any) -> dict[str, Any]:

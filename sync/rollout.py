@@ -12,7 +12,9 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast, get_args
+
+from sync.errors import SyncError
 
 RolloutStatus = Literal["running", "halted", "completed", "rolled-back"]
 FAILED_STEPS = frozenset({"rolled-back", "refused"})
@@ -53,6 +55,31 @@ class Rollout:
                 "wave": self.wave, "status": self.status,
                 "max_failure_share": self.max_failure_share,
                 "results": dict(self.results), "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> Rollout:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            SyncError: A field is missing or wrong.
+        """
+        try:
+            waves, results, status = raw["waves"], raw["results"], raw["status"]
+            if not (isinstance(waves, list) and all(isinstance(w, list) for w in waves)
+                    and isinstance(results, dict)):
+                raise TypeError("waves must be lists of devices and results an object")
+            if status not in get_args(RolloutStatus):
+                raise ValueError(f"unknown status {status!r}")
+            wave, share = raw["wave"], raw["max_failure_share"]
+            if not isinstance(wave, int) or not isinstance(share, int | float):
+                raise TypeError("wave and max_failure_share must be numbers")
+            return cls(str(raw["id"]), str(raw["model"]), str(raw["version"]),
+                       str(raw["group"]), tuple(tuple(str(d) for d in w) for w in waves),
+                       wave, cast(RolloutStatus, status), float(share),
+                       tuple((str(d), str(s)) for d, s in results.items()),
+                       str(raw["reason"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SyncError(f"not a rollout: {exc}") from exc
 
 
 def plan_waves(devices: Sequence[str], canary_percent: float,

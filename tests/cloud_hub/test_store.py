@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from cloud_hub.errors import NotFoundError, StoreError
-from cloud_hub.store import SCHEMA_VERSION, Store, migrations_table
+from cloud_hub.store import SCHEMA_VERSION, Store, migrations_table, rollouts
+from sync.rollout import Rollout, on_report, start
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +156,58 @@ def test_hubs_starting_together_migrate_once(store: Store) -> None:
         if store.dialect == "postgresql":
             with store.engine.begin() as conn:
                 conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def _rollout(devices: list[str]) -> Rollout:
+    return start(rollout_id="r-cas", model="m", version="1.1.0", group="g", devices=devices,
+                 canary_percent=100)
+
+
+def test_a_rollout_change_that_lost_a_race_is_applied_again_to_the_winner(
+    store: Store,
+) -> None:
+    store.add_rollout(rollout=_rollout(["cam-a", "cam-b", "cam-c"]))
+    other_hub = Store(store.url, connect_args=store._connect_args)
+    other_hub.open()
+    seen: list[Rollout] = []
+
+    def report_a(current: Rollout) -> Rollout:
+        seen.append(current)
+        if len(seen) == 1:  # another hub stores cam-b's report between our read and write
+            other_hub.update_rollout(rollout_id="r-cas",
+                                     change=lambda r: on_report(r, "cam-b", "committed"))
+        return on_report(current, "cam-a", "committed")
+
+    try:
+        change = store.update_rollout(rollout_id="r-cas", change=report_a)
+    finally:
+        other_hub.close()
+    assert len(seen) == 2 and seen[1].outcome("cam-b") == "committed"
+    assert dict(change.after.results) == {"cam-a": "committed", "cam-b": "committed"}
+    assert Rollout.from_dict(store.get_rollout(rollout_id="r-cas")) == change.after
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(rollouts.c.revision)).scalar_one() == 2
+    unchanged = store.update_rollout(rollout_id="r-cas",
+                                     change=lambda r: on_report(r, "cam-a", "committed"))
+    assert unchanged.before == unchanged.after == change.after
+    with pytest.raises(NotFoundError):
+        store.update_rollout(rollout_id="r-none", change=lambda r: r)
+    with pytest.raises(StoreError):
+        store.add_rollout(rollout=_rollout(["cam-a"]))  # the id is taken
+
+
+def test_rollouts_of_a_schema_2_database_get_their_revision(store: Store) -> None:
+    store.add_rollout(rollout=_rollout(["cam-a", "cam-b"]))
+    with store.engine.begin() as conn:  # back to schema 2: no revision column
+        conn.execute(sa.text("ALTER TABLE rollouts DROP COLUMN revision"))
+        conn.execute(migrations_table.delete().where(migrations_table.c.version == 3))
+    upgraded = Store(store.url, connect_args=store._connect_args)
+    upgraded.open()
+    try:
+        change = upgraded.update_rollout(
+            rollout_id="r-cas", change=lambda r: on_report(r, "cam-a", "committed"))
+        assert change.after.outcome("cam-a") == "committed"
+        with upgraded.engine.connect() as conn:
+            assert conn.execute(sa.select(rollouts.c.revision)).scalar_one() == 1
+    finally:
+        upgraded.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sync.errors import SyncError
 from sync.install import (
     HealthLimits,
     HealthStats,
@@ -14,7 +15,7 @@ from sync.install import (
     judge_health,
     resume_action,
 )
-from sync.rollout import on_report, plan_waves, roll_back, start
+from sync.rollout import Rollout, on_report, plan_waves, roll_back, start
 
 pytestmark = pytest.mark.unit
 
@@ -46,6 +47,18 @@ def test_failures_past_the_share_halt_the_rollout() -> None:
     assert rollout.targeted == (first,)  # nobody else starts
     assert on_report(rollout, rollout.waves[0][1], "committed") == rollout
     assert roll_back(rollout, "operator").status == "rolled-back"
+
+
+def test_a_rollout_survives_its_plain_data_and_refuses_damaged_data() -> None:
+    rollout = start(rollout_id="r3", model="m", version="1.0.0", group="g", devices=DEVICES,
+                    canary_percent=20)
+    rollout = on_report(rollout, rollout.waves[0][0], "committed")
+    assert rollout.results and Rollout.from_dict(rollout.to_dict()) == rollout
+    for damage in ({"waves": "cam-01"}, {"status": "paused"}, {"wave": "1"}, {"results": []}):
+        with pytest.raises(SyncError, match="not a rollout"):
+            Rollout.from_dict({**rollout.to_dict(), **damage})
+    with pytest.raises(SyncError, match="not a rollout"):
+        Rollout.from_dict({k: v for k, v in rollout.to_dict().items() if k != "id"})
 
 
 def test_waves_differ_between_releases_and_are_deterministic() -> None:
