@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# The tests, the demo and the benchmarks start private Mosquitto brokers.
+# The tests, the demo and the benchmarks start private Mosquitto brokers (2.0, with its
+# dynamic security plugin).
 mosquitto:
 	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1; then \
@@ -25,6 +26,11 @@ mosquitto:
 		echo "mosquitto is missing: install it with your package manager" \
 		     "(dnf install mosquitto, brew install mosquitto, apk add mosquitto)"; exit 1; \
 	fi
+	@# Authorization is its dynamic security plugin, part of the mosquitto 2.0 package.
+	@for f in /usr/lib/*/mosquitto_dynamic_security.so /usr/lib*/mosquitto_dynamic_security.so \
+		/usr/lib*/mosquitto/mosquitto_dynamic_security.so \
+		/usr/local/lib*/mosquitto_dynamic_security.so; do [ -e "$$f" ] && exit 0; done; \
+	echo "mosquitto_dynamic_security.so is missing: install mosquitto 2.0 or later"; exit 1
 
 # The dashboard's browser test drives Debian's chromium (never a downloaded browser).
 chromium:

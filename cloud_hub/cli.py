@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cloud_hub.api.auth import hash_token, new_token
 from cloud_hub.distribution import ModelDistribution
-from cloud_hub.errors import HubError
+from cloud_hub.errors import HubError, SettingsError
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings, load_settings
 from hardware import plan_for_runtime, probe_hardware
@@ -61,9 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("device_id")
     add.add_argument("--group", default="default")
     add.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add.add_argument("--rotate", action="store_true",
+                     help="the device exists: issue new credentials (its old password stops "
+                     "working and it is disconnected)")
     add.set_defaults(handler=_devices_add)
+    revoke = device_commands.add_parser(
+        "revoke", help="take a device's broker access away (disconnected at once)")
+    revoke.add_argument("device_id")
+    revoke.set_defaults(handler=_devices_revoke)
     listing = device_commands.add_parser("list", help="show the fleet")
     listing.set_defaults(handler=_devices_list)
+
+    broker = commands.add_parser("broker", help="set up the MQTT broker (Mosquitto)")
+    broker_commands = broker.add_subparsers(dest="broker_command", required=True)
+    binit = broker_commands.add_parser(
+        "init", help="write mosquitto.conf and the dynamic security plugin's first state")
+    binit.add_argument("folder", type=Path, help="where to write them")
+    binit.add_argument("--port", type=int, default=None, help="listener port "
+                       "(default CLOUD_HUB_MQTT_PORT)")
+    binit.add_argument("--bind", default=None, help="listen address (default: all)")
+    binit.add_argument("--tls-ca", type=Path, default=None, help="CA file (TLS listener)")
+    binit.add_argument("--tls-cert", type=Path, default=None, help="broker certificate")
+    binit.add_argument("--tls-key", type=Path, default=None, help="its private key")
+    binit.add_argument("--require-client-cert", action="store_true", help="mutual TLS")
+    binit.add_argument("--persistence", type=Path, default=Path("/var/lib/mosquitto"),
+                       help="where the broker keeps sessions")
+    binit.set_defaults(handler=_broker_init)
 
     tokens = commands.add_parser("tokens", help="issue API tokens")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
@@ -146,17 +169,66 @@ def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
 
 def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
     with _hub_store(settings) as service:
-        device, credentials = service.provision_device(args.device_id, args.group)
+        device, credentials = service.provision_device(args.device_id, args.group,
+                                                       rotate=args.rotate)
     if args.json:
         print(json.dumps({"device": device, "username": credentials.username,
                           "password": credentials.password}))
         return 0
-    print(f"device {device['id']} (group {device['group']}) registered")
-    print(f"  MQTT username: {credentials.username}")
+    done = "credentials rotated" if args.rotate else "registered"
+    print(f"device {device['id']} (group {device['group']}) {done}")
+    print(f"  MQTT username and client id: {credentials.username}")
     print(f"  MQTT password: {credentials.password}   (shown once; put it in the "
           "device's EDGE_AGENT_MQTT_PASSWORD)")
-    if settings.mosquitto_acl_file is not None:
-        print("  broker password file and ACL updated: reload Mosquitto (SIGHUP) to apply")
+    if settings.broker_control == "none":
+        print("  CLOUD_HUB_BROKER_CONTROL=none: add the same credentials and rules to the "
+              "broker yourself (docs/deployment.md)")
+    return 0
+
+
+def _devices_revoke(args: argparse.Namespace, settings: HubSettings) -> int:
+    with _hub_store(settings) as service:
+        service.revoke_device(args.device_id)
+    print(f"device {args.device_id} revoked: disconnected, and its password no longer works")
+    return 0
+
+
+def _broker_init(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.mosquitto import (
+        PACKET_HEADROOM_BYTES,
+        BrokerLimits,
+        ListenerTls,
+        config_text,
+        find_dynsec_plugin,
+        write_private,
+    )
+    from cloud_hub.provisioning import dynsec_document
+    from sync import TopicLayout
+
+    if not settings.mqtt_username or not settings.mqtt_password:
+        raise SettingsError("CLOUD_HUB_MQTT_USERNAME and CLOUD_HUB_MQTT_PASSWORD: the hub's "
+                            "broker credentials are needed to write its client")
+    tls_files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(tls_files) and not all(tls_files):
+        raise SettingsError("--tls-ca, --tls-cert and --tls-key go together")
+    dynsec_file = args.folder / "dynamic-security.json"
+    if dynsec_file.exists():
+        raise HubError(f"{dynsec_file} exists; the broker's plugin owns it now (it holds "
+                       "the provisioned devices): change it through cloud-hub devices")
+    tls = ListenerTls(args.tls_ca, args.tls_cert, args.tls_key,
+                      require_certificate=args.require_client_cert) if all(tls_files) else None
+    write_private(dynsec_file, json.dumps(dynsec_document(
+        TopicLayout(settings.mqtt_prefix), hub_username=settings.mqtt_username,
+        hub_password=settings.mqtt_password, share_group=settings.share_group), indent=1))
+    config = args.folder / "mosquitto.conf"
+    config.write_text(config_text(
+        port=args.port or settings.mqtt_port, bind=args.bind, dynsec_file=dynsec_file.resolve(),
+        plugin=find_dynsec_plugin(), tls=tls, persistence_dir=args.persistence,
+        limits=BrokerLimits(max_packet_size_bytes=settings.max_message_bytes
+                            + PACKET_HEADROOM_BYTES)))
+    print(f"wrote {config} and {dynsec_file} (readable by its owner only: give it to the "
+          "broker's user)")
+    print(f"run: mosquitto -c {config}")
     return 0
 
 

@@ -1,8 +1,10 @@
 """The whole system on one machine: a private Mosquitto, the hub, and an edge agent.
 
-The broker requires passwords and confines each client to its topics (the same ACL the
-hub writes in production). The hub uses its embedded SQLite store. The agent runs the
-sample footage as a separate ``edge-agent`` process, as it would on a camera box.
+The broker requires passwords and confines each client to its topics with the dynamic
+security plugin, as in production, with production's packet and queue limits; the hub
+provisions the demo's device through the plugin's control topic. The hub uses its
+embedded SQLite store. The agent runs the sample footage as a separate ``edge-agent``
+process, as it would on a camera box.
 Ctrl-C stops everything.
 """
 
@@ -21,8 +23,7 @@ from pathlib import Path
 from cloud_hub.api import create_app
 from cloud_hub.api.auth import hash_token, new_token
 from cloud_hub.errors import HubError
-from cloud_hub.mosquitto import MosquittoBroker
-from cloud_hub.provisioning import set_password
+from cloud_hub.mosquitto import BrokerLimits, MosquittoBroker
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings
 
@@ -36,27 +37,20 @@ def run_demo(*, port: int, loop: bool, stop: threading.Event | None = None,
 
     stop = stop or threading.Event()
     folder = folder or Path(tempfile.mkdtemp(prefix="edge-cloud-demo-"))
-    passwords, acl = folder / "broker" / "passwords", folder / "broker" / "acl"
-    broker = MosquittoBroker(
-        folder / "broker",
-        f"password_file {passwords}\nacl_file {acl}\n", anonymous=False,
-    )
-    hub_password = secrets.token_urlsafe(16)
+    broker = MosquittoBroker(folder / "broker", anonymous=False, limits=BrokerLimits())
+    broker.start()
     settings = HubSettings(
-        data_dir=folder / "hub", mqtt_port=broker.port, mqtt_username="hub",
-        mqtt_password=hub_password, mosquitto_password_file=passwords,
-        mosquitto_acl_file=acl, secret_key=secrets.token_urlsafe(32), http_port=port,
-        detector_model="blazeface-full-onnx",
+        data_dir=folder / "hub", mqtt_port=broker.port, mqtt_username=broker.hub_username,
+        mqtt_password=broker.hub_password, secret_key=secrets.token_urlsafe(32),
+        http_port=port, detector_model="blazeface-full-onnx",
     )
     service = HubService(settings)
     service.open_store()
-    set_password(passwords, "hub", hub_password)
     _, credentials = service.provision_device(DEVICE, "demo")
     token = new_token()
     service.store.add_token(name="demo-admin", role="admin",
                             token_hash=hash_token(settings.secret_key, token))
     service.store.close()
-    broker.start()
 
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -86,7 +80,8 @@ def run_demo(*, port: int, loop: bool, stop: threading.Event | None = None,
         env={**os.environ, "EDGE_AGENT_MQTT_PASSWORD": credentials.password},
     )
     base = f"http://127.0.0.1:{port}"
-    print(f"broker:    mqtt://127.0.0.1:{broker.port} (passwords and ACL in {acl.parent})")
+    print(f"broker:    mqtt://127.0.0.1:{broker.port} (config and dynamic security state "
+          f"in {broker.folder})")
     print(f"dashboard: {base}/dashboard/login?token={token}")
     print(f"API:       {base}/docs   (Authorization: Bearer {token})")
     print(f"agent:     {DEVICE} over the sample footage; config {agent_config}")

@@ -6,7 +6,9 @@ Hierarchy::
     ├── SettingsError           settings missing, wrong, or a placeholder secret in production
     ├── StoreError              the database failed or holds a newer schema
     │   └── NotFoundError       no such device, event, model or token
-    ├── ProvisioningError       device credentials or broker ACL could not be written
+    ├── ProvisioningError       a device id is refused, or the broker refused a change
+    │   └── DeviceExistsError   provisioned already, and no rotation was asked for
+    ├── BrokerUnavailableError  the broker could not be reached or did not answer (retry)
     ├── UpdateRepositoryError   the TUF repository or its signing keys cannot be used
     │   ├── TargetsKeyOfflineError  signing targets needs the offline targets key
     │   └── UnprotectedKeyError     a private key file is readable by others
@@ -48,7 +50,25 @@ class NotFoundError(StoreError):
 
 
 class ProvisioningError(HubError):
-    """Device credentials or the broker's ACL could not be written."""
+    """A device cannot be provisioned as asked: its id is unusable or reserved, it exists
+    already (and no rotation was asked for), or the broker refused the change."""
+
+
+class DeviceExistsError(ProvisioningError):
+    """The device is provisioned already; issuing new credentials is a rotation.
+
+    Attributes:
+        device_id: The device.
+    """
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        super().__init__(f"device {device_id!r} exists; rotate its credentials explicitly "
+                         "(cloud-hub devices add --rotate, or \"rotate\": true in the API)")
+
+
+class BrokerUnavailableError(HubError):
+    """The broker could not be reached or did not answer in time; retry later."""
 
 
 class JudgeError(HubError):

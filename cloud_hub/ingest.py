@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -32,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError
 from cloud_hub.judge import Judge
 from cloud_hub.metrics import HubMetrics
+from cloud_hub.mqtt import BrokerSettings
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
 from sync import (
@@ -76,10 +76,7 @@ class IngestWorker:
 
     def start(self) -> None:
         """Connect, subscribe, start the worker threads."""
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.name,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
-        if self.settings.mqtt_username:
-            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password)
+        client = BrokerSettings.from_settings(self.settings).client(self.name, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

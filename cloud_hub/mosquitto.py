@@ -1,20 +1,52 @@
-"""A private Mosquitto broker on a free port: for the one-machine demo, tests and benchmarks.
+"""Mosquitto as the project runs it: its config, its authorization, and a private broker.
 
-Not used by the agent in production (it talks to whatever broker its config names); it
-lives here so that the demo, the test suite and ``python -m bench`` start their brokers
-the same way.
+Every broker config the project writes comes from :func:`config_text`: the production
+files of ``cloud-hub broker init``, the one-machine demo, the test suite's and the
+benchmarks' private brokers. Each loads the dynamic security plugin (authorization, see
+:mod:`cloud_hub.provisioning`) and sets the limits of :class:`BrokerLimits`: the largest
+packet the broker accepts (a bigger one disconnects its sender before the hub sees a
+byte of it), and how much it queues per client.
+
+:class:`MosquittoBroker` is one private ``mosquitto`` on a free port, for the demo, the
+tests and ``python -m bench``; the agent in production talks to whatever broker its
+config names.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_hub.errors import HubError
+from cloud_hub.provisioning import dynsec_document
+from sync import DEFAULT_MAX_MESSAGE_BYTES, TopicLayout
+
+PLUGIN_NAME = "mosquitto_dynamic_security.so"
+# Debian and Ubuntu (multiarch), Fedora and Alpine, a source build.
+PLUGIN_GLOBS = (f"lib/*/{PLUGIN_NAME}", f"lib*/{PLUGIN_NAME}", f"lib*/mosquitto/{PLUGIN_NAME}",
+                f"local/lib*/{PLUGIN_NAME}")
+PACKET_HEADROOM_BYTES = 64 * 1024  # topic, properties and framing around the payload
+
+
+def find_dynsec_plugin() -> Path:
+    """Where Mosquitto's dynamic security plugin is installed.
+
+    Raises:
+        HubError: It is not installed (it comes with Debian's ``mosquitto`` 2.0 package).
+    """
+    for pattern in PLUGIN_GLOBS:
+        for match in sorted(Path("/usr").glob(pattern)):
+            return match
+    raise HubError(f"{PLUGIN_NAME} is not installed; it comes with mosquitto 2.0 "
+                   "(Debian: apt-get install mosquitto)")
 
 
 def free_port() -> int:
@@ -24,39 +56,168 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """What the broker accepts and keeps per client (``0`` means unlimited to Mosquitto,
+    and is refused here for the packet size).
+
+    Attributes:
+        max_packet_size_bytes: Largest MQTT packet; a client sending more is
+            disconnected. Default: the hub's message limit plus room for the headers.
+        max_queued_messages: Messages queued for one client (offline, or beyond its
+            in-flight window) before the broker drops more. Devices resend what the hub
+            did not acknowledge end to end, so a drop here delays, never loses.
+        max_queued_bytes: The same, in payload bytes.
+        max_inflight_messages: QoS 1 messages in flight to one client at a time.
+    """
+
+    max_packet_size_bytes: int = DEFAULT_MAX_MESSAGE_BYTES + PACKET_HEADROOM_BYTES
+    max_queued_messages: int = 1000
+    max_queued_bytes: int = 64 * 1024 * 1024
+    max_inflight_messages: int = 20
+
+    def __post_init__(self) -> None:
+        if self.max_packet_size_bytes < 20:
+            raise ValueError(f"max_packet_size_bytes must be at least 20, "
+                             f"got {self.max_packet_size_bytes}")
+        for name in ("max_queued_messages", "max_queued_bytes", "max_inflight_messages"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    def lines(self) -> list[str]:
+        """The config lines."""
+        return [f"max_packet_size {self.max_packet_size_bytes}",
+                f"max_queued_messages {self.max_queued_messages}",
+                f"max_queued_bytes {self.max_queued_bytes}",
+                f"max_inflight_messages {self.max_inflight_messages}"]
+
+
+# Deep queues for test brokers whose stand-in subscribers let thousands of messages wait.
+TEST_LIMITS = BrokerLimits(max_queued_messages=1_000_000, max_queued_bytes=1024 ** 3,
+                           max_inflight_messages=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """A TLS listener's files.
+
+    Attributes:
+        ca_file: CA that signed the clients' certificates (and usually the broker's).
+        cert_file: The broker's certificate.
+        key_file: Its private key.
+        require_certificate: Mutual TLS: refuse clients without a certificate from the CA.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+    def lines(self) -> list[str]:
+        """The config lines that follow the ``listener`` line."""
+        return [f"cafile {self.ca_file}", f"certfile {self.cert_file}",
+                f"keyfile {self.key_file}", "tls_version tlsv1.2",
+                f"require_certificate {'true' if self.require_certificate else 'false'}"]
+
+
+def config_text(*, port: int, bind: str | None, dynsec_file: Path, plugin: Path,
+                limits: BrokerLimits, tls: ListenerTls | None = None,
+                anonymous: bool = False, persistence_dir: Path | None = None,
+                log_file: Path | None = None, run_as_root: bool = False) -> str:
+    """A whole ``mosquitto.conf``: one listener, the dynamic security plugin, limits.
+
+    Args:
+        port: The listener's port (TLS only when ``tls`` is given).
+        bind: Address to listen on, or ``None`` for all.
+        dynsec_file: The plugin's state; the plugin rewrites it on every change.
+        plugin: The plugin's shared object.
+        limits: Packet and per-client queue limits.
+        tls: TLS files for the listener; ``None``: plain TCP.
+        anonymous: Let clients without a username in (the plugin then gives them its
+            anonymous group's roles); never in production.
+        persistence_dir: Where to keep sessions across restarts (``None``: none).
+        log_file: Where to log (``None``: syslog defaults).
+        run_as_root: Keep root's rights (a private broker writing into a test folder).
+    """
+    lines = [
+        "# Written by cloud-hub. Authorization is the dynamic security plugin's: change",
+        "# clients and roles through its $CONTROL/dynamic-security/v1 topic (cloud-hub",
+        "# devices add/revoke), not by editing these files.",
+        "per_listener_settings false",
+        f"listener {port}{f' {bind}' if bind else ''}",
+        *(tls.lines() if tls is not None else []),
+        f"allow_anonymous {'true' if anonymous else 'false'}",
+        f"plugin {plugin}",
+        f"plugin_opt_config_file {dynsec_file}",
+        *limits.lines(),
+    ]
+    if run_as_root:
+        lines.append("user root")
+    if persistence_dir is not None:
+        lines += ["persistence true", f"persistence_location {persistence_dir}/",
+                  "autosave_interval 0"]
+    if log_file is not None:
+        lines += [f"log_dest file {log_file}", "log_type error", "log_type warning",
+                  "log_type notice"]
+    return "\n".join(lines) + "\n"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    partial.replace(path)
+
+
 class MosquittoBroker:
     """One ``mosquitto`` process on a free port, with persistence, that can be restarted.
 
+    Authorization is the dynamic security plugin's, as in production; the hub's client
+    (``hub_username``, ``hub_password``) may administer it.
+
     Args:
-        folder: Where its config, persistence file and log go.
-        extra_config: Lines appended to the generated config (ACLs, password file, ...).
+        folder: Where its config, plugin state, persistence file and log go.
+        anonymous: Let clients without a username do anything (a stand-in for a plain
+            local broker in tests of one side); ``False``: only the hub and the devices
+            it provisions get in, each confined to its own topics.
+        hub_password: The hub's password; default: a random one (``self.hub_password``).
+        limits: Packet and queue limits; default: deep queues for tests.
+        tls: Serve TLS (only) on the port.
+        layout: Topic layout of the hub's rules.
+        share_group: The hub's shared-subscription group.
     """
 
-    def __init__(self, folder: Path, extra_config: str = "", *,
-                 anonymous: bool = True) -> None:
+    def __init__(self, folder: Path, *, anonymous: bool = True, hub_username: str = "hub",
+                 hub_password: str | None = None, limits: BrokerLimits = TEST_LIMITS,
+                 tls: ListenerTls | None = None, layout: TopicLayout | None = None,
+                 share_group: str = "hub") -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise HubError("mosquitto is not installed; see the README's set-up")
         self.binary = binary
         self.folder = folder
         self.port = free_port()
+        self.hub_username = hub_username
+        self.hub_password = hub_password or secrets.token_urlsafe(16)
         self.config = folder / "mosquitto.conf"
+        self.dynsec_file = folder / "dynamic-security.json"
+        self.log_file = folder / "mosquitto.log"
         folder.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+        write_private(self.dynsec_file, json.dumps(dynsec_document(
+            layout or TopicLayout(), hub_username=hub_username,
+            hub_password=self.hub_password, share_group=share_group,
+            open_to_anonymous=anonymous), indent=1))
+        self.config.write_text(config_text(
+            port=self.port, bind="127.0.0.1", dynsec_file=self.dynsec_file,
+            plugin=find_dynsec_plugin(), limits=limits, tls=tls, anonymous=anonymous,
+            persistence_dir=folder, log_file=self.log_file,
             # Started as root, mosquitto would switch to its own user and could not
-            # write its persistence file into the test folder.
-            "user root\n"
-            f"allow_anonymous {'true' if anonymous else 'false'}\n"
-            "persistence true\n"
-            f"persistence_location {folder}/\n"
-            "autosave_interval 0\n"
-            "max_queued_messages 0\n"
-            "max_inflight_messages 0\n"
-            f"log_dest file {folder}/mosquitto.log\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            + extra_config
-        )
+            # write its persistence file and plugin state into the test folder.
+            run_as_root=os.geteuid() == 0,
+        ))
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -74,12 +235,6 @@ class MosquittoBroker:
             except OSError:
                 time.sleep(0.05)
         raise HubError(f"mosquitto did not listen on port {self.port} within 10 s")
-
-    def reload(self) -> None:
-        """Reread the password file and ACL (SIGHUP)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGHUP)
-            time.sleep(0.2)  # mosquitto reloads asynchronously; give it a moment
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM): it saves its persistent state."""

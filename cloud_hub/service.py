@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,16 +18,20 @@ from cloud_hub.batching import (
     measure_batch_sizes,
 )
 from cloud_hub.distribution import ModelDistribution
-from cloud_hub.errors import HubError
+from cloud_hub.errors import DeviceExistsError, HubError
 from cloud_hub.ingest import IngestWorker
 from cloud_hub.judge import Judge, load_hub_model
 from cloud_hub.metrics import HubMetrics
+from cloud_hub.mqtt import BrokerSettings, publish_once
 from cloud_hub.provisioning import (
+    BrokerControl,
+    Command,
     DeviceCredentials,
-    acl_text,
+    add_device_commands,
+    check_device_id,
     new_credentials,
-    set_password,
-    write_acl,
+    revoke_device_commands,
+    rotate_device_commands,
 )
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
@@ -38,33 +43,6 @@ from sync import TopicLayout, UpdateReport
 log = logging.getLogger(__name__)
 
 RETENTION_INTERVAL_S = 3600.0
-
-
-def publish_once(settings: HubSettings, topic: str, payload: bytes, *, retain: bool) -> None:
-    """Connect, publish one QoS 1 message, wait for its PUBACK, disconnect.
-
-    Raises:
-        HubError: The broker could not be reached or refused the message.
-    """
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if settings.mqtt_username:
-        client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
-    try:
-        client.connect(settings.mqtt_host, settings.mqtt_port)
-        client.loop_start()
-        info = client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(timeout=10)
-        if not info.is_published():
-            raise HubError(f"the broker did not acknowledge {topic}")
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise HubError(
-            f"cannot publish to {settings.mqtt_host}:{settings.mqtt_port}: {exc}") from exc
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 class HubService:
@@ -81,6 +59,7 @@ class HubService:
         self.settings = settings
         self._clock = clock
         self.refresher: RepositoryRefresher | None = None
+        self.broker = BrokerSettings.from_settings(settings)
         self.metrics = HubMetrics()
         self.store = Store(settings.effective_database_url)
         self.models: dict[str, tuple[Model, Selection]] = {}
@@ -105,7 +84,7 @@ class HubService:
         if self.ingest is not None:
             self.ingest.publish(topic, payload, retain)
         else:
-            publish_once(self.settings, topic, payload, retain=retain)
+            publish_once(self.broker, topic, payload, retain=retain)
 
     def _on_update_report(self, report: UpdateReport) -> None:
         if self.distribution is not None:
@@ -120,6 +99,8 @@ class HubService:
         """
         self._check_signing_keys()
         self.open_store()
+        if self._want_ingest:
+            self.broker.check()  # a wrong CA or host name stops the hub here, loudly
         detector_batcher = self.batcher(self.settings.detector_model)
         detector, _ = self.models[self.settings.detector_model]
         landmarks = None
@@ -215,33 +196,56 @@ class HubService:
         return chosen
 
     def provision_device(self, device_id: str, group: str,
-                         labels: dict[str, str] | None = None) -> tuple[dict[str, Any],
-                                                                       DeviceCredentials]:
-        """Register a device, issue its MQTT credentials, and rewrite the broker's ACL.
+                         labels: dict[str, str] | None = None, *,
+                         rotate: bool = False) -> tuple[dict[str, Any], DeviceCredentials]:
+        """Register a device and issue its MQTT credentials on the broker.
 
-        The password file and ACL are written when the settings name them; reload
-        Mosquitto (SIGHUP) afterwards.
+        With ``broker_control`` ``mosquitto-dynsec`` the broker learns the device at once
+        (no reload); with ``none`` only the hub's registry changes.
+
+        Args:
+            rotate: Issue new credentials to a device that exists: its old password
+                stops working and its session is disconnected. Without it, an existing
+                device is refused.
 
         Raises:
-            ProvisioningError: The id is unusable or the broker files cannot be written.
+            ProvisioningError: The id is unusable or one of the hub's own names.
+            DeviceExistsError: The device exists and ``rotate`` is false.
+            BrokerUnavailableError: The broker could not be reached.
         """
+        check_device_id(device_id, hub_username=self.broker.username or "hub",
+                        hub_client_ids=(self.broker.client_id,))
+        exists = self.store.device_exists(device_id=device_id)
+        if exists and not rotate:
+            raise DeviceExistsError(device_id)
         credentials = new_credentials(device_id)
-        if self.settings.mosquitto_password_file is not None:
-            set_password(self.settings.mosquitto_password_file, credentials.username,
-                         credentials.password)
+        layout = TopicLayout(self.settings.mqtt_prefix)
+        self._control((rotate_device_commands if exists else add_device_commands)(
+            layout, credentials, group))
         device = self.store.add_device(device_id=device_id, group=group, labels=labels,
                                        credential_hash=credentials.fingerprint)
-        self.write_acl()
+        log.info("device %s %s (group %s)", device_id,
+                 "credentials rotated" if exists else "provisioned", group)
         return device, credentials
 
-    def write_acl(self) -> None:
-        """Rewrite the broker's ACL from the device registry (if an ACL file is set)."""
-        if self.settings.mosquitto_acl_file is None:
-            return
-        groups = {d["id"]: d["group"] for d in self.store.list_devices()}
-        write_acl(self.settings.mosquitto_acl_file, acl_text(
-            TopicLayout(self.settings.mqtt_prefix),
-            hub_username=self.settings.mqtt_username or "hub", device_groups=groups))
+    def revoke_device(self, device_id: str) -> None:
+        """Take a device's broker access away: it is disconnected and cannot reconnect.
+
+        Its events stay in the store; provisioning it again needs ``rotate``.
+
+        Raises:
+            NotFoundError: No such device.
+            BrokerUnavailableError: The broker could not be reached.
+        """
+        device = self.store.get_device(device_id=device_id)
+        self._control(revoke_device_commands(device_id))
+        self.store.add_device(device_id=device_id, group=device["group"],
+                              labels=device["labels"], credential_hash=None)
+        log.info("device %s revoked", device_id)
+
+    def _control(self, commands: Sequence[Command]) -> None:
+        if self.settings.broker_control == "mosquitto-dynsec":
+            BrokerControl(self.broker).run(commands)
 
     def _retain(self) -> None:
         while not self._stop.wait(1.0 if not self.ready else RETENTION_INTERVAL_S):

@@ -41,7 +41,19 @@ class HubSettings(BaseSettings):
     mqtt_password: str | None = None
     mqtt_prefix: str = "fleet"
     share_group: str = "hub"
-    mqtt_client_id: str | None = None
+    mqtt_client_id: str | None = Field(
+        default=None, pattern=r"^hub-[A-Za-z0-9_.-]{1,60}$",
+        description="the ingest session's client id, hub-<something> (no device can be "
+        "named hub-*, so none can take the hub's session); default hub-<hostname>")
+    mqtt_tls: bool = Field(default=False, description="TLS to the broker (verified)")
+    mqtt_ca_file: Path | None = Field(
+        default=None, description="CA that signed the broker's certificate; default: system")
+    mqtt_cert_file: Path | None = Field(default=None, description="client certificate (mTLS)")
+    mqtt_key_file: Path | None = Field(default=None, description="its private key")
+    broker_control: Literal["mosquitto-dynsec", "none"] = Field(
+        default="mosquitto-dynsec", description="how devices are provisioned, rotated and "
+        "revoked on the broker: through Mosquitto's dynamic security plugin, or not at all "
+        "(another broker, e.g. EMQX, managed by the operator; see docs/deployment.md)")
     ingest_workers: int = Field(default=4, ge=1, le=64)
     max_message_bytes: int = Field(default=512 * 1024, ge=1024)
 
@@ -79,8 +91,17 @@ class HubSettings(BaseSettings):
     tuf_refresh_interval_s: float = Field(
         default=300.0, gt=0, le=3600,
         description="seconds between checks of the update metadata's expiry dates")
-    mosquitto_password_file: Path | None = None
-    mosquitto_acl_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> HubSettings:
+        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
+            raise ValueError("mqtt_cert_file and mqtt_key_file go together")
+        named = [name for name in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+                 if getattr(self, name) is not None]
+        if named and not self.mqtt_tls:
+            raise ValueError(f"{', '.join(named)} set but mqtt_tls is off; set "
+                             "CLOUD_HUB_MQTT_TLS=true")
+        return self
 
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self) -> HubSettings:

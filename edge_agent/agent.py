@@ -32,6 +32,7 @@ from edge_agent.footage import SampleFootage
 from edge_agent.install import ModelInstaller
 from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate
+from edge_agent.mqtt import check_broker
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox, OutboxItem
 from edge_agent.policy import Decision, EscalationPolicy
@@ -322,9 +323,11 @@ class EdgeAgent:
                                       loop=cfg.loop)
             else:
                 assert cfg.topic is not None
-                source = SensorSource(cfg.name, host=mqtt.host, port=mqtt.port,
-                                      topic=cfg.topic, window=cfg.window,
-                                      username=mqtt.username, password=mqtt.password)
+                broker = cfg.broker or mqtt
+                check_broker(broker)  # a wrong CA or host name stops the agent here
+                source = SensorSource(cfg.name, broker=broker, topic=cfg.topic,
+                                      client_id=f"{self.config.device.id}-{cfg.name}",
+                                      window=cfg.window)
             self.sources[cfg.name] = source
             self._gates[cfg.name] = MotionGate(cfg.motion)
 

@@ -140,6 +140,10 @@ class SourceConfig(_Section):
     topic: str | None = None
     window: int = Field(default=32, ge=2)
     features: tuple[str, ...] = ()
+    broker: MqttConfig | None = Field(
+        default=None, description="a sensor source's broker (credentials and TLS); "
+        "default: [mqtt]'s. The hub's broker pins each device to one client id, so a "
+        "sensor source there needs a local broker of its own")
 
     @field_validator("name")
     @classmethod

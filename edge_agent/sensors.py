@@ -16,12 +16,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.errors import SampleDataError
+from edge_agent.config import MqttConfig
+from edge_agent.errors import ConfigError, SampleDataError
+from edge_agent.mqtt import check_broker, new_client
 from edge_agent.sources import Source
 from models import Manifest, sha256_hex
 from models.features import WINDOW_STATS_V1, window_stats_v1
@@ -115,18 +117,20 @@ def train_anomaly_bundle(
 class SensorSource(Source):
     """Readings from a local MQTT topic, cut into overlapping windows.
 
+    It connects with its own broker settings (credentials and TLS as the uplink's, from
+    the same kind of frozen :class:`MqttConfig`); a broker whose TLS does not verify
+    makes the source unhealthy and raises :class:`ConfigError` when it starts.
+
     A message is a JSON number or an object with a numeric ``value``. Anything else is
     counted as corrupt and skipped. Windows queue up in the source (up to 64) rather than
     being dropped when the pipeline is busy: each one is cheap to score.
     """
 
-    def __init__(self, name: str, *, host: str, port: int, topic: str,
-                 window: int = DEFAULT_WINDOW, username: str | None = None,
-                 password: str | None = None) -> None:
+    def __init__(self, name: str, *, broker: MqttConfig, client_id: str, topic: str,
+                 window: int = DEFAULT_WINDOW) -> None:
         super().__init__(name)
-        self.host, self.port, self.topic = host, port, topic
+        self.broker, self.client_id, self.topic = broker, client_id, topic
         self.window = window
-        self.username, self.password = username, password
         self._readings: deque[float] = deque(maxlen=window)
         self._ready: deque[ReadingWindow] = deque(maxlen=64)
         self._arrived = threading.Condition()
@@ -135,16 +139,16 @@ class SensorSource(Source):
 
     def windows(self, stop: threading.Event) -> Iterator[ReadingWindow]:
         """Yield windows every ``window // 2`` readings until stopped."""
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        if self.username:
-            client.username_pw_set(self.username, self.password)
-        client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=0)
+        try:
+            check_broker(self.broker)
+            client = new_client(self.broker, self.client_id)
+        except ConfigError as exc:
+            self.health.problem(f"{self.name}: {exc}")
+            raise
+        client.on_connect = self._on_connect
         client.on_message = lambda c, u, message: self.feed(bytes(message.payload))
         client.reconnect_delay_set(1, 30)
-        client.connect_async(self.host, self.port)
+        client.connect_async(self.broker.host, self.broker.port)
         client.loop_start()
         try:
             while not stop.is_set():
@@ -156,6 +160,13 @@ class SensorSource(Source):
         finally:
             client.disconnect()
             client.loop_stop()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            self.health.problem(f"{self.name}: the broker refused the connection: {reason}")
+            return
+        client.subscribe(self.topic, qos=0)
 
     def frames(self, stop: threading.Event) -> Iterator[ReadingWindow]:  # type: ignore[override]
         """Sensor sources yield windows, not frames."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import queue
 import random
-import ssl
 import threading
 import time
 from collections import deque
@@ -32,13 +31,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
+from edge_agent.mqtt import check_broker, new_client
 from edge_agent.outbox import Outbox, OutboxItem
 from sync import StatusMessage, TopicLayout, encode
 
@@ -158,7 +158,12 @@ class Uplink:
         return self._connected.is_set()
 
     def start(self) -> None:
-        """Open the outbox, start paho's network loop and the uplink thread."""
+        """Check the broker's TLS, open the outbox, start paho's loop and the uplink thread.
+
+        Raises:
+            ConfigError: The broker's TLS does not verify (a wrong CA or host name).
+        """
+        check_broker(self.config)
         self.outbox.open()
         self._client = self._make_client()
         self._client.loop_start()
@@ -342,20 +347,9 @@ class Uplink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5
-        )
+        client = new_client(cfg, self.device_id)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.max_queued_messages_set(0)
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         will = Properties(PacketTypes.WILLMESSAGE)
         client.will_set(self.layout.status(self.device_id), encode(self._status("offline")),
                         qos=1, retain=True, properties=will)

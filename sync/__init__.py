@@ -1,12 +1,13 @@
 """What crosses between edge and hub: topic layout, message codec, event ids.
 
-Pure code, no I/O of its own: both the edge agent and the cloud hub import it, and it
-imports neither.
+Pure code, no I/O of its own (apart from ``sync/tls.py``, the MQTT clients' TLS that both
+sides share): both the edge agent and the cloud hub import it, and it imports neither.
 """
 
 from __future__ import annotations
 
 from sync.errors import (
+    BrokerTlsError,
     MalformedMessageError,
     MessageError,
     OversizedMessageError,
@@ -30,6 +31,7 @@ from sync.messages import (
     encode,
     peek_schema,
 )
+from sync.tls import TlsFiles, check_broker_tls, client_context
 from sync.topics import DEVICE_KINDS, VERSION, DeviceKind, TopicAddress, TopicLayout, check_name
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "DEVICE_KINDS",
     "VERSION",
     "AnyMessage",
+    "BrokerTlsError",
     "DetectionPayload",
     "DeviceKind",
     "EscalationReason",
@@ -50,12 +53,15 @@ __all__ = [
     "StatusMessage",
     "SyncError",
     "TelemetryMessage",
+    "TlsFiles",
     "TopicAddress",
     "TopicError",
     "TopicLayout",
     "UpdateReport",
     "VerdictMessage",
+    "check_broker_tls",
     "check_name",
+    "client_context",
     "decode",
     "encode",
     "event_id_time_ms",

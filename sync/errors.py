@@ -4,9 +4,10 @@ Hierarchy::
 
     SyncError                   anything this package refuses
     ├── TopicError              a topic outside the layout, or a bad device id or group
-    └── MessageError            a payload that cannot be accepted
-        ├── OversizedMessageError   larger than the configured limit
-        └── MalformedMessageError   not JSON, wrong schema, or a field missing or wrong
+    ├── MessageError            a payload that cannot be accepted
+    │   ├── OversizedMessageError   larger than the configured limit
+    │   └── MalformedMessageError   not JSON, wrong schema, or a field missing or wrong
+    └── BrokerTlsError          the broker's TLS does not verify (never retried)
 """
 
 from __future__ import annotations
@@ -48,3 +49,8 @@ class MalformedMessageError(MessageError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
         super().__init__(message)
+
+
+class BrokerTlsError(SyncError):
+    """The broker's TLS cannot be trusted or used: a wrong CA or host name, a refused
+    client certificate, missing TLS files, or no TLS on the port. Retrying cannot help."""

@@ -21,6 +21,8 @@ class DeviceCreate(BaseModel):
     id: str
     group: str = "default"
     labels: dict[str, str] = Field(default_factory=dict)
+    rotate: bool = Field(default=False, description="the device exists: issue new "
+                         "credentials (its old password stops working, it is disconnected)")
 
     @field_validator("id", "group")
     @classmethod

@@ -22,6 +22,9 @@ def hub_settings(tmp_path: Path, store_root: Path, **overrides: Any) -> HubSetti
         "data_dir": tmp_path / "hub", "model_store": store_root, "secret_key": SECRET,
         "detector_model": "blazeface-full-onnx", "landmark_model": "face-landmark",
         "batch_max_delay_ms": 2.0,
+        # Test brokers let anonymous clients in; tests of the broker's boundary ask for
+        # "mosquitto-dynsec" and the hub's credentials.
+        "broker_control": "none",
     }
     values.update(overrides)
     return HubSettings(**values)

@@ -1,79 +1,116 @@
-"""Provisioned credentials and the generated ACL on a real Mosquitto: devices stay in their
-own topics."""
+"""The broker is the boundary: on a real Mosquitto with the configuration and dynamic
+security state the project writes, and a real hub that provisions through the plugin's
+control topic, a device reaches only its own topics.
+
+Each test here is one of issue 9's findings: a device eating the fleet's escalations
+through the hub's shared subscription (1), taking over another client's id (2), sending
+a packet larger than the hub accepts (4), and provisioning that hands out the hub's name
+or silently replaces a device's password (8).
+"""
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from skimage import data
 
-from cloud_hub.provisioning import set_password
+from cloud_hub.api import create_app
+from cloud_hub.api.auth import hash_token, new_token
+from cloud_hub.cli import main as cloud_hub_main
+from cloud_hub.mosquitto import BrokerLimits
 from cloud_hub.service import HubService
 from models import ModelStore
-from sync import TopicLayout
-from tests.broker import Collector, MosquittoBroker
-from tests.cloud_hub.hub_helpers import hub_settings
+from sync import TopicLayout, VerdictMessage, decode, encode
+from tests.broker import MosquittoBroker
+from tests.cloud_hub.hub_helpers import face_event, hub_settings
 
 pytestmark = pytest.mark.integration
 
 LAYOUT = TopicLayout()
 NOT_AUTHORIZED = 0x87
+LIMITS = BrokerLimits()  # production's limits
 
 
-class Client:
-    """A device's MQTT 5 client that records PUBACK and SUBACK reason codes."""
+class Device:
+    """An MQTT 5 client that records CONNACK, SUBACK, PUBACK, messages and disconnects."""
 
-    def __init__(self, port: int, username: str, password: str,
-                 client_id: str | None = None) -> None:
+    def __init__(self, port: int, username: str, password: str, *,
+                 client_id: str | None = None, persistent: bool = False) -> None:
+        self.connack: int | None = None
         self.pubacks: dict[int, int] = {}
         self.subacks: list[int] = []
-        self.messages: list[str] = []
-        self.done = threading.Condition()
+        self.messages: list[tuple[str, bytes]] = []
+        self.disconnects: list[int] = []
+        self.changed = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id=client_id or username, protocol=mqtt.MQTTv5)
         self.client.username_pw_set(username, password)
 
+        def on_connect(client: mqtt.Client, userdata: object, flags: object,
+                       reason: ReasonCode, properties: object) -> None:
+            self._record(lambda: setattr(self, "connack", reason.value))
+
+        def on_disconnect(client: mqtt.Client, userdata: object, flags: object,
+                          reason: ReasonCode, properties: object) -> None:
+            self._record(lambda: self.disconnects.append(reason.value))
+
         def on_publish(client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode,
                        properties: object) -> None:
-            with self.done:
-                self.pubacks[mid] = reason.value
-                self.done.notify_all()
+            self._record(lambda: self.pubacks.__setitem__(mid, reason.value))
 
         def on_subscribe(client: mqtt.Client, userdata: object, mid: int,
                          reasons: list[ReasonCode], properties: object) -> None:
-            with self.done:
-                self.subacks += [r.value for r in reasons]
-                self.done.notify_all()
+            self._record(lambda: self.subacks.extend(r.value for r in reasons))
 
+        def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+            self._record(lambda: self.messages.append((message.topic, bytes(message.payload))))
+
+        self.client.on_connect = on_connect
+        self.client.on_disconnect = on_disconnect
         self.client.on_publish = on_publish
         self.client.on_subscribe = on_subscribe
-        def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-            with self.done:
-                self.messages.append(message.topic)
-                self.done.notify_all()
-
         self.client.on_message = on_message
-        connected = self.client.connect("127.0.0.1", port)
-        assert connected == 0
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 3600 if persistent else 0
+        self.client.reconnect_delay_set(30, 60)  # a refused client stays refused here
+        self.client.connect_async("127.0.0.1", port, clean_start=not persistent,
+                                  properties=properties)
         self.client.loop_start()
+        assert self.wait(lambda: self.connack is not None or bool(self.disconnects))
 
-    def publish(self, topic: str) -> int:
-        info = self.client.publish(topic, b"{}", qos=1)
-        with self.done:
-            assert self.done.wait_for(lambda: info.mid in self.pubacks, 10)
+    def _record(self, change: object) -> None:
+        with self.changed:
+            change()  # type: ignore[operator]
+            self.changed.notify_all()
+
+    def wait(self, predicate: object, timeout_s: float = 15.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout_s)  # type: ignore[arg-type]
+
+    @property
+    def refused(self) -> bool:
+        return self.connack is None or self.connack >= 0x80
+
+    def publish(self, topic: str, payload: bytes = b"{}") -> int:
+        info = self.client.publish(topic, payload, qos=1)
+        assert self.wait(lambda: info.mid in self.pubacks)
         return self.pubacks[info.mid]
 
     def subscribe(self, topic: str) -> int:
         before = len(self.subacks)
         self.client.subscribe(topic, qos=1)
-        with self.done:
-            assert self.done.wait_for(lambda: len(self.subacks) > before, 10)
+        assert self.wait(lambda: len(self.subacks) > before)
         return self.subacks[-1]
 
     def close(self) -> None:
@@ -81,85 +118,235 @@ class Client:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def secured(tmp_path: Path, zoo_store: ModelStore) -> Iterator[tuple[MosquittoBroker, dict[
-        str, str]]]:
-    passwords, acl = tmp_path / "passwords", tmp_path / "acl"
-    broker = MosquittoBroker(tmp_path / "broker", f"password_file {passwords}\nacl_file {acl}\n",
-                             anonymous=False)
-    settings = hub_settings(tmp_path, zoo_store.root, mqtt_port=broker.port,
-                            mqtt_username="hub", mosquitto_password_file=passwords,
-                            mosquitto_acl_file=acl)
-    service = HubService(settings)
-    service.open_store()
-    secrets = {"hub": "hub-password"}
-    set_password(passwords, "hub", secrets["hub"])
-    for device in ("cam-a", "cam-b"):
-        _, credentials = service.provision_device(device, "lobby")
-        secrets[device] = credentials.password
-    service.store.close()
+@dataclass
+class Fleet:
+    """A broker as the project configures it, and a hub that provisions through it."""
+
+    broker: MosquittoBroker
+    hub: HubService
+    env: dict[str, str]
+
+    def provision(self, device_id: str, group: str = "lobby") -> str:
+        _, credentials = self.hub.provision_device(device_id, group)
+        return credentials.password
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, zoo_store: ModelStore) -> Iterator[Fleet]:
+    folder = tmp_path_factory.mktemp("fleet")
+    broker = MosquittoBroker(folder / "broker", anonymous=False, limits=LIMITS)
     broker.start()
-    yield broker, secrets
+    settings = hub_settings(folder, zoo_store.root, mqtt_port=broker.port,
+                            mqtt_username=broker.hub_username,
+                            mqtt_password=broker.hub_password,
+                            mqtt_client_id="hub-boundary", broker_control="mosquitto-dynsec")
+    hub = HubService(settings)
+    hub.start()
+    assert hub.ingest is not None and hub.ingest.connected.wait(10)
+    env = {f"CLOUD_HUB_{name.upper()}": str(value) for name, value in {
+        "data_dir": settings.data_dir, "secret_key": settings.secret_key,
+        "mqtt_port": broker.port, "mqtt_username": broker.hub_username,
+        "mqtt_password": broker.hub_password, "mqtt_client_id": "hub-cli"}.items()}
+    yield Fleet(broker, hub, env)
+    hub.stop()
     broker.stop()
 
 
-def test_device_cannot_publish_as_another_or_read_its_verdicts(
-    secured: tuple[MosquittoBroker, dict[str, str]]
-) -> None:
-    broker, secrets = secured
-    hub_view = Collector(broker.port, LAYOUT.shared("hub", "events"), client_id="hub-in",
-                         username="hub", password=secrets["hub"])
-
-    def device_a() -> Client:
-        # Mosquitto closes the connection after a refused publish: one client per check.
-        return Client(broker.port, "cam-a", secrets["cam-a"])
-
-    checks = [
-        (lambda c: c.publish(LAYOUT.events("cam-a")), True),
-        (lambda c: c.publish(LAYOUT.events("cam-b")), False),
-        (lambda c: c.publish(LAYOUT.status("cam-b")), False),
-        (lambda c: c.subscribe(LAYOUT.verdicts("cam-a")), True),
-    ]
+def _cli(fleet: Fleet, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    saved = {k: os.environ.get(k) for k in fleet.env}
+    os.environ.update(fleet.env)
     try:
-        for check, allowed in checks:
-            client = device_a()
-            try:
-                code = check(client)
-            finally:
-                client.close()
-            assert (code < 0x80) is allowed, (code, allowed)
+        code = cloud_hub_main(list(args))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_a_device_reaches_only_its_own_topics_by_literal_topic(fleet: Fleet) -> None:
+    password = fleet.provision("acl-a")
+    fleet.provision("acl-b")
+
+    def device() -> Device:
+        # Mosquitto closes the connection after a refused publish: one client per check.
+        return Device(fleet.broker.port, "acl-a", password)
+
+    publishes = {LAYOUT.events("acl-a"): True, LAYOUT.status("acl-a"): True,
+                 LAYOUT.updates("acl-a"): True, LAYOUT.events("acl-b"): False,
+                 LAYOUT.status("acl-b"): False, LAYOUT.verdicts("acl-a"): False,
+                 LAYOUT.models("lobby"): False}
+    for topic, allowed in publishes.items():
+        client = device()
+        try:
+            code = client.publish(topic)
+        finally:
+            client.close()
+        assert (code < 0x80) is allowed, (topic, hex(code))
+    subscriptions = {
+        LAYOUT.verdicts("acl-a"): True, LAYOUT.models("lobby"): True,
+        LAYOUT.verdicts("acl-b"): False, LAYOUT.all_devices("verdicts"): False,
+        LAYOUT.models("other-group"): False, "#": False, f"{LAYOUT.root}/#": False,
+        LAYOUT.shared("hub", "events"): False, LAYOUT.shared("hub", "updates"): False,
+        LAYOUT.shared("mine", "verdicts").replace("+", "acl-a"): False,
+        "$CONTROL/dynamic-security/v1/response": False, "$SYS/#": False,
+    }
+    client = device()
+    try:
+        for topic, allowed in subscriptions.items():
+            code = client.subscribe(topic)
+            assert (code < 0x80) is allowed, (topic, hex(code))
             if not allowed:
                 assert code == NOT_AUTHORIZED
-        # Mosquitto grants subscriptions to cam-b's verdicts, directly or by wildcard, but
-        # delivers only what the ACL lets cam-a read.
-        reader = device_a()
-        sender = Client(broker.port, "hub", secrets["hub"], client_id="hub-out")
-        try:
-            reader.subscribe(LAYOUT.verdicts("cam-b"))
-            reader.subscribe(LAYOUT.all_devices("verdicts"))
-            assert sender.publish(LAYOUT.verdicts("cam-b")) < 0x80
-            assert sender.publish(LAYOUT.verdicts("cam-a")) < 0x80
-            with reader.done:
-                reader.done.wait_for(lambda: LAYOUT.verdicts("cam-a") in reader.messages, 5)
-            time.sleep(0.3)  # time for a wrongly routed cam-b verdict to show up
-            assert reader.messages == [LAYOUT.verdicts("cam-a")]
-        finally:
-            sender.close()
-            reader.close()
-        assert hub_view.wait_for(lambda m: [t for t, _ in m] == [LAYOUT.events("cam-a")], 5)
     finally:
-        hub_view.close()
+        client.close()
 
 
-def test_wrong_password_is_refused(secured: tuple[MosquittoBroker, dict[str, str]]) -> None:
-    broker, _ = secured
-    refused = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cam-a", protocol=mqtt.MQTTv5)
-    client.username_pw_set("cam-a", "guessed")
-    client.on_connect = lambda c, u, f, reason, p: refused.set() if reason.is_failure else None
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
+def test_shared_subscription_and_takeover_are_refused_and_the_hub_stores_every_event(
+    fleet: Fleet,
+) -> None:
+    """Findings 1 and 2: device A, with its own credentials, tries the hub's shared
+    subscriptions, ``#``, and B's and the hub's client ids; B's 20 events all reach the
+    hub and all 20 verdicts reach B, whose session was never taken over."""
+    password_a = fleet.provision("share-a")
+    password_b = fleet.provision("share-b")
+    b = Device(fleet.broker.port, "share-b", password_b, persistent=True)
+    a = Device(fleet.broker.port, "share-a", password_a, persistent=True)
+    attackers: list[Device] = []
     try:
-        assert refused.wait(10)
+        assert not b.refused and not a.refused
+        assert b.subscribe(LAYOUT.verdicts("share-b")) < 0x80
+        for topic in (LAYOUT.shared(fleet.hub.settings.share_group, "events"),
+                      LAYOUT.shared(fleet.hub.settings.share_group, "updates"), "#"):
+            assert a.subscribe(topic) == NOT_AUTHORIZED, topic
+        for stolen in ("share-b", "hub-boundary"):
+            attackers.append(Device(fleet.broker.port, "share-a", password_a,
+                                    client_id=stolen))
+            assert attackers[-1].refused, stolen
+        events = [face_event("share-b", data.astronaut()) for _ in range(20)]
+        for event in events:
+            assert b.publish(LAYOUT.events("share-b"), encode(event)) < 0x80
+        assert b.wait(lambda: len(b.messages) >= 20, 120), len(b.messages)
+        verdicts = {decode(payload, VerdictMessage).event_id for _, payload in b.messages}
+        assert verdicts == {e.event_id for e in events}
+        stored = fleet.hub.store.list_events(device_id="share-b", limit=100).items
+        assert len(stored) == 20
+        assert b.disconnects == [] and fleet.hub.ingest is not None
+        assert fleet.hub.ingest.connected.is_set()
     finally:
-        client.loop_stop()
+        for client in (a, b, *attackers):
+            client.close()
+
+
+def test_a_packet_over_the_limit_is_refused_by_the_broker(fleet: Fleet) -> None:
+    """Finding 4: the broker disconnects the sender of a packet larger than its limit;
+    the hub never receives a byte of it (it would count it as oversized)."""
+    password = fleet.provision("big-a")
+    sender = Device(fleet.broker.port, "big-a", password)
+    try:
+        sender.client.publish(LAYOUT.events("big-a"),
+                              b"x" * (LIMITS.max_packet_size_bytes + 1), qos=1)
+        assert sender.wait(lambda: bool(sender.disconnects))
+        assert sender.disconnects[0] == 0x95  # packet too large
+    finally:
+        sender.close()
+    # The sentinel, sent afterwards on the same topic, arrives; the big one never did.
+    after = Device(fleet.broker.port, "big-a", password)
+    try:
+        sentinel = face_event("big-a", data.astronaut())
+        assert after.subscribe(LAYOUT.verdicts("big-a")) < 0x80
+        assert after.publish(LAYOUT.events("big-a"), encode(sentinel)) < 0x80
+        assert after.wait(lambda: bool(after.messages), 60)
+    finally:
+        after.close()
+    assert fleet.hub.store.get_event(event_id=sentinel.event_id)["outcome"] is not None
+    oversized = fleet.hub.metrics.registry.get_sample_value(
+        "hub_messages_dropped_total", {"reason": "oversized"})
+    assert not oversized
+    assert "oversize packet" in fleet.broker.log_file.read_text()
+
+
+def test_the_hubs_names_are_refused_and_a_new_password_needs_rotate(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 8: ``devices add hub`` (CLI and API) is refused and the hub keeps its
+    password; adding an existing device is refused unless asked to rotate, and a
+    rotation disconnects the device and retires its old password at once."""
+    for reserved in ("hub", "hub-boundary", "hub-other"):
+        code, output = _cli(fleet, "devices", "add", reserved, capsys=capsys)
+        assert code == 1 and "reserved" in output, output
+    token = new_token()
+    fleet.hub.store.add_token(name=f"admin-{token[:6]}", role="admin",
+                              token_hash=hash_token(fleet.hub.settings.secret_key, token))
+    with TestClient(create_app(fleet.hub, manage=False)) as api:
+        headers = {"Authorization": f"Bearer {token}"}
+        refused = api.post("/v1/devices", json={"id": "hub"}, headers=headers)
+        assert refused.status_code == 422, refused.text
+        first = api.post("/v1/devices", json={"id": "rot-a", "group": "lobby"},
+                         headers=headers)
+        assert first.status_code == 201, first.text
+        again = api.post("/v1/devices", json={"id": "rot-a"}, headers=headers)
+        assert again.status_code == 409, again.text
+    hub_itself = Device(fleet.broker.port, "hub", fleet.broker.hub_password,
+                        client_id="hub-probe")
+    hub_itself.close()
+    assert not hub_itself.refused  # the hub's password was not replaced
+
+    old_password = first.json()["mqtt"]["password"]
+    code, output = _cli(fleet, "devices", "add", "rot-a", "--group", "lobby", capsys=capsys)
+    assert code == 1 and "--rotate" in output, output
+    running = Device(fleet.broker.port, "rot-a", old_password)
+    try:
+        assert not running.refused  # the refused re-add left the device working
+        code, output = _cli(fleet, "devices", "add", "rot-a", "--group", "lobby", "--rotate",
+                            "--json", capsys=capsys)
+        assert code == 0, output
+        assert running.wait(lambda: bool(running.disconnects))
+    finally:
+        running.close()
+    new_password = decode_password(output)
+    stale = Device(fleet.broker.port, "rot-a", old_password)
+    stale.close()
+    assert stale.refused
+    fresh = Device(fleet.broker.port, "rot-a", new_password)
+    fresh.close()
+    assert not fresh.refused
+
+
+def decode_password(output: str) -> str:
+    """The password from ``devices add --json``'s one line of JSON."""
+    import json
+
+    line = next(line for line in output.splitlines() if line.startswith("{"))
+    return str(json.loads(line)["password"])
+
+
+def test_a_revoked_device_is_disconnected_and_cannot_reconnect(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    password = fleet.provision("gone-a")
+    connected = Device(fleet.broker.port, "gone-a", password)
+    try:
+        assert not connected.refused
+        code, output = _cli(fleet, "devices", "revoke", "gone-a", capsys=capsys)
+        assert code == 0, output
+        assert connected.wait(lambda: bool(connected.disconnects))
+    finally:
+        connected.close()
+    again = Device(fleet.broker.port, "gone-a", password)
+    again.close()
+    assert again.refused
+    code, output = _cli(fleet, "devices", "add", "gone-a", capsys=capsys)
+    assert code == 1 and "--rotate" in output
+
+
+def test_the_broker_config_sets_the_plugin_and_limits(fleet: Fleet) -> None:
+    config = fleet.broker.config.read_text()
+    assert "mosquitto_dynamic_security.so" in config
+    assert "allow_anonymous false" in config
+    for line in LIMITS.lines():
+        assert line in config
+    assert Path(fleet.broker.dynsec_file).stat().st_mode & 0o077 == 0

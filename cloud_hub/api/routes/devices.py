@@ -6,7 +6,12 @@ from fastapi import APIRouter, HTTPException, status
 
 from cloud_hub.api.deps import ServiceDep, require
 from cloud_hub.api.schemas import DeviceCreate, DeviceProvisioned, DevicePublic, MqttCredentials
-from cloud_hub.errors import NotFoundError, ProvisioningError
+from cloud_hub.errors import (
+    BrokerUnavailableError,
+    DeviceExistsError,
+    NotFoundError,
+    ProvisioningError,
+)
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
@@ -27,16 +32,45 @@ def get_device(device_id: str, service: ServiceDep) -> dict[str, object]:
 
 
 @router.post("", response_model=DeviceProvisioned, status_code=status.HTTP_201_CREATED,
-             dependencies=[require("admin")])
+             dependencies=[require("admin")], responses={
+                 409: {"description": "the device exists and rotate is false"},
+                 422: {"description": "the id is unusable or reserved for the hub"},
+                 503: {"description": "the broker could not be reached"}})
 def provision_device(body: DeviceCreate, service: ServiceDep) -> dict[str, object]:
-    """Register a device and issue its MQTT credentials (the password is shown once)."""
+    """Register a device and issue its MQTT credentials (the password is shown once).
+
+    An existing device gets new credentials only with ``rotate``: its old password stops
+    working and its session is disconnected.
+    """
     try:
-        device, credentials = service.provision_device(body.id, body.group, body.labels)
+        device, credentials = service.provision_device(body.id, body.group, body.labels,
+                                                       rotate=body.rotate)
+    except DeviceExistsError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ProvisioningError as exc:
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    except BrokerUnavailableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     settings = service.settings
     device["mqtt"] = MqttCredentials(
         username=credentials.username, password=credentials.password,
         host=settings.mqtt_host, port=settings.mqtt_port, topic_prefix=settings.mqtt_prefix,
     )
     return device
+
+
+@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
+               dependencies=[require("admin")], responses={
+                   404: {"description": "no such device"},
+                   503: {"description": "the broker could not be reached"}})
+def revoke_device(device_id: str, service: ServiceDep) -> None:
+    """Revoke a device's broker access: it is disconnected and cannot reconnect.
+
+    Its events stay; provisioning it again needs ``rotate``.
+    """
+    try:
+        service.revoke_device(device_id)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except BrokerUnavailableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc

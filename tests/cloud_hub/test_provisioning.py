@@ -1,0 +1,114 @@
+"""The broker's rules as values: what a device's and the hub's roles allow, which names
+are the hub's, and the plugin's password format."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.errors import ProvisioningError
+from cloud_hub.mosquitto import BrokerLimits, config_text
+from cloud_hub.provisioning import (
+    Acl,
+    DeviceCredentials,
+    add_device_commands,
+    check_device_id,
+    device_role,
+    dynsec_document,
+    hub_role,
+    password_entry,
+    revoke_device_commands,
+    rotate_device_commands,
+)
+from sync import TopicLayout
+
+pytestmark = pytest.mark.unit
+
+LAYOUT = TopicLayout("fleet")
+
+
+def test_a_device_role_names_only_its_own_topics_literally() -> None:
+    role = device_role(LAYOUT, "cam-1", "lobby")
+    assert role.name == "device-cam-1"
+    assert set(role.acls) == {
+        Acl("publishClientSend", "fleet/v1/cam-1/events"),
+        Acl("publishClientSend", "fleet/v1/cam-1/status"),
+        Acl("publishClientSend", "fleet/v1/cam-1/telemetry"),
+        Acl("publishClientSend", "fleet/v1/cam-1/updates"),
+        Acl("subscribeLiteral", "fleet/v1/cam-1/verdicts"),
+        Acl("publishClientReceive", "fleet/v1/cam-1/verdicts"),
+        Acl("subscribeLiteral", "fleet/v1/groups/lobby/models"),
+        Acl("publishClientReceive", "fleet/v1/groups/lobby/models"),
+    }
+    assert all("+" not in a.topic and "#" not in a.topic and a.allow for a in role.acls)
+
+
+def test_the_hub_subscribes_by_its_own_share_group_only() -> None:
+    subscriptions = {a.topic for a in hub_role(LAYOUT, "hub").acls
+                     if a.kind.startswith("subscribe")}
+    assert subscriptions == {"$share/hub/fleet/v1/+/events", "$share/hub/fleet/v1/+/updates",
+                             "fleet/v1/+/status", "fleet/v1/+/telemetry"}
+    assert all(a.kind == "subscribeLiteral" for a in hub_role(LAYOUT, "hub").acls
+               if a.kind.startswith("subscribe"))
+
+
+@pytest.mark.parametrize("name", ["hub", "ingest", "hub-replica-2", "groups", "hub-"])
+def test_the_hubs_names_are_reserved(name: str) -> None:
+    with pytest.raises(ProvisioningError, match="reserved"):
+        check_device_id(name, hub_username="ingest", hub_client_ids=("hub-a",))
+
+
+@pytest.mark.parametrize("name", ["a/b", "+", "#", "", "..", "x" * 65])
+def test_ids_that_could_match_other_topics_are_refused(name: str) -> None:
+    with pytest.raises(ProvisioningError):
+        check_device_id(name, hub_username="hub")
+
+
+def test_ordinary_ids_pass() -> None:
+    assert check_device_id("hubcam-1", hub_username="hub") == "hubcam-1"
+
+
+def test_password_entry_is_what_the_plugin_checks() -> None:
+    salt = b"0123456789ab"
+    entry = password_entry("secret", salt=salt)
+    digest = hashlib.pbkdf2_hmac("sha512", b"secret", salt, 101, 64)
+    assert entry == {"password": base64.b64encode(digest).decode(),
+                     "salt": base64.b64encode(salt).decode(), "iterations": 101}
+
+
+def test_commands_pin_the_client_id_and_rotation_replaces_everything() -> None:
+    credentials = DeviceCredentials("cam-1", "pw")
+    create = add_device_commands(LAYOUT, credentials, "lobby")
+    assert [c.name for c in create] == ["createRole", "createClient"]
+    assert create[1].fields["clientid"] == "cam-1"
+    assert create[1].fields["roles"] == [{"rolename": "device-cam-1"}]
+    rotate = rotate_device_commands(LAYOUT, credentials, "lobby")
+    assert [c.name for c in rotate] == ["deleteClient", "deleteRole", "createRole",
+                                        "createClient"]
+    assert [c.tolerate_error for c in revoke_device_commands("cam-1")] == [True, True]
+    assert not any(c.tolerate_error for c in create)
+
+
+def test_the_initial_state_denies_by_default_and_opens_only_when_asked() -> None:
+    closed = dynsec_document(LAYOUT, hub_username="hub", hub_password="pw", share_group="hub")
+    assert closed["defaultACLAccess"] == {"publishClientSend": False,
+                                          "publishClientReceive": False,
+                                          "subscribe": False, "unsubscribe": True}
+    assert "anonymousGroup" not in closed
+    opened = dynsec_document(LAYOUT, hub_username="hub", hub_password="pw",
+                             share_group="hub", open_to_anonymous=True)
+    assert opened["anonymousGroup"] == "anonymous"
+
+
+def test_every_config_sets_the_plugin_and_the_limits() -> None:
+    text = config_text(port=1883, bind=None, dynsec_file=Path("/etc/ds.json"),
+                       plugin=Path("/usr/lib/p.so"), limits=BrokerLimits())
+    assert "plugin /usr/lib/p.so\nplugin_opt_config_file /etc/ds.json" in text
+    assert "allow_anonymous false" in text
+    assert f"max_packet_size {512 * 1024 + 64 * 1024}" in text
+    assert "max_queued_messages 1000" in text and "max_queued_bytes 67108864" in text
+    with pytest.raises(ValueError, match="max_packet_size_bytes"):
+        BrokerLimits(max_packet_size_bytes=0)
