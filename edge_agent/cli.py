@@ -28,6 +28,7 @@ from hardware import (
     HardwareError,
     HardwareProfile,
     Selection,
+    choose_precision,
     load_model,
     plan_backends,
     plan_for_runtime,
@@ -35,15 +36,20 @@ from hardware import (
 )
 from models import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    DETECTOR_FAMILIES,
     ZOO,
+    AccuracyTolerance,
     Detection,
+    ImportRequest,
     Model,
     ModelError,
     ModelStore,
     ModelZoo,
     PipWheelFetcher,
     default_store_path,
+    import_model,
     iou,
+    quantize_detector,
 )
 
 log = logging.getLogger("edge_agent")
@@ -99,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                        help="refuse an image whose header declares more pixels (width x "
                        "height) than this, before decoding it (default %(default)s)")
+    infer.add_argument("--precision", choices=["auto", "float"], default="auto",
+                       help="auto: serve a stored INT8 copy where this machine accelerates "
+                       "INT8 and its accuracy is within tolerance; float: never")
     infer.set_defaults(handler=_infer)
 
     models = commands.add_parser("models", help="manage the local model store")
@@ -111,6 +120,44 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("name", help="model in the store")
     convert.add_argument("--to", choices=["onnx"], required=True, help="target format")
     convert.set_defaults(handler=_models_convert)
+    importing = model_commands.add_parser(
+        "import", help="turn an .onnx or .tflite file into a proven bundle",
+        description="Reads the file's input, outputs, quantization and (Ultralytics) "
+        "metadata; asks only for what the file does not say.")
+    importing.add_argument("file", type=Path, help="the .onnx or .tflite model file")
+    importing.add_argument("--name", default=None, help="bundle name (default: file name)")
+    importing.add_argument("--version", default="1.0.0", help="semantic version")
+    importing.add_argument("--task", choices=["detector", "classifier"], default=None)
+    importing.add_argument("--family", choices=list(DETECTOR_FAMILIES), default=None,
+                           help="detector output family")
+    importing.add_argument("--yolo-layout", choices=["v8", "v5"], default=None,
+                           help="v8: [4 + classes, n]; v5: [n, 5 + classes] with objectness")
+    importing.add_argument("--labels", default=None, help="class names, comma-separated")
+    importing.add_argument("--score-threshold", type=float, default=0.25)
+    importing.add_argument("--label-threshold", action="append", default=[],
+                           metavar="LABEL=SCORE", help="a label's own threshold (repeatable)")
+    importing.add_argument("--nms-iou", type=float, default=0.45)
+    importing.add_argument("--input-size", default=None, metavar="HxW",
+                           help="input size where the file leaves it open")
+    importing.add_argument("--color-order", choices=["RGB", "BGR", "GRAY"], default=None)
+    importing.add_argument("--resize", choices=["letterbox", "stretch"], default=None)
+    importing.add_argument("--mean", default=None, help="0-255 units, one or per channel")
+    importing.add_argument("--std", default=None, help="0-255 units, one or per channel")
+    importing.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    importing.set_defaults(handler=_models_import)
+    quantize = model_commands.add_parser(
+        "quantize", help="make a static INT8 copy of an ONNX detector and report its accuracy",
+        description="Calibrates on frames of the sample footage, compares with the float "
+        "model on those and on held-out frames, times both on this CPU, and stores the "
+        "result as <name>-int8 with the report in its manifest.")
+    quantize.add_argument("name", help="float ONNX detector in the store")
+    quantize.add_argument("--min-mean-iou", type=float, default=0.8,
+                          help="declared tolerance: least mean IoU of matched boxes")
+    quantize.add_argument("--max-lost-share", type=float, default=0.05,
+                          help="declared tolerance: detections lost, over the float model's")
+    quantize.add_argument("--max-gained-share", type=float, default=0.05,
+                          help="declared tolerance: detections gained, over the float model's")
+    quantize.set_defaults(handler=_models_quantize)
     listing = model_commands.add_parser("list", help="show the models in the store")
     listing.add_argument("--json", action="store_true", help="one JSON object on stdout")
     listing.set_defaults(handler=_models_list)
@@ -202,10 +249,26 @@ def _store(args: argparse.Namespace) -> ModelStore:
     return ModelStore(args.store or default_store_path())
 
 
-def _open(args: argparse.Namespace, reference: str) -> tuple[Model, Selection]:
-    bundle = _store(args).resolve(reference)
-    plan = plan_backends(probe_hardware(), bundle.manifest)
-    return load_model(bundle, plan, only=args.backend)
+def _open(args: argparse.Namespace, reference: str) -> tuple[Model, Selection, str | None]:
+    """Load a model for ``infer``; a plain name may be served by its INT8 copy (see
+    :func:`hardware.choose_precision`), and the reason comes back with it."""
+    store = _store(args)
+    profile = probe_hardware()
+    bundle = store.resolve(reference)
+    reason = None
+    plain_name = "@" not in reference and not Path(reference).expanduser().is_dir()
+    if args.precision == "auto" and plain_name and bundle.manifest.quantization is None:
+        variants = [e.bundle.manifest for e in store.entries() if e.bundle is not None
+                    and e.bundle.manifest.quantization is not None
+                    and e.bundle.manifest.quantization.source_name == bundle.manifest.name]
+        if variants:
+            choice = choose_precision(profile, bundle.manifest, variants)
+            reason = choice.reason
+            if choice.manifest != bundle.manifest:
+                bundle = store.resolve(choice.label)
+    model, selection = load_model(bundle, plan_backends(profile, bundle.manifest),
+                                  only=args.backend)
+    return model, selection, reason
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -284,7 +347,7 @@ def _print_hardware(profile: HardwareProfile) -> None:
 
 def _infer(args: argparse.Namespace) -> int:
     image = read_image(args.image, max_pixels=args.max_pixels)
-    model, selection = _open(args, args.model)
+    model, selection, precision = _open(args, args.model)
     try:
         task = model.manifest.task
         result: dict[str, Any] = {
@@ -312,6 +375,8 @@ def _infer(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['model']} on {result['backend']}")
+    if precision is not None:
+        print(f"  (precision: {precision})")
     for skipped in selection.skipped:
         print(f"  (skipped {skipped.name}: {skipped.reason})")
     if "detections" in result:
@@ -342,6 +407,93 @@ def _models_pull(args: argparse.Namespace) -> int:
     bundle = zoo.pull(args.name)
     print(f"pulled {bundle.label} into {bundle.root}")
     return 0
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise EdgeAgentError(f"{option}: expected numbers separated by commas, got "
+                             f"{text!r}") from exc
+
+
+def _import_request(args: argparse.Namespace) -> ImportRequest:
+    size = None
+    if args.input_size is not None:
+        height, _, width = args.input_size.lower().partition("x")
+        if not (height.isdigit() and width.isdigit()):
+            raise EdgeAgentError(f"--input-size: expected HxW such as 320x320, got "
+                                 f"{args.input_size!r}")
+        size = (int(height), int(width))
+    thresholds = {}
+    for item in args.label_threshold:
+        label, _, value = item.rpartition("=")
+        [score] = _floats(value, "--label-threshold") or (0.0,)
+        thresholds[label] = score
+    labels = tuple(v.strip() for v in args.labels.split(",")) if args.labels else ()
+    return ImportRequest(
+        name=args.name, version=args.version, task=args.task, family=args.family,
+        labels=labels, score_threshold=args.score_threshold, nms_iou=args.nms_iou,
+        label_thresholds=thresholds, color_order=args.color_order, resize=args.resize,
+        mean=_floats(args.mean, "--mean"), std=_floats(args.std, "--std"), input_size=size,
+        yolo_layout=args.yolo_layout,
+    )
+
+
+def _models_import(args: argparse.Namespace) -> int:
+    bundle = import_model(args.file, _import_request(args), _store(args))
+    if args.json:
+        print(bundle.manifest.to_json(), end="")
+        return 0
+    manifest = bundle.manifest
+    output = manifest.output
+    family = getattr(output, "family", None)
+    labels = getattr(output, "labels", ())
+    print(f"imported {bundle.label} into {bundle.root}")
+    print(f"  {manifest.task}{f' ({family})' if family else ''}, {manifest.runtime}, input "
+          f"{list(manifest.input.shape)} {manifest.input.dtype} {manifest.input.layout}"
+          + (f", {len(labels)} labels" if labels else "")
+          + (", quantized" if manifest.quantization else ""))
+    print("  proven: warm-up on the CPU, golden outputs recorded and reproduced")
+    return 0
+
+
+def _quantize_frames() -> tuple[list[Any], list[Any]]:
+    """Calibration frames from the sample footage; held-out frames from other footage
+    (another noise seed, and a distant pass the calibration never saw)."""
+    calibration = [frame.image for frame in SampleFootage(seed=0).frames()][::4]
+    held_out = [frame.image for frame in SampleFootage(seed=1, distant_pass=True).frames()]
+    return calibration, held_out[1::4]
+
+
+def _models_quantize(args: argparse.Namespace) -> int:
+    store = _store(args)
+    bundle = ModelZoo(store).ensure(args.name)
+    calibration, held_out = _quantize_frames()
+    tolerance = AccuracyTolerance(min_mean_iou=args.min_mean_iou,
+                                  max_lost_share=args.max_lost_share,
+                                  max_gained_share=args.max_gained_share)
+    result = quantize_detector(bundle, store, calibration=calibration, held_out=held_out,
+                               tolerance=tolerance)
+    report = result.to_dict()
+    report["machine"] = _machine()
+    print(json.dumps(report))
+    return 0
+
+
+def _machine() -> str:
+    profile = probe_hardware()
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = ""
+    return f"{model or profile.architecture}, {profile.cpu_count} cores"
 
 
 def _models_convert(args: argparse.Namespace) -> int:

@@ -7,7 +7,16 @@ Probe the machine (:func:`probe_hardware`), order the backends worth trying for 
 from __future__ import annotations
 
 from hardware.errors import HardwareError, NoBackendError, UnknownBackendError
-from hardware.plan import BackendPlan, Exclusion, PlannedBackend, plan_backends, plan_for_runtime
+from hardware.plan import (
+    BackendPlan,
+    Exclusion,
+    PlannedBackend,
+    PrecisionChoice,
+    choose_precision,
+    int8_acceleration,
+    plan_backends,
+    plan_for_runtime,
+)
 from hardware.probe import HardwareProfile, RuntimeInventory, probe_hardware
 from hardware.select import BackendFactory, Selection, SkippedBackend, load_model
 
@@ -19,10 +28,13 @@ __all__ = [
     "HardwareProfile",
     "NoBackendError",
     "PlannedBackend",
+    "PrecisionChoice",
     "RuntimeInventory",
     "Selection",
     "SkippedBackend",
     "UnknownBackendError",
+    "choose_precision",
+    "int8_acceleration",
     "load_model",
     "plan_backends",
     "plan_for_runtime",

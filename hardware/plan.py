@@ -7,11 +7,12 @@ machine with a GPU still runs on its CPU.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hardware.probe import HardwareProfile
-from models import BackendSpec, Manifest
+from models import BackendSpec, Manifest, semver_key
 from models.backends import PROVIDERS
 
 
@@ -189,3 +190,66 @@ def _onnx_plan(
         f"default CPU provider ({profile.cpu_count} cores): the last resort",
     ))
     return candidates, excluded
+
+
+@dataclass(frozen=True, slots=True)
+class PrecisionChoice:
+    """Which of a model's precisions to serve (its float bundle or an INT8 copy), and why."""
+
+    manifest: Manifest
+    reason: str
+
+    @property
+    def label(self) -> str:
+        """``name@version`` of the chosen bundle."""
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+
+def int8_acceleration(profile: HardwareProfile) -> str | None:
+    """What on this machine runs INT8 faster than float, or ``None``.
+
+    x86 VNNI (AVX-512 or AVX) and ARM dot-product/matrix instructions speed up ONNX
+    Runtime's and XNNPACK's int8 kernels; TensorRT builds int8 engines on an NVIDIA GPU.
+    """
+    if profile.has_cuda_gpu and "TensorrtExecutionProvider" in profile.runtimes.onnx_providers:
+        return "TensorRT int8 engines on the NVIDIA GPU"
+    if "vnni" in profile.cpu_features:
+        return "x86 VNNI int8 dot-product instructions"
+    arm = sorted(profile.cpu_features & {"dotprod", "i8mm"})
+    if arm:
+        return f"ARM int8 instructions ({'/'.join(arm)})"
+    return None
+
+
+def choose_precision(
+    profile: HardwareProfile, float_manifest: Manifest, variants: Sequence[Manifest]
+) -> PrecisionChoice:
+    """Prefer an INT8 copy of ``float_manifest`` where it pays and is accurate enough.
+
+    An INT8 variant (its ``quantization.source`` names the float model) is chosen when
+    this machine has INT8 acceleration, a runtime for it is installed, and the accuracy
+    its manifest records is within the tolerance it declares; otherwise the float model
+    serves, and the reason says which condition failed. Pure: takes values.
+    """
+    quantized = [
+        v for v in variants
+        if v.quantization is not None and v.quantization.source_name == float_manifest.name
+    ]
+    if not quantized:
+        return PrecisionChoice(float_manifest, "float: no INT8 copy of this model")
+    acceleration = int8_acceleration(profile)
+    if acceleration is None:
+        return PrecisionChoice(float_manifest, "float: this machine has no INT8 acceleration")
+    reasons = []
+    for variant in sorted(quantized, key=lambda m: semver_key(m.version), reverse=True):
+        label = f"{variant.name}@{variant.version}"
+        assert variant.quantization is not None
+        if not plan_backends(profile, variant).candidates:
+            reasons.append(f"{label} has no runtime here")
+        elif not variant.quantization.within_tolerance():
+            reasons.append(f"{label}'s measured accuracy is outside its declared tolerance"
+                           if variant.quantization.held_out or variant.quantization.calibration
+                           else f"{label} has no accuracy report")
+        else:
+            return PrecisionChoice(variant, f"int8: {acceleration}, accuracy within tolerance")
+    return PrecisionChoice(float_manifest, "float: " + "; ".join(reasons))

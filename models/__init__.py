@@ -34,7 +34,9 @@ from models.errors import (
     IntegrityError,
     ManifestError,
     ModelError,
+    ModelImportError,
     ModelNotFoundError,
+    QuantizationError,
     ZooError,
     ZooFetchError,
 )
@@ -47,17 +49,32 @@ from models.images import (
     decode_image,
     read_image_header,
 )
-from models.manifest import MANIFEST_FILENAME, InputSpec, Manifest, parse_manifest, semver_key
+from models.importer import ImportRequest, ModelFacts, import_model, read_model_facts
+from models.manifest import (
+    DETECTOR_FAMILIES,
+    MANIFEST_FILENAME,
+    AccuracyFigures,
+    AccuracyTolerance,
+    InputSpec,
+    Manifest,
+    Quantization,
+    parse_manifest,
+    semver_key,
+)
 from models.model import Model, PreparedImage
 from models.preprocess import ImagePreprocessor, Placement
+from models.quantize import QuantizationResult, compare_detections, quantize_detector
 from models.results import AnomalyScore, Box, Classification, Detection, Landmarks, iou
 from models.store import ModelStore, StoreEntry, default_store_path
 from models.zoo import ZOO, ModelZoo, PipWheelFetcher, WheelFetcher, WheelSource
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "DETECTOR_FAMILIES",
     "MANIFEST_FILENAME",
     "ZOO",
+    "AccuracyFigures",
+    "AccuracyTolerance",
     "AnomalyScore",
     "Backend",
     "BackendDescription",
@@ -76,6 +93,7 @@ __all__ = [
     "ImagePreprocessor",
     "ImageRefusal",
     "ImageRefusedError",
+    "ImportRequest",
     "InferenceError",
     "InputSpec",
     "InputSpecError",
@@ -87,6 +105,8 @@ __all__ = [
     "Model",
     "ModelBundle",
     "ModelError",
+    "ModelFacts",
+    "ModelImportError",
     "ModelNotFoundError",
     "ModelStore",
     "ModelZoo",
@@ -95,21 +115,28 @@ __all__ = [
     "PipWheelFetcher",
     "Placement",
     "PreparedImage",
+    "Quantization",
+    "QuantizationError",
+    "QuantizationResult",
     "StoreEntry",
     "WheelFetcher",
     "WheelSource",
     "ZooError",
     "ZooFetchError",
     "check_image",
+    "compare_detections",
     "create_backend",
     "decode_image",
     "default_store_path",
     "golden_input",
     "golden_outputs",
+    "import_model",
     "iou",
     "open_bundle",
     "parse_manifest",
+    "quantize_detector",
     "read_image_header",
+    "read_model_facts",
     "semver_key",
     "sha256_hex",
     "smoke_test",

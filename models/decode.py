@@ -1,10 +1,22 @@
-"""Output decoding per task: SSD anchors, BlazeFace boxes, weighted NMS, scores.
+"""Output decoding per task: the detector families, classifier, anomaly and landmark heads.
 
-Pure numpy, vectorised over anchors; no runtime objects. Follows MediaPipe's
-``ssd_anchors_calculator`` and ``tensors_to_detections_calculator``.
+Pure numpy, vectorised over candidates; no runtime objects. Each detector family has its
+decoder, built once per model by :func:`detector_decoder`, that turns one image's raw
+outputs (no batch axis) into detections in that image's pixels:
+
+* ``ssd-anchors``: MediaPipe's ``ssd_anchors_calculator`` and
+  ``tensors_to_detections_calculator`` (BlazeFace), with weighted NMS;
+* ``yolo``: Ultralytics' layouts, v8/v11 ``[4 + classes, candidates]`` and v5
+  ``[candidates, 5 + classes]`` with objectness, centre-size boxes, hard NMS per class;
+* ``boxes-scores``: models that return boxes, scores and classes themselves.
+
+Every family applies per-label thresholds and maps boxes back through the letterbox.
 """
 
 from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -12,18 +24,23 @@ import numpy.typing as npt
 from models.errors import InferenceError
 from models.manifest import (
     AnomalyOutput,
+    BoxesScoresOutput,
     ClassifierOutput,
     DetectorOutput,
+    DetectorSpec,
     LandmarksOutput,
     SsdAnchors,
+    YoloOutput,
 )
 from models.preprocess import Placement
 from models.results import AnomalyScore, Classification, Detection, Landmarks
 
 FloatArray = npt.NDArray[np.float32]
+IndexArray = npt.NDArray[np.intp]
+RawOutputs = Mapping[str, npt.NDArray[np.generic]]
 
 MAX_CANDIDATES = 256
-"""Best-scoring candidates kept for NMS; bounds its pairwise-overlap matrix."""
+"""Best-scoring candidates kept for weighted NMS; bounds its pairwise-overlap matrix."""
 
 
 def ssd_anchor_centres(anchors: SsdAnchors, input_width: int, input_height: int) -> FloatArray:
@@ -57,7 +74,38 @@ def sigmoid(values: npt.NDArray[np.floating], clip: float) -> FloatArray:
     return result
 
 
-class DetectorDecoder:
+class FamilyDecoder(abc.ABC):
+    """Turns one image's raw outputs into detections in that image's pixels."""
+
+    @abc.abstractmethod
+    def decode(self, outputs: RawOutputs, placement: Placement) -> list[Detection]:
+        """Decode one image: ``outputs`` by name, without their batch axis.
+
+        Raises:
+            InferenceError: An output is missing or its shape does not fit the manifest.
+        """
+
+
+def detector_decoder(spec: DetectorSpec, input_width: int, input_height: int) -> FamilyDecoder:
+    """The decoder of a detector family, for a model input of this size."""
+    if isinstance(spec, DetectorOutput):
+        return SsdAnchorsDecoder(spec, input_width, input_height)
+    if isinstance(spec, YoloOutput):
+        return YoloDecoder(spec, input_width, input_height)
+    return BoxesScoresDecoder(spec, input_width, input_height)
+
+
+def _output(outputs: RawOutputs, name: str) -> npt.NDArray[np.generic]:
+    try:
+        return outputs[name]
+    except KeyError:
+        raise InferenceError(
+            "decoder", f"model has no output {name!r} (it has {', '.join(outputs)}); "
+            "fix the manifest's output names",
+        ) from None
+
+
+class SsdAnchorsDecoder(FamilyDecoder):
     """Decodes one image's SSD regressor and score outputs into detections."""
 
     def __init__(self, spec: DetectorOutput, input_width: int, input_height: int) -> None:
@@ -65,18 +113,15 @@ class DetectorDecoder:
         self.anchors = ssd_anchor_centres(spec.anchors, input_width, input_height)
         self._scale = np.array([input_width, input_height], dtype=np.float32)
         self._values_per_anchor = 4 + 2 * spec.num_keypoints
-        threshold = spec.score_threshold
-        self._logit_threshold = float(np.log(threshold / (1.0 - threshold)))
+        thresholds = np.asarray(spec.thresholds(), np.float64)
+        self._logit_thresholds = np.log(thresholds / (1.0 - thresholds)).astype(np.float32)
 
-    def __call__(
-        self, raw_boxes: npt.NDArray[np.generic], raw_scores: npt.NDArray[np.generic],
-        placement: Placement,
-    ) -> list[Detection]:
+    def decode(self, outputs: RawOutputs, placement: Placement) -> list[Detection]:
         """Decode one image (no batch axis, or a batch axis of one)."""
         spec = self.spec
         count = self.anchors.shape[0]
-        boxes = np.asarray(raw_boxes, dtype=np.float32).reshape(-1)
-        logits = np.asarray(raw_scores, dtype=np.float32).reshape(-1)
+        boxes = np.asarray(_output(outputs, spec.boxes_output), dtype=np.float32).reshape(-1)
+        logits = np.asarray(_output(outputs, spec.scores_output), dtype=np.float32).reshape(-1)
         if boxes.size < count * self._values_per_anchor or logits.size % count:
             raise InferenceError(
                 "decoder",
@@ -86,11 +131,14 @@ class DetectorDecoder:
         per_class = logits.reshape(count, -1)
         if per_class.shape[1] == 1:
             best_logit, best_class = per_class[:, 0], None
+            threshold = self._logit_thresholds[0]
         else:
             best_class = per_class.argmax(axis=1)
             best_logit = per_class[np.arange(count), best_class]
+            threshold = _per_class(self._logit_thresholds, best_class,
+                                   self._logit_thresholds.min())
         # The sigmoid is monotonic: threshold the logits, squash only the survivors.
-        keep = np.flatnonzero(best_logit >= self._logit_threshold)
+        keep = np.flatnonzero(best_logit >= threshold)
         if keep.size == 0:
             return []
         # One row per candidate, as (x, y) pairs: centre, size, then each keypoint.
@@ -165,14 +213,201 @@ class DetectorDecoder:
         labels = spec.labels
         detections = []
         for k, row in enumerate(pixels.tolist()):
-            label_index = int(classes[leaders[k]])
             detections.append(Detection(
                 box=(row[0][0], row[0][1], row[1][0], row[1][1]),
                 score=float(scores[leaders[k]]),
-                label=labels[label_index] if label_index < len(labels) else str(label_index),
+                label=_label(labels, int(classes[leaders[k]])),
                 keypoints=tuple((x, y) for x, y in row[2:]),
             ))
         return detections
+
+
+def _label(labels: tuple[str, ...], index: int) -> str:
+    return labels[index] if 0 <= index < len(labels) else str(index)
+
+
+def _per_class(values: FloatArray, classes: IndexArray, fallback: float) -> FloatArray:
+    """``values[classes]``, with ``fallback`` for a class index outside ``values``."""
+    inside = (classes >= 0) & (classes < values.size)
+    picked: FloatArray = np.where(
+        inside, values[np.clip(classes, 0, values.size - 1)], np.float32(fallback)
+    ).astype(np.float32)
+    return picked
+
+
+def hard_nms(boxes: FloatArray, scores: FloatArray, classes: IndexArray | None, *,
+             iou_threshold: float, max_detections: int) -> IndexArray:
+    """Greedy NMS: indices of the kept boxes, best first.
+
+    ``boxes`` are ``[n, 4]`` corners ``(x1, y1, x2, y2)``. A box is suppressed by a
+    better one of the same class (any class when ``classes`` is ``None``) overlapping it
+    by more than ``iou_threshold``. Each step compares the best remaining box with all
+    remaining ones at once, so the Python loop runs once per kept box, not per candidate.
+    """
+    order = np.argsort(-scores, kind="stable")
+    ordered = boxes[order].astype(np.float32, copy=False)
+    ordered_classes = None if classes is None else classes[order]
+    areas = np.maximum(ordered[:, 2] - ordered[:, 0], 0) * np.maximum(
+        ordered[:, 3] - ordered[:, 1], 0)
+    remaining = np.arange(order.size)
+    kept: list[int] = []
+    while remaining.size and len(kept) < max_detections:
+        top, rest = remaining[0], remaining[1:]
+        kept.append(int(top))
+        if not rest.size:
+            break
+        top_box, others = ordered[top], ordered[rest]
+        width = np.minimum(top_box[2], others[:, 2]) - np.maximum(top_box[0], others[:, 0])
+        height = np.minimum(top_box[3], others[:, 3]) - np.maximum(top_box[1], others[:, 1])
+        inter = np.maximum(width, 0) * np.maximum(height, 0)
+        union = np.maximum(areas[top] + areas[rest] - inter, 1e-12)
+        overlapping = inter > iou_threshold * union
+        if ordered_classes is not None:
+            overlapping &= ordered_classes[rest] == ordered_classes[top]
+        remaining = rest[~overlapping]
+    result: IndexArray = order[np.asarray(kept, dtype=np.intp)]
+    return result
+
+
+def _to_detections(corners: FloatArray, scores: FloatArray, classes: IndexArray,
+                   labels: tuple[str, ...], placement: Placement) -> list[Detection]:
+    """Corners in model-input pixels to detections in source pixels, clipped to the image."""
+    points = corners.reshape(-1, 2, 2)
+    pixels = (points - placement.padding) / placement.scale
+    pixels = np.clip(pixels, 0, placement.source_size)
+    return [
+        Detection(box=(row[0][0], row[0][1], row[1][0], row[1][1]), score=score,
+                  label=_label(labels, index))
+        for row, score, index in zip(pixels.tolist(), scores.tolist(), classes.tolist(),
+                                     strict=True)
+    ]
+
+
+def _centre_size_to_corners(centre_size: FloatArray) -> FloatArray:
+    """``[n, 4]`` ``(cx, cy, w, h)`` rows as ``(x1, y1, x2, y2)``."""
+    half = centre_size[:, 2:4] / 2.0
+    corners: FloatArray = np.concatenate(
+        [centre_size[:, :2] - half, centre_size[:, :2] + half], axis=1).astype(np.float32)
+    return corners
+
+
+class YoloDecoder(FamilyDecoder):
+    """Ultralytics YOLO outputs (v8/v11, or v5 with objectness) to detections.
+
+    Only the candidates above their label's threshold are gathered and converted; the
+    threshold test itself is one vectorised pass over the class scores.
+    """
+
+    def __init__(self, spec: YoloOutput, input_width: int, input_height: int) -> None:
+        self.spec = spec
+        self._classes = len(spec.labels)
+        self._box_values = 5 if spec.layout == "v5" else 4
+        self._width = self._box_values + self._classes
+        self._thresholds = np.asarray(spec.thresholds(), np.float32)
+        self._lowest = float(self._thresholds.min())
+        scale = (input_width, input_height) if spec.coordinates == "normalized" else (1, 1)
+        self._scale = np.array([*scale, *scale], np.float32)
+
+    def _attributes_first(self, raw: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        """``raw`` as ``[values, candidates]`` (a view when it already is)."""
+        if raw.ndim == 3 and raw.shape[0] == 1:
+            raw = raw[0]
+        if raw.ndim != 2 or self._width not in raw.shape:
+            raise InferenceError(
+                "decoder",
+                f"YOLO output {self.spec.output!r} has shape {list(raw.shape)}; layout "
+                f"{self.spec.layout} with {self._classes} labels needs {self._width} values "
+                "per candidate",
+            )
+        v8_order = raw.shape[0] == self._width
+        if raw.shape[0] == raw.shape[1]:  # square: trust the layout's own order
+            v8_order = self.spec.layout == "v8"
+        return raw if v8_order else raw.T
+
+    def decode(self, outputs: RawOutputs, placement: Placement) -> list[Detection]:
+        """Decode one image's YOLO output."""
+        spec = self.spec
+        values = self._attributes_first(np.asarray(_output(outputs, spec.output)))
+        class_scores = values[self._box_values:]
+        if spec.layout == "v5":
+            objectness = values[4].astype(np.float32, copy=False)
+            # Ultralytics' v5 rule: a candidate needs objectness above the threshold, and
+            # then object x class above its class's threshold.
+            candidates = np.flatnonzero(objectness >= self._lowest)
+            scores_all = class_scores[:, candidates].astype(np.float32) * objectness[candidates]
+        else:
+            best_any = class_scores.max(axis=0)
+            candidates = np.flatnonzero(best_any >= self._lowest)
+            scores_all = class_scores[:, candidates].astype(np.float32, copy=False)
+        if not candidates.size:
+            return []
+        classes: IndexArray = scores_all.argmax(axis=0).astype(np.intp)
+        scores: FloatArray = scores_all[classes, np.arange(candidates.size)]
+        passing = scores >= self._thresholds[classes]
+        candidates, classes, scores = candidates[passing], classes[passing], scores[passing]
+        if not candidates.size:
+            return []
+        centre_size = values[:4, candidates].T.astype(np.float32) * self._scale
+        corners = _centre_size_to_corners(centre_size)
+        kept = hard_nms(corners, scores, None if spec.class_agnostic_nms else classes,
+                        iou_threshold=spec.nms_iou, max_detections=spec.max_detections)
+        return _to_detections(corners[kept], scores[kept], classes[kept], spec.labels,
+                              placement)
+
+
+class BoxesScoresDecoder(FamilyDecoder):
+    """Models that output boxes, scores and classes themselves (NMS usually inside)."""
+
+    def __init__(self, spec: BoxesScoresOutput, input_width: int, input_height: int) -> None:
+        self.spec = spec
+        self._thresholds = np.asarray(spec.thresholds(), np.float32)
+        scale = (input_width, input_height) if spec.coordinates == "normalized" else (1, 1)
+        self._scale = np.array([*scale, *scale], np.float32)
+
+    def decode(self, outputs: RawOutputs, placement: Placement) -> list[Detection]:
+        """Decode one image's boxes, scores, classes and count."""
+        spec = self.spec
+        boxes = np.asarray(_output(outputs, spec.boxes_output), np.float32).reshape(-1, 4)
+        raw_scores = np.asarray(_output(outputs, spec.scores_output), np.float32)
+        rows = boxes.shape[0]
+        if raw_scores.size == rows:
+            scores = raw_scores.reshape(rows)
+            if spec.classes_output is None:
+                classes: IndexArray = np.zeros(rows, np.intp)
+            else:
+                raw_classes = np.asarray(_output(outputs, spec.classes_output)).reshape(-1)
+                if raw_classes.size != rows:
+                    raise InferenceError(
+                        "decoder", f"{raw_classes.size} classes for {rows} boxes")
+                classes = np.round(raw_classes).astype(np.intp)
+        elif raw_scores.size and raw_scores.size % rows == 0:
+            per_class = raw_scores.reshape(rows, -1)
+            classes = per_class.argmax(axis=1).astype(np.intp)
+            scores = per_class[np.arange(rows), classes]
+        else:
+            raise InferenceError(
+                "decoder", f"{raw_scores.size} scores do not fit {rows} boxes")
+        if spec.count_output is not None:
+            count = np.asarray(_output(outputs, spec.count_output)).reshape(-1)
+            valid = int(np.clip(count[0], 0, rows)) if count.size and np.isfinite(
+                count[0]) else 0
+            boxes, scores, classes = boxes[:valid], scores[:valid], classes[:valid]
+        classes = classes + spec.class_offset
+        passing = scores >= _per_class(self._thresholds, classes, spec.score_threshold)
+        passing &= np.isfinite(boxes).all(axis=1)
+        boxes, scores, classes = boxes[passing], scores[passing], classes[passing]
+        if not scores.size:
+            return []
+        if spec.box_order == "yxyx":
+            boxes = boxes[:, [1, 0, 3, 2]]
+        corners = (boxes * self._scale).astype(np.float32)
+        if spec.nms_iou is not None:
+            kept = hard_nms(corners, scores, classes, iou_threshold=spec.nms_iou,
+                            max_detections=spec.max_detections)
+        else:
+            kept = np.argsort(-scores, kind="stable")[: spec.max_detections]
+        return _to_detections(corners[kept], scores[kept], classes[kept], spec.labels,
+                              placement)
 
 
 def decode_classification(

@@ -13,6 +13,9 @@ Hierarchy::
     │   ├── BackendLoadError        the runtime could not load the model
     │   └── InferenceError          the runtime failed while running the model
     ├── ModelNotFoundError          no model of that name in the store
+    ├── ModelImportError            a model file cannot become a bundle (unreadable, or
+    │                               something it does not say was not given)
+    ├── QuantizationError           quantizing a model failed
     └── ZooError                    fetching or converting a zoo model failed
         └── ZooFetchError           the package index could not be reached or refused
 
@@ -121,6 +124,26 @@ class ModelNotFoundError(ModelError):
     def __init__(self, name: str, message: str) -> None:
         self.name = name
         super().__init__(message)
+
+
+class ModelImportError(ModelError):
+    """A model file cannot be turned into a bundle.
+
+    Attributes:
+        path: The file being imported.
+        missing: The command-line option that would supply what the file does not say,
+            or ``None`` when the file itself is unusable.
+    """
+
+    def __init__(self, path: str, message: str, *, missing: str | None = None) -> None:
+        self.path = path
+        self.missing = missing
+        hint = f" (pass {missing})" if missing else ""
+        super().__init__(f"{path}: {message}{hint}")
+
+
+class QuantizationError(ModelError):
+    """Quantizing a model failed (unsupported model, calibration or runtime failure)."""
 
 
 class ZooError(ModelError):

@@ -12,7 +12,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models.errors import ManifestError
 
@@ -81,11 +90,20 @@ class Normalization(_Strict):
         return self
 
 
+class TensorQuantization(_Strict):
+    """Affine quantization of an integer tensor: ``real = (q - zero_point) * scale``."""
+
+    scale: float = Field(gt=0.0)
+    zero_point: int
+
+
 class InputSpec(_Strict):
     """The model's single input tensor.
 
     Image models use layout NHWC or NCHW with a colour order, a resize mode and a
     normalisation; feature models (anomaly windows) use layout NC with none of those.
+    A quantized integer input (``dtype`` int8 or uint8 with ``quantization``) takes the
+    normalised values quantized with its scale and zero point.
     """
 
     name: str | None = None
@@ -98,11 +116,14 @@ class InputSpec(_Strict):
     feature_set: str | None = Field(
         default=None, description="for NC inputs: the named feature extractor, e.g. window-stats/1"
     )
+    quantization: TensorQuantization | None = None
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
         if any(dim < 1 for dim in self.shape):
             raise ValueError(f"shape {list(self.shape)} must hold positive sizes")
+        if self.quantization is not None and self.dtype == "float32":
+            raise ValueError("quantization applies to an int8 or uint8 input only")
         if self.layout == "NC":
             if len(self.shape) != 2:
                 raise ValueError(f"layout NC needs a 2-dimensional shape, got {list(self.shape)}")
@@ -160,19 +181,89 @@ class SsdAnchors(_Strict):
     interpolated_scale_aspect_ratio: float = 1.0
 
 
-class DetectorOutput(_Strict):
-    """How to decode an SSD-style detector (BlazeFace): boxes, scores and keypoints."""
+def _check_label_thresholds(labels: tuple[str, ...], thresholds: dict[str, float]) -> None:
+    unknown = sorted(set(thresholds) - set(labels))
+    if unknown:
+        raise ValueError(f"label_thresholds names labels the model lacks: {', '.join(unknown)}")
+    bad = {label: value for label, value in thresholds.items() if not 0.0 < value < 1.0}
+    if bad:
+        raise ValueError(f"label_thresholds must lie between 0 and 1 (exclusive), got {bad}")
+
+
+class _DetectorBase(_Strict):
+    """What every detector family shares: labels, thresholds, NMS."""
 
     kind: Literal["detector"]
+    labels: tuple[str, ...] = Field(min_length=1)
+    score_threshold: float = Field(gt=0.0, lt=1.0)
+    label_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per-label score thresholds overriding score_threshold"
+    )
+    max_detections: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _thresholds_name_labels(self) -> _DetectorBase:
+        _check_label_thresholds(self.labels, self.label_thresholds)
+        return self
+
+    def thresholds(self) -> tuple[float, ...]:
+        """The score threshold of each label, in label order."""
+        return tuple(self.label_thresholds.get(label, self.score_threshold)
+                     for label in self.labels)
+
+
+class DetectorOutput(_DetectorBase):
+    """Family ``ssd-anchors``: an SSD-style detector (BlazeFace) over MediaPipe's anchors,
+    with box, keypoint and score outputs and weighted NMS."""
+
+    family: Literal["ssd-anchors"] = "ssd-anchors"
     boxes_output: str
     scores_output: str
     anchors: SsdAnchors
-    labels: tuple[str, ...] = Field(min_length=1)
     num_keypoints: int = Field(ge=0)
-    score_threshold: float = Field(gt=0.0, lt=1.0)
     nms_iou: float = Field(gt=0.0, le=1.0)
     raw_score_clip: float = Field(default=80.0, gt=0.0)
-    max_detections: int = Field(default=100, ge=1)
+
+
+class YoloOutput(_DetectorBase):
+    """Family ``yolo``: one output of candidates with centre-size boxes.
+
+    Layout ``v8`` (Ultralytics v8/v11) is ``[batch, 4 + classes, candidates]``; ``v5``
+    is ``[batch, candidates, 5 + classes]`` with an objectness score after the box that
+    multiplies each class score. Either is accepted transposed. Boxes are in input pixels
+    (ONNX exports) or normalised to 0..1 (Ultralytics' TFLite exports).
+    """
+
+    family: Literal["yolo"]
+    output: str
+    layout: Literal["v8", "v5"] = "v8"
+    coordinates: Literal["pixels", "normalized"] = "pixels"
+    nms_iou: float = Field(default=0.45, gt=0.0, le=1.0)
+    class_agnostic_nms: bool = False
+
+
+class BoxesScoresOutput(_DetectorBase):
+    """Family ``boxes-scores``: a model that already outputs boxes, scores and classes
+    (TFLite's detection post-processing op, an ONNX export with NMS inside).
+
+    ``boxes`` is ``[batch, n, 4]``; ``scores`` ``[batch, n]`` (with ``classes``
+    ``[batch, n]``) or ``[batch, n, classes]``; ``count`` (optional) says how many rows
+    are valid. ``nms_iou`` (optional) runs class-aware NMS again on what comes out.
+    """
+
+    family: Literal["boxes-scores"]
+    boxes_output: str
+    scores_output: str
+    classes_output: str | None = None
+    count_output: str | None = None
+    box_order: Literal["xyxy", "yxyx"] = "xyxy"
+    coordinates: Literal["pixels", "normalized"] = "normalized"
+    class_offset: int = Field(default=0, description="added to each class index before lookup")
+    nms_iou: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+DetectorSpec = DetectorOutput | YoloOutput | BoxesScoresOutput
+DETECTOR_FAMILIES = ("ssd-anchors", "yolo", "boxes-scores")
 
 
 class ClassifierOutput(_Strict):
@@ -204,10 +295,90 @@ class LandmarksOutput(_Strict):
     presence_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
 
 
+def _output_tag(value: Any) -> str | None:
+    """``kind``, and for detectors ``detector:<family>`` (``ssd-anchors`` when absent,
+    as every manifest before the families had it)."""
+    def get(key: str) -> object:
+        return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+
+    kind = get("kind")
+    if kind != "detector":
+        return kind if isinstance(kind, str) else None
+    family = get("family") or "ssd-anchors"
+    return f"detector:{family}" if isinstance(family, str) else None
+
+
 OutputSpec = Annotated[
-    DetectorOutput | ClassifierOutput | AnomalyOutput | LandmarksOutput,
-    Field(discriminator="kind"),
+    Annotated[DetectorOutput, Tag("detector:ssd-anchors")]
+    | Annotated[YoloOutput, Tag("detector:yolo")]
+    | Annotated[BoxesScoresOutput, Tag("detector:boxes-scores")]
+    | Annotated[ClassifierOutput, Tag("classifier")]
+    | Annotated[AnomalyOutput, Tag("anomaly")]
+    | Annotated[LandmarksOutput, Tag("landmarks")],
+    Discriminator(
+        _output_tag,
+        custom_error_type="output_kind",
+        custom_error_message="unknown output kind or detector family (kinds: detector, "
+        f"classifier, anomaly, landmarks; detector families: {', '.join(DETECTOR_FAMILIES)})",
+    ),
 ]
+
+
+class AccuracyTolerance(_Strict):
+    """How far a quantized model may stray from its float source and still serve."""
+
+    min_mean_iou: float = Field(default=0.8, ge=0.0, le=1.0)
+    max_lost_share: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="detections lost, over the float model's")
+    max_gained_share: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class AccuracyFigures(_Strict):
+    """One frame set's comparison of a quantized model with its float source."""
+
+    frames: int = Field(ge=0)
+    reference_detections: int = Field(ge=0)
+    matched: int = Field(ge=0)
+    mean_iou: float = Field(ge=0.0, le=1.0)
+    lost: int = Field(ge=0)
+    gained: int = Field(ge=0)
+
+    @property
+    def lost_share(self) -> float:
+        """Detections lost, over the float model's detections (at least one)."""
+        return self.lost / max(self.reference_detections, 1)
+
+    @property
+    def gained_share(self) -> float:
+        """Detections gained, over the float model's detections (at least one)."""
+        return self.gained / max(self.reference_detections, 1)
+
+    def within(self, tolerance: AccuracyTolerance) -> bool:
+        """Whether these figures meet ``tolerance`` (with nothing to match, any IoU does)."""
+        iou_ok = self.matched == 0 or self.mean_iou >= tolerance.min_mean_iou
+        return (iou_ok and self.lost_share <= tolerance.max_lost_share
+                and self.gained_share <= tolerance.max_gained_share)
+
+
+class Quantization(_Strict):
+    """What a quantized bundle is and how it compares with the model it was made from."""
+
+    precision: Literal["int8"] = "int8"
+    scheme: Literal["onnx-qdq", "tflite"] = "onnx-qdq"
+    source: str = Field(default="", description="name@version of the float model, if known")
+    tolerance: AccuracyTolerance = Field(default_factory=AccuracyTolerance)
+    calibration: AccuracyFigures | None = None
+    held_out: AccuracyFigures | None = None
+
+    @property
+    def source_name(self) -> str:
+        """The float model's name (without its version)."""
+        return self.source.partition("@")[0]
+
+    def within_tolerance(self) -> bool:
+        """Measured, and every measured frame set within :attr:`tolerance`."""
+        figures = [f for f in (self.calibration, self.held_out) if f is not None]
+        return bool(figures) and all(f.within(self.tolerance) for f in figures)
 
 
 class Manifest(_Strict):
@@ -227,6 +398,10 @@ class Manifest(_Strict):
     output: OutputSpec
     description: str = ""
     source: str = Field(default="", description="where the weights came from")
+    quantization: Quantization | None = Field(
+        default=None, description="set on INT8 models: scheme, float source, accuracy report")
+    golden: dict[str, tuple[float, ...]] | None = Field(
+        default=None, description="first outputs on the golden input, recorded at import")
 
     @field_validator("version")
     @classmethod
@@ -247,7 +422,10 @@ class Manifest(_Strict):
 
     def to_json(self) -> str:
         """Serialise to the canonical JSON text written into bundles."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        # Unset optional fields are left out, so that a manifest written before they
+        # existed reads back the same and older readers are not handed unknown nulls.
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2,
+                          sort_keys=True) + "\n"
 
 
 def parse_manifest(data: bytes | str, *, path: Path) -> Manifest:
@@ -271,13 +449,26 @@ def parse_manifest(data: bytes | str, *, path: Path) -> Manifest:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or None
+        field = _location(first) or None
         problems = "; ".join(_describe(err) for err in exc.errors())
         raise ManifestError(path, problems, field=field) from exc
 
 
+_UNION_TAGS = frozenset({"detector:ssd-anchors", "detector:yolo", "detector:boxes-scores",
+                         "classifier", "anomaly", "landmarks"})
+
+
+def _location(error: Any) -> str:
+    """The dotted field path, without the union member pydantic inserts (``output.labels``,
+    not ``output.detector:yolo.labels``)."""
+    parts = list(error["loc"])
+    if len(parts) > 1 and parts[0] == "output" and parts[1] in _UNION_TAGS:
+        del parts[1]
+    return ".".join(str(part) for part in parts)
+
+
 def _describe(error: Any) -> str:
-    loc = ".".join(str(part) for part in error["loc"]) or "(manifest)"
+    loc = _location(error) or "(manifest)"
     if error["type"] == "missing":
         return f"{loc}: required field is missing"
     value = error.get("input")

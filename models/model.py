@@ -11,14 +11,22 @@ import numpy.typing as npt
 
 from models.backends.base import Backend, BackendDescription, Outputs
 from models.bundle import ModelBundle
-from models.decode import DetectorDecoder, decode_anomaly, decode_classification, decode_landmarks
+from models.decode import (
+    FamilyDecoder,
+    decode_anomaly,
+    decode_classification,
+    decode_landmarks,
+    detector_decoder,
+)
 from models.errors import InferenceError, InputSpecError, ModelError
 from models.manifest import (
     AnomalyOutput,
+    BoxesScoresOutput,
     ClassifierOutput,
     DetectorOutput,
     LandmarksOutput,
     Manifest,
+    YoloOutput,
 )
 from models.preprocess import ImagePreprocessor, Placement
 from models.results import AnomalyScore, Classification, Detection, Landmarks
@@ -46,11 +54,10 @@ class Model:
         self.backend = backend
         manifest = bundle.manifest
         self._preprocess = ImagePreprocessor(manifest.input) if manifest.input.is_image else None
-        self._detector = (
-            DetectorDecoder(manifest.output, manifest.input.width, manifest.input.height)
-            if isinstance(manifest.output, DetectorOutput)
-            else None
-        )
+        self._detector: FamilyDecoder | None = None
+        if isinstance(manifest.output, DetectorOutput | YoloOutput | BoxesScoresOutput):
+            self._detector = detector_decoder(manifest.output, manifest.input.width,
+                                              manifest.input.height)
 
     @property
     def manifest(self) -> Manifest:
@@ -67,20 +74,15 @@ class Model:
 
     def detect(self, image: object) -> list[Detection]:
         """Detections in one image, best first."""
-        spec = self._require(DetectorOutput)
-        assert self._detector is not None
+        decoder = self._require_detector()
         assert self._preprocess is not None
         tensor, placement = self._preprocess(image)
         outputs = self.backend.infer(tensor)
-        return self._detector(
-            self._output(outputs, spec.boxes_output)[0],
-            self._output(outputs, spec.scores_output)[0],
-            placement,
-        )
+        return decoder.decode({name: value[0] for name, value in outputs.items()}, placement)
 
     def detect_batch(self, images: Sequence[object]) -> list[list[Detection]]:
         """Detections for each image of a batch, in one runtime call."""
-        self._require(DetectorOutput)
+        self._require_detector()
         prepared = [self.prepare_image(image) for image in images]
         return [self.decode_detections(p, outputs)
                 for p, outputs in zip(prepared, self.infer_prepared(prepared), strict=True)]
@@ -107,10 +109,7 @@ class Model:
 
     def decode_detections(self, prepared: PreparedImage, outputs: Outputs) -> list[Detection]:
         """One image's detections from its raw outputs, in its own pixels."""
-        spec = self._require(DetectorOutput)
-        assert self._detector is not None
-        return self._detector(self._output(outputs, spec.boxes_output),
-                              self._output(outputs, spec.scores_output), prepared.placement)
+        return self._require_detector().decode(outputs, prepared.placement)
 
     def classify(self, image: object) -> Classification:
         """The classifier's verdict on one image."""
@@ -146,6 +145,14 @@ class Model:
     def _image_tensor(self, image: object) -> npt.NDArray[np.generic]:
         assert self._preprocess is not None
         return self._preprocess(image)[0]
+
+    def _require_detector(self) -> FamilyDecoder:
+        if self._detector is None:
+            raise ModelError(
+                f"{self.bundle.label} is a {self.manifest.task} model; "
+                "this call needs a detector model"
+            )
+        return self._detector
 
     def _require(self, kind: type[_Spec]) -> _Spec:
         output = self.manifest.output

@@ -95,20 +95,36 @@ class ImagePreprocessor:
         self._uniform: tuple[float, float] | None = None
         self._scale: FloatArray | None = None
         self._offset: FloatArray | None = None
+        # pixel * scale + offset, per channel: the normalisation, then (for a quantized
+        # input) the quantization folded in, so that both are one pass.
+        affine: tuple[FloatArray, FloatArray] | None = None
         if spec.normalization is not None:
             std = np.asarray(spec.normalization.std, dtype=np.float32)
             mean = np.asarray(spec.normalization.mean, dtype=np.float32)
-            if np.all(std == std[0]) and np.all(mean == mean[0]):
+            affine = (1.0 / std, -mean / std)
+        elif spec.quantization is not None:
+            affine = (np.ones(spec.channels, np.float32), np.zeros(spec.channels, np.float32))
+        self._depth = cv2.CV_32F
+        self._limits: tuple[int, int] | None = None
+        if spec.quantization is not None and affine is not None:
+            quant = spec.quantization
+            affine = (affine[0] / quant.scale, affine[1] / quant.scale + quant.zero_point)
+            info = np.iinfo(self._dtype)
+            self._limits = (int(info.min), int(info.max))
+            self._depth = cv2.CV_8U if self._dtype == np.uint8 else cv2.CV_8S
+        if affine is not None:
+            scale, offset = affine
+            if np.all(scale == scale[0]) and np.all(offset == offset[0]):
                 # The usual case, one mean and one std for every channel, is a single
-                # fused OpenCV pass: convert, scale and shift at once.
-                self._uniform = (float(1.0 / std[0]), float(-mean[0] / std[0]))
+                # fused OpenCV pass: convert, scale and shift (and round and saturate to
+                # a quantized type) at once.
+                self._uniform = (float(scale[0]), float(offset[0]))
             else:
                 # Whole-image tiles: broadcasting a 3-vector makes numpy loop 3 wide,
                 # about ten times slower than element-wise work on contiguous arrays.
                 tile = (spec.height, spec.width, spec.channels)
-                self._scale = np.broadcast_to(1.0 / std, tile).astype(np.float32, order="C")
-                self._offset = np.broadcast_to(-mean / std, tile).astype(np.float32,
-                                                                         order="C")
+                self._scale = np.broadcast_to(scale, tile).astype(np.float32, order="C")
+                self._offset = np.broadcast_to(offset, tile).astype(np.float32, order="C")
 
     def __call__(self, image: object) -> tuple[npt.NDArray[np.generic], Placement]:
         """Return a batch-of-one tensor for ``image`` and where the image was placed."""
@@ -157,7 +173,7 @@ class ImagePreprocessor:
             scale, shift = self._uniform
             flat = pixels.reshape(pixels.shape[0], -1)
             tensor = np.asarray(cv2.addWeighted(flat, scale, flat, 0.0, shift,
-                                                dtype=cv2.CV_32F)).reshape(pixels.shape)
+                                                dtype=self._depth)).reshape(pixels.shape)
         elif self._scale is not None and self._offset is not None:
             normalised = pixels.astype(np.float32)
             tile_scale, tile_offset = self._scale, self._offset
@@ -166,7 +182,10 @@ class ImagePreprocessor:
                 tile_offset = tile_offset.transpose(2, 0, 1)
             normalised *= tile_scale
             normalised += tile_offset
-            tensor = normalised
+            if self._limits is not None:
+                tensor = np.clip(np.rint(normalised), *self._limits).astype(self._dtype)
+            else:
+                tensor = normalised
         else:
             tensor = pixels.astype(self._dtype, copy=False)
         return tensor

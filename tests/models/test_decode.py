@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.decode import DetectorDecoder, ssd_anchor_centres
+from models.decode import SsdAnchorsDecoder, ssd_anchor_centres
 from models.manifest import DetectorOutput, SsdAnchors
 from models.preprocess import Placement
 
@@ -14,12 +14,12 @@ pytestmark = pytest.mark.unit
 SHORT = SsdAnchors(strides=(8, 16, 16, 16))
 
 
-def _decoder() -> DetectorDecoder:
+def _decoder() -> SsdAnchorsDecoder:
     spec = DetectorOutput(
         kind="detector", boxes_output="b", scores_output="s", anchors=SHORT,
         labels=("face",), num_keypoints=6, score_threshold=0.5, nms_iou=0.3,
     )
-    return DetectorDecoder(spec, 128, 128)
+    return SsdAnchorsDecoder(spec, 128, 128)
 
 
 def test_anchor_counts_match_blazeface() -> None:
@@ -38,7 +38,7 @@ def test_box_is_decoded_relative_to_its_anchor_in_source_pixels() -> None:
     boxes[anchor, :4] = [6.4, -12.8, 32.0, 25.6]  # dx, dy, w, h in input pixels
     scores[anchor] = 3.0
     identity = Placement(256, 256, 2.0, 2.0, 0.0, 0.0, 128, 128)
-    [detection] = decoder(boxes, scores, identity)
+    [detection] = decoder.decode({"b": boxes, "s": scores}, identity)
     cx, cy = decoder.anchors[anchor] * 128
     expected = ((cx + 6.4 - 16) / 2, (cy - 12.8 - 12.8) / 2,
                 (cx + 6.4 + 16) / 2, (cy - 12.8 + 12.8) / 2)
@@ -54,7 +54,7 @@ def test_overlapping_boxes_merge_and_apart_boxes_stay() -> None:
     boxes[[0, 1, 500], 2:4] = 20.0
     scores[[0, 1, 500]] = [[4.0], [2.0], [1.0]]  # anchors 0 and 1 share a centre
     placement = Placement(128, 128, 1.0, 1.0, 0.0, 0.0, 128, 128)
-    detections = decoder(boxes, scores, placement)
+    detections = decoder.decode({"b": boxes, "s": scores}, placement)
     assert len(detections) == 2
     assert detections[0].score > detections[1].score
 
@@ -66,7 +66,8 @@ def test_huge_logits_do_not_overflow() -> None:
     scores = np.full((896, 1), -1e30, dtype=np.float32)
     scores[5] = 1e30
     with np.errstate(over="raise"):
-        detections = decoder(boxes, scores, Placement(128, 128, 1, 1, 0, 0, 128, 128))
+        detections = decoder.decode({"b": boxes, "s": scores},
+                                    Placement(128, 128, 1, 1, 0, 0, 128, 128))
     assert [d.score for d in detections] == [pytest.approx(1.0)]
 
 

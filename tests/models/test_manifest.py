@@ -38,8 +38,8 @@ def test_zoo_manifest_round_trips(short_tflite: ModelBundle) -> None:
         (("input", "layout"), "HWC", "input.layout"),
         (("input", "dtype"), "float64", "input.dtype"),
         (("input", "shape"), [1, 128, 128], "input"),
-        (("output", "score_threshold"), 1.5, "output.detector.score_threshold"),
-        (("output", "anchors", "strides"), [], "output.detector.anchors.strides"),
+        (("output", "score_threshold"), 1.5, "output.score_threshold"),
+        (("output", "anchors", "strides"), [], "output.anchors.strides"),
     ],
 )
 def test_wrong_field_is_named(
