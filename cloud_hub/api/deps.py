@@ -8,11 +8,39 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 
 from cloud_hub.api.auth import ROLE_RANK, Role, hash_token
+from cloud_hub.api.schemas import ErrorPublic
 from cloud_hub.service import HubService
 
 TOKEN_COOKIE = "hub_token"
+
+_MEANING = {
+    400: "the request body is empty",
+    401: "no valid API token",
+    403: "the token's role is too low for this",
+    404: "no such record",
+    409: "refused in the hub's present state",
+    413: "the request body is larger than the hub accepts",
+    503: "the hub is starting",
+}
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the refusals a route can answer with (``ErrorPublic``
+    bodies; 422s keep FastAPI's validation-error shape, see :func:`unprocessable`)."""
+    return {code: {"model": ErrorPublic, "description": _MEANING[code]} for code in codes}
+
+
+AUTH = documented(401, 403)
+
+
+def unprocessable(location: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 in the same shape as FastAPI's own (``detail`` a list of errors naming
+    their location), for input that is well-formed but not acceptable."""
+    return RequestValidationError([{"type": "value_error", "loc": location, "msg": message,
+                                    "input": None}])
 
 
 def get_service(request: Request) -> HubService:
@@ -62,6 +90,13 @@ def require(role: Role) -> Any:
         return principal
 
     return Depends(check)
+
+
+def binary_body(*media_types: str) -> dict[str, Any]:
+    """OpenAPI for a required raw body of one of ``media_types`` (read by the route)."""
+    schema = {"type": "string", "format": "binary"}
+    return {"requestBody": {"required": True, "content": {
+        media_type: {"schema": schema} for media_type in media_types}}}
 
 
 async def read_bounded(request: Request, limit: int) -> bytes:

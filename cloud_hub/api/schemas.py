@@ -12,14 +12,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sync import check_name
 
+#: Device ids and group names, as ``sync.check_name`` checks them (which also refuses
+#: ``.`` and ``..``): stated for the OpenAPI document, while ``check_name`` keeps
+#: validating, with its message that says what is allowed.
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class ErrorPublic(BaseModel):
+    """Any refusal but a 422: what went wrong, in words."""
+
+    detail: str
+
 
 class DeviceCreate(BaseModel):
     """A device to provision."""
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str
-    group: str = "default"
+    id: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
+    group: str = Field(default="default", json_schema_extra={"pattern": NAME_PATTERN})
     labels: dict[str, str] = Field(default_factory=dict)
     rotate: bool = Field(default=False, description="the device exists: issue new "
                          "credentials (its old password stops working, it is disconnected)")

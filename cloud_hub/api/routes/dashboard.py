@@ -13,7 +13,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from cloud_hub.api.deps import TOKEN_COOKIE, ServiceDep, require
+from cloud_hub.api.deps import AUTH, TOKEN_COOKIE, ServiceDep, require
 from cloud_hub.errors import HubError
 from cloud_hub.service import HubService
 
@@ -30,7 +30,8 @@ def login(token: str) -> Response:
     return response
 
 
-@router.get("/dashboard", response_class=HTMLResponse, dependencies=[require("viewer")])
+@router.get("/dashboard", response_class=HTMLResponse, dependencies=[require("viewer")],
+            responses=AUTH)
 def dashboard(request: Request, service: ServiceDep) -> str:
     """Fleet, numbers, and the latest escalations with thumbnails and verdicts."""
     now = time.time()

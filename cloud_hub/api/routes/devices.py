@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.api.deps import AUTH, ServiceDep, documented, require, unprocessable
 from cloud_hub.api.schemas import DeviceCreate, DeviceProvisioned, DevicePublic, MqttCredentials
 from cloud_hub.errors import (
     BrokerUnavailableError,
@@ -16,13 +16,15 @@ from cloud_hub.errors import (
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
 
-@router.get("", response_model=list[DevicePublic], dependencies=[require("viewer")])
+@router.get("", response_model=list[DevicePublic], dependencies=[require("viewer")],
+            responses=AUTH)
 def list_devices(service: ServiceDep, group: str | None = None) -> list[dict[str, object]]:
     """Every device, with its online state and installed models."""
     return service.store.list_devices(group=group)
 
 
-@router.get("/{device_id}", response_model=DevicePublic, dependencies=[require("viewer")])
+@router.get("/{device_id}", response_model=DevicePublic, dependencies=[require("viewer")],
+            responses={**AUTH, **documented(404)})
 def get_device(device_id: str, service: ServiceDep) -> dict[str, object]:
     """One device."""
     try:
@@ -32,10 +34,8 @@ def get_device(device_id: str, service: ServiceDep) -> dict[str, object]:
 
 
 @router.post("", response_model=DeviceProvisioned, status_code=status.HTTP_201_CREATED,
-             dependencies=[require("admin")], responses={
-                 409: {"description": "the device exists and rotate is false"},
-                 422: {"description": "the id is unusable or reserved for the hub"},
-                 503: {"description": "the broker could not be reached"}})
+             dependencies=[require("admin")],
+             responses={**AUTH, **documented(409, 503)})
 def provision_device(body: DeviceCreate, service: ServiceDep) -> dict[str, object]:
     """Register a device and issue its MQTT credentials (the password is shown once).
 
@@ -48,7 +48,7 @@ def provision_device(body: DeviceCreate, service: ServiceDep) -> dict[str, objec
     except DeviceExistsError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ProvisioningError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        raise unprocessable(("body", "id"), str(exc)) from exc
     except BrokerUnavailableError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     settings = service.settings
@@ -60,9 +60,7 @@ def provision_device(body: DeviceCreate, service: ServiceDep) -> dict[str, objec
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
-               dependencies=[require("admin")], responses={
-                   404: {"description": "no such device"},
-                   503: {"description": "the broker could not be reached"}})
+               dependencies=[require("admin")], responses={**AUTH, **documented(404, 503)})
 def revoke_device(device_id: str, service: ServiceDep) -> None:
     """Revoke a device's broker access: it is disconnected and cannot reconnect.
 

@@ -6,11 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.api.deps import AUTH, ServiceDep, documented, require, unprocessable
 from cloud_hub.api.schemas import EventPage, EventPublic
 from cloud_hub.errors import NotFoundError, StoreError
 
-router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[require("viewer")])
+router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[require("viewer")],
+                   responses=AUTH)
 
 
 def _public(event: dict[str, object]) -> dict[str, object]:
@@ -36,12 +37,12 @@ def list_events(
                                          until=until, limit=limit, cursor=cursor)
     except StoreError as exc:
         if "cursor" in str(exc):
-            raise HTTPException(422, str(exc)) from exc
+            raise unprocessable(("query", "cursor"), str(exc)) from exc
         raise
     return {"items": [_public(e) for e in page.items], "next_cursor": page.next_cursor}
 
 
-@router.get("/{event_id}", response_model=EventPublic)
+@router.get("/{event_id}", response_model=EventPublic, responses=documented(404))
 def get_event(event_id: str, service: ServiceDep) -> dict[str, object]:
     """One event and its verdict."""
     try:
@@ -51,7 +52,7 @@ def get_event(event_id: str, service: ServiceDep) -> dict[str, object]:
 
 
 @router.get("/{event_id}/{kind}.jpg", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}}})
+            responses={200: {"content": {"image/jpeg": {}}}, **documented(404)})
 def get_image(event_id: str, kind: Literal["crop", "thumbnail"],
               service: ServiceDep) -> Response:
     """The escalated crop or the frame thumbnail (404 once retention pruned it)."""

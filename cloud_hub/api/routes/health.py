@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud_hub.api.auth import hash_token, new_token
-from cloud_hub.api.deps import ServiceDep, get_principal, require
+from cloud_hub.api.deps import AUTH, ServiceDep, documented, get_principal, require
 from cloud_hub.api.schemas import TokenCreate, TokenIssued
 
 router = APIRouter(tags=["operations"])
@@ -18,7 +18,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready; the body says why"}})
 def readyz(service: ServiceDep, response: Response) -> dict[str, object]:
     """Ready to serve: models loaded, database answering, broker connected (if ingesting)."""
     problems = []
@@ -46,14 +46,15 @@ def metrics_access(request: Request, service: ServiceDep) -> None:
         get_principal(request, service)
 
 
-@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)])
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)],
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **documented(401)})
 def metrics(service: ServiceDep) -> Response:
     """Prometheus exposition (a bearer token of any role, unless made public)."""
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post("/v1/tokens", response_model=TokenIssued, status_code=status.HTTP_201_CREATED,
-             dependencies=[require("admin")], tags=["auth"])
+             dependencies=[require("admin")], tags=["auth"], responses=AUTH)
 def issue_token(body: TokenCreate, service: ServiceDep) -> dict[str, str]:
     """Issue an API token (shown once; only its keyed hash is stored)."""
     token = new_token()

@@ -6,7 +6,15 @@ import asyncio
 
 from fastapi import APIRouter, HTTPException, Request, status
 
-from cloud_hub.api.deps import ServiceDep, read_bounded, require
+from cloud_hub.api.deps import (
+    AUTH,
+    ServiceDep,
+    binary_body,
+    documented,
+    read_bounded,
+    require,
+    unprocessable,
+)
 from cloud_hub.api.schemas import InferenceResult
 from cloud_hub.errors import BadImageError, HubError
 from cloud_hub.judge import decode_untrusted
@@ -15,7 +23,8 @@ router = APIRouter(prefix="/v1/infer", tags=["inference"])
 
 
 @router.post("/{model}", response_model=InferenceResult, dependencies=[require("operator")],
-             openapi_extra={"requestBody": {"content": {"image/jpeg": {}, "image/png": {}}}})
+             openapi_extra=binary_body("image/jpeg", "image/png"),
+             responses={**AUTH, **documented(400, 404, 413)})
 async def infer(model: str, request: Request, service: ServiceDep) -> dict[str, object]:
     """Detections on an uploaded image (JPEG or PNG body), boxes in its pixels."""
     body = await read_bounded(request, service.settings.max_upload_bytes)
@@ -25,7 +34,7 @@ async def infer(model: str, request: Request, service: ServiceDep) -> dict[str, 
                                         max_pixels=service.settings.max_image_pixels)
     except BadImageError as exc:
         service.metrics.images_refused.labels(exc.reason, "infer").inc()
-        raise HTTPException(422, f"the body is not an acceptable image: {exc}") from exc
+        raise unprocessable(("body",), f"not an acceptable image: {exc}") from exc
     try:
         batcher = service.batcher(model)
     except HubError as exc:

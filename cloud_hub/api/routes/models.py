@@ -6,9 +6,17 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 
-from cloud_hub.api.deps import ServiceDep, require, stream_to_file
+from cloud_hub.api.deps import (
+    AUTH,
+    ServiceDep,
+    binary_body,
+    documented,
+    require,
+    stream_to_file,
+    unprocessable,
+)
 from cloud_hub.api.schemas import ModelPublic
 from cloud_hub.settings import HubSettings
 from models import (
@@ -23,7 +31,8 @@ from models import (
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=list[ModelPublic], dependencies=[require("viewer")])
+@router.get("", response_model=list[ModelPublic], dependencies=[require("viewer")],
+            responses=AUTH)
 def list_models(service: ServiceDep, name: str | None = None) -> list[dict[str, object]]:
     """Every uploaded version, newest first per name."""
     return service.store.list_models(name=name)
@@ -31,7 +40,8 @@ def list_models(service: ServiceDep, name: str | None = None) -> list[dict[str, 
 
 @router.post("", response_model=ModelPublic, status_code=status.HTTP_201_CREATED,
              dependencies=[require("admin")],
-             openapi_extra={"requestBody": {"content": {"application/zip": {}}}})
+             openapi_extra=binary_body("application/zip"),
+             responses={**AUTH, **documented(400, 413)})
 async def upload_model(request: Request, service: ServiceDep) -> dict[str, object]:
     """Upload a bundle: a zip of ``manifest.json`` and its model file, nothing else.
 
@@ -47,7 +57,7 @@ async def upload_model(request: Request, service: ServiceDep) -> dict[str, objec
             stored = await asyncio.to_thread(_store_bundle, archive, Path(tmp) / "bundle",
                                              settings)
         except ModelError as exc:
-            raise HTTPException(422, str(exc)) from exc
+            raise unprocessable(("body",), str(exc)) from exc
     manifest = stored.manifest
     return service.store.add_model(
         name=manifest.name, version=manifest.version, task=manifest.task,

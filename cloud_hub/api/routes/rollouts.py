@@ -7,13 +7,17 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_hub.api.deps import ServiceDep, require
+from cloud_hub.api.deps import AUTH, ServiceDep, documented, require
+from cloud_hub.api.schemas import ErrorPublic
 from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import HubError, NotFoundError, TargetsKeyOfflineError
 from cloud_hub.service import HubService
 from models import ModelError
 
 router = APIRouter(tags=["rollouts"])
+
+TARGETS_KEY_OFFLINE: dict[int | str, dict[str, Any]] = {403: {"model": ErrorPublic, "description": (
+    "the token's role is too low, or signing is off: the targets key is offline")}}
 
 
 class RolloutCreate(BaseModel):
@@ -44,7 +48,7 @@ def _distribution(service: HubService) -> ModelDistribution:
 
 @router.post("/v1/models/{name}/{version}/publish", status_code=status.HTTP_201_CREATED,
              dependencies=[require("admin")],
-             responses={403: {"description": "publishing is off: the targets key is offline"}})
+             responses={**AUTH, **documented(404, 409, 503), **TARGETS_KEY_OFFLINE})
 def publish_model(name: str, version: str, body: PublishRequest,
                   service: ServiceDep) -> dict[str, str]:
     """Sign an uploaded version into the TUF repository that devices update from.
@@ -66,13 +70,14 @@ def publish_model(name: str, version: str, body: PublishRequest,
     return {"target": path}
 
 
-@router.get("/v1/rollouts", dependencies=[require("viewer")])
+@router.get("/v1/rollouts", dependencies=[require("viewer")], responses=AUTH)
 def list_rollouts(service: ServiceDep, status_filter: str | None = None) -> list[dict[str, Any]]:
     """Every rollout, newest first."""
     return service.store.list_rollouts(status=status_filter)
 
 
-@router.get("/v1/rollouts/{rollout_id}", dependencies=[require("viewer")])
+@router.get("/v1/rollouts/{rollout_id}", dependencies=[require("viewer")],
+            responses={**AUTH, **documented(404)})
 def get_rollout(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
     """One rollout: waves, outcomes per device, status."""
     try:
@@ -82,7 +87,7 @@ def get_rollout(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
 
 
 @router.post("/v1/rollouts", status_code=status.HTTP_201_CREATED,
-             dependencies=[require("operator")])
+             dependencies=[require("operator")], responses={**AUTH, **documented(404, 409, 503)})
 def start_rollout(body: RolloutCreate, service: ServiceDep) -> dict[str, Any]:
     """Start a staged rollout: canaries first, then the rest of the group."""
     try:
@@ -98,7 +103,7 @@ def start_rollout(body: RolloutCreate, service: ServiceDep) -> dict[str, Any]:
 
 
 @router.post("/v1/rollouts/{rollout_id}/rollback", dependencies=[require("operator")],
-             responses={403: {"description": "rollback is off: the targets key is offline"}})
+             responses={**AUTH, **documented(404, 409, 503), **TARGETS_KEY_OFFLINE})
 def rollback(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
     """Stop a rollout and ship the previous model to the whole group again (signing it
     needs the targets key: where it is offline, this route is off, as publishing is)."""
