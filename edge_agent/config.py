@@ -191,8 +191,8 @@ class UpdatesConfig(_Section):
     health_max_wait_s: Seconds = 600.0
     health_side_by_side: bool = Field(
         default=True, description="run the previous model beside the new one in the window, "
-        "so that latency is compared under the same load (costs one more inference a frame "
-        "while the window lasts)")
+        "so that latency is compared in pairs under the same load (costs one more inference "
+        "a frame while the window lasts); off, latency is not judged")
     max_latency_ratio: float = Field(default=1.5, gt=1)
     max_escalation_ratio: float = Field(default=2.0, gt=1)
 

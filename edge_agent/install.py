@@ -159,10 +159,17 @@ class ModelInstaller:
         self._point(record.model, record.candidate)
         return self._step(record, Step.ACTIVE)
 
-    def conclude(self, record: InstallRecord, new: HealthStats,
-                 baseline: HealthStats | None) -> InstallRecord:
-        """Judge the health window: commit, roll back, or keep watching (unchanged)."""
-        verdict, reason = judge_health(new, baseline, self.limits)
+    def conclude(self, record: InstallRecord, new: HealthStats, baseline: HealthStats | None,
+                 *, limits: HealthLimits | None = None,
+                 window_closed: bool = False) -> InstallRecord:
+        """Judge the health window: commit, roll back, or keep watching (unchanged).
+
+        Args:
+            limits: The device's limits (else the installer's own).
+            window_closed: The window's time is up: decide now (see :func:`judge_health`).
+        """
+        verdict, reason = judge_health(new, baseline, limits or self.limits,
+                                       window_closed=window_closed)
         if verdict == "undecided":
             return record
         if verdict == "degraded":

@@ -38,13 +38,13 @@ class ModelHealth:
     """Rolling counters of one serving model, fed by the pipeline thread.
 
     The first ``warmup`` inferences after a swap are not counted: caches, thread pools and
-    delegates settle then, and the install itself still competes for the CPU. Latency is
-    judged on the median, which a short burst of contention does not move.
+    delegates settle then, and the install itself still competes for the CPU.
 
     During a health window the previous model can run as a *shadow*: after each counted
-    inference the pipeline runs it on the same input, and its latency is kept beside the
-    new model's. Both are then measured under the same load, which a comparison with the
-    previous model's earlier window is not (a busy device would fail good updates).
+    inference the pipeline runs it on the same input, and the two latencies are kept as a
+    pair (timed by ``clock``). Both are then measured under the same load, which a
+    comparison with the previous model's earlier window is not (a busy device would fail
+    good updates); latency is judged on these pairs only (:func:`sync.install.compare_latency`).
     """
 
     warmup: int = 0
@@ -52,16 +52,20 @@ class ModelHealth:
     errors: int = 0
     escalations: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
-    shadow_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=500))
+    latency_pairs: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=500))
+    clock: Callable[[], float] = time.perf_counter
+    _last_latency: float | None = None
     _shadow: Model | None = None
     _shadow_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, latency_s: float | None, *, escalated: bool = False) -> bool:
         """One inference: its latency, or ``None`` if it failed. Returns whether it was
         counted (it was not during the warm-up)."""
+        self._last_latency = None
         if self.warmup > 0:
             self.warmup -= 1
             return False
+        self._last_latency = latency_s
         self.inferences += 1
         if latency_s is None:
             self.errors += 1
@@ -82,25 +86,26 @@ class ModelHealth:
             self._shadow = None
 
     def run_shadow(self, infer: Callable[[Model], object]) -> None:
-        """Time ``infer`` on the shadow model, if there is one (pipeline thread). A failing
+        """Time ``infer`` on the shadow model, if there is one, and pair its latency with
+        the new model's on the same input, just recorded (pipeline thread). A failing
         shadow is not the new model's fault: it is logged and not counted."""
+        new, self._last_latency = self._last_latency, None
         with self._shadow_lock:
-            if self._shadow is None:
+            if self._shadow is None or new is None:
                 return
-            started = time.perf_counter()
+            started = self.clock()
             try:
                 infer(self._shadow)
             except ModelError as exc:
                 log.warning("the previous model failed beside the new one: %s", exc)
                 return
-            self.shadow_latencies.append(time.perf_counter() - started)
+            self.latency_pairs.append((new, self.clock() - started))
 
     def stats(self) -> HealthStats:
         """A snapshot for the health judgement."""
         median = float(np.median(list(self.latencies))) if self.latencies else 0.0
-        shadow = list(self.shadow_latencies)
         return HealthStats(self.inferences, self.errors, median, self.escalations,
-                           float(np.median(shadow)) if shadow else None)
+                           tuple(self.latency_pairs))
 
 
 def device_fit(profile: HardwareProfile) -> DeviceFit:
@@ -272,14 +277,11 @@ class Updater:
         deadline = time.monotonic() + self.config.health_max_wait_s
         while not self._stop.is_set():
             stats = self._health(record.model).stats()
-            concluded = self.installer.conclude(record, stats, baseline)
+            # A quiet camera may not fill the window in time: then what it saw decides.
+            concluded = self.installer.conclude(record, stats, baseline, limits=self._limits,
+                                                window_closed=time.monotonic() > deadline)
             if concluded.finished:
                 return concluded
-            if time.monotonic() > deadline:
-                # A quiet camera may not reach the window's size: no errors is healthy.
-                relaxed = HealthStats(max(stats.inferences, self._limits.min_inferences),
-                                      stats.errors, stats.median_latency_s, stats.escalations)
-                return self.installer.conclude(record, relaxed, baseline)
             self._stop.wait(0.2)
         return record
 

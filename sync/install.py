@@ -12,10 +12,18 @@
 escalation rate are compared with the previous model's; the previous model stays on disk
 until ``committed``. A record is persisted once its step is done, and every step can be
 redone safely, so after a crash :func:`resume_action` says what to do next.
+
+Latency is judged only on paired samples (:func:`compare_latency`): the previous model
+runs on the same input right after the new one, and a sign test on the pairs says, with a
+stated confidence, whether the new model is more than ``max_latency_ratio`` times slower,
+or not. Load on the device slows both sides of a pair alike, so a busy device fails no
+good update; a window too short or too noisy for a verdict keeps watching, up to its
+bound, and then does not hold the update back on latency.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
@@ -124,17 +132,16 @@ def resume_action(record: InstallRecord) -> ResumeAction:
 class HealthStats:
     """What a model did over a window: calls, failures, latency and escalations.
 
-    ``previous_median_latency_s`` is the previous model's median latency measured side by
-    side with the new one, on the same inputs in the same window; when present, latency is
-    judged against it rather than against the previous model's own, earlier window, because
-    a device's load (other processes, the install itself) moves both of them alike.
+    ``latency_pairs_s`` holds, oldest first, ``(new, previous)`` latencies of the two
+    models on the same input, the previous one run right after the new one (side by side),
+    so that both are measured under the same load.
     """
 
     inferences: int
     errors: int
     median_latency_s: float
     escalations: int
-    previous_median_latency_s: float | None = None
+    latency_pairs_s: tuple[tuple[float, float], ...] = ()
 
     @property
     def error_rate(self) -> float:
@@ -149,32 +156,116 @@ class HealthStats:
 
 @dataclass(frozen=True, slots=True)
 class HealthLimits:
-    """How much worse than the previous model the new one may be."""
+    """How much worse than the previous model the new one may be, and how sure the latency
+    judgement must be (see :func:`compare_latency`)."""
 
     min_inferences: int = 50
     max_error_rate: float = 0.01
     max_latency_ratio: float = 1.5
     max_escalation_ratio: float = 2.0
     escalation_floor: float = 0.05
+    latency_confidence: float = 0.99
+    min_latency_pairs: int = 20
+    max_latency_pairs: int = 320
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.latency_confidence < 1:
+            raise ValueError(f"latency_confidence {self.latency_confidence} is not in (0.5, 1)")
+        if not 1 <= self.min_latency_pairs <= self.max_latency_pairs:
+            raise ValueError(f"latency pairs: min {self.min_latency_pairs} and max "
+                             f"{self.max_latency_pairs} must satisfy 1 <= min <= max")
+
+    @property
+    def latency_looks(self) -> tuple[int, ...]:
+        """The numbers of pairs at which latency is tested: the minimum, doubled up to the
+        maximum, and the maximum itself."""
+        looks = [self.min_latency_pairs]
+        while looks[-1] * 2 <= self.max_latency_pairs:
+            looks.append(looks[-1] * 2)
+        if looks[-1] != self.max_latency_pairs:
+            looks.append(self.max_latency_pairs)
+        return tuple(looks)
 
 
-def judge_health(new: HealthStats, baseline: HealthStats | None,
-                 limits: HealthLimits) -> tuple[Literal["healthy", "degraded", "undecided"], str]:
-    """Compare the new model's window with the previous model's."""
+LatencyVerdict = Literal["slower", "within", "watching", "inconclusive", "unpaired"]
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyJudgement:
+    """The outcome of :func:`compare_latency`, with the figures behind it."""
+
+    verdict: LatencyVerdict
+    reason: str
+
+
+def _at_least(successes: int, trials: int) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, 1/2)."""
+    return sum(math.comb(trials, k) for k in range(successes, trials + 1)) / (1 << trials)
+
+
+def compare_latency(pairs: tuple[tuple[float, float], ...],
+                    limits: HealthLimits) -> LatencyJudgement:
+    """Whether the new model is more than ``max_latency_ratio`` times slower than the
+    previous one, from paired samples, with ``latency_confidence``.
+
+    A sign test on the pairs, which assumes nothing about how latency is distributed (a
+    preempted inference is an outlier of any size): if the median of new/previous were
+    at most the ratio, a pair would exceed it with probability at most 1/2, so many more
+    than half exceeding it is evidence of a slower model; many fewer, of one within the
+    limit. The test is made only at :attr:`HealthLimits.latency_looks` (the first so many
+    pairs), each at ``(1 - latency_confidence) / len(looks)``, so that looking again as
+    pairs arrive keeps the overall chance of a wrong verdict within the stated bound
+    (Bonferroni). Before the first look: ``watching``; after the last without a verdict:
+    ``inconclusive``; no pairs at all (no side-by-side run): ``unpaired``.
+    """
+    if not pairs:
+        return LatencyJudgement("unpaired", "latency not judged: no paired samples")
+    looks = limits.latency_looks
+    taken = [look for look in looks if look <= len(pairs)]
+    if not taken:
+        return LatencyJudgement(
+            "watching", f"{len(pairs)} of {looks[0]} paired latency samples so far")
+    size, alpha = taken[-1], (1 - limits.latency_confidence) / len(looks)
+    ratio = limits.max_latency_ratio
+    over = sum(new > ratio * previous for new, previous in pairs[:size])
+    median = sorted(new / previous if previous > 0 else math.inf
+                    for new, previous in pairs[:size])[size // 2]
+    figures = (f"{over} of {size} inferences over {ratio:g}x the previous model on the "
+               f"same inputs, median ratio {median:.2f}")
+    if _at_least(over, size) <= alpha:
+        return LatencyJudgement("slower", f"latency over {ratio:g}x with "
+                                          f"{limits.latency_confidence:.0%} confidence "
+                                          f"({figures})")
+    if _at_least(size - over, size) <= alpha:
+        return LatencyJudgement("within", f"latency within {ratio:g}x ({figures})")
+    if size == looks[-1]:
+        return LatencyJudgement("inconclusive", f"latency not judged: no verdict at "
+                                                f"{limits.latency_confidence:.0%} confidence "
+                                                f"({figures})")
+    return LatencyJudgement("watching", f"no latency verdict yet ({figures})")
+
+
+def judge_health(new: HealthStats, baseline: HealthStats | None, limits: HealthLimits, *,
+                 window_closed: bool = False,
+                 ) -> tuple[Literal["healthy", "degraded", "undecided"], str]:
+    """Compare the new model's window with the previous model's.
+
+    ``undecided`` means keep watching; once the window is closed (its time is up) there is
+    no more of it: too few inferences or no latency verdict then hold nothing back.
+    """
     if new.error_rate > limits.max_error_rate and new.errors >= 3:
         return "degraded", f"error rate {new.error_rate:.1%} over {limits.max_error_rate:.1%}"
-    if new.inferences < limits.min_inferences:
+    if new.inferences < limits.min_inferences and not window_closed:
         return "undecided", f"{new.inferences} of {limits.min_inferences} inferences so far"
-    reference, against = new.previous_median_latency_s, " for the previous model on the same inputs"
-    if reference is None and baseline is not None and baseline.inferences:
-        reference, against = baseline.median_latency_s, ""
-    if reference is not None and new.median_latency_s > reference * limits.max_latency_ratio:
-        return "degraded", (f"median latency {new.median_latency_s * 1e3:.1f} ms against "
-                            f"{reference * 1e3:.1f} ms{against}")
+    latency = compare_latency(new.latency_pairs_s, limits)
+    if latency.verdict == "slower":
+        return "degraded", latency.reason
     if baseline is not None and baseline.inferences:
         allowed = max(baseline.escalation_rate * limits.max_escalation_ratio,
                       limits.escalation_floor)
         if new.escalation_rate > allowed:
             return "degraded", (f"escalation rate {new.escalation_rate:.1%} against "
                                 f"{baseline.escalation_rate:.1%}")
-    return "healthy", "within limits"
+    if latency.verdict == "watching" and not window_closed:
+        return "undecided", latency.reason
+    return "healthy", f"within limits; {latency.reason}"

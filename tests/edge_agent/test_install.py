@@ -225,14 +225,15 @@ def test_health_window_times_the_previous_model_beside_the_new_one(
         if health.record(time.perf_counter() - started):  # not during the warm-up
             health.run_shadow(detect)
     stats = health.stats()
-    assert stats.inferences == 4 and len(health.shadow_latencies) == 4
-    assert shadowed == [previous] * 4 and stats.previous_median_latency_s is not None
+    assert stats.inferences == 4 and len(stats.latency_pairs_s) == 4
+    assert shadowed == [previous] * 4
 
     def failing(model: Model) -> object:
         raise ModelError("the previous model broke")
 
+    health.record(0.001)
     health.run_shadow(failing)  # the previous model's failure is not the new one's
-    assert health.stats().errors == 0 and len(health.shadow_latencies) == 4
+    assert health.stats().errors == 0 and len(health.latency_pairs) == 4
 
     # Ending the shadow waits for the shadow inference under way, so the updater can
     # close the previous model right after.
@@ -243,6 +244,7 @@ def test_health_window_times_the_previous_model_beside_the_new_one(
         release.wait(10)
         return model.detect(image)
 
+    health.record(0.001)
     worker = threading.Thread(target=health.run_shadow, args=(slow,))
     worker.start()
     assert entered.wait(10)
@@ -252,7 +254,7 @@ def test_health_window_times_the_previous_model_beside_the_new_one(
     release.set()
     worker.join(10)
     ender.join(10)
-    assert ended.is_set() and len(health.shadow_latencies) == 5
+    assert ended.is_set() and len(health.latency_pairs) == 5
     health.run_shadow(detect)
     assert len(shadowed) == 4  # ended: nothing runs any more
     new.close()

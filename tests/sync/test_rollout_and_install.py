@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from sync.errors import SyncError
@@ -12,6 +15,7 @@ from sync.install import (
     InvalidTransitionError,
     Step,
     advance,
+    compare_latency,
     judge_health,
     resume_action,
 )
@@ -89,25 +93,90 @@ def test_health_judgement() -> None:
     assert judge_health(HealthStats(10, 0, 0.01, 0), base, limits)[0] == "undecided"
     assert judge_health(HealthStats(10, 5, 0.01, 0), base, limits)[0] == "degraded"
     assert judge_health(HealthStats(100, 0, 0.011, 5), base, limits)[0] == "healthy"
-    slow = judge_health(HealthStats(100, 0, 0.030, 5), base, limits)
-    assert slow == ("degraded", "median latency 30.0 ms against 10.0 ms")
+    # Latencies of windows apart are not compared: the device's load may differ between
+    # them. Without side-by-side pairs, latency is not judged at all.
+    unpaired = judge_health(HealthStats(100, 0, 0.030, 5), base, limits)
+    assert unpaired == ("healthy", "within limits; latency not judged: no paired samples")
     chatty = judge_health(HealthStats(100, 0, 0.010, 40), base, limits)
     assert chatty[0] == "degraded" and "escalation rate 40.0%" in chatty[1]
+    # A window whose time is up decides on what it saw.
+    assert judge_health(HealthStats(10, 0, 0.01, 0), base, limits,
+                        window_closed=True)[0] == "healthy"
+    assert judge_health(HealthStats(10, 5, 0.01, 0), base, limits,
+                        window_closed=True)[0] == "degraded"
 
 
-def test_health_judges_latency_against_the_previous_model_side_by_side() -> None:
+def _pairs(count: int, slowdown: float, *, seed: int = 7,
+           stalls: float = 0.3) -> tuple[tuple[float, float], ...]:
+    """Paired latencies on a busy device: each model's own time times a load factor both
+    share, and in ``stalls`` of the pairs one side (either) preempted for up to 20 ms."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        load = rng.uniform(1.0, 4.0)
+        new, previous = 0.004 * slowdown * load, 0.004 * load
+        if rng.random() < stalls:
+            stall = rng.uniform(0.001, 0.020)
+            if rng.random() < 0.5:
+                new += stall
+            else:
+                previous += stall
+        pairs.append((new * rng.uniform(0.9, 1.1), previous * rng.uniform(0.9, 1.1)))
+    return tuple(pairs)
+
+
+def _window(pairs: tuple[tuple[float, float], ...]) -> HealthStats:
+    return HealthStats(max(len(pairs), 50), 0, 0.004, 2, latency_pairs_s=pairs)
+
+
+def test_latency_is_judged_on_paired_samples_with_a_stated_confidence() -> None:
     limits = HealthLimits(min_inferences=50)
-    quiet = HealthStats(inferences=500, errors=0, median_latency_s=0.002, escalations=25)
-    # The device got busy after the swap: both models slowed alike, so the update is fine,
-    # although its latency is almost three times the previous model's quiet window.
-    busy = HealthStats(100, 0, 0.0057, 5, previous_median_latency_s=0.0055)
-    assert judge_health(busy, quiet, limits) == ("healthy", "within limits")
-    # Without the side-by-side figure, the earlier window is all there is to go by.
-    assert judge_health(HealthStats(100, 0, 0.0057, 5), quiet, limits)[0] == "degraded"
-    # A really slower model is slower than the previous one on the same inputs.
-    slow = judge_health(HealthStats(100, 0, 0.012, 5, previous_median_latency_s=0.004),
-                        quiet, limits)
-    assert slow == ("degraded", "median latency 12.0 ms against 4.0 ms for the previous "
-                                "model on the same inputs")
-    # With no window of the previous model (a resumed install), side by side still judges.
-    assert judge_health(HealthStats(100, 0, 0.012, 5, 0.004), None, limits)[0] == "degraded"
+    quiet = HealthStats(inferences=500, errors=0, median_latency_s=0.004, escalations=25)
+    # The same model on a busy, noisy device: never "slower", whatever the window's length.
+    busy = _pairs(limits.max_latency_pairs, 1.0)
+    for count in range(1, len(busy) + 1):
+        assert compare_latency(busy[:count], limits).verdict != "slower"
+    same = judge_health(_window(_pairs(20, 1.0)), quiet, limits)
+    assert same[0] == "healthy" and "latency within 1.5x" in same[1]
+    # Three times slower under the same noise: a verdict at the first look, 20 pairs.
+    assert judge_health(_window(_pairs(19, 3.0)), quiet, limits)[0] == "undecided"
+    slow = judge_health(_window(_pairs(20, 3.0)), quiet, limits)
+    assert slow[0] == "degraded"
+    assert slow[1].startswith("latency over 1.5x with 99% confidence (")
+    assert "previous model on the same inputs" in slow[1]
+    # Right at the limit the pairs cannot tell: keep watching up to the last look, then
+    # the update is not held back on latency.
+    edge = _pairs(limits.max_latency_pairs, 1.5, stalls=0.0)
+    assert judge_health(_window(edge[:100]), quiet, limits)[0] == "undecided"
+    assert compare_latency(edge, limits).verdict == "inconclusive"
+    assert judge_health(_window(edge), quiet, limits)[0] == "healthy"
+    # Fewer pairs than the first look when the window's time is up: no latency verdict.
+    closed = judge_health(_window(_pairs(5, 3.0)), quiet, limits, window_closed=True)
+    assert closed == ("healthy", "within limits; 5 of 20 paired latency samples so far")
+
+
+def test_looking_again_as_pairs_arrive_keeps_the_stated_confidence() -> None:
+    """The worst case for a false alarm: each pair a coin toss at exactly the limit. The
+    chance that some look of a whole window calls it slower, computed exactly over every
+    count of slow pairs at each look, stays within the stated bound."""
+    limits = HealthLimits()
+    watching = {0: 1.0}  # slow pairs so far -> probability, among windows still watching
+    seen, alarm = 0, 0.0
+    for look in limits.latency_looks:
+        more = look - seen
+        grown: dict[int, float] = {}
+        for slow, chance in watching.items():
+            for extra in range(more + 1):
+                grown[slow + extra] = (grown.get(slow + extra, 0.0)
+                                       + chance * math.comb(more, extra) / 2 ** more)
+        seen, watching = look, {}
+        for slow, chance in grown.items():
+            pairs = ((2.0, 1.0),) * slow + ((1.0, 1.0),) * (look - slow)
+            verdict = compare_latency(pairs, limits).verdict
+            if verdict == "slower":
+                alarm += chance
+            elif verdict in ("watching", "inconclusive"):
+                watching[slow] = chance
+    assert 0 < alarm <= 1 - limits.latency_confidence
+    with pytest.raises(ValueError, match="latency_confidence"):
+        HealthLimits(latency_confidence=0.4)
