@@ -1,7 +1,8 @@
 """What the hub's serving layer costs, against the bare runtime, on its heavy model.
 
 All in one run, on BlazeFace full-range (the hub's default detector, ONNX Runtime on the
-provider the hardware plan picks, exported with a dynamic batch dimension):
+provider the hardware plan picks, exported with a dynamic batch dimension), or on the
+detector ``--model`` names (e.g. ``nudenet-320n``, a YOLOv8n export):
 
 (a) **bare best throughput**: ``InferenceSession.run`` alone on prepared tensors, no
     serving code, the best images/s over batch sizes 1, 2, 4, 8, 16 and thread settings
@@ -149,11 +150,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--single-calls", type=int, default=96,
                         help="single-client requests, each paired with a bare run")
     parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--model", default=None,
+                        help="the detector to serve, any stored or zoo detector bundle "
+                        "(e.g. nudenet-320n); default: the hub's judge model")
     args = parser.parse_args(argv)
 
     scratch = tempfile.TemporaryDirectory(prefix="bench-batching-")
+    chosen = {"detector_model": args.model} if args.model else {}
     settings = HubSettings(data_dir=Path(scratch.name),
-                           model_store=args.store or default_store_path())
+                           model_store=args.store or default_store_path(), **chosen)
     service = HubService(settings, ingest=False)
     batcher = service.batcher(settings.detector_model)  # loads, measures, picks a size
     model, selection = service.models[settings.detector_model]

@@ -1,11 +1,15 @@
 """What the project's model API costs over the bare runtimes, measured in one run.
 
-Three pairs, each on the same model (BlazeFace short-range) and the same input:
+Three pairs, each on the same model (BlazeFace short-range by default, or the detector
+``--model`` names) and the same input:
 
 * ``litert``: ``LiteRTBackend.infer`` against a bare ``Interpreter`` set/invoke/get loop;
 * ``onnxruntime``: ``OnnxRuntimeBackend.infer`` against a bare ``InferenceSession.run``;
 * ``pipeline``: ``Model.detect`` on a photograph (preprocess + infer + decode) against a
-  minimal hand-written OpenCV/numpy path doing the same work.
+  minimal hand-written OpenCV/numpy path doing the same work (for a YOLO v8 model:
+  letterbox, ``blobFromImage``, ``run``, threshold and ``cv2.dnn.NMSBoxesBatched``).
+
+With ``--model``, the pairs that fit its runtime and family run.
 
 The pairs run interleaved in short blocks, alternating which goes first, so that drift on
 this shared machine hits both sides alike. Each ratio is the median over neighbouring
@@ -30,6 +34,7 @@ import numpy.typing as npt
 
 from models import (
     BackendSpec,
+    Detection,
     LiteRTBackend,
     Model,
     ModelBundle,
@@ -41,7 +46,7 @@ from models import (
 from models.backends import import_onnxruntime, import_tflite_interpreter
 from models.decode import ssd_anchor_centres
 from models.golden import golden_input
-from models.manifest import DetectorOutput
+from models.manifest import DetectorOutput, YoloOutput
 
 TARGET = 1.05
 
@@ -85,6 +90,23 @@ def _interleaved(
             statistics.median(ratios))
 
 
+def _letterbox(image: npt.NDArray[np.uint8],
+               size: int) -> tuple[npt.NDArray[np.uint8], float, int, int]:
+    """``image`` fitted into a black ``size`` square: the square, the scale, the padding."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nw, nh = round(w * scale), round(h * scale)
+    shrunk = image
+    while shrunk.shape[1] >= 2 * nw and shrunk.shape[0] >= 2 * nh:  # area-filter halvings
+        shrunk = np.asarray(cv2.resize(shrunk, (shrunk.shape[1] // 2, shrunk.shape[0] // 2),
+                                       interpolation=cv2.INTER_AREA), np.uint8)
+    resized = cv2.resize(shrunk, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    px, py = (size - nw) // 2, (size - nh) // 2
+    padded = cv2.copyMakeBorder(resized, py, size - nh - py, px, size - nw - px,
+                                cv2.BORDER_CONSTANT, value=0)
+    return np.asarray(padded, np.uint8), scale, px, py
+
+
 class _HandWrittenBlazeFace:
     """The least code that turns a photograph into face boxes with a bare interpreter."""
 
@@ -104,16 +126,7 @@ class _HandWrittenBlazeFace:
     def __call__(self, image: npt.NDArray[np.uint8]) -> list[tuple[float, ...]]:
         """``(x1, y1, x2, y2, score, keypoint x, y, ...)`` per face, MediaPipe's weighted NMS."""
         h, w = image.shape[:2]
-        scale = self.size / max(h, w)
-        nw, nh = round(w * scale), round(h * scale)
-        shrunk = image
-        while shrunk.shape[1] >= 2 * nw and shrunk.shape[0] >= 2 * nh:  # area-filter halvings
-            shrunk = np.asarray(cv2.resize(shrunk, (shrunk.shape[1] // 2, shrunk.shape[0] // 2),
-                                           interpolation=cv2.INTER_AREA), np.uint8)
-        resized = cv2.resize(shrunk, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        px, py = (self.size - nw) // 2, (self.size - nh) // 2
-        padded = cv2.copyMakeBorder(resized, py, self.size - nh - py, px, self.size - nw - px,
-                                    cv2.BORDER_CONSTANT, value=0)
+        padded, scale, px, py = _letterbox(image, self.size)
         tensor = (padded.astype(np.float32) / 127.5 - 1.0)[np.newaxis]
         self.interpreter.set_tensor(self.input_index, tensor)
         self.interpreter.invoke()
@@ -149,72 +162,140 @@ class _HandWrittenBlazeFace:
         return faces
 
 
+class _HandWrittenYolo:
+    """The least code that turns a photograph into YOLO v8 boxes with a bare session:
+    letterbox, scale to 0..1, ``run``, threshold, and OpenCV's class-aware NMS."""
+
+    def __init__(self, bundle: ModelBundle, session: Any) -> None:
+        spec = bundle.manifest.output
+        assert isinstance(spec, YoloOutput)
+        assert spec.layout == "v8"
+        self.size = bundle.manifest.input.width
+        self.threshold = spec.score_threshold
+        self.iou = spec.nms_iou
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def __call__(self, image: npt.NDArray[np.uint8]) -> list[tuple[float, ...]]:
+        """``(x1, y1, x2, y2, score, class)`` per object, best first."""
+        h, w = image.shape[:2]
+        padded, scale, px, py = _letterbox(image, self.size)
+        blob = cv2.dnn.blobFromImage(padded, 1.0 / 255.0)  # NCHW float32, RGB kept
+        out = self.session.run(None, {self.input_name: blob})[0][0]
+        classes = out[4:].argmax(axis=0)
+        scores = out[4:].max(axis=0)
+        keep = np.flatnonzero(scores >= self.threshold)
+        cx, cy, bw, bh = out[:4, keep]
+        rects = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1)
+        chosen = cv2.dnn.NMSBoxesBatched(rects.tolist(), scores[keep].tolist(),
+                                         classes[keep].tolist(), self.threshold, self.iou)
+        found = []
+        for i in np.asarray(chosen, np.intp).reshape(-1):
+            x, y, rw, rh = rects[i]
+            x1, x2 = np.clip([(x - px) / scale, (x + rw - px) / scale], 0, w)
+            y1, y2 = np.clip([(y - py) / scale, (y + rh - py) / scale], 0, h)
+            found.append((float(x1), float(y1), float(x2), float(y2),
+                          float(scores[keep][i]), float(classes[keep][i])))
+        return sorted(found, key=lambda row: -row[4])
+
+
+def _part(project_s: float, bare_s: float, ratio: float) -> dict[str, float]:
+    return {"project_ms": project_s * 1e3, "bare_ms": bare_s * 1e3, "ratio": ratio}
+
+
+def _check_agreement(ours: list[tuple[float, ...]], theirs: list[tuple[float, ...]]) -> None:
+    if not ours or len(ours) != len(theirs) or not np.allclose(ours, theirs, atol=1e-3):
+        raise SystemExit(f"paths disagree: project {ours}, hand-written {theirs}")
+
+
 def main(argv: list[str]) -> int:
     """Run the benchmark and print the JSON line."""
     parser = argparse.ArgumentParser(prog="python -m bench overhead")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--calls", type=int, default=150, help="calls per side per round")
     parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument(
+        "--model", default=None,
+        help="one stored or zoo detector (e.g. nudenet-320n): its runtime's pair, and the "
+        "pipeline pair for a YOLO v8 or SSD TFLite model; default BlazeFace short-range, "
+        "TFLite and its ONNX conversion")
     args = parser.parse_args(argv)
 
     from skimage import data
 
-    tflite_bundle, onnx_bundle = _bundles(ModelStore(args.store or default_store_path()))
+    store = ModelStore(args.store or default_store_path())
+    tflite_bundle: ModelBundle | None
+    onnx_bundle: ModelBundle | None
+    if args.model is None:
+        tflite_bundle, onnx_bundle = _bundles(store)
+    else:
+        chosen = ModelZoo(store).ensure(args.model)
+        is_tflite = chosen.manifest.runtime == "tflite"
+        tflite_bundle, onnx_bundle = (chosen, None) if is_tflite else (None, chosen)
     threads = os.cpu_count() or 1
-    content = tflite_bundle.read_verified_model()
-    nhwc = np.random.default_rng(0).uniform(-1, 1, (1, 128, 128, 3)).astype(np.float32)
-    onnx_input = golden_input(onnx_bundle)  # the conversion's own input: uint8 pixels
     photo = data.astronaut()
-    results: dict[str, Any] = {"benchmark": "overhead", "model": tflite_bundle.label}
+    measured = tflite_bundle or onnx_bundle
+    assert measured is not None
+    results: dict[str, Any] = {"benchmark": "overhead", "model": measured.label}
+    pipeline: tuple[Model, Callable[[npt.NDArray[np.uint8]], list[tuple[float, ...]]],
+                    Callable[[list[Detection]], list[tuple[float, ...]]]] | None = None
 
-    tflite_module, _ = import_tflite_interpreter()
-    bare_interpreter = tflite_module.Interpreter(model_content=content, num_threads=threads)
-    bare_interpreter.allocate_tensors()
-    input_index = bare_interpreter.get_input_details()[0]["index"]
-    output_indices = [d["index"] for d in bare_interpreter.get_output_details()]
+    if tflite_bundle is not None:
+        tensor = golden_input(tflite_bundle)
+        tflite_module, _ = import_tflite_interpreter()
+        bare_interpreter = tflite_module.Interpreter(
+            model_content=tflite_bundle.read_verified_model(), num_threads=threads)
+        bare_interpreter.allocate_tensors()
+        input_index = bare_interpreter.get_input_details()[0]["index"]
+        output_indices = [d["index"] for d in bare_interpreter.get_output_details()]
 
-    def bare_invoke() -> list[Any]:
-        bare_interpreter.set_tensor(input_index, nhwc)
-        bare_interpreter.invoke()
-        return [bare_interpreter.get_tensor(i) for i in output_indices]
+        def bare_invoke() -> list[Any]:
+            bare_interpreter.set_tensor(input_index, tensor)
+            bare_interpreter.invoke()
+            return [bare_interpreter.get_tensor(i) for i in output_indices]
 
-    litert = LiteRTBackend(tflite_bundle, BackendSpec("litert", "xnnpack", threads))
-    litert.load()
-    project_s, bare_s, ratio = _interleaved(lambda: litert.infer(nhwc), bare_invoke,
-                                            rounds=args.rounds, calls=args.calls)
-    results["litert"] = {"project_ms": project_s * 1e3, "bare_ms": bare_s * 1e3,
-                         "ratio": ratio}
+        litert = LiteRTBackend(tflite_bundle, BackendSpec("litert", "xnnpack", threads))
+        litert.load()
+        results["litert"] = _part(*_interleaved(lambda: litert.infer(tensor), bare_invoke,
+                                                rounds=args.rounds, calls=args.calls))
+        if isinstance(tflite_bundle.manifest.output, DetectorOutput):
+            pipeline = (Model(tflite_bundle, litert),
+                        _HandWrittenBlazeFace(tflite_bundle, bare_interpreter),
+                        lambda found: [(*d.box, d.score, *(v for p in d.keypoints for v in p))
+                                       for d in found])
 
-    ort = import_onnxruntime()
-    session = ort.InferenceSession(onnx_bundle.read_verified_model(),
-                                   providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    onnx_backend = OnnxRuntimeBackend(onnx_bundle, BackendSpec("onnxruntime", "cpu"))
-    onnx_backend.load()
-    project_s, bare_s, ratio = _interleaved(
-        lambda: onnx_backend.infer(onnx_input),
-        lambda: session.run(None, {input_name: onnx_input}),
-        rounds=args.rounds, calls=args.calls,
-    )
-    results["onnxruntime"] = {"project_ms": project_s * 1e3, "bare_ms": bare_s * 1e3,
-                              "ratio": ratio}
+    if onnx_bundle is not None:
+        onnx_input = golden_input(onnx_bundle)  # the model's own input (uint8 pixels or not)
+        ort = import_onnxruntime()
+        session = ort.InferenceSession(onnx_bundle.read_verified_model(),
+                                       providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        onnx_backend = OnnxRuntimeBackend(onnx_bundle, BackendSpec("onnxruntime", "cpu"))
+        onnx_backend.load()
+        results["onnxruntime"] = _part(*_interleaved(
+            lambda: onnx_backend.infer(onnx_input),
+            lambda: session.run(None, {input_name: onnx_input}),
+            rounds=args.rounds, calls=args.calls,
+        ))
+        spec = onnx_bundle.manifest.output
+        if args.model is not None and isinstance(spec, YoloOutput) and spec.layout == "v8":
+            labels = spec.labels
+            pipeline = (Model(onnx_bundle, onnx_backend), _HandWrittenYolo(onnx_bundle, session),
+                        lambda found: [(*d.box, d.score, float(labels.index(d.label)))
+                                       for d in found])
 
-    model = Model(tflite_bundle, litert)
-    hand_written = _HandWrittenBlazeFace(tflite_bundle, bare_interpreter)
-    ours, theirs = model.detect(photo), hand_written(photo)
-    flat_ours = [(*d.box, d.score, *(v for point in d.keypoints for v in point)) for d in ours]
-    if len(ours) != 1 or not np.allclose(flat_ours, theirs, atol=1e-3):
-        raise SystemExit(f"paths disagree: project {flat_ours}, hand-written {theirs}")
-    project_s, bare_s, ratio = _interleaved(lambda: model.detect(photo),
-                                            lambda: hand_written(photo),
-                                            rounds=args.rounds, calls=args.calls)
-    results["pipeline"] = {"project_ms": project_s * 1e3, "bare_ms": bare_s * 1e3,
-                           "ratio": ratio}
+    if pipeline is not None:
+        model, hand_written, flatten = pipeline
+        _check_agreement(flatten(model.detect(photo)), hand_written(photo))
+        results["pipeline"] = _part(*_interleaved(lambda: model.detect(photo),
+                                                  lambda: hand_written(photo),
+                                                  rounds=args.rounds, calls=args.calls))
 
-    results["ratio"] = max(results[k]["ratio"] for k in ("litert", "onnxruntime", "pipeline"))
+    pairs = [key for key in ("litert", "onnxruntime", "pipeline") if key in results]
+    results["ratio"] = max(results[k]["ratio"] for k in pairs)
     results["target"] = TARGET
     results["met"] = results["ratio"] <= TARGET
-    for key in ("litert", "onnxruntime", "pipeline"):
+    for key in pairs:
         part = results[key]
         print(f"{key:<12} project {part['project_ms']:.3f} ms  baseline {part['bare_ms']:.3f} ms"
               f"  ratio {part['ratio']:.3f}")

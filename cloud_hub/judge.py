@@ -3,8 +3,10 @@
 By default BlazeFace full-range looks at the escalated crop (or, without one, the
 thumbnail); if it finds a face above ``confirm_score``, the face-landmark model looks at
 that face and must agree that a face is present. Boxes come back in the device's frame
-coordinates. Any detector bundle in the store can replace BlazeFace; without a landmark
-model the detector alone decides.
+coordinates. Any detector bundle in the store or the zoo can replace BlazeFace
+(``CLOUD_HUB_JUDGE_MODEL``: an SSD, YOLO or boxes-scores detector, float or INT8), with
+``CLOUD_HUB_JUDGE_LABELS`` naming the labels that confirm (a multi-class YOLO model's
+face classes, say); without a landmark model the detector alone decides.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_hub.batching import MicroBatcher
-from cloud_hub.errors import BadImageError
+from cloud_hub.errors import BadImageError, SettingsError
 from cloud_hub.settings import HubSettings
 from hardware import Selection, load_model, plan_backends, probe_hardware
 from models import (
@@ -73,7 +75,19 @@ class Judge:
     """Judges escalations with the detector (through its batcher) and the landmark model."""
 
     def __init__(self, detector: Model, batcher: MicroBatcher, landmarks: Model | None, *,
-                 confirm_score: float, max_image_pixels: int) -> None:
+                 confirm_score: float, max_image_pixels: int,
+                 labels: frozenset[str] = frozenset()) -> None:
+        """``labels``: only detections with these labels confirm (empty: any label).
+
+        Raises:
+            SettingsError: A label is not one the detector can return.
+        """
+        known = set(getattr(detector.manifest.output, "labels", ()))
+        unknown = sorted(labels - known)
+        if unknown:
+            raise SettingsError(f"CLOUD_HUB_JUDGE_LABELS: {', '.join(unknown)} are not labels of "
+                             f"{detector.bundle.label} (it has {', '.join(sorted(known))})")
+        self.labels = labels
         self.detector = detector
         self.max_image_pixels = max_image_pixels
         self.batcher = batcher
@@ -113,7 +127,8 @@ class Judge:
         for jpeg, offset_x, offset_y, source_width in views:
             image = decode_untrusted(jpeg, max_pixels=self.max_image_pixels)
             scale = source_width / image.shape[1] if source_width else 1.0
-            faces = [d for d in self.batcher.detect(image) if d.score >= self.confirm_score]
+            faces = [d for d in self.batcher.detect(image) if d.score >= self.confirm_score
+                     and (not self.labels or d.label in self.labels)]
             in_frame = tuple(_to_frame(d, offset_x, offset_y, scale) for d in faces)
             if faces and (self.landmarks is None or self._landmarks_agree(image, faces[0])):
                 return Judgement("confirmed", in_frame, manifest.name, manifest.version,

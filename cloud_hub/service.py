@@ -108,7 +108,8 @@ class HubService:
             landmarks, _ = self._load(self.settings.landmark_model)
         self.judge = Judge(detector, detector_batcher, landmarks,
                            confirm_score=self.settings.confirm_score,
-                           max_image_pixels=self.settings.max_image_pixels)
+                           max_image_pixels=self.settings.max_image_pixels,
+                           labels=frozenset(self.settings.judge_labels))
         if self._want_ingest:
             self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics,
                                        on_update_report=self._on_update_report)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloud_hub.errors import SettingsError
@@ -58,7 +58,16 @@ class HubSettings(BaseSettings):
     max_message_bytes: int = Field(default=512 * 1024, ge=1024)
 
     model_store: Path | None = None
-    detector_model: str = "blazeface-full-onnx"
+    detector_model: str = Field(
+        default="blazeface-full-onnx",
+        validation_alias=AliasChoices("detector_model", "judge_model",
+                                      "CLOUD_HUB_DETECTOR_MODEL", "CLOUD_HUB_JUDGE_MODEL"),
+        description="the judge's detector: any detector bundle in the store or the zoo "
+        "(ssd-anchors, yolo or boxes-scores family, float or INT8), e.g. nudenet-320n; "
+        "also CLOUD_HUB_JUDGE_MODEL")
+    judge_labels: tuple[str, ...] = Field(
+        default=(), description="labels that confirm an escalation (JSON list, e.g. "
+        '["FACE_FEMALE", "FACE_MALE"] for nudenet-320n); empty: any label the detector has')
     landmark_model: str | None = "face-landmark"
     backend: str | None = None
     confirm_score: float = Field(default=0.6, gt=0, lt=1)
