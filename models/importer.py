@@ -34,6 +34,7 @@ import numpy as np
 
 from models.backends import BackendSpec, create_backend
 from models.backends.litert import import_tflite_interpreter
+from models.backends.onnxrt import import_onnxruntime
 from models.bundle import ModelBundle, sha256_hex, write_bundle
 from models.errors import ModelError, ModelImportError
 from models.golden import golden_outputs, smoke_test
@@ -47,7 +48,7 @@ MAX_METADATA_BYTES = 1 << 20
 ULTRALYTICS_TASKS = {"detect": "detector", "classify": "classifier"}
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
                      "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"})
-_ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8"}
+_ONNX_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 Family = Literal["ssd-anchors", "yolo", "boxes-scores"]
 
@@ -124,28 +125,25 @@ def read_model_facts(data: bytes, *, path: str, runtime: str) -> ModelFacts:
 
 
 def _onnx_facts(data: bytes, path: str) -> ModelFacts:
-    import onnx
-
+    """Read through ONNX Runtime itself, so that importing needs nothing a device lacks."""
+    ort = import_onnxruntime()
     try:
-        model = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf's DecodeError, and onnx's own errors
-        raise ModelImportError(path, f"is not an ONNX model: {exc}") from exc
-    graph = model.graph
-    initialised = {tensor.name for tensor in graph.initializer}
-    inputs = [value for value in graph.input if value.name not in initialised]
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelImportError(path, f"is not an ONNX model ONNX Runtime can load: {exc}") from exc
+    inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelImportError(path, f"has {len(inputs)} inputs; a bundle takes exactly one")
 
     def tensor(value: Any) -> TensorFacts:
-        kind = value.type.tensor_type
-        dims = tuple(dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
-                     for dim in kind.shape.dim)
-        return TensorFacts(value.name, dims, _ONNX_TYPES.get(kind.elem_type,
-                                                             f"onnx type {kind.elem_type}"))
+        dims = tuple(d if isinstance(d, int) and d > 0 else None for d in value.shape)
+        return TensorFacts(value.name, dims, _ONNX_TYPES.get(value.type, value.type))
 
-    metadata = {prop.key: prop.value[:MAX_METADATA_BYTES] for prop in model.metadata_props}
-    quantized = any(node.op_type in QDQ_OPS for node in graph.node)
-    return ModelFacts("onnx", tensor(inputs[0]), tuple(tensor(v) for v in graph.output),
+    metadata = {str(key): str(text)[:MAX_METADATA_BYTES]
+                for key, text in session.get_modelmeta().custom_metadata_map.items()}
+    # A QDQ graph names its quantization operators in plain text in the protobuf.
+    quantized = any(op.encode() in data for op in QDQ_OPS)
+    return ModelFacts("onnx", tensor(inputs[0]), tuple(tensor(v) for v in session.get_outputs()),
                       metadata, quantized)
 
 

@@ -112,6 +112,8 @@ def quantize_onnx_static(onnx_bytes: bytes, rows: Sequence[npt.NDArray[np.generi
         QuantizationError: The quantizer is missing or failed on this graph.
     """
     try:
+        import onnx
+        from onnx import version_converter
         from onnxruntime.quantization import (
             CalibrationDataReader,
             CalibrationMethod,
@@ -121,10 +123,9 @@ def quantize_onnx_static(onnx_bytes: bytes, rows: Sequence[npt.NDArray[np.generi
         )
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
-        raise QuantizationError(f"onnxruntime.quantization is not available: {exc}") from exc
-
-    import onnx
-    from onnx import version_converter
+        raise QuantizationError(
+            f"quantizing needs onnx and onnxruntime.quantization ({exc}): pip install "
+            "'edge-cloud-runtime[convert]'") from exc
 
     graph = onnx.load_from_string(onnx_bytes)
     [input_name] = [value.name for value in graph.graph.input]
