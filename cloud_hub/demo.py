@@ -46,7 +46,11 @@ def run_demo(*, port: int, loop: bool, stop: threading.Event | None = None,
     )
     service = HubService(settings)
     service.open_store()
-    _, credentials = service.provision_device(DEVICE, "demo")
+    try:
+        _, credentials = service.provision_device(DEVICE, "demo")
+    except HubError:
+        broker.stop()
+        raise
     token = new_token()
     service.store.add_token(name="demo-admin", role="admin",
                             token_hash=hash_token(settings.secret_key, token))

@@ -123,7 +123,8 @@ class ListenerTls:
 def config_text(*, port: int, bind: str | None, dynsec_file: Path, plugin: Path,
                 limits: BrokerLimits, tls: ListenerTls | None = None,
                 anonymous: bool = False, persistence_dir: Path | None = None,
-                log_file: Path | None = None, run_as_root: bool = False) -> str:
+                log_file: Path | None = None, run_as_root: bool = False,
+                autosave_interval_s: int = 60) -> str:
     """A whole ``mosquitto.conf``: one listener, the dynamic security plugin, limits.
 
     Args:
@@ -136,6 +137,7 @@ def config_text(*, port: int, bind: str | None, dynsec_file: Path, plugin: Path,
         anonymous: Let clients without a username in (the plugin then gives them its
             anonymous group's roles); never in production.
         persistence_dir: Where to keep sessions across restarts (``None``: none).
+        autosave_interval_s: How often to save them as well as at shutdown (0: only then).
         log_file: Where to log (``None``: syslog defaults).
         run_as_root: Keep root's rights (a private broker writing into a test folder).
     """
@@ -155,7 +157,7 @@ def config_text(*, port: int, bind: str | None, dynsec_file: Path, plugin: Path,
         lines.append("user root")
     if persistence_dir is not None:
         lines += ["persistence true", f"persistence_location {persistence_dir}/",
-                  "autosave_interval 0"]
+                  f"autosave_interval {autosave_interval_s}"]
     if log_file is not None:
         lines += [f"log_dest file {log_file}", "log_type error", "log_type warning",
                   "log_type notice"]
@@ -216,7 +218,7 @@ class MosquittoBroker:
             persistence_dir=folder, log_file=self.log_file,
             # Started as root, mosquitto would switch to its own user and could not
             # write its persistence file and plugin state into the test folder.
-            run_as_root=os.geteuid() == 0,
+            run_as_root=os.geteuid() == 0, autosave_interval_s=0,
         ))
         self.process: subprocess.Popen[bytes] | None = None
 
