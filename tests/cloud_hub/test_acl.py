@@ -241,6 +241,32 @@ def test_shared_subscription_and_takeover_are_refused_and_the_hub_stores_every_e
             client.close()
 
 
+def test_a_verdict_queued_for_an_offline_device_survives_a_takeover_attempt(
+    fleet: Fleet,
+) -> None:
+    """Finding 2: A connecting under B's client id (a clean start) used to discard B's
+    persistent session and the verdict queued in it."""
+    password_a = fleet.provision("queue-a")
+    password_b = fleet.provision("queue-b")
+    b = Device(fleet.broker.port, "queue-b", password_b, persistent=True)
+    assert b.subscribe(LAYOUT.verdicts("queue-b")) < 0x80
+    b.close()  # offline; the broker keeps its session and queues for it
+    hub = Device(fleet.broker.port, "hub", fleet.broker.hub_password, client_id="hub-queue")
+    try:
+        assert hub.publish(LAYOUT.verdicts("queue-b"), b"queued verdict") < 0x80
+    finally:
+        hub.close()
+    thief = Device(fleet.broker.port, "queue-a", password_a, client_id="queue-b")
+    thief.close()
+    assert thief.refused
+    back = Device(fleet.broker.port, "queue-b", password_b, persistent=True)
+    try:
+        assert back.wait(lambda: bool(back.messages))
+        assert back.messages == [(LAYOUT.verdicts("queue-b"), b"queued verdict")]
+    finally:
+        back.close()
+
+
 def test_a_packet_over_the_limit_is_refused_by_the_broker(fleet: Fleet) -> None:
     """Finding 4: the broker disconnects the sender of a packet larger than its limit;
     the hub never receives a byte of it (it would count it as oversized)."""
