@@ -676,7 +676,8 @@ class EdgeAgent:
                 "model": model.bundle.label, "backend": selection.chosen,
                 "healthy": health.healthy, "frames": health.frames,
                 "processed": self._processed.get(name, 0),
-                "corrupt": health.corrupt, "reopens": health.reopens,
+                "corrupt": health.corrupt, "refused": dict(health.refused),
+                "reopens": health.reopens,
                 "finished": health.finished, "last_error": health.last_error,
             }
         return {

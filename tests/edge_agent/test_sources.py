@@ -52,12 +52,14 @@ def test_a_folder_skips_a_bomb_and_an_unknown_format_counting_why(tmp_path: Path
     ok, good = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))
     assert ok
     (tmp_path / "z-good.png").write_bytes(good.tobytes())
+    # A small header in front of more bytes than any image within the budget needs.
+    (tmp_path / "c-huge.png").write_bytes(good.tobytes() + bytes(6 * 1024 * 1024))
     source = FolderSource("inbox", tmp_path, poll_s=0.05, max_pixels=1_000_000)
     frames = _run_until(source, lambda got: len(got) >= 1)
     # Files are read in name order: both refusals were counted before the good frame came.
     assert [f.image.shape for f in frames] == [(48, 64, 3)]
-    assert source.health.refused == {"too-large": 1, "unknown-format": 1}
-    assert source.health.corrupt == 2
+    assert source.health.refused == {"too-large": 2, "unknown-format": 1}
+    assert source.health.corrupt == 3
 
 
 def test_a_stream_declaring_frames_over_the_budget_is_refused(tmp_path: Path) -> None:
