@@ -24,9 +24,10 @@ def hash_token(secret_key: str, token: str) -> str:
 
 
 # A token in a query (the dashboard's first visit carries ``?token=``) or in a header
-# value, and anything shaped like one of ours, wherever it appears in a log line.
+# value, and anything shaped like one of ours ("hub_" and 43 URL-safe characters; not
+# a metric name), wherever it appears in a log line.
 _TOKEN_TEXT = re.compile(
-    r"(?P<key>[?&](?:access_)?token=|bearer\s+)[^&\s\"']+|hub_[A-Za-z0-9_-]{16,}",
+    r"(?P<key>[?&](?:access_)?token=|bearer\s+)[^&\s\"']+|hub_[A-Za-z0-9_-]{40,}",
     re.IGNORECASE)
 
 
