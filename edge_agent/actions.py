@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from edge_agent.config import ActionConfig
+from edge_agent.errors import PublishError
 from edge_agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,19 @@ class ActionEvent:
 
 
 class ActionRunner:
-    """Runs the configured actions for each event, in the ``actions`` thread."""
+    """Runs the configured actions for each event, in the ``actions`` thread.
+
+    Args:
+        actions: The configured actions.
+        publish: Publishes ``(topic, payload, timeout_s)`` with QoS 1 and returns once
+            the broker acknowledged it; raises :class:`PublishError` when it refused
+            (an MQTT 5 reason code such as 0x87 not authorized) or did not answer.
+        metrics: Where results are counted (``edge_actions_total{kind,result}``).
+    """
 
     def __init__(self, actions: tuple[ActionConfig, ...], *,
-                 publish: Callable[[str, bytes], None], metrics: AgentMetrics) -> None:
+                 publish: Callable[[str, bytes, float], None],
+                 metrics: AgentMetrics) -> None:
         self.actions = actions
         self._publish = publish
         self._metrics = metrics
@@ -91,7 +101,7 @@ class ActionRunner:
                 self._perform(action, event)
                 self._metrics.actions.labels(action.kind, "ok").inc()
             except (OSError, subprocess.SubprocessError, urllib.error.URLError,
-                    ValueError) as exc:
+                    ValueError, PublishError) as exc:
                 self._metrics.actions.labels(action.kind, "failed").inc()
                 log.warning("%s action failed: %s", action.kind, exc)
 
@@ -99,7 +109,7 @@ class ActionRunner:
         body = event.to_json()
         if action.kind == "mqtt":
             assert action.topic is not None
-            self._publish(action.topic, body.encode())
+            self._publish(action.topic, body.encode(), action.timeout_s)
         elif action.kind == "command":
             env = {**os.environ, "EDGE_EVENT": body, "EDGE_EVENT_KIND": event.kind,
                    "EDGE_EVENT_POSITIVE": "1" if event.positive else "0"}

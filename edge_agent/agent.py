@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from edge_agent.actions import ActionEvent, ActionKind, ActionRunner
 from edge_agent.config import AgentConfig, SourceConfig
-from edge_agent.errors import ConfigError, EdgeAgentError
+from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.escalation import frame_event, window_event
 from edge_agent.fallback import PendingVerdicts
 from edge_agent.footage import SampleFootage
@@ -335,8 +335,14 @@ class EdgeAgent:
         if self.config.metrics.port:
             from prometheus_client import start_http_server
 
-            start_http_server(self.config.metrics.port, self.config.metrics.host,
-                              registry=self.metrics.registry)
+            try:
+                start_http_server(self.config.metrics.port, self.config.metrics.host,
+                                  registry=self.metrics.registry)
+            except OSError as exc:
+                raise ListenError(
+                    f"metrics.port = {self.config.metrics.port}: cannot listen on "
+                    f"{self.config.metrics.host}:{self.config.metrics.port}: "
+                    f"{exc.strerror or exc}", key="metrics.port") from exc
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host,
                      self.config.metrics.port)
 
@@ -609,9 +615,9 @@ class EdgeAgent:
         if self._actions is not None:
             self._actions.dispatch(event)
 
-    def _publish_local(self, topic: str, payload: bytes) -> None:
+    def _publish_local(self, topic: str, payload: bytes, timeout_s: float) -> None:
         if self.uplink is not None:
-            self.uplink.publish_side(topic, payload, qos=1)
+            self.uplink.publish_confirmed(topic, payload, timeout_s)
 
     # -- status ----------------------------------------------------------------------
 

@@ -1,7 +1,12 @@
 """``edge-agent``: the edge agent's command line.
 
-Every error a user can cause ends as one line on stderr and exit status 1; usage errors
-exit with 2 (argparse's convention).
+Every error a user can cause ends as one line on stderr. Exit statuses scripts can rely
+on (:class:`ExitCode`, also in the README): 0 success; 1 an error not listed below;
+2 usage (argparse's convention); 3 ``status``: the agent is not running (the LSB's code
+for it); 4 ``doctor``: a model cannot load or a stored bundle is broken; 75 a port the
+agent must listen on is taken (sysexits' EX_TEMPFAIL: try again later); 78 the
+configuration is wrong, a file it names is missing, or the broker's certificate does not
+verify (sysexits' EX_CONFIG); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from edge_agent.agent import STATUS_FILE, EdgeAgent
-from edge_agent.config import load_config
-from edge_agent.errors import EdgeAgentError
+from edge_agent.agent import STATUS_FILE, EdgeAgent, store_model_loader
+from edge_agent.config import AgentConfig, file_problems, load_config
+from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.footage import SampleFootage
 from edge_agent.images import read_image
 from edge_agent.sensors import train_anomaly_bundle
@@ -59,6 +65,19 @@ DEMO_MODEL = "blazeface-short"
 STALE_AFTER_S = 5.0
 
 
+class ExitCode(IntEnum):
+    """The exit statuses of ``edge-agent`` (documented in the README)."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NOT_RUNNING = 3
+    MODEL_PROBLEM = 4
+    PORT_IN_USE = 75
+    CONFIG = 78
+    INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -71,11 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except ConfigError as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG
+    except ListenError as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return ExitCode.PORT_IN_USE
     except (ModelError, HardwareError, EdgeAgentError) as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.ERROR
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="filesystem root to probe (for inspecting another machine's files)")
     doctor.add_argument("--prove", action="store_true",
                         help="load every stored model on its plan and show what serves it")
+    doctor.add_argument("--config", type=Path, default=None,
+                        help="also load each model this agent configuration names (exit "
+                        f"{ExitCode.MODEL_PROBLEM} when one cannot load)")
     doctor.set_defaults(handler=_doctor)
 
     infer = commands.add_parser("infer", help="run a model on one image")
@@ -173,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
     status.set_defaults(handler=_status)
 
+    config = commands.add_parser("config", help="check an agent configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True,
+                                            metavar="ACTION")
+    check = config_commands.add_parser(
+        "check", help="report every problem of a configuration file at once",
+        description="Validates every key, then checks the files it names (TLS files, the "
+        "trusted root) and that each source's model is in the store. Exit 0 when none, "
+        f"{ExitCode.CONFIG} otherwise.")
+    check.add_argument("file", type=Path, help="TOML configuration file")
+    check.set_defaults(handler=_config_check)
+
     train = model_commands.add_parser(
         "train-anomaly", help="train the sensor anomaly model and store it as a bundle"
     )
@@ -194,6 +233,9 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.store is not None:
         config = config.model_copy(update={"model_store": args.store})
+    missing = file_problems(config, origin=str(args.config))
+    if missing:
+        raise ConfigError("; ".join(missing), problems=tuple(missing))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -206,17 +248,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """Show the status file; exit :attr:`ExitCode.NOT_RUNNING` unless the agent is
+    running and wrote it lately."""
     config = load_config(args.config)
     path = config.state_dir / STATUS_FILE
     try:
         report = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise EdgeAgentError(f"no status at {path}: is the agent running? ({exc})") from exc
+        print(f"edge-agent: not running: no status at {path} ({exc})", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
     age = time.time() - float(report.get("updated_at", 0))
     report["stale"] = age > STALE_AFTER_S or not report.get("running")
+    code = ExitCode.NOT_RUNNING if report["stale"] else ExitCode.OK
     if args.json:
         print(json.dumps(report))
-        return 0
+        return code
     state = "stopped" if not report.get("running") else (
         f"not updated for {age:.0f} s" if report["stale"] else "running")
     print(f"device {report['device_id']}: {state}, broker "
@@ -234,7 +280,33 @@ def _status(args: argparse.Namespace) -> int:
         health = "healthy" if source["healthy"] else f"UNHEALTHY: {source['last_error']}"
         print(f"  {name}: {source['model']} on {source['backend']}, {source['frames']} "
               f"frames, {source['corrupt']} corrupt, {health}")
-    return 0
+    return code
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """Print every problem of a configuration file, one a line."""
+    config: AgentConfig | None = None
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        problems = list(exc.problems)
+    if config is not None:
+        problems = file_problems(config, origin=str(args.file))
+        store = ModelStore(args.store or config.model_store or default_store_path())
+        for index, source in enumerate(config.sources):
+            try:
+                store.resolve(source.model)
+            except ModelError as exc:
+                problems.append(f"{args.file}: sources.{index}.model = {source.model!r}: "
+                                f"{exc}")
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"edge-agent: {len(problems)} problem(s) in {args.file}", file=sys.stderr)
+        return ExitCode.CONFIG
+    assert config is not None
+    print(f"{args.file}: ok (device {config.device.id}, {len(config.sources)} source(s))")
+    return ExitCode.OK
 
 
 def _models_train(args: argparse.Namespace) -> int:
@@ -281,6 +353,22 @@ def _doctor(args: argparse.Namespace) -> int:
     if not plans:
         plans = [plan_for_runtime(profile, "tflite"), plan_for_runtime(profile, "onnx")]
     proofs: dict[str, Selection | str] = {}
+    failures = [f"{e.name}@{e.version}: {e.problem}" for e in entries if e.problem]
+    configured: dict[str, Selection | str] = {}
+    if args.config is not None:
+        config = load_config(args.config)
+        if args.store is not None:
+            config = config.model_copy(update={"model_store": args.store})
+        load = store_model_loader(config)
+        for source in config.sources:
+            try:
+                model, selection = load(source)
+            except (ModelError, HardwareError) as exc:
+                configured[source.name] = str(exc)
+                failures.append(f"source {source.name}: {source.model}: {exc}")
+                continue
+            model.close()
+            configured[source.name] = selection
     if args.prove:
         for entry in entries:
             if entry.bundle is None:
@@ -290,6 +378,7 @@ def _doctor(args: argparse.Namespace) -> int:
                 model, selection = load_model(entry.bundle, plan)
             except HardwareError as exc:
                 proofs[entry.bundle.label] = str(exc)
+                failures.append(f"{entry.bundle.label}: {exc}")
                 continue
             model.close()
             proofs[entry.bundle.label] = selection
@@ -305,8 +394,14 @@ def _doctor(args: argparse.Namespace) -> int:
                 label: (proof.to_dict() if isinstance(proof, Selection) else {"error": proof})
                 for label, proof in proofs.items()
             }
+        if args.config is not None:
+            report["configured"] = {
+                name: (proof.to_dict() if isinstance(proof, Selection) else {"error": proof})
+                for name, proof in configured.items()
+            }
+        report["failures"] = failures
         print(json.dumps(report, indent=2))
-        return 0
+        return ExitCode.MODEL_PROBLEM if failures else ExitCode.OK
     _print_hardware(profile)
     print(f"\nmodel store: {store.root}")
     for entry in entries:
@@ -321,7 +416,15 @@ def _doctor(args: argparse.Namespace) -> int:
                 print(f"     skipped {skipped.name}: {skipped.reason}")
         elif proof is not None:
             print(f"  -> FAILED: {proof}")
-    return 0
+    for name, outcome in configured.items():
+        shown = outcome.chosen if isinstance(outcome, Selection) else f"FAILED: {outcome}"
+        print(f"configured source {name}: {shown}")
+    if failures:
+        print(f"\n{len(failures)} model problem(s):")
+        for failure in failures:
+            print(f"  {failure}")
+        return ExitCode.MODEL_PROBLEM
+    return ExitCode.OK
 
 
 def _print_hardware(profile: HardwareProfile) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from edge_agent.errors import ConfigError
 from models import DEFAULT_MAX_IMAGE_PIXELS
@@ -262,17 +263,55 @@ def parse_config(raw: dict[str, Any], *, origin: str = "config",
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"]) or None
-        if error["type"] == "missing":
-            raise ConfigError(f"{origin}: {key}: required key is missing", key=key) from exc
-        if error["type"] == "extra_forbidden":
-            raise ConfigError(f"{origin}: {key}: unknown key", key=key) from exc
-        value = error.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "a table"
-        raise ConfigError(
-            f"{origin}: {key or '(top level)'} = {shown}: {error['msg']}", key=key
-        ) from exc
+        errors = exc.errors()
+        # A table whose items failed is reported again as a whole (``sources`` "should
+        # have at least 1 item"): keep only the items' own errors.
+        errors = [e for e in errors if not any(
+            len(o["loc"]) > len(e["loc"]) and o["loc"][:len(e["loc"])] == e["loc"]
+            for o in errors)] or errors
+        problems = [_problem(origin, error) for error in errors]
+        first = errors[0]
+        key = ".".join(str(p) for p in first["loc"]) or None
+        raise ConfigError(problems[0][1], key=key,
+                          problems=tuple(text for _, text in problems)) from exc
+
+
+def _problem(origin: str, error: ErrorDetails) -> tuple[str | None, str]:
+    """One validation error as ``(key, message)``, the message naming key and value."""
+    key = ".".join(str(p) for p in error["loc"]) or None
+    if error["type"] == "missing":
+        return key, f"{origin}: {key}: required key is missing"
+    if error["type"] == "extra_forbidden":
+        return key, f"{origin}: {key}: unknown key"
+    value = error.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a table"
+    return key, f"{origin}: {key or '(top level)'} = {shown}: {error['msg']}"
+
+
+def file_problems(config: AgentConfig, *, origin: str = "config") -> list[str]:
+    """What the valid ``config`` names on disk but is not there: TLS files (of ``[mqtt]``
+    and of each sensor source's broker) and the update client's trusted root.
+
+    Returns:
+        One message per problem, naming the key and the path; empty when all is there.
+    """
+    named: list[tuple[str, Path | None]] = []
+    brokers = [("mqtt", config.mqtt)] + [
+        (f"sources.{i}.broker", s.broker) for i, s in enumerate(config.sources)
+        if s.broker is not None]
+    for prefix, broker in brokers:
+        named += [(f"{prefix}.ca_file", broker.ca_file), (f"{prefix}.cert_file",
+                   broker.cert_file), (f"{prefix}.key_file", broker.key_file)]
+    named.append(("updates.trusted_root", config.updates.trusted_root))
+    problems = []
+    for key, path in named:
+        if path is None:
+            continue
+        if not path.is_file():
+            problems.append(f"{origin}: {key} = '{path}': no such file")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{origin}: {key} = '{path}': not readable by this user")
+    return problems
 
 
 def load_config(path: Path, *, environ: dict[str, str] | None = None) -> AgentConfig:

@@ -8,6 +8,8 @@ Hierarchy::
     ├── ImageReadError          an image file is missing or cannot be decoded
     ├── SourceError             an input (camera, file, folder, topic) cannot be opened
     ├── OutboxError             the durable outbox cannot be opened or written
+    ├── PublishError            the broker refused a publish or did not acknowledge it
+    ├── ListenError             a local port (metrics) cannot be listened on
     ├── UpdateRefusedError      a model update failed verification or does not fit
     └── InstallError            a model install step failed; the serving model is unchanged
 """
@@ -28,10 +30,14 @@ class ConfigError(EdgeAgentError):
 
     Attributes:
         key: Dotted key of the offending value, if one is to blame.
+        problems: Every problem found (the message is the first), so that
+            ``edge-agent config check`` can report them all at once.
     """
 
-    def __init__(self, message: str, *, key: str | None = None) -> None:
+    def __init__(self, message: str, *, key: str | None = None,
+                 problems: tuple[str, ...] = ()) -> None:
         self.key = key
+        self.problems = problems or (message,)
         super().__init__(message)
 
 
@@ -60,6 +66,31 @@ class SourceError(EdgeAgentError):
 
 class OutboxError(EdgeAgentError):
     """The durable outbox cannot be opened or written."""
+
+
+class PublishError(EdgeAgentError):
+    """A publish that needed the broker's word (a local MQTT action) did not get it.
+
+    Attributes:
+        reason_code: The MQTT 5 reason code of the broker's PUBACK (``0x87``: not
+            authorized), or ``None`` when no PUBACK came.
+    """
+
+    def __init__(self, message: str, *, reason_code: int | None = None) -> None:
+        self.reason_code = reason_code
+        super().__init__(message)
+
+
+class ListenError(EdgeAgentError):
+    """A local port cannot be listened on (another process holds it, or it is privileged).
+
+    Attributes:
+        key: The configuration key that names the port.
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        self.key = key
+        super().__init__(message)
 
 
 class UpdateRefusedError(EdgeAgentError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -38,6 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
+from edge_agent.errors import PublishError
 from edge_agent.mqtt import check_broker, new_client
 from edge_agent.outbox import Outbox, OutboxItem
 from sync import StatusMessage, TopicLayout, encode
@@ -52,6 +54,7 @@ HANDOFF_WINDOWS = 8
 ACK_WAKE = 64
 FAILURE_CODE = 0x80  # MQTT 5 reason codes from 0x80 up are failures
 DELETE_DELAY_S = 0.25
+REFUSALS_KEPT = 1024  # refused PUBACKs remembered for publish_confirmed (by message id)
 
 
 class _PackedProperties(Properties):
@@ -143,6 +146,9 @@ class Uplink:
         self._backlog = True  # until the database has been read once, it may hold events
         self._cursor = 0
         self._attempt = 0
+        self._refused_connack = False
+        self._refusals: dict[int, tuple[int, ReasonCode]] = {}  # mid -> (ns, reason)
+        self._refusals_lock = threading.Lock()
         self._properties = _PackedProperties(config.message_expiry_s)
         self._tokens = float(config.max_inflight)
         self._tokens_at = time.monotonic()
@@ -210,6 +216,33 @@ class Uplink:
         """Publish something that needs no outbox (telemetry, local actions)."""
         if self._client is not None:
             self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_confirmed(self, topic: str, payload: bytes, timeout_s: float) -> None:
+        """Publish with QoS 1 and wait for the broker's PUBACK (local actions).
+
+        Raises:
+            PublishError: The broker refused it (an MQTT 5 reason code from 0x80 up, such
+                as 0x87 not authorized), or no PUBACK came within ``timeout_s``.
+        """
+        client = self._client
+        if client is None:
+            raise PublishError(f"cannot publish to {topic}: the uplink is not started")
+        sent_ns = time.monotonic_ns()
+        info = client.publish(topic, payload, qos=1)
+        try:
+            info.wait_for_publish(timeout=timeout_s)
+        except (RuntimeError, ValueError) as exc:  # paho: not connected, queue full
+            raise PublishError(f"cannot publish to {topic}: {exc}") from exc
+        if not info.is_published():
+            raise PublishError(f"no PUBACK for {topic} within {timeout_s:g} s")
+        # paho runs on_publish before it marks the message published, so a refusal of
+        # this message id is already recorded; older entries belong to earlier messages.
+        with self._refusals_lock:
+            refusal = self._refusals.pop(info.mid, None)
+        if refusal is not None and refusal[0] >= sent_ns:
+            reason = refusal[1]
+            raise PublishError(f"the broker refused the publish to {topic}: {reason} "
+                               f"(reason code 0x{reason.value:02x})", reason_code=reason.value)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Commit what is queued, announce ``offline``, disconnect, close the outbox."""
@@ -365,17 +398,27 @@ class Uplink:
                              clean_start=False, properties=connect)
         return client
 
-    def _set_delay(self, client: mqtt.Client) -> None:
+    def _set_delay(self, client: mqtt.Client) -> float:
         delay = self._backoff.delay(self._attempt, self._rng)
         # paho annotates int seconds but waits float seconds; sub-second matters here.
         client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+        return delay
+
+    def _retry_later(self, client: mqtt.Client, cause: str) -> None:
+        """Count a reconnection attempt, back off, and say why and when, at WARNING."""
+        self.reconnects += 1
+        self._attempt += 1
+        delay = self._set_delay(client)
+        log.warning("mqtt: no connection to %s:%d: %s; retry %d in %.1f s (at %s)",
+                    self.config.host, self.config.port, cause, self._attempt, delay,
+                    time.strftime("%H:%M:%S", time.localtime(time.time() + delay)))
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
                     reason: ReasonCode, properties: Properties | None) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
-            self._attempt += 1
-            self._set_delay(client)
+            self._refused_connack = True
+            self._retry_later(client, f"the broker refused the connection ({reason})")
             return
         self._attempt = 0
         self._set_delay(client)
@@ -395,20 +438,28 @@ class Uplink:
         self._backlog = True  # what was ready in memory is safe in the database
         if self._stop.is_set():
             return
-        if was_connected:
-            self.reconnects += 1
-            log.warning("disconnected from the broker: %s; reconnecting", reason)
-        self._attempt += 1
-        self._set_delay(client)
+        if self._refused_connack:  # paho reports a refused CONNACK here too: counted once
+            self._refused_connack = False
+            return
+        self._retry_later(client, f"disconnected ({reason})" if was_connected
+                          else f"the connection closed before it was accepted ({reason})")
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self._attempt += 1
-        self._set_delay(client)
+        # paho calls this from inside its ``except OSError`` block without passing the
+        # error; the exception being handled is the cause (refused, unresolvable host,
+        # certificate that does not verify).
+        error = sys.exc_info()[1]
+        self._retry_later(client, str(error) if error is not None else "connection failed")
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
                     reason: ReasonCode, properties: Properties | None) -> None:
         # ReasonCode's properties and str() are slow; a success is the plain value 0.
         failed = reason.value >= FAILURE_CODE
+        if failed:
+            with self._refusals_lock:
+                self._refusals[mid] = (time.monotonic_ns(), reason)
+                if len(self._refusals) > REFUSALS_KEPT:
+                    del self._refusals[next(iter(self._refusals))]
         self._acks.append((mid, failed, str(reason) if failed else ""))
         # Wake the uplink thread for batches of PUBACKs, not for each one.
         if len(self._acks) >= ACK_WAKE or len(self._acks) >= len(self._inflight):

@@ -135,10 +135,12 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(
     assert process.returncode == 0, errors.decode()[-2000:]
     status = read_status(tmp_path / "state")
     assert status["running"] is False
-    shown = subprocess.run(
+    stopped = subprocess.run(
         [sys.executable, "-m", "edge_agent", "status", "--config",
-         str(tmp_path / "agent.toml")], capture_output=True, text=True, timeout=30, check=True,
-    ).stdout
+         str(tmp_path / "agent.toml")], capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert stopped.returncode == 3, stopped.stderr  # not running
+    shown = stopped.stdout
     assert "device cam-test: stopped" in shown and "blazeface-short@1.0.0 on litert" in shown
     stored = sqlite3.connect(tmp_path / "state" / "outbox.sqlite3").execute(
         "SELECT event_id FROM outbox").fetchall()

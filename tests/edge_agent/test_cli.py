@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,9 @@ def test_infer_text_names_backend(zoo_store: ModelStore, photos: dict[str, Path]
     assert "1 detection(s)" in result.stdout
 
 
-def _assert_one_line_error(result: subprocess.CompletedProcess[str], text: str) -> None:
-    assert result.returncode == 1
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], text: str,
+                           code: int = 1) -> None:
+    assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("edge-agent: error:")]
     assert len(errors) == 1 and text in errors[0], result.stderr
@@ -206,9 +208,9 @@ def test_run_with_a_bad_config_is_one_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
         capture_output=True, text=True, timeout=60, check=False,
     )
-    _assert_one_line_error(result, "device.id = 'cam/1'")
+    _assert_one_line_error(result, "device.id = 'cam/1'", code=78)
     missing = _run(tmp_path, "status", "--config", str(config))
-    _assert_one_line_error(missing, "device.id")
+    _assert_one_line_error(missing, "device.id", code=78)
 
 
 def test_run_with_an_unknown_model_is_one_line(tmp_path: Path) -> None:
@@ -217,3 +219,94 @@ def test_run_with_an_unknown_model_is_one_line(tmp_path: Path) -> None:
                       '[[sources]]\nname="a"\nkind="sample"\nmodel="nope"\n')
     result = _run(tmp_path / "store", "run", "--config", str(config))
     _assert_one_line_error(result, "source a: no model named 'nope'")
+
+
+# -- exit codes scripts can trust (issue 12) -----------------------------------------------
+
+
+def _config(tmp_path: Path, store: Path, extra: str = "", model: str = "blazeface-short"
+            ) -> Path:
+    config = tmp_path / "agent.toml"
+    config.write_text(f'state_dir = "{tmp_path}/state"\nmodel_store = "{store}"\n'
+                      f'[device]\nid = "cam-1"\n{extra}\n'
+                      f'[[sources]]\nname="yard"\nkind="sample"\nmodel="{model}"\n')
+    return config
+
+
+def test_status_exits_3_when_the_agent_is_not_running(tmp_path: Path) -> None:
+    config = _config(tmp_path, tmp_path / "store")
+    never_started = _run(tmp_path, "status", "--config", str(config))
+    assert never_started.returncode == 3, never_started.stderr
+    assert "not running" in never_started.stderr and "Traceback" not in never_started.stderr
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "status.json").write_text(json.dumps({"running": False, "updated_at": 0}))
+    stopped = _run(tmp_path, "status", "--config", str(config), "--json")
+    assert stopped.returncode == 3, stopped.stderr
+    assert json.loads(stopped.stdout)["stale"] is True
+
+
+def test_doctor_exits_4_when_a_model_cannot_load(zoo_store: ModelStore, tmp_path: Path) -> None:
+    healthy = _run(zoo_store.root, "doctor", "--config",
+                   str(_config(tmp_path, zoo_store.root)))
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "configured source yard: litert" in healthy.stdout
+    missing = _run(zoo_store.root, "doctor", "--json", "--config",
+                   str(_config(tmp_path, zoo_store.root, model="no-such-model")))
+    assert missing.returncode == 4, missing.stderr
+    assert any("no-such-model" in f for f in json.loads(missing.stdout)["failures"])
+    store = tmp_path / "broken-store"
+    broken = store / "blazeface-short" / "1.0.0"
+    broken.mkdir(parents=True)
+    source = zoo_store.resolve("blazeface-short").root
+    for item in source.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    with (broken / "model.tflite").open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00\x01\x02\x03")
+    tampered = _run(store, "doctor")
+    assert tampered.returncode == 4, tampered.stdout + tampered.stderr
+    assert "1 model problem(s)" in tampered.stdout
+
+
+def test_a_missing_ca_file_is_one_line_and_exit_78(zoo_store: ModelStore,
+                                                   tmp_path: Path) -> None:
+    config = _config(tmp_path, zoo_store.root,
+                     f'[mqtt]\ntls = true\nca_file = "{tmp_path}/missing-ca.pem"')
+    result = _run(zoo_store.root, "run", "--config", str(config))
+    _assert_one_line_error(result, f"mqtt.ca_file = '{tmp_path}/missing-ca.pem': no such file",
+                           code=78)
+
+
+def test_a_busy_metrics_port_is_one_line_and_exit_75(zoo_store: ModelStore,
+                                                     tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _config(tmp_path, zoo_store.root, f"[metrics]\nport = {port}")
+        result = _run(zoo_store.root, "run", "--config", str(config))
+    _assert_one_line_error(result, f"metrics.port = {port}: cannot listen on 127.0.0.1:{port}",
+                           code=75)
+
+
+def test_config_check_reports_every_problem_at_once(zoo_store: ModelStore,
+                                                    tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('colour = "blue"\n[device]\nid = "cam/1"\n[mqtt]\nport = 99999\n'
+                      '[[sources]]\nname="yard"\nkind="video"\nmodel="blazeface-short"\n')
+    result = _run(zoo_store.root, "config", "check", str(config))
+    assert result.returncode == 78, result.stderr
+    lines = result.stdout.splitlines()
+    for expected in ("colour: unknown key", "device.id = 'cam/1'", "mqtt.port = 99999",
+                     "a video source needs url"):
+        assert sum(expected in line for line in lines) == 1, (expected, lines)
+    assert "4 problem(s)" in result.stderr
+    files = _config(tmp_path, zoo_store.root,
+                    f'[mqtt]\ntls = true\nca_file = "{tmp_path}/ca.pem"', model="nope")
+    result = _run(zoo_store.root, "config", "check", str(files))
+    assert result.returncode == 78
+    assert "mqtt.ca_file" in result.stdout and "sources.0.model = 'nope'" in result.stdout
+    good = _run(zoo_store.root, "config", "check", str(_config(tmp_path, zoo_store.root)))
+    assert good.returncode == 0, good.stdout
+    assert "ok (device cam-1, 1 source(s))" in good.stdout
