@@ -36,6 +36,7 @@ from hardware import (
     Selection,
     choose_precision,
     load_model,
+    machine_signature,
     plan_backends,
     plan_for_runtime,
     probe_hardware,
@@ -578,25 +579,23 @@ def _models_quantize(args: argparse.Namespace) -> int:
     tolerance = AccuracyTolerance(min_mean_iou=args.min_mean_iou,
                                   max_lost_share=args.max_lost_share,
                                   max_gained_share=args.max_gained_share)
+    profile = probe_hardware()
     result = quantize_detector(bundle, store, calibration=calibration, held_out=held_out,
-                               tolerance=tolerance)
+                               tolerance=tolerance, measured_on=machine_signature(profile))
     report = result.to_dict()
-    report["machine"] = _machine()
+    report["cpu"] = _cpu_model() or profile.architecture
     print(json.dumps(report))
     return 0
 
 
-def _machine() -> str:
-    profile = probe_hardware()
-    model = ""
+def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
-        model = ""
-    return f"{model or profile.architecture}, {profile.cpu_count} cores"
+        return ""
+    return ""
 
 
 def _models_convert(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from hardware.plan import (
     PrecisionChoice,
     choose_precision,
     int8_acceleration,
+    machine_signature,
     plan_backends,
     plan_for_runtime,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "choose_precision",
     "int8_acceleration",
     "load_model",
+    "machine_signature",
     "plan_backends",
     "plan_for_runtime",
     "probe_hardware",

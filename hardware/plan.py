@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hardware.probe import HardwareProfile
-from models import BackendSpec, Manifest, semver_key
+from models import BackendSpec, Manifest, Quantization, semver_key
 from models.backends import PROVIDERS
 
 
@@ -221,15 +221,33 @@ def int8_acceleration(profile: HardwareProfile) -> str | None:
     return None
 
 
+def _measured_slower_here(profile: HardwareProfile, quantization: Quantization) -> bool:
+    latency = quantization.latency
+    return (latency is not None and latency.measured_on == machine_signature(profile)
+            and latency.int8_ms >= latency.float_ms)
+
+
+def machine_signature(profile: HardwareProfile) -> str:
+    """A short name of this kind of machine: architecture, cores, GPUs, CPU features.
+
+    Quantization records it beside its latencies; the plan trusts those latencies only on
+    a machine with the same signature.
+    """
+    gpus = ", ".join(profile.nvidia_gpus) or "no NVIDIA GPU"
+    features = "/".join(sorted(profile.cpu_features)) or "no SIMD features"
+    return f"{profile.architecture}, {profile.cpu_count} cores ({features}), {gpus}"
+
+
 def choose_precision(
     profile: HardwareProfile, float_manifest: Manifest, variants: Sequence[Manifest]
 ) -> PrecisionChoice:
     """Prefer an INT8 copy of ``float_manifest`` where it pays and is accurate enough.
 
     An INT8 variant (its ``quantization.source`` names the float model) is chosen when
-    this machine has INT8 acceleration, a runtime for it is installed, and the accuracy
-    its manifest records is within the tolerance it declares; otherwise the float model
-    serves, and the reason says which condition failed. Pure: takes values.
+    this machine has INT8 acceleration, a runtime for it is installed, the accuracy its
+    manifest records is within the tolerance it declares, and it was not measured slower
+    than the float model on a machine like this one; otherwise the float model serves,
+    and the reason says which condition failed. Pure: takes values.
     """
     quantized = [
         v for v in variants
@@ -250,6 +268,8 @@ def choose_precision(
             reasons.append(f"{label}'s measured accuracy is outside its declared tolerance"
                            if variant.quantization.held_out or variant.quantization.calibration
                            else f"{label} has no accuracy report")
+        elif _measured_slower_here(profile, variant.quantization):
+            reasons.append(f"{label} was measured slower than float on this machine")
         else:
             return PrecisionChoice(variant, f"int8: {acceleration}, accuracy within tolerance")
     return PrecisionChoice(float_manifest, "float: " + "; ".join(reasons))

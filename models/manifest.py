@@ -360,6 +360,20 @@ class AccuracyFigures(_Strict):
                 and self.gained_share <= tolerance.max_gained_share)
 
 
+class LatencyFigures(_Strict):
+    """Median milliseconds per inference of the float and the quantized model, measured
+    alternately on one machine."""
+
+    float_ms: float = Field(gt=0.0)
+    int8_ms: float = Field(gt=0.0)
+    measured_on: str = Field(default="", description="the machine, as the hardware probe names it")
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster the quantized model ran."""
+        return self.float_ms / self.int8_ms
+
+
 class Quantization(_Strict):
     """What a quantized bundle is and how it compares with the model it was made from."""
 
@@ -369,6 +383,7 @@ class Quantization(_Strict):
     tolerance: AccuracyTolerance = Field(default_factory=AccuracyTolerance)
     calibration: AccuracyFigures | None = None
     held_out: AccuracyFigures | None = None
+    latency: LatencyFigures | None = None
 
     @property
     def source_name(self) -> str:

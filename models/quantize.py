@@ -30,7 +30,13 @@ from models.backends import BackendSpec, OnnxRuntimeBackend
 from models.bundle import ModelBundle, write_bundle
 from models.errors import ModelError, QuantizationError
 from models.importer import add_proven
-from models.manifest import AccuracyFigures, AccuracyTolerance, Manifest, Quantization
+from models.manifest import (
+    AccuracyFigures,
+    AccuracyTolerance,
+    LatencyFigures,
+    Manifest,
+    Quantization,
+)
 from models.model import Model, PreparedImage
 from models.results import Detection, iou
 
@@ -79,12 +85,10 @@ def compare_detections(reference: Sequence[Sequence[Detection]],
 
 @dataclass(frozen=True, slots=True)
 class QuantizationResult:
-    """The INT8 bundle and what was measured on the way."""
+    """The INT8 bundle and what was measured on the way (also in its manifest)."""
 
     bundle: ModelBundle
     quantization: Quantization
-    float_ms: float
-    int8_ms: float
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` output."""
@@ -100,8 +104,9 @@ class QuantizationResult:
             **figures,
             "tolerance": q.tolerance.model_dump(),
             "within_tolerance": q.within_tolerance(),
-            "latency_ms": {"float": self.float_ms, "int8": self.int8_ms,
-                           "speedup": self.float_ms / self.int8_ms if self.int8_ms else 0.0},
+            "latency_ms": {"float": q.latency.float_ms, "int8": q.latency.int8_ms,
+                           "speedup": q.latency.speedup} if q.latency else None,
+            "measured_on": q.latency.measured_on if q.latency else "",
         }
 
 
@@ -191,7 +196,7 @@ def _detect_all(model: Model, prepared: Sequence[PreparedImage]) -> list[list[De
 def quantize_detector(
     bundle: ModelBundle, store: Any, *, calibration: Sequence[object],
     held_out: Sequence[object], tolerance: AccuracyTolerance | None = None,
-    name: str | None = None, timing_calls: int = 60,
+    name: str | None = None, timing_calls: int = 60, measured_on: str = "",
 ) -> QuantizationResult:
     """Quantize an ONNX detector bundle to static INT8 and store it as ``<name>-int8``.
 
@@ -203,6 +208,8 @@ def quantize_detector(
         tolerance: Declared in the new manifest; the hardware plan prefers the INT8 model
             only where the measured figures are within it.
         name: Bundle name (default ``<name>-int8``).
+        measured_on: This machine as the hardware probe names it, recorded with the
+            latencies so that the plan can trust them on the same machine.
 
     Raises:
         QuantizationError: Not an ONNX detector, no calibration images, or the quantizer
@@ -252,10 +259,11 @@ def quantize_detector(
             int8_model.close()
     quantization = draft.quantization
     assert quantization is not None
-    quantization = quantization.model_copy(update=figures)
+    latency = LatencyFigures(float_ms=float_ms, int8_ms=int8_ms, measured_on=measured_on)
+    quantization = quantization.model_copy(update={**figures, "latency": latency})
     stored = add_proven(store, draft.model_copy(update={"quantization": quantization}),
                         quantized)
-    return QuantizationResult(stored, quantization, float_ms, int8_ms)
+    return QuantizationResult(stored, quantization)
 
 
 def _int8_manifest(manifest: Manifest, label: str, tolerance: AccuracyTolerance,

@@ -6,8 +6,14 @@ from typing import Any
 
 import pytest
 
-from hardware import HardwareProfile, RuntimeInventory, choose_precision, int8_acceleration
-from models import AccuracyFigures, Manifest, Quantization
+from hardware import (
+    HardwareProfile,
+    RuntimeInventory,
+    choose_precision,
+    int8_acceleration,
+    machine_signature,
+)
+from models import AccuracyFigures, LatencyFigures, Manifest, Quantization
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +77,18 @@ def test_no_runtime_for_the_int8_copy_keeps_float() -> None:
     bare = HardwareProfile("x86_64", 8, frozenset({"vnni"}),
                            runtimes=RuntimeInventory(tflite_package=None, onnx_providers=()))
     assert "has no runtime here" in choose_precision(bare, FLOAT, [INT8]).reason
+
+
+def test_measured_slower_on_this_very_machine_keeps_float() -> None:
+    def timed(on: str, int8_ms: float) -> Manifest:
+        latency = LatencyFigures(float_ms=10.0, int8_ms=int8_ms, measured_on=on)
+        return _manifest("det-int8", Quantization(source="det@1.0.0", calibration=GOOD,
+                                                  latency=latency))
+
+    here = machine_signature(VNNI)
+    assert "measured slower than float on this machine" in choose_precision(
+        VNNI, FLOAT, [timed(here, 12.0)]).reason
+    assert choose_precision(VNNI, FLOAT, [timed(here, 6.0)]).manifest.name == "det-int8"
+    # Slower on another kind of machine says nothing about this one.
+    elsewhere = machine_signature(ARM_DOTPROD)
+    assert choose_precision(VNNI, FLOAT, [timed(elsewhere, 12.0)]).manifest.name == "det-int8"

@@ -94,12 +94,14 @@ def test_quantize_makes_a_proven_int8_bundle_with_its_report(
         assert 0.0 < figures["mean_iou"] <= 1.0
         assert figures["matched"] + figures["lost"] == figures["reference_detections"]
     assert report["latency_ms"]["float"] > 0 and report["latency_ms"]["int8"] > 0
-    assert report["machine"]
+    assert report["measured_on"] and report["cpu"]
 
     bundle = open_bundle(store.path_for("blazeface-short-onnx-int8", "1.0.0"))
     quantization = bundle.manifest.quantization
     assert quantization is not None and quantization.held_out is not None
     assert quantization.held_out.model_dump()["lost"] == report["held_out"]["lost"]
+    assert quantization.latency is not None
+    assert quantization.latency.measured_on == report["measured_on"]
     facts = read_model_facts(bundle.read_verified_model(), path="q.onnx", runtime="onnx")
     assert facts.quantized  # QDQ nodes in the graph
     assert bundle.manifest.golden is not None
