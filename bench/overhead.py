@@ -213,6 +213,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench overhead")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--calls", type=int, default=150, help="calls per side per round")
+    parser.add_argument("--block", type=int, default=10,
+                        help="calls per side in one paired block (fewer for a slow model, so "
+                        "that a burst of noise still hits both sides of a pair)")
     parser.add_argument("--store", type=Path, default=None)
     parser.add_argument(
         "--model", default=None,
@@ -233,6 +236,7 @@ def main(argv: list[str]) -> int:
         is_tflite = chosen.manifest.runtime == "tflite"
         tflite_bundle, onnx_bundle = (chosen, None) if is_tflite else (None, chosen)
     threads = os.cpu_count() or 1
+    pacing = {"rounds": args.rounds, "calls": args.calls, "block": args.block}
     photo = data.astronaut()
     measured = tflite_bundle or onnx_bundle
     assert measured is not None
@@ -257,7 +261,7 @@ def main(argv: list[str]) -> int:
         litert = LiteRTBackend(tflite_bundle, BackendSpec("litert", "xnnpack", threads))
         litert.load()
         results["litert"] = _part(*_interleaved(lambda: litert.infer(tensor), bare_invoke,
-                                                rounds=args.rounds, calls=args.calls))
+                                                **pacing))
         if isinstance(tflite_bundle.manifest.output, DetectorOutput):
             pipeline = (Model(tflite_bundle, litert),
                         _HandWrittenBlazeFace(tflite_bundle, bare_interpreter),
@@ -275,7 +279,7 @@ def main(argv: list[str]) -> int:
         results["onnxruntime"] = _part(*_interleaved(
             lambda: onnx_backend.infer(onnx_input),
             lambda: session.run(None, {input_name: onnx_input}),
-            rounds=args.rounds, calls=args.calls,
+            **pacing,
         ))
         spec = onnx_bundle.manifest.output
         if args.model is not None and isinstance(spec, YoloOutput) and spec.layout == "v8":
@@ -288,8 +292,7 @@ def main(argv: list[str]) -> int:
         model, hand_written, flatten = pipeline
         _check_agreement(flatten(model.detect(photo)), hand_written(photo))
         results["pipeline"] = _part(*_interleaved(lambda: model.detect(photo),
-                                                  lambda: hand_written(photo),
-                                                  rounds=args.rounds, calls=args.calls))
+                                                  lambda: hand_written(photo), **pacing))
 
     pairs = [key for key in ("litert", "onnxruntime", "pipeline") if key in results]
     results["ratio"] = max(results[k]["ratio"] for k in pairs)

@@ -348,6 +348,9 @@ class YoloDecoder(FamilyDecoder):
         if not candidates.size:
             return []
         centre_size = values[:4, candidates].T.astype(np.float32) * self._scale
+        finite = np.isfinite(centre_size).all(axis=1)
+        if not finite.all():  # a broken model's NaN box never becomes a detection
+            centre_size, classes, scores = centre_size[finite], classes[finite], scores[finite]
         corners = _centre_size_to_corners(centre_size)
         kept = hard_nms(corners, scores, None if spec.class_agnostic_nms else classes,
                         iou_threshold=spec.nms_iou, max_detections=spec.max_detections)

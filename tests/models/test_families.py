@@ -92,6 +92,13 @@ def test_normalised_coordinates_are_scaled_to_the_input() -> None:
     np.testing.assert_allclose(person.box, _source(32, 32, 20, 10), atol=1e-3)
 
 
+def test_non_finite_boxes_and_scores_never_become_detections() -> None:
+    raw = _v8([(np.nan, 32, 20, 10, [0.9, 0.0, 0.0]), (32, 32, np.inf, 10, [0.0, 0.8, 0.0]),
+               (10, 40, 8, 8, [0.0, 0.0, np.nan]), (50, 20, 8, 8, [0.0, 0.0, 0.6])])
+    assert [d.label for d in YoloDecoder(_yolo(), 64, 64).decode({"out": raw}, LETTERBOX)] == [
+        "dog"]
+
+
 def test_boxes_outside_the_image_are_clipped() -> None:
     raw = _v8([(2, 20, 20, 10, [0.9, 0.0, 0.0])])
     [person] = YoloDecoder(_yolo(), 64, 64).decode({"out": raw}, LETTERBOX)
