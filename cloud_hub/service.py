@@ -109,7 +109,7 @@ class HubService:
         self.judge = Judge(detector, detector_batcher, landmarks,
                            confirm_score=self.settings.confirm_score,
                            max_image_pixels=self.settings.max_image_pixels,
-                           labels=frozenset(self.settings.judge_labels))
+                           labels=self.settings.judge_label_set)
         if self._want_ingest:
             self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics,
                                        on_update_report=self._on_update_report)

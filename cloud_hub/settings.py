@@ -65,9 +65,9 @@ class HubSettings(BaseSettings):
         description="the judge's detector: any detector bundle in the store or the zoo "
         "(ssd-anchors, yolo or boxes-scores family, float or INT8), e.g. nudenet-320n; "
         "also CLOUD_HUB_JUDGE_MODEL")
-    judge_labels: tuple[str, ...] = Field(
-        default=(), description="labels that confirm an escalation (JSON list, e.g. "
-        '["FACE_FEMALE", "FACE_MALE"] for nudenet-320n); empty: any label the detector has')
+    judge_labels: str = Field(
+        default="", description="labels that confirm an escalation, comma-separated (e.g. "
+        "FACE_FEMALE,FACE_MALE for nudenet-320n); empty: any label the detector has")
     landmark_model: str | None = "face-landmark"
     backend: str | None = None
     confirm_score: float = Field(default=0.6, gt=0, lt=1)
@@ -123,6 +123,12 @@ class HubSettings(BaseSettings):
                 "print(secrets.token_urlsafe(32))'`) before running in production"
             )
         return self
+
+    @property
+    def judge_label_set(self) -> frozenset[str]:
+        """:attr:`judge_labels` as a set (empty: any label confirms)."""
+        return frozenset(label.strip() for label in self.judge_labels.split(",")
+                         if label.strip())
 
     @property
     def repository_dir(self) -> Path:

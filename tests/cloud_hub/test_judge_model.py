@@ -26,12 +26,13 @@ def yolo_hub(nudenet_store: ModelStore, tmp_path_factory: pytest.TempPathFactory
     """A hub (no ingest) whose judge is the YOLO model, configured as an operator would."""
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("CLOUD_HUB_JUDGE_MODEL", "nudenet-320n")
-    monkeypatch.setenv("CLOUD_HUB_JUDGE_LABELS", '["FACE_FEMALE", "FACE_MALE"]')
+    monkeypatch.setenv("CLOUD_HUB_JUDGE_LABELS", "FACE_FEMALE, FACE_MALE")
     settings = load_settings(data_dir=tmp_path_factory.mktemp("hub"),
                              model_store=nudenet_store.root, landmark_model=None,
                              batch_autotune=False, batch_max_size=4)
     monkeypatch.undo()
     assert settings.detector_model == "nudenet-320n"
+    assert settings.judge_label_set == {"FACE_FEMALE", "FACE_MALE"}
     service = HubService(settings, ingest=False)
     service.start()
     yield service
