@@ -14,8 +14,10 @@ from cloud_hub.errors import (
     JudgeError,
     NotFoundError,
     ProvisioningError,
+    RetryLaterError,
     SettingsError,
     StoreError,
+    StoreUnavailableError,
     UpdateRepositoryError,
 )
 from cloud_hub.service import HubService
@@ -32,9 +34,11 @@ __all__ = [
     "ModelRepository",
     "NotFoundError",
     "ProvisioningError",
+    "RetryLaterError",
     "SettingsError",
     "Store",
     "StoreError",
+    "StoreUnavailableError",
     "UpdateRepositoryError",
     "create_app",
     "load_settings",

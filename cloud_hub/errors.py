@@ -3,8 +3,10 @@
 Hierarchy::
 
     HubError                    anything the hub refuses
+    ├── RetryLaterError         transient: try again later (a message stays unacknowledged)
+    │   └── StoreUnavailableError   (also a StoreError) database down, locked or disk full
     ├── SettingsError           settings missing, wrong, or a placeholder secret in production
-    ├── StoreError              the database failed or holds a newer schema
+    ├── StoreError              the database failed (permanently) or holds a newer schema
     │   └── NotFoundError       no such device, event, model or token
     ├── ProvisioningError       a device id is refused, or the broker refused a change
     │   └── DeviceExistsError   provisioned already, and no rotation was asked for
@@ -31,8 +33,17 @@ class SettingsError(HubError):
     """The hub's settings are unusable; the message names the setting."""
 
 
+class RetryLaterError(HubError):
+    """A transient failure: the same work may succeed later. Every other ``HubError`` is
+    permanent: retrying the same input fails the same way."""
+
+
 class StoreError(HubError):
     """The database failed."""
+
+
+class StoreUnavailableError(StoreError, RetryLaterError):
+    """The database cannot be used right now (unreachable, locked, disk full)."""
 
 
 class NotFoundError(StoreError):

@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,10 +27,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError
+from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError, RetryLaterError
 from cloud_hub.judge import Judge
 from cloud_hub.metrics import HubMetrics
-from cloud_hub.mqtt import BrokerSettings
+from cloud_hub.mqtt import BrokerSettings, default_client_id
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
 from sync import (
@@ -40,6 +39,7 @@ from sync import (
     MessageError,
     ModelRef,
     OversizedMessageError,
+    ReceiptMessage,
     StatusMessage,
     TopicError,
     TopicLayout,
@@ -52,6 +52,8 @@ from sync import (
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 256
+RETRY_FIRST_S = 0.25
+RETRY_MAX_S = 10.0
 _Device = TypeVar("_Device", EventMessage, StatusMessage, UpdateReport)
 
 
@@ -67,7 +69,8 @@ class IngestWorker:
         self.judge = judge
         self.metrics = metrics
         self.layout = TopicLayout(settings.mqtt_prefix)
-        self.name = settings.mqtt_client_id or f"hub-{uuid.uuid4().hex[:8]}"
+        self.name = settings.mqtt_client_id or default_client_id()
+        self._stopping = threading.Event()
         self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(QUEUE_SIZE)
         self._threads: list[threading.Thread] = []
         self._client: mqtt.Client | None = None
@@ -93,7 +96,12 @@ class IngestWorker:
         client.loop_start()
 
     def stop(self) -> None:
-        """Disconnect, then let the workers finish what they hold."""
+        """Disconnect, then let the workers finish what they hold.
+
+        A message whose store write is still being retried stays unacknowledged: the
+        broker delivers it again when this replica (same client id) or another returns.
+        """
+        self._stopping.set()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -136,18 +144,40 @@ class IngestWorker:
 
     def _work(self) -> None:
         while (message := self._queue.get()) is not None:
+            done = self._handle_until_done(message.topic, bytes(message.payload))
+            if done and message.qos > 0 and self._client is not None:
+                self._client.ack(message.mid, message.qos)
+            self.handled += 1
+
+    def _handle_until_done(self, topic: str, payload: bytes) -> bool:
+        """Handle one message, retrying transient failures (the store is down or full)
+        with backoff; whether it may be acknowledged.
+
+        Only a message that was stored, or refused for good (counted), is acknowledged:
+        one that met a transient failure is retried here, and if the hub stops meanwhile
+        it stays unacknowledged, so the broker delivers it again.
+        """
+        attempt = 0
+        while True:
             try:
-                self.handle(message.topic, bytes(message.payload))
+                self.handle(topic, payload)
+                return True
+            except RetryLaterError as exc:
+                attempt += 1
+                self.metrics.retries.labels("store-unavailable").inc()
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(attempt, 10))
+                log.warning("cannot store a message on %s yet (attempt %d, next in %.1f s):"
+                            " %s", topic, attempt, delay, exc)
+                if self._stopping.wait(delay):
+                    return False
             except HubError as exc:
                 self.metrics.dropped.labels("hub-error").inc()
-                log.error("could not handle a message on %s: %s", message.topic, exc)
+                log.error("could not handle a message on %s: %s", topic, exc)
+                return True
             except Exception:  # a worker must outlive any one message
                 self.metrics.dropped.labels("internal-error").inc()
-                log.exception("failed on a message on %s", message.topic)
-            finally:
-                if message.qos > 0 and self._client is not None:
-                    self._client.ack(message.mid, message.qos)
-            self.handled += 1
+                log.exception("failed on a message on %s", topic)
+                return True
 
     def handle(self, topic: str, payload: bytes) -> None:
         """Handle one message; never raises for bad input (it is counted instead)."""
@@ -195,8 +225,11 @@ class IngestWorker:
             return  # a cleared retained message
         status = self._accept(device_id, payload, StatusMessage, "status")
         if status is not None:
+            # A device's own (epoch, seq) orders its statuses across hubs and reconnects;
+            # one that sends none is ordered by arrival here.
+            order = status.epoch if status.epoch is not None else time.time()
             self.store.record_status(device_id=device_id, online=status.state == "online",
-                                     at=status.at, models=status.models,
+                                     at=order, seq=status.seq, models=status.models,
                                      backend=status.backend)
 
     def _update_report(self, device_id: str, payload: bytes) -> None:
@@ -239,6 +272,9 @@ class IngestWorker:
             if stored["outcome"] is not None:
                 self._send(stored)
                 return
+            # Another worker or replica holds it (or died judging it): say it is safe here,
+            # so the device stops sending it, and judge it if nobody has.
+            self._send_receipt(device_id, event.event_id)
         started = time.perf_counter()
         try:
             judgement = self.judge.judge(event)
@@ -262,6 +298,12 @@ class IngestWorker:
             self._send(self.store.get_event(event_id=event.event_id))
         except NotFoundError:
             log.warning("event %s was pruned before its verdict went out", event.event_id)
+
+    def _send_receipt(self, device_id: str, event_id: str) -> None:
+        receipt = ReceiptMessage(device_id=device_id, event_ids=(event_id,), at=time.time())
+        assert self._client is not None
+        self._client.publish(self.layout.verdicts(device_id), encode(receipt), qos=1)
+        self.metrics.receipts.inc()
 
     def _send(self, stored: dict[str, Any]) -> None:
         verdict = VerdictMessage(

@@ -22,6 +22,12 @@ class HubMetrics:
         self.dedup_hits = Counter("hub_dedup_hits", "Redelivered escalations answered again",
                                   registry=r)
         self.verdicts = Counter("hub_verdicts", "Verdicts sent", ["outcome"], registry=r)
+        self.receipts = Counter("hub_receipts", "Receipts sent for stored, unjudged events",
+                                registry=r)
+        self.retries = Counter("hub_message_retries",
+                               "Transient failures while handling a message, by reason "
+                               "(the message stays unacknowledged until it is stored)",
+                               ["reason"], registry=r)
         self.batch_size = Histogram("hub_batch_size", "Requests per model call", ["model"],
                                     buckets=SIZE_BUCKETS, registry=r)
         self.batch_limit = Gauge("hub_batch_max_size",

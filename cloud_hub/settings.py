@@ -44,7 +44,9 @@ class HubSettings(BaseSettings):
     mqtt_client_id: str | None = Field(
         default=None, pattern=r"^hub-[A-Za-z0-9_.-]{1,60}$",
         description="the ingest session's client id, hub-<something> (no device can be "
-        "named hub-*, so none can take the hub's session); default hub-<hostname>")
+        "named hub-*, so none can take the hub's session); default hub-<hostname>, stable "
+        "across restarts: replicas sharing a host must each set their own, since a "
+        "persistent session outlives its process and keeps its share of the subscription")
     mqtt_tls: bool = Field(default=False, description="TLS to the broker (verified)")
     mqtt_ca_file: Path | None = Field(
         default=None, description="CA that signed the broker's certificate; default: system")

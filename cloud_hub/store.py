@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from cloud_hub.errors import NotFoundError, StoreError
+from cloud_hub.errors import NotFoundError, StoreError, StoreUnavailableError
 from sync.errors import SyncError
 from sync.rollout import Rollout
 
@@ -46,6 +46,7 @@ devices = sa.Table(
     sa.Column("last_seen", sa.Float, nullable=True),
     sa.Column("online", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("status_at", sa.Float, nullable=True),
+    sa.Column("status_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("models", sa.Text, nullable=False, server_default="{}"),
     sa.Column("backend", sa.String(128), nullable=False, server_default=""),
 )
@@ -145,8 +146,16 @@ def _v3(conn: Connection) -> None:
             "ALTER TABLE rollouts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"))
 
 
+def _v4(conn: Connection) -> None:
+    # Statuses are ordered by the device's (connection epoch, sequence), not by a time
+    # that a last will, written at connect time, would carry from the past.
+    if "status_seq" not in {c["name"] for c in sa.inspect(conn).get_columns("devices")}:
+        conn.execute(sa.text(
+            "ALTER TABLE devices ADD COLUMN status_seq BIGINT NOT NULL DEFAULT 0"))
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
@@ -259,6 +268,10 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError,
+                sa.exc.TimeoutError) as exc:
+            # Connection lost, database locked, disk full: the same call may work later.
+            raise StoreUnavailableError(f"database unavailable: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"database error: {exc}") from exc
 
@@ -313,13 +326,22 @@ class Store:
             return [_device(row._mapping) for row in conn.execute(query)]
 
     def record_status(self, *, device_id: str, online: bool, at: float,
-                      models: dict[str, str], backend: str) -> None:
-        """Store a device's retained status (online or its last will), if newer."""
+                      models: dict[str, str], backend: str, seq: int = 0) -> None:
+        """Store a device's retained status (online or its last will), if newer.
+
+        Args:
+            at: Orders statuses together with ``seq``: the device's connection epoch (or,
+                from a device that sends none, when the hub received it).
+            seq: The status's place within its connection (a last will comes last).
+        """
+        newer = sa.or_(
+            devices.c.status_at.is_(None), devices.c.status_at < at,
+            sa.and_(devices.c.status_at == at, devices.c.status_seq <= seq),
+        )
         with self._tx() as conn:
-            conn.execute(devices.update().where(devices.c.id == device_id).where(
-                sa.or_(devices.c.status_at.is_(None), devices.c.status_at <= at)
-            ).values(online=online, status_at=at, models=json.dumps(models), backend=backend,
-                     last_seen=sa.func.coalesce(devices.c.last_seen, at)))
+            conn.execute(devices.update().where(devices.c.id == device_id).where(newer).values(
+                online=online, status_at=at, status_seq=seq, models=json.dumps(models),
+                backend=backend, last_seen=sa.func.coalesce(devices.c.last_seen, at)))
 
     def touch_device(self, *, device_id: str, at: float) -> None:
         """Note that a device was heard from."""
@@ -573,6 +595,7 @@ _EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail")] + 
 def _device(row: Any) -> dict[str, Any]:
     device = dict(row)
     device.pop("credential_hash", None)
+    device.pop("status_seq", None)
     device["group"] = device.pop("group_name")
     device["labels"] = json.loads(device["labels"])
     device["models"] = json.loads(device["models"])

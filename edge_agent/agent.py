@@ -1,9 +1,36 @@
-"""The edge agent service: sources -> motion gate -> model -> policy -> outbox/uplink.
+"""The edge agent service, composed: sources -> motion gate -> model -> policy -> outbox/uplink.
 
-Threads, each named: one per source (``source:<name>``) feeding a bounded work queue;
-``pipeline``, which runs the gate, the model and the policy, handles verdicts and the
-local fallback; ``uplink`` (outbox and MQTT); ``actions``; and the caller's thread, which
-runs :meth:`EdgeAgent.run`: systemd notifications, the watchdog, the status file.
+:class:`EdgeAgent` is the composition root: it builds the parts, wires the queues between
+them, starts the workers and supervises them. Every thread the agent starts, by name:
+
+``MainThread``
+    Runs :meth:`EdgeAgent.run`: supervision, systemd notifications and watchdog, the
+    status file, telemetry and gauges. Owns nothing the workers write.
+``source:<name>`` (one per configured source)
+    Reads its camera, file, folder or sample footage and puts frames on the bounded
+    work queue. Owns its source and its health counters.
+``pipeline``
+    Takes a work item, first applies every verdict that has arrived (so no decision
+    ignores one), then runs the gate, the model and the policy, escalates, and runs the
+    local fallback when a verdict is late. Owns the serving models (an update's swap is
+    done between two items), the policy, the gates and the pending verdicts.
+``uplink``
+    Owns the outbox and the delivery window (:mod:`edge_agent.uplink`): commits,
+    publishes, the hub's receipts and verdicts.
+``paho-mqtt-client-<device id>``
+    paho-mqtt's network loop for the uplink's connection; its callbacks only enqueue.
+``actions``
+    Runs local actions (MQTT message, command, webhook) from its bounded queue.
+``updater`` (when signed updates are on)
+    Follows model announcements, verifies, stages and installs updates.
+``sensor:<name>`` (one per sensor source)
+    paho-mqtt's network loop for a sensor source's subscription.
+``metrics-http`` (when ``metrics.port`` is set)
+    Serves Prometheus metrics.
+
+Any of these that dies with an exception ends the process at once with
+:data:`EXIT_WORKER_CRASHED`, so that systemd restarts it; nothing acknowledged is lost,
+since the outbox holds every escalation until the hub confirms it.
 
 Shutdown (SIGTERM): sources stop, the pipeline finishes the item in hand, the uplink
 commits everything it was given, and the agent announces itself offline.
@@ -27,14 +54,14 @@ from edge_agent.actions import ActionEvent, ActionKind, ActionRunner
 from edge_agent.config import AgentConfig, SourceConfig
 from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.escalation import frame_event, window_event
-from edge_agent.fallback import PendingVerdicts
+from edge_agent.fallback import Pending, PendingVerdicts
 from edge_agent.footage import SampleFootage
 from edge_agent.install import ModelInstaller
 from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate
 from edge_agent.mqtt import check_broker
 from edge_agent.notify import SystemdNotifier
-from edge_agent.outbox import Outbox, OutboxItem
+from edge_agent.outbox import Outbox, OutboxItem, PendingRecord
 from edge_agent.policy import Decision, EscalationPolicy
 from edge_agent.sensors import ReadingWindow, SensorSource
 from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
@@ -66,7 +93,6 @@ from sync import (
     ModelAnnouncement,
     StatusMessage,
     TelemetryMessage,
-    TopicError,
     TopicLayout,
     UpdateReport,
     VerdictMessage,
@@ -81,9 +107,21 @@ _Result = TypeVar("_Result")
 
 VERSION = "0.1.0"
 MAX_VERDICT_BYTES = 64 * 1024
+EXIT_WORKER_CRASHED = 70  # EX_SOFTWARE: a worker thread died; systemd restarts the agent
 STATUS_FILE = "status.json"
 ModelLoader = Callable[[SourceConfig], tuple[Model, Selection]]
 WorkItem = FrameItem | ReadingWindow
+
+
+@dataclass(frozen=True, slots=True)
+class Undeliverable:
+    """An escalation the hub will never get (dropped before delivery, e.g. a full disk)."""
+
+    event_id: str
+    reason: str
+
+
+Intake = VerdictMessage | Undeliverable
 
 
 @dataclass(slots=True)
@@ -146,7 +184,10 @@ class EdgeAgent:
         self._policy = EscalationPolicy(config.policy, self._rng)
         self._pending = PendingVerdicts(config.fallback.verdict_timeout_s)
         self._work: queue.Queue[WorkItem] = queue.Queue(maxsize=2 * len(config.sources) + 2)
-        self._verdicts: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=1000)
+        self._intake: queue.Queue[Intake] = queue.Queue(maxsize=10_000)
+        self._crash: tuple[str, BaseException] | None = None
+        self._crashed = threading.Event()
+        self.outbox = Outbox(config.outbox_path, config.outbox)
         self._source_stop = threading.Event()
         self._pipeline_stop = threading.Event()
         self._heartbeat = time.monotonic()
@@ -173,19 +214,30 @@ class EdgeAgent:
         Raises:
             EdgeAgentError: A model or source could not be set up.
         """
+        previous_hook = threading.excepthook
+        threading.excepthook = self._on_thread_crash
+        try:
+            return self._run(stop, exit_when_done)
+        finally:
+            threading.excepthook = previous_hook
+
+    def _run(self, stop: threading.Event, exit_when_done: bool) -> int:
         self._load_models()
         self._build_sources()
         self._start_metrics_server()
+        self.outbox.open()
+        if self.outbox.salvage is not None:
+            self.metrics.outbox_damaged.inc()
+            self.metrics.outbox_salvaged.inc(self.outbox.salvage.recovered)
+        self._restore_pending()
         subscriptions: tuple[str, ...] = ()
         if self.installer is not None:
             subscriptions = (self.layout.models(self.config.device.group),)
         self.uplink = Uplink(
-            device_id=self.config.device.id, config=self.config.mqtt,
-            outbox=Outbox(self.config.outbox_path, self.config.outbox),
-            layout=self.layout, status=self._status_message, on_message=self._on_message,
-            subscriptions=subscriptions,
-            on_drop=lambda _id, reason: self.metrics.dropped.labels(reason).inc(),
-            rng=self._rng,
+            device_id=self.config.device.id, config=self.config.mqtt, outbox=self.outbox,
+            layout=self.layout, status=self._status_message, on_verdict=self._take_verdict,
+            on_malformed=self._malformed_verdict, on_message=self._on_message,
+            subscriptions=subscriptions, on_drop=self._undeliverable, rng=self._rng,
         )
         self.uplink.start()
         self._start_updater()
@@ -195,7 +247,11 @@ class EdgeAgent:
         threads = [
             threading.Thread(target=self._pump, args=(source,), name=f"source:{name}",
                              daemon=True)
-            for name, source in self.sources.items()
+            for name, source in self.sources.items() if not isinstance(source, SensorSource)
+        ] + [
+            threading.Thread(target=self._pump, args=(source,), name=f"sensor:{name}",
+                             daemon=True)
+            for name, source in self.sources.items() if isinstance(source, SensorSource)
         ]
         for thread in threads:
             thread.start()
@@ -226,11 +282,13 @@ class EdgeAgent:
                    threads: list[threading.Thread]) -> int:
         interval = self._notifier.watchdog_interval_s or 1.0
         interval = min(interval, 1.0)
-        while not stop.wait(interval):
-            assert self.uplink is not None
-            if self.uplink.error is not None:
-                log.error("uplink failed: %s; stopping", self.uplink.error)
-                return 1
+        while not stop.is_set():
+            if self._crashed.wait(interval) or self._crash is not None:
+                assert self._crash is not None
+                name, exc = self._crash
+                log.critical("worker thread %s died: %r; exiting with %d so that the service"
+                             " restarts", name, exc, EXIT_WORKER_CRASHED)
+                return EXIT_WORKER_CRASHED
             stuck_for = self._stuck_for()
             if stuck_for is None:
                 self._notifier.watchdog()
@@ -336,13 +394,15 @@ class EdgeAgent:
             from prometheus_client import start_http_server
 
             try:
-                start_http_server(self.config.metrics.port, self.config.metrics.host,
-                                  registry=self.metrics.registry)
+                _, thread = start_http_server(self.config.metrics.port,
+                                              self.config.metrics.host,
+                                              registry=self.metrics.registry)
             except OSError as exc:
                 raise ListenError(
                     f"metrics.port = {self.config.metrics.port}: cannot listen on "
                     f"{self.config.metrics.host}:{self.config.metrics.port}: "
                     f"{exc.strerror or exc}", key="metrics.port") from exc
+            thread.name = "metrics-http"
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host,
                      self.config.metrics.port)
 
@@ -377,9 +437,7 @@ class EdgeAgent:
                 self.models[source] = (model, selection)
         self._health[name] = ModelHealth(warmup=self.config.updates.health_warmup_inferences)
         if self.uplink is not None:
-            self.uplink.publish_side(self.layout.status(self.config.device.id),
-                                     encode(self._status_message("online")), qos=1,
-                                     retain=True)
+            self.uplink.publish_status("online")
         return previous
 
     def _send_report(self, report: UpdateReport) -> None:
@@ -413,13 +471,15 @@ class EdgeAgent:
                 item = self._work.get(timeout=0.1)
             except queue.Empty:
                 item = None
+            # Every verdict that arrived before this item was taken is applied before it is
+            # decided: a tracked object is not escalated again while its verdict waits here.
+            self._handle_intake()
             if item is not None:
                 self._busy_since = time.monotonic()
                 try:
                     self._process(item)
                 finally:
                     self._busy_since = None
-            self._handle_verdicts()
             self._apply_fallbacks()
 
     def _process(self, item: WorkItem) -> None:
@@ -510,8 +570,14 @@ class EdgeAgent:
 
     def _escalate(self, event: EventMessage, decision: Decision) -> None:
         assert self.uplink is not None
+        now = time.monotonic()
+        boxes = tuple(d.box for d in decision.detections)
+        pending = self._pending.add(event.event_id, event.source, decision.positive, now, boxes)
+        record = PendingRecord(event.event_id, event.source, decision.positive, boxes,
+                               pending.deadline, self.outbox.clock.boot_id)
         item = OutboxItem(event.event_id, self.layout.events(self.config.device.id),
-                          encode(event), event.priority, time.time())
+                          encode(event), event.priority, time.time(), pending=record,
+                          created_mono=now)
         while True:  # back-pressure: wait for the uplink rather than lose the event
             try:
                 self.uplink.submit(item, timeout_s=0.5)
@@ -521,49 +587,70 @@ class EdgeAgent:
                 log.warning("uplink queue full; waiting to hand over %s", event.event_id)
         self._counters.escalations += 1
         self.metrics.escalations.labels(event.source, event.reason).inc()
-        self._pending.add(event.event_id, event.source, decision.positive, time.monotonic(),
-                          tuple(d.box for d in decision.detections))
 
     # -- verdicts and the local fallback ----------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        """Called in paho's thread: queue verdicts for the pipeline thread, hand model
-        announcements to the updater."""
-        if self.updater is not None and topic == self.layout.models(self.config.device.group):
-            if not payload:
-                return  # a cleared retained announcement
-            try:
-                announcement = decode(payload, ModelAnnouncement, max_bytes=MAX_VERDICT_BYTES)
-            except MessageError as exc:
-                self.metrics.malformed.labels("announcement").inc()
-                log.warning("dropped a bad model announcement: %s", exc)
-                return
-            self.updater.offer(announcement)
+        """Called in paho's thread for model announcements: hand them to the updater."""
+        if self.updater is None or topic != self.layout.models(self.config.device.group):
             return
+        if not payload:
+            return  # a cleared retained announcement
         try:
-            self._verdicts.put_nowait((topic, payload))
+            announcement = decode(payload, ModelAnnouncement, max_bytes=MAX_VERDICT_BYTES)
+        except MessageError as exc:
+            self.metrics.malformed.labels("announcement").inc()
+            log.warning("dropped a bad model announcement: %s", exc)
+            return
+        self.updater.offer(announcement)
+
+    def _take_verdict(self, verdict: VerdictMessage) -> None:
+        """Called in the uplink thread: queue a verdict for the pipeline thread."""
+        self._put_intake(verdict)
+
+    def _undeliverable(self, event_id: str, reason: str) -> None:
+        """Called in the uplink thread: an escalation was dropped before the hub got it."""
+        self.metrics.dropped.labels(reason).inc()
+        self._put_intake(Undeliverable(event_id, reason))
+
+    def _put_intake(self, item: Intake) -> None:
+        try:
+            self._intake.put_nowait(item)
         except queue.Full:
             self.metrics.dropped.labels("verdict-queue-full").inc()
 
-    def _handle_verdicts(self) -> None:
+    def _malformed_verdict(self, topic: str, reason: str) -> None:
+        self.metrics.malformed.labels("verdict").inc()
+        self._counters.malformed_verdicts += 1
+
+    def _handle_intake(self) -> None:
         while True:
             try:
-                topic, payload = self._verdicts.get_nowait()
+                item = self._intake.get_nowait()
             except queue.Empty:
                 return
-            try:
-                address = self.layout.parse(topic)
-                if address.kind != "verdicts" or address.name != self.config.device.id:
-                    raise TopicError(f"not this device's verdict topic: {topic}")
-                verdict = decode(payload, VerdictMessage, max_bytes=MAX_VERDICT_BYTES)
-                if verdict.device_id != self.config.device.id:
-                    raise TopicError(f"verdict for device {verdict.device_id!r}")
-            except (MessageError, TopicError) as exc:
-                self.metrics.malformed.labels("verdict").inc()
-                self._counters.malformed_verdicts += 1
-                log.warning("dropped a bad verdict on %s: %s", topic, exc)
+            if isinstance(item, Undeliverable):
+                entry = self._pending.give_up(item.event_id)
+                if entry is not None:
+                    self._fall_back(entry, f"undeliverable ({item.reason})")
                 continue
-            self._apply_verdict(verdict)
+            self._apply_verdict(item)
+
+    def _restore_pending(self) -> None:
+        """Wait again for verdicts of escalations made before a restart: the outbox kept
+        them. One from an earlier boot has lost its monotonic deadline: it is due now."""
+        now = time.monotonic()
+        boot = self.outbox.clock.boot_id
+        restored = 0
+        for record in self.outbox.pending():
+            deadline = record.deadline_mono if record.boot_id == boot else now
+            self._pending.restore(
+                Pending(record.event_id, record.source, record.positive,
+                        deadline - self._pending.timeout_s, deadline, record.boxes),
+                fell_back=record.fell_back)
+            restored += 1
+        if restored:
+            log.info("waiting again for %d verdict(s) from before the restart", restored)
 
     def _apply_verdict(self, verdict: VerdictMessage) -> None:
         confirmed = verdict.outcome == "confirmed"
@@ -577,6 +664,8 @@ class EdgeAgent:
         pending = resolution.pending
         if pending is None:
             return
+        assert self.uplink is not None
+        self.uplink.pending_resolved(verdict.event_id)
         # Later frames of the same object take this verdict rather than asking again.
         self._policy.remember_verdict(
             pending.source, (*pending.boxes, *(d.box for d in verdict.detections)), confirmed,
@@ -596,14 +685,18 @@ class EdgeAgent:
 
     def _apply_fallbacks(self) -> None:
         for entry in self._pending.expire(time.monotonic()):
-            self._counters.fallbacks += 1
-            self.metrics.fallbacks.inc()
-            act = self.config.fallback.action == "act"
-            log.info("no verdict for %s in %.0f s: %s locally", entry.event_id,
-                     self.config.fallback.verdict_timeout_s, "acting" if act else "holding")
-            if act:
-                self._dispatch(ActionEvent("fallback", self.config.device.id, entry.source,
-                                           entry.positive, time.time(), entry.event_id))
+            self._fall_back(entry, f"no verdict in {self.config.fallback.verdict_timeout_s:.0f} s")
+
+    def _fall_back(self, entry: Pending, why: str) -> None:
+        self._counters.fallbacks += 1
+        self.metrics.fallbacks.inc()
+        if self.uplink is not None:
+            self.uplink.pending_fell_back(entry.event_id)
+        act = self.config.fallback.action == "act"
+        log.info("%s for %s: %s locally", why, entry.event_id, "acting" if act else "holding")
+        if act:
+            self._dispatch(ActionEvent("fallback", self.config.device.id, entry.source,
+                                       entry.positive, time.time(), entry.event_id))
 
     def _act(self, kind: ActionKind, source: str, decision: Decision) -> None:
         labels = tuple(sorted({d.label for d in decision.detections}))
@@ -620,6 +713,15 @@ class EdgeAgent:
             self.uplink.publish_confirmed(topic, payload, timeout_s)
 
     # -- status ----------------------------------------------------------------------
+
+    def _on_thread_crash(self, args: threading.ExceptHookArgs) -> None:
+        """threading.excepthook while the agent runs: any worker that dies ends the agent."""
+        name = args.thread.name if args.thread is not None else "?"
+        exc = args.exc_value if args.exc_value is not None else args.exc_type()
+        log.critical("thread %s died", name, exc_info=exc)
+        if self._crash is None:
+            self._crash = (name, exc)
+        self._crashed.set()
 
     def _status_message(self, state: ConnectionState) -> StatusMessage:
         return StatusMessage(
@@ -641,6 +743,9 @@ class EdgeAgent:
             "fallbacks": snapshot["fallbacks"], "outbox_events": snapshot["outbox"]["events"],
             "outbox_bytes": snapshot["outbox"]["bytes"], "reconnects": snapshot["reconnects"],
             "dropped": snapshot["dropped"], "uptime_s": time.time() - self._started_at,
+            "outbox_degraded": 0.0 if snapshot["outbox"]["degraded"] is None else 1.0,
+            "outbox_salvaged": float(self.outbox.salvage.recovered
+                                     if self.outbox.salvage is not None else 0),
         }
         for name, source in snapshot["sources"].items():
             values[f"frames.{name}"] = source["frames"]
@@ -659,6 +764,10 @@ class EdgeAgent:
         assert self.uplink is not None
         counters = self.uplink.counters()
         self.metrics.outbox_events.set(counters.outbox_depth)
+        self.metrics.outbox_unconfirmed.set(counters.unconfirmed)
+        for reason in ("disk-full", "outbox-error"):
+            self.metrics.outbox_degraded.labels(reason).set(
+                1 if counters.degraded == reason else 0)
         self.metrics.outbox_bytes.set(counters.outbox_bytes)
         self.metrics.reconnects.set(counters.reconnects)
         self.metrics.connected.set(1 if counters.connected else 0)
@@ -692,7 +801,11 @@ class EdgeAgent:
             "connected": bool(uplink and uplink.connected),
             "outbox": {"events": uplink.outbox_depth if uplink else 0,
                        "bytes": uplink.outbox_bytes if uplink else 0,
-                       "inflight": uplink.inflight if uplink else 0},
+                       "inflight": uplink.inflight if uplink else 0,
+                       "unconfirmed": uplink.unconfirmed if uplink else 0,
+                       "degraded": uplink.degraded if uplink else None,
+                       "salvage": self._salvage_summary()},
+            "threads": sorted(thread.name for thread in threading.enumerate()),
             "published": uplink.published if uplink else 0,
             "reconnects": uplink.reconnects if uplink else 0,
             "dropped": uplink.dropped if uplink else 0,
@@ -704,6 +817,13 @@ class EdgeAgent:
             "last_verdict": self._counters.last_verdict or None,
             "sources": sources,
         }
+
+    def _salvage_summary(self) -> dict[str, Any] | None:
+        report = self.outbox.salvage
+        if report is None:
+            return None
+        return {"moved_to": str(report.moved_to), "reason": report.reason,
+                "recovered": report.recovered, "unreadable": report.unreadable}
 
     def _write_status(self, *, running: bool) -> None:
         path = self.config.state_dir / STATUS_FILE

@@ -58,7 +58,14 @@ class MqttConfig(_Section):
     reconnect_min_s: Seconds = 0.5
     reconnect_max_s: Seconds = 30.0
     max_inflight: int = Field(default=100, ge=1, le=65535)
-    drain_rate_per_s: float = Field(default=500.0, gt=0, description="publishes/s when draining")
+    drain_rate_per_s: float = Field(
+        default=50.0, gt=0, description="publishes/s, live and backlog together, from the "
+        "first second (live events go first, so they are judged within their timeout)")
+    max_unconfirmed: int = Field(
+        default=2000, ge=1, description="escalations published without the hub's receipt")
+    receipt_timeout_s: Seconds = Field(
+        default=30.0, description="publish again when the hub has not confirmed in this long")
+    retry_max_s: Seconds = Field(default=300.0, description="longest backoff between retries")
     telemetry_interval_s: float = Field(default=60.0, ge=0, description="0 turns telemetry off")
 
     @model_validator(mode="after")

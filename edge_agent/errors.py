@@ -65,7 +65,16 @@ class SourceError(EdgeAgentError):
 
 
 class OutboxError(EdgeAgentError):
-    """The durable outbox cannot be opened or written."""
+    """The durable outbox cannot be opened or written.
+
+    Attributes:
+        full: The disk is full or failed (``SQLITE_FULL``/``SQLITE_IOERR``): a local
+            fault to degrade around, not a reason to stop.
+    """
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        self.full = full
+        super().__init__(message)
 
 
 class PublishError(EdgeAgentError):

@@ -63,6 +63,25 @@ class PendingVerdicts:
         self._pending[event_id] = entry
         return entry
 
+    def restore(self, entry: Pending, *, fell_back: bool) -> None:
+        """Wait again for an escalation made before a restart (or remember its fallback).
+
+        Restored entries may have earlier deadlines than those already waiting, so the
+        table is kept in deadline order.
+        """
+        if fell_back:
+            self._remember_in(self._fell_back, entry.event_id, entry)
+            return
+        self._pending[entry.event_id] = entry
+        self._pending = OrderedDict(sorted(self._pending.items(), key=lambda kv: kv[1].deadline))
+
+    def give_up(self, event_id: str) -> Pending | None:
+        """The hub will never see ``event_id`` (dropped before delivery): fall back now."""
+        entry = self._pending.pop(event_id, None)
+        if entry is not None:
+            self._remember_in(self._fell_back, event_id, entry)
+        return entry
+
     def expire(self, now: float) -> list[Pending]:
         """Escalations whose deadline has passed: apply the local decision for these."""
         expired = []

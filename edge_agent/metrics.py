@@ -42,8 +42,19 @@ class AgentMetrics:
                                  registry=r)
         self.actions = Counter("edge_actions", "Local actions run", ["kind", "result"],
                                registry=r)
-        self.outbox_events = Gauge("edge_outbox_events", "Escalations waiting for PUBACK",
-                                   registry=r)
+        self.outbox_events = Gauge("edge_outbox_events",
+                                   "Escalations waiting for the hub's receipt", registry=r)
+        self.outbox_unconfirmed = Gauge("edge_outbox_unconfirmed",
+                                        "Escalations published without the hub's receipt yet",
+                                        registry=r)
+        self.outbox_degraded = Gauge("edge_outbox_degraded",
+                                     "1 while the outbox cannot be written (new escalations "
+                                     "are decided locally), by reason", ["reason"], registry=r)
+        self.outbox_salvaged = Counter("edge_outbox_salvaged_events",
+                                       "Events recovered from a damaged outbox file",
+                                       registry=r)
+        self.outbox_damaged = Counter("edge_outbox_damaged",
+                                      "Damaged outbox files moved aside at start", registry=r)
         self.outbox_bytes = Gauge("edge_outbox_bytes", "Payload bytes in the outbox",
                                   registry=r)
         self.reconnects = Gauge("edge_mqtt_reconnects", "Broker reconnections since start",

@@ -17,12 +17,14 @@ from sync.errors import (
 from sync.ids import EventIdFactory, event_id_time_ms, is_event_id, uuid7_from
 from sync.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_RECEIPT_IDS,
     AnyMessage,
     DetectionPayload,
     EscalationReason,
     EventMessage,
     ModelAnnouncement,
     ModelRef,
+    ReceiptMessage,
     StatusMessage,
     TelemetryMessage,
     UpdateReport,
@@ -37,6 +39,7 @@ from sync.topics import DEVICE_KINDS, VERSION, DeviceKind, TopicAddress, TopicLa
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEVICE_KINDS",
+    "MAX_RECEIPT_IDS",
     "VERSION",
     "AnyMessage",
     "BrokerTlsError",
@@ -50,6 +53,7 @@ __all__ = [
     "ModelAnnouncement",
     "ModelRef",
     "OversizedMessageError",
+    "ReceiptMessage",
     "StatusMessage",
     "SyncError",
     "TelemetryMessage",

@@ -115,12 +115,41 @@ class VerdictMessage(_EventBound):
     model_config = ConfigDict(populate_by_name=True)
 
 
+MAX_RECEIPT_IDS = 256
+
+
+class ReceiptMessage(_DeviceMessage):
+    """The hub's word that it has stored these events (durably), before their verdicts.
+
+    Sent on the device's verdicts topic. A device deletes an escalation from its outbox
+    only on this or on the event's verdict: a PUBACK says only that the broker took it.
+    """
+
+    schema_: Literal["receipt/1"] = Field(default="receipt/1", alias="schema")
+    event_ids: tuple[str, ...] = Field(min_length=1, max_length=MAX_RECEIPT_IDS)
+    at: float
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("event_ids")
+    @classmethod
+    def _event_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for event_id in value:
+            if not is_event_id(event_id):
+                raise ValueError(f"{event_id!r} is not a lower-case UUIDv7")
+        return value
+
+
 class StatusMessage(_DeviceMessage):
     """A device's retained online/offline state (also its MQTT last will)."""
 
     schema_: Literal["status/1"] = Field(default="status/1", alias="schema")
     state: Literal["online", "offline"]
     at: float
+    epoch: float | None = Field(
+        default=None, description="the device's time when this connection was opened; with "
+        "seq it orders a device's statuses (a last will is written at connect time)")
+    seq: int = Field(default=0, ge=0, le=2**31 - 1)
     agent_version: str = ""
     models: dict[str, str] = Field(default_factory=dict)
     backend: str = ""
@@ -175,8 +204,8 @@ class UpdateReport(_DeviceMessage):
     model_config = ConfigDict(populate_by_name=True)
 
 
-AnyMessage = (EventMessage | VerdictMessage | StatusMessage | TelemetryMessage
-              | ModelAnnouncement | UpdateReport)
+AnyMessage = (EventMessage | VerdictMessage | ReceiptMessage | StatusMessage
+              | TelemetryMessage | ModelAnnouncement | UpdateReport)
 _M = TypeVar("_M", bound=_Message)
 
 
@@ -211,8 +240,8 @@ def peek_schema(payload: bytes) -> str | None:
     """The ``schema`` tag of a JSON payload, or ``None`` if there is none."""
     try:
         raw: Any = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return None  # a hostile nesting depth is just not a message
     return raw.get("schema") if isinstance(raw, dict) else None
 
 

@@ -3,7 +3,7 @@
 ::
 
     {prefix}/v1/{device_id}/events      agent -> hub   escalations, QoS 1
-    {prefix}/v1/{device_id}/verdicts    hub -> agent   verdicts, QoS 1
+    {prefix}/v1/{device_id}/verdicts    hub -> agent   verdicts and receipts, QoS 1
     {prefix}/v1/{device_id}/status      agent -> all   online/offline, retained, last will
     {prefix}/v1/{device_id}/telemetry   agent -> hub   periodic counters, QoS 0
     {prefix}/v1/{device_id}/updates     agent -> hub   model install steps, QoS 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import ssl
 import threading
 import time
@@ -18,17 +19,34 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_hub.mosquitto import MosquittoBroker, free_port
+from sync import ReceiptMessage, encode
 
 __all__ = ["Collector", "MosquittoBroker", "Pki", "free_port", "make_pki"]
 
 
+def _send_receipt(client: mqtt.Client, topic: str, payload: bytes) -> None:
+    """Confirm an escalation as the hub does once it has stored it."""
+    try:
+        event = json.loads(payload)
+        device, event_id = event["device_id"], event["event_id"]
+    except (ValueError, KeyError, TypeError):
+        return
+    prefix = topic.rsplit("/", 2)[0]
+    receipt = ReceiptMessage(device_id=device, event_ids=(event_id,), at=time.time())
+    client.publish(f"{prefix}/{device}/verdicts", encode(receipt), qos=1)
+
+
 class Collector:
-    """A durable QoS 1 subscriber standing in for the hub: records every message."""
+    """A durable QoS 1 subscriber standing in for the hub: records every message.
+
+    Like the hub, it confirms each escalation it receives with a receipt on the device's
+    verdicts topic (``receipts=False`` turns that off, to play a hub that lost them).
+    """
 
     def __init__(self, port: int, topic: str, *, client_id: str | None = None,
                  on_message: Callable[[str, bytes], None] | None = None,
                  username: str | None = None, password: str | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, receipts: bool = True) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
@@ -54,6 +72,8 @@ class Collector:
             with self.arrived:
                 self.messages.append((msg.topic, bytes(msg.payload)))
                 self.arrived.notify_all()
+            if receipts and msg.topic.endswith("/events"):
+                _send_receipt(client, msg.topic, bytes(msg.payload))
             if self._on_message is not None:
                 self._on_message(msg.topic, bytes(msg.payload))
 

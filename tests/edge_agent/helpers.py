@@ -14,7 +14,8 @@ def event_id(index: int) -> str:
 
 
 def event_item(layout: TopicLayout, device_id: str, index: int, *, priority: int = 5,
-               padding: int = 512, created_at: float | None = None) -> OutboxItem:
+               padding: int = 512, created_at: float | None = None,
+               created_mono: float = 0.0) -> OutboxItem:
     """An outbox item holding a real, encoded escalation."""
     message = EventMessage(
         event_id=event_id(index), device_id=device_id, source="test",
@@ -23,4 +24,5 @@ def event_item(layout: TopicLayout, device_id: str, index: int, *, priority: int
         crop_jpeg=b"\xff\xd8" + bytes(padding),
     )
     return OutboxItem(message.event_id, layout.events(device_id), encode(message), priority,
-                      time.time() if created_at is None else created_at)
+                      time.time() if created_at is None else created_at,
+                      created_mono=created_mono)

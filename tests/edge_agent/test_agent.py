@@ -300,6 +300,7 @@ def test_local_actions_fire_on_confident_decisions(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log_file = tmp_path / "actions.log"
     alarms = Collector(broker.port, "home/alarm")
+    hub = Collector(broker.port, LAYOUT.all_devices("events"))  # confirms the escalations
     raw = agent_config(tmp_path, broker.port, zoo_store.root,
                        policy={"confident_score": 0.8})
     raw["actions"] = [
@@ -318,6 +319,7 @@ def test_local_actions_fire_on_confident_decisions(
         run.finish()
         server.shutdown()
         alarms.close()
+        hub.close()
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert len(lines) >= 3 and len(received) == len(lines)
     for event in (lines[0], received[0], json.loads(alarms.messages[0][1])):

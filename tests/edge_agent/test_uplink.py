@@ -179,3 +179,35 @@ def test_kill_minus_nine_loses_nothing(broker: MosquittoBroker, collector: Colle
     box.open()
     assert box.count == 0
     box.close()
+
+
+def test_an_event_nobody_subscribed_to_stays_until_the_hub_confirms_it(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """PUBACK reason 16 ("no matching subscribers", e.g. the hub's shared subscription is
+    not back yet after a restart) is not delivery: the event waits and goes again."""
+    uplink = _uplink(broker, tmp_path, receipt_timeout_s=1.0)
+    uplink.start()
+    try:
+        for i in range(50):
+            uplink.submit(event_item(LAYOUT, "cam-1", i))
+        deadline = time.monotonic() + 20
+        while uplink.counters().refused < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        counters = uplink.counters()
+        assert counters.refused >= 50 and counters.outbox_depth == 50
+        # A hub that takes the events but has not stored them confirms nothing either.
+        silent = Collector(broker.port, LAYOUT.all_devices("events"), receipts=False,
+                           client_id="hub-silent")
+        wanted = {event_id(i) for i in range(50)}
+        assert silent.wait_for(lambda m: wanted <= _ids(m), 30)
+        silent.client.unsubscribe(LAYOUT.all_devices("events"))
+        silent.close()
+        assert uplink.counters().outbox_depth == 50
+        hub = Collector(broker.port, LAYOUT.all_devices("events"))
+        assert uplink.wait_idle(60), uplink.counters()
+        assert hub.wait_for(lambda m: wanted <= _ids(m), 10)
+        assert uplink.counters().republished >= 50
+        hub.close()
+    finally:
+        uplink.stop()
