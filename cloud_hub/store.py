@@ -653,6 +653,8 @@ def _private_sqlite_file(url: str) -> None:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = NORMAL")
+    # FULL: the hub acknowledges an escalation once its commit returns, and after that the
+    # device forgets it, so the commit must survive a power cut, not only a crash.
+    cursor.execute("PRAGMA synchronous = FULL")
     cursor.execute("PRAGMA busy_timeout = 30000")
     cursor.close()

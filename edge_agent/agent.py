@@ -19,7 +19,7 @@ them, starts the workers and supervises them. Every thread the agent starts, by 
     publishes, the hub's receipts and verdicts.
 ``paho-mqtt-client-<device id>``
     paho-mqtt's network loop for the uplink's connection; its callbacks only enqueue.
-``actions``
+``actions`` (when actions are configured)
     Runs local actions (MQTT message, command, webhook) from its bounded queue.
 ``updater`` (when signed updates are on)
     Follows model announcements, verifies, stages and installs updates.

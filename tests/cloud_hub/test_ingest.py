@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +170,54 @@ def test_thumbnail_only_and_sensor_events(hub: HubService, broker: MosquittoBrok
     outcome = {decode(p, VerdictMessage).event_id: decode(p, VerdictMessage).outcome
                for _, p in verdicts.messages}
     assert outcome == {coffee.event_id: "rejected", window.event_id: "confirmed"}
+
+
+def test_a_full_database_disk_leaves_escalations_unacknowledged_until_it_recovers(
+    tmp_path: Path, broker: MosquittoBroker, zoo_store: ModelStore
+) -> None:
+    """The hub's disk fills up: escalations are not acknowledged (the device keeps them)
+    and are stored once space returns, none dropped as a hub error."""
+    disk = tmp_path / "hub-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)
+    assert mounted.returncode == 0, f"this test needs root to mount a tmpfs: {mounted.stderr}"
+    service = None
+    try:
+        service = HubService(hub_settings(tmp_path, zoo_store.root, mqtt_port=broker.port,
+                                          data_dir=disk))
+        service.start()
+        assert service.ingest is not None and service.ingest.connected.wait(10)
+        service.provision_device("cam-full", "yard")
+        filler = disk / "filler"
+        with filler.open("wb") as handle:  # the disk is full from here on
+            try:
+                while True:
+                    handle.write(b"\0" * (1 << 20))
+                    handle.flush()
+            except OSError:
+                pass
+        publisher = _publisher(broker.port)
+        events = [face_event("cam-full", data.astronaut()) for _ in range(5)]
+        for event in events:
+            publisher.publish(LAYOUT.events("cam-full"), encode(event), qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not service.metrics.registry.get_sample_value(
+                "hub_message_retries_total", {"reason": "store-unavailable"}):
+            time.sleep(0.1)
+        assert service.metrics.registry.get_sample_value(
+            "hub_message_retries_total", {"reason": "store-unavailable"})
+        filler.unlink()  # space returns
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(
+                service.store.list_events(device_id="cam-full").items) < len(events):
+            time.sleep(0.2)
+        stored = {e["id"] for e in service.store.list_events(device_id="cam-full").items}
+        assert stored == {e.event_id for e in events}
+        assert _dropped(service, "hub-error") == 0
+        publisher.disconnect()
+    finally:
+        if service is not None:
+            service.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
