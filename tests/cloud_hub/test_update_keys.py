@@ -152,9 +152,10 @@ def test_with_the_targets_key_offline_only_the_operator_signs_targets(
     repository = ModelRepository(settings.repository_dir, settings.signing_keys_dir)
     assert repository.load("targets").signed.version == 1
 
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            monkeypatch.setenv(f"CLOUD_HUB_{name.upper()}", str(value))
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:  # complex settings (lists) travel as JSON in the environment
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            monkeypatch.setenv(f"CLOUD_HUB_{name.upper()}", text)
     bundle = hub_models.resolve("blazeface-short@1.1.0").root
     assert main(["models", "publish", str(bundle)]) == 1
     assert "publishing is off on this hub" in capsys.readouterr().err
