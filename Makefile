@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto chromium demo test bench
+.PHONY: setup mosquitto chromium promtool demo test bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,12 +43,25 @@ chromium:
 		echo "chromium is missing: install it with your package manager"; exit 1; \
 	fi
 
+# The metrics test checks both /metrics with promtool, from Debian's prometheus package
+# (only its promtool is used; no Prometheus server is configured or needed).
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing prometheus (for promtool) with apt-get"; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "promtool is missing: install Prometheus with your package manager"; exit 1; \
+	fi
+
 setup: $(STAMP) mosquitto
 
 demo: setup
 	$(BIN)/cloud-hub demo
 
-test: setup chromium
+test: setup chromium promtool
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
