@@ -349,9 +349,7 @@ def _open(args: argparse.Namespace, reference: str) -> tuple[Model, Selection, s
     if wanted is not None and wanted != bundle.manifest.runtime:
         bundle, conversion = _conversion(store, bundle, wanted, args.backend, plain_name)
     if args.precision == "auto" and plain_name and bundle.manifest.quantization is None:
-        variants = [e.bundle.manifest for e in store.entries() if e.bundle is not None
-                    and e.bundle.manifest.quantization is not None
-                    and e.bundle.manifest.quantization.source_name == bundle.manifest.name]
+        variants = store.quantized_copies(bundle.manifest.name)
         if variants:
             choice = choose_precision(profile, bundle.manifest, variants)
             reason = f"precision: {choice.reason}"
