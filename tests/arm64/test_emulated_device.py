@@ -28,7 +28,6 @@ import numpy.typing as npt
 import pytest
 from skimage import data
 
-from cloud_hub.provisioning import set_password
 from edge_agent.footage import SampleFootage
 from hardware import load_model, plan_backends, probe_hardware
 from models import ModelStore, ModelZoo, iou
@@ -161,16 +160,14 @@ def test_pull_and_infer_match_x86(device: EmulatedDevice, x86_detector: Any) -> 
 
 
 class Hub:
-    """A private Mosquitto (passwords and ACL) and ``cloud-hub serve`` on this host."""
+    """A private Mosquitto (dynamic security: each device confined to its topics) and
+    ``cloud-hub serve`` on this host; the device is provisioned with ``cloud-hub``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        passwords, acl = folder / "broker" / "passwords", folder / "broker" / "acl"
-        self.broker = MosquittoBroker(folder / "broker",
-                                      f"password_file {passwords}\nacl_file {acl}\n",
-                                      anonymous=False)
+        self.broker = MosquittoBroker(folder / "broker", anonymous=False)
+        self.broker.start()
         self.http_port = free_port()
-        hub_password = secrets.token_urlsafe(16)
         self.env = {
             **os.environ,
             "CLOUD_HUB_DATA_DIR": str(folder / "hub"),
@@ -178,17 +175,13 @@ class Hub:
             "CLOUD_HUB_SECRET_KEY": secrets.token_urlsafe(32),
             "CLOUD_HUB_HTTP_PORT": str(self.http_port),
             "CLOUD_HUB_MQTT_PORT": str(self.broker.port),
-            "CLOUD_HUB_MQTT_USERNAME": "hub",
-            "CLOUD_HUB_MQTT_PASSWORD": hub_password,
-            "CLOUD_HUB_MOSQUITTO_PASSWORD_FILE": str(passwords),
-            "CLOUD_HUB_MOSQUITTO_ACL_FILE": str(acl),
+            "CLOUD_HUB_MQTT_USERNAME": self.broker.hub_username,
+            "CLOUD_HUB_MQTT_PASSWORD": self.broker.hub_password,
             "CLOUD_HUB_BATCH_AUTOTUNE": "false",
         }
-        set_password(passwords, "hub", hub_password)
         added = json.loads(self.cli("devices", "add", DEVICE, "--group", "arm64", "--json"))
         self.device_password: str = added["password"]
         self.token = self.cli("tokens", "create", "arm64-test", "--role", "viewer").strip()
-        self.broker.start()
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "cloud-hub"), "serve"], env=self.env,
             stdout=subprocess.DEVNULL, stderr=(folder / "hub.log").open("wb"),
