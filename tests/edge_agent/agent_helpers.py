@@ -13,8 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent.agent import EdgeAgent
-from edge_agent.config import AgentConfig, parse_config
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.agent import EdgeAgent, ModelLoader
+from edge_agent.config import AgentConfig, SourceConfig, parse_config
+from hardware import Selection, plan_backends, probe_hardware
+from hardware.select import SkippedBackend
+from models import BackendDescription, BackendSpec, FakeBackend, Model, ModelBundle
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -131,3 +137,21 @@ def read_status(state_dir: Path) -> dict[str, Any]:
         return dict(json.loads((state_dir / "status.json").read_text()))
     except (OSError, json.JSONDecodeError):
         return {}
+
+
+def fake_model_loader(
+    bundle: ModelBundle, name: str,
+    handler: Callable[[npt.NDArray[np.generic]], dict[str, npt.NDArray[np.generic]]],
+) -> ModelLoader:
+    """A model loader that serves ``bundle`` through ``handler`` on a fake backend
+    ``fake:<name>`` (a hanging or crashing accelerator, say)."""
+
+    def loader(source: SourceConfig) -> tuple[Model, Selection]:
+        backend = FakeBackend(bundle, BackendSpec("fake", name), handler)
+        backend.load()
+        plan = plan_backends(probe_hardware(), bundle.manifest)
+        description = BackendDescription(f"fake:{name}", "fake", name, "0")
+        return Model(bundle, backend), Selection(f"fake:{name}", description,
+                                                 (SkippedBackend("none", "test"),), plan)
+
+    return loader

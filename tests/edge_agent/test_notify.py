@@ -11,13 +11,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from edge_agent.config import SourceConfig
 from edge_agent.notify import SystemdNotifier
-from hardware import Selection, plan_backends, probe_hardware
-from hardware.select import SkippedBackend
-from models import BackendDescription, BackendSpec, FakeBackend, Model, ModelStore
+from models import ModelStore
 from tests.broker import MosquittoBroker
-from tests.edge_agent.agent_helpers import AgentThread, agent_config
+from tests.edge_agent.agent_helpers import AgentThread, agent_config, fake_model_loader
 
 pytestmark = pytest.mark.integration
 
@@ -77,14 +74,7 @@ def test_ready_watchdog_and_silence_when_the_pipeline_is_stuck(
         return {"regressors": np.zeros((1, 896, 16), np.float32),
                 "classificators": np.full((1, 896, 1), -10.0, np.float32)}
 
-    def loader(source: SourceConfig) -> tuple[Model, Selection]:
-        backend = FakeBackend(bundle, BackendSpec("fake", "stuck-after-20"), handler)
-        backend.load()
-        plan = plan_backends(probe_hardware(), bundle.manifest)
-        description = BackendDescription("fake:stuck-after-20", "fake", "stuck", "0")
-        selection = Selection("fake:stuck-after-20", description,
-                              (SkippedBackend("none", "test"),), plan)
-        return Model(bundle, backend), selection
+    loader = fake_model_loader(bundle, "stuck-after-20", handler)
 
     systemd = NotifySocket(tmp_path / "notify.sock")
     raw = agent_config(tmp_path, broker.port, zoo_store.root,

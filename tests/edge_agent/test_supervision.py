@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,15 @@ import numpy.typing as npt
 import pytest
 
 import edge_agent.agent
-from edge_agent.agent import EXIT_WORKER_CRASHED
-from edge_agent.config import SourceConfig
-from hardware import Selection, plan_backends, probe_hardware
-from hardware.select import SkippedBackend
-from models import BackendDescription, BackendSpec, FakeBackend, Model, ModelStore
+from edge_agent.agent import EXIT_WORKER_CRASHED, ModelLoader
+from models import ModelStore
 from sync import TopicLayout
 from tests.broker import Collector, MosquittoBroker, free_port
 from tests.edge_agent.agent_helpers import (
     AgentThread,
     agent_config,
     agent_process,
+    fake_model_loader,
     read_status,
     write_config,
 )
@@ -31,14 +28,6 @@ from tests.edge_agent.agent_helpers import (
 pytestmark = pytest.mark.integration
 
 LAYOUT = TopicLayout()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    instance = MosquittoBroker(tmp_path / "broker")
-    instance.start()
-    yield instance
-    instance.stop()
 
 
 def documented_threads() -> list[str]:
@@ -83,8 +72,7 @@ def test_the_running_threads_are_exactly_the_documented_ones(
 
 def _crashing_loader(
     zoo_store: ModelStore, after: int
-) -> tuple[Callable[[SourceConfig], tuple[Model, Selection]], dict[str, int]]:
-    bundle = zoo_store.resolve("blazeface-short")
+) -> tuple[ModelLoader, dict[str, int]]:
     calls = {"n": 0}
 
     def handler(batch: npt.NDArray[np.generic]) -> dict[str, npt.NDArray[np.generic]]:
@@ -94,15 +82,7 @@ def _crashing_loader(
         return {"regressors": np.zeros((1, 896, 16), np.float32),
                 "classificators": np.full((1, 896, 1), -10.0, np.float32)}
 
-    def loader(source: SourceConfig) -> tuple[Model, Selection]:
-        backend = FakeBackend(bundle, BackendSpec("fake", "crashes"), handler)
-        backend.load()
-        plan = plan_backends(probe_hardware(), bundle.manifest)
-        description = BackendDescription("fake:crashes", "fake", "crashes", "0")
-        return Model(bundle, backend), Selection("fake:crashes", description,
-                                                 (SkippedBackend("none", "test"),), plan)
-
-    return loader, calls
+    return fake_model_loader(zoo_store.resolve("blazeface-short"), "crashes", handler), calls
 
 
 def test_a_worker_that_dies_ends_the_agent_with_a_non_zero_code(
