@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.backoff import Backoff, Reconnects
 from edge_agent.config import MqttConfig
 from edge_agent.errors import ConfigError, SampleDataError
 from edge_agent.mqtt import check_broker, new_client
@@ -136,6 +138,14 @@ class SensorSource(Source):
         self._arrived = threading.Condition()
         self._since_window = 0
         self._windows = 0
+        self._reconnects = Reconnects(
+            f"sensor source {name}: {broker.host}:{broker.port}",
+            Backoff(broker.reconnect_min_s, broker.reconnect_max_s), random.Random(), log)
+
+    @property
+    def reconnects(self) -> int:
+        """Failed connection attempts to the broker so far."""
+        return self._reconnects.total
 
     def windows(self, stop: threading.Event) -> Iterator[ReadingWindow]:
         """Yield windows every ``window // 2`` readings until stopped."""
@@ -145,9 +155,31 @@ class SensorSource(Source):
         except ConfigError as exc:
             self.health.problem(f"{self.name}: {exc}")
             raise
-        client.on_connect = self._on_connect
+        retries = self._reconnects
+        connected = threading.Event()
+
+        def on_disconnect(client: Any, userdata: Any, flags: Any, reason: Any,
+                          properties: Any) -> None:
+            was_connected = connected.is_set()
+            connected.clear()
+            if not stop.is_set():
+                retries.disconnected(client, reason, was_connected=was_connected)
+
+        def on_connect(client: Any, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+            if reason.is_failure:
+                self.health.problem(f"{self.name}: the broker refused the connection: {reason}")
+                retries.refused(client, reason)
+                return
+            connected.set()
+            retries.connected(client)
+            client.subscribe(self.topic, qos=0)
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_connect_fail = lambda c, u: retries.connect_failed(c)
         client.on_message = lambda c, u, message: self.feed(bytes(message.payload))
-        client.reconnect_delay_set(1, 30)
+        retries.apply(client)
         client.connect_async(self.broker.host, self.broker.port)
         client.loop_start()
         try:
@@ -160,13 +192,6 @@ class SensorSource(Source):
         finally:
             client.disconnect()
             client.loop_stop()
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
-        if reason.is_failure:
-            self.health.problem(f"{self.name}: the broker refused the connection: {reason}")
-            return
-        client.subscribe(self.topic, qos=0)
 
     def frames(self, stop: threading.Event) -> Iterator[ReadingWindow]:  # type: ignore[override]
         """Sensor sources yield windows, not frames."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from edge_agent.actions import ActionEvent, ActionRunner
 from edge_agent.config import ActionConfig, MqttConfig, OutboxConfig
 from edge_agent.metrics import AgentMetrics
 from edge_agent.outbox import Outbox
+from edge_agent.sensors import SensorSource
 from edge_agent.uplink import Uplink
 from sync import StatusMessage, TopicLayout
 from tests.broker import MosquittoBroker, free_port, make_pki
@@ -110,6 +112,29 @@ def test_a_broker_whose_certificate_does_not_verify_is_logged_on_every_attempt(
     finally:
         uplink.stop()
         broker.stop()
+
+
+def test_a_sensor_source_logs_and_counts_its_failed_connections_too(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    port = free_port()  # nothing listens there
+    source = SensorSource("boiler", broker=MqttConfig.model_validate(
+        {"port": port, "reconnect_min_s": 0.1, "reconnect_max_s": 0.2}),
+        client_id="cam-loud-boiler", topic="site/boiler/temperature", window=4)
+    stop = threading.Event()
+    reader = threading.Thread(target=lambda: list(source.windows(stop)),
+                              name="test-sensor-reader", daemon=True)
+    reader.start()
+    try:
+        assert _wait(lambda: source.reconnects >= 3)
+    finally:
+        stop.set()
+        reader.join(10)
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                and r.name == "edge_agent.sensors" and f"127.0.0.1:{port}" in r.getMessage()]
+    assert len(failures) >= 3 and all("Connection refused" in m and " s (at " in m
+                                      for m in failures[:3]), failures
 
 
 @pytest.fixture
