@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -72,47 +73,57 @@ def _payloads(count: int, size: int, device: str = "bench-cam") -> list[OutboxIt
 
 
 class _ReceiptingHub:
-    """Subscribes to every device's events and confirms them with receipts, batched."""
+    """Subscribes to every device's events and confirms them with receipts, batched.
+
+    Its own process, as the real hub is: in the agent's process it would take the GIL
+    from the very path being measured.
+    """
 
     def __init__(self, port: int) -> None:
-        self._ids: dict[str, list[str]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-hub",
-                                  protocol=mqtt.MQTTv5)
-        self.client.max_inflight_messages_set(1000)
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe(LAYOUT.all_devices("events"), qos=1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        if not subscribed.wait(10):
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        ready = context.Event()
+        self._process = context.Process(target=_receipting_hub, args=(port, ready, self._stop),
+                                        name="bench-hub", daemon=True)
+        self._process.start()
+        if not ready.wait(30):
             raise SystemExit("the stand-in hub could not subscribe")
-        self._thread = threading.Thread(target=self._flush, name="bench-receipts", daemon=True)
-        self._thread.start()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
-        device = message.topic.split("/")[-2]
-        event_id = json.loads(message.payload)["event_id"]
-        with self._lock:
-            self._ids.setdefault(device, []).append(event_id)
-
-    def _flush(self) -> None:
-        while not self._stop.wait(0.005):
-            with self._lock:
-                batches, self._ids = self._ids, {}
-            for device, ids in batches.items():
-                for start in range(0, len(ids), MAX_RECEIPT_IDS):
-                    receipt = ReceiptMessage(device_id=device, at=time.time(),
-                                             event_ids=tuple(ids[start:start + MAX_RECEIPT_IDS]))
-                    self.client.publish(LAYOUT.verdicts(device), encode(receipt), qos=1)
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(5)
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._process.join(10)
+
+
+def _receipting_hub(port: int, ready: Any, stop: Any) -> None:
+    """The stand-in hub's process: receipts for every event, in batches every 5 ms."""
+    ids: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    def on_message(client: mqtt.Client, userdata: Any, message: Any) -> None:
+        device = message.topic.split("/")[-2]
+        event_id = json.loads(message.payload)["event_id"]
+        with lock:
+            ids.setdefault(device, []).append(event_id)
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-hub",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.on_connect = lambda c, *_: c.subscribe(LAYOUT.all_devices("events"), qos=1)
+    client.on_subscribe = lambda *_: ready.set()
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    while not stop.wait(0.005):
+        with lock:
+            batches = dict(ids)
+            ids.clear()
+        for device, batch in batches.items():
+            for start in range(0, len(batch), MAX_RECEIPT_IDS):
+                receipt = ReceiptMessage(device_id=device, at=time.time(),
+                                         event_ids=tuple(batch[start:start + MAX_RECEIPT_IDS]))
+                client.publish(LAYOUT.verdicts(device), encode(receipt), qos=1)
+    client.disconnect()
+    client.loop_stop()
 
 
 def _bare(port: int, items: list[OutboxItem]) -> float:
