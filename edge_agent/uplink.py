@@ -189,6 +189,7 @@ class Uplink:
         self._acked: list[tuple[int, int]] = []  # (seq, disk cost) confirmed by the hub
         self._confirmed_ids: list[str] = []  # confirmed, unknown to the window
         self._acked_since = 0.0
+        self._changes_since: float | None = None
         self._attempt = 0
         self._refused_connack = False
         self._refusals: dict[int, tuple[int, ReasonCode]] = {}  # mid -> (ns, reason)
@@ -346,10 +347,9 @@ class Uplink:
                 items = self._take_inbound()
                 self._take_acks(now)
                 self._take_incoming()
-                changes = self._take_pending_changes()
-                if (items or changes is not None or self._confirmed_ids
-                        or self._deletes_due(stopping, now)):
-                    self._commit(items, changes, now)
+                if (items or self._confirmed_ids or self._deletes_due(stopping, now)
+                        or self._pending_changes_due(stopping, now)):
+                    self._commit(items, self._take_pending_changes(), now)
                 self._publish_planned(self._clock())
                 if stopping and not self._inbound:
                     break
@@ -364,7 +364,7 @@ class Uplink:
             raise
 
     def _sleep_s(self, now: float) -> float:
-        wait = DELETE_DELAY_S if self._acked else 0.2
+        wait = DELETE_DELAY_S if self._acked or self._changes_since is not None else 0.2
         due = self.window.next_due(now)
         return max(0.001, min(wait, due)) if due is not None else wait
 
@@ -376,7 +376,19 @@ class Uplink:
                 self._room.notify_all()
         return items
 
+    def _pending_changes_due(self, stopping: bool, now: float) -> bool:
+        """Changes to verdict waits are not urgent (after a crash a verdict is matched, or
+        a fallback runs, once more): they ride along with the next commit, or wait at most
+        :data:`DELETE_DELAY_S`."""
+        if not self._pending_resolved and not self._pending_fell_back:
+            self._changes_since = None
+            return False
+        if self._changes_since is None:
+            self._changes_since = now
+        return stopping or now - self._changes_since >= DELETE_DELAY_S
+
     def _take_pending_changes(self) -> PendingChanges | None:
+        self._changes_since = None
         if not self._pending_resolved and not self._pending_fell_back:
             return None
         resolved = [self._pending_resolved.popleft() for _ in range(len(self._pending_resolved))]
