@@ -208,7 +208,7 @@ class Updater:
                 replaced.close()
         self._report(UpdateReport(
             device_id=self.device_id, model=record.model, version=record.candidate,
-            previous=record.previous, step=record.step.value, reason=record.reason,
+            previous=record.previous, step=record.step, reason=record.reason,
             at=time.time()))
 
     def install(self, announcement: ModelAnnouncement) -> InstallRecord | None:
@@ -293,7 +293,7 @@ class Updater:
     def _tell(self, announcement: ModelAnnouncement, record: InstallRecord) -> None:
         self._report(UpdateReport(
             device_id=self.device_id, rollout_id=announcement.rollout_id, model=record.model,
-            version=record.candidate, previous=record.previous, step=record.step.value,
+            version=record.candidate, previous=record.previous, step=record.step,
             reason=record.reason, at=time.time()))
         log.info("update %s %s: %s %s", record.model, record.candidate, record.step.value,
                  record.reason)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sync.errors import MalformedMessageError, OversizedMessageError
 from sync.ids import is_event_id
+from sync.install import Step
 from sync.topics import check_name
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024
@@ -197,7 +198,7 @@ class UpdateReport(_DeviceMessage):
     model: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=64)
     previous: str | None = None
-    step: str = Field(min_length=1, max_length=32)
+    step: Step  # the install step vocabulary, the same on both sides
     reason: str = Field(default="", max_length=2000)
     at: float
 

@@ -16,9 +16,11 @@ from sync import (
     MalformedMessageError,
     ModelRef,
     OversizedMessageError,
+    ReceiptMessage,
     StatusMessage,
     TopicError,
     TopicLayout,
+    UpdateReport,
     VerdictMessage,
     decode,
     encode,
@@ -183,3 +185,36 @@ def test_non_finite_numbers_are_refused_at_decode(
 def test_non_finite_numbers_cannot_be_built_either() -> None:
     with pytest.raises(ValidationError, match="finite number"):
         _event(captured_at=float("inf"))
+
+
+def test_receipts_carry_event_ids_only() -> None:
+    ids = tuple(EventIdFactory()() for _ in range(3))
+    receipt = ReceiptMessage(device_id="cam-1", event_ids=ids, at=1.0)
+    assert decode(encode(receipt), ReceiptMessage).event_ids == ids
+    assert peek_schema(encode(receipt)) == "receipt/1"
+    with pytest.raises(MalformedMessageError, match="UUIDv7"):
+        decode(b'{"schema": "receipt/1", "device_id": "cam-1", "event_ids": ["x"], "at": 1}',
+               ReceiptMessage)
+    with pytest.raises(MalformedMessageError, match="event_ids"):
+        decode(b'{"schema": "receipt/1", "device_id": "cam-1", "event_ids": [], "at": 1}',
+               ReceiptMessage)
+
+
+def test_a_status_orders_by_its_connection_and_sequence() -> None:
+    status = StatusMessage(device_id="cam-1", state="offline", at=5.0, epoch=4.0, seq=2**31 - 1)
+    again = decode(encode(status), StatusMessage)
+    assert (again.epoch, again.seq) == (4.0, 2**31 - 1)
+    assert decode(b'{"schema": "status/1", "device_id": "cam-1", "state": "online", "at": 1}',
+                  StatusMessage).epoch is None  # an older agent: the hub orders by arrival
+
+
+def test_an_install_step_is_one_of_the_install_vocabulary() -> None:
+    report = {"schema": "update/1", "device_id": "cam-1", "model": "m", "version": "1.0.0",
+              "step": "committed", "at": 1.0}
+    assert decode(json.dumps(report).encode(), UpdateReport).step == "committed"
+    with pytest.raises(MalformedMessageError, match="step"):
+        decode(json.dumps({**report, "step": "done-ish"}).encode(), UpdateReport)
+
+
+def test_a_hostile_nesting_depth_is_not_a_message() -> None:
+    assert peek_schema(b"[" * 100_000) is None
