@@ -11,6 +11,7 @@ from cloud_hub import _requirements  # noqa: F401  (first: names the [hub] extra
 from cloud_hub.api import create_app
 from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import (
+    BadCursorError,
     HubError,
     JudgeError,
     NotFoundError,
@@ -27,6 +28,7 @@ from cloud_hub.store import Store
 from cloud_hub.updates import ModelRepository
 
 __all__ = [
+    "BadCursorError",
     "HubError",
     "HubService",
     "HubSettings",

@@ -7,7 +7,8 @@ Hierarchy::
     │   └── StoreUnavailableError   (also a StoreError) database down, locked or disk full
     ├── SettingsError           settings missing, wrong, or a placeholder secret in production
     ├── StoreError              the database failed (permanently) or holds a newer schema
-    │   └── NotFoundError       no such device, event, model or token
+    │   ├── NotFoundError       no such device, event, model or token
+    │   └── BadCursorError      a page cursor the hub did not issue
     ├── ProvisioningError       a device id is refused, or the broker refused a change
     │   └── DeviceExistsError   provisioned already, and no rotation was asked for
     ├── BrokerUnavailableError  the broker could not be reached or did not answer (retry)
@@ -44,6 +45,10 @@ class StoreError(HubError):
 
 class StoreUnavailableError(StoreError, RetryLaterError):
     """The database cannot be used right now (unreachable, locked, disk full)."""
+
+
+class BadCursorError(StoreError):
+    """A page cursor that the hub did not issue (or that was altered)."""
 
 
 class NotFoundError(StoreError):

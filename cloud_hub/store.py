@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from cloud_hub.errors import NotFoundError, StoreError, StoreUnavailableError
+from cloud_hub.errors import BadCursorError, NotFoundError, StoreError, StoreUnavailableError
 from sync.errors import SyncError
 from sync.rollout import Rollout
 
@@ -664,7 +664,7 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
         received_at, event_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         return float(received_at), event_id
     except (ValueError, UnicodeDecodeError) as exc:
-        raise StoreError(f"invalid cursor {cursor!r}") from exc
+        raise BadCursorError(f"invalid cursor {cursor!r}") from exc
 
 
 def _private_sqlite_file(url: str) -> None:

@@ -72,8 +72,7 @@ def _refusal(exc: Exception) -> UpdateRefusedError:
     if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
         return UpdateRefusedError("too-long", str(exc))
     if isinstance(exc, tuf_errors.RepositoryError):
-        return UpdateRefusedError("mix-and-match" if "snapshot" in str(exc).lower()
-                             else "signature", str(exc))
+        return UpdateRefusedError("signature", str(exc))
     return UpdateRefusedError("unavailable", str(exc))
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from cloud_hub.api.deps import AUTH, ServiceDep, documented, require, unprocessable
 from cloud_hub.api.schemas import EventPage, EventPublic
-from cloud_hub.errors import NotFoundError, StoreError
+from cloud_hub.errors import BadCursorError, NotFoundError
 
 router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[require("viewer")],
                    responses=AUTH)
@@ -35,10 +35,8 @@ def list_events(
     try:
         page = service.store.list_events(device_id=device_id, outcome=outcome, since=since,
                                          until=until, limit=limit, cursor=cursor)
-    except StoreError as exc:
-        if "cursor" in str(exc):
-            raise unprocessable(("query", "cursor"), str(exc)) from exc
-        raise
+    except BadCursorError as exc:
+        raise unprocessable(("query", "cursor"), str(exc)) from exc
     return {"items": [_public(e) for e in page.items], "next_cursor": page.next_cursor}
 
 
