@@ -1,12 +1,14 @@
 # Two entry points, both safe to run on a fresh machine: they build .venv first.
 #   make demo   the whole system on this machine: broker, hub, an edge agent on sample footage
 #   make test   lint, type-check and run the whole test suite
+#   make test-arm64  the agent-only wheel on an emulated arm64 Debian, against an x86 hub
+#                    (needs root; the arm64 root is cached in /var/cache/edge-cloud-runtime)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mosquitto chromium demo test bench
+.PHONY: setup mosquitto chromium promtool arm64-tools demo test test-arm64 bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,15 +45,46 @@ chromium:
 		echo "chromium is missing: install it with your package manager"; exit 1; \
 	fi
 
+# The metrics test checks both /metrics with promtool, from Debian's prometheus package
+# (only its promtool is used; no Prometheus server is configured or needed).
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing prometheus (for promtool) with apt-get"; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "promtool is missing: install Prometheus with your package manager"; exit 1; \
+	fi
+
+# test-arm64 runs arm64 binaries under qemu-user in a debootstrap'ed Debian root.
+ARM64_PACKAGES := qemu-user-static binfmt-support debootstrap zstd
+arm64-tools:
+	@missing=$$(for p in $(ARM64_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
+	done); \
+	if [ -z "$$missing" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		echo "installing" $$missing "with apt-get"; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "test-arm64: FAILED: needs Debian's $(ARM64_PACKAGES) (apt-get not found)"; exit 1; \
+	fi
+
 setup: $(STAMP) mosquitto
 
 demo: setup
 	$(BIN)/cloud-hub demo
 
-test: setup chromium
+test: setup chromium promtool
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+test-arm64: setup arm64-tools
+	packaging/arm64/emulated-root test $(BIN)/python
 
 bench: setup
 	$(BIN)/python -m bench overhead

@@ -6,11 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import batching, cascade, gate, overhead, publish, update
+from bench import batching, cascade, footprint, gate, overhead, publish, update
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "batching": batching.main,
     "cascade": cascade.main,
+    "footprint": footprint.main,
     "gate": gate.main,
     "overhead": overhead.main,
     "publish": publish.main,

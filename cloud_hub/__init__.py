@@ -7,6 +7,7 @@ and rollouts, and the hub's errors.
 
 from __future__ import annotations
 
+from cloud_hub import _requirements  # noqa: F401  (first: names the [hub] extra if missing)
 from cloud_hub.api import create_app
 from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import (

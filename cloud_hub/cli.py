@@ -1,7 +1,8 @@
 """``cloud-hub``: the cloud hub's command line.
 
 Settings come from ``CLOUD_HUB_*`` environment variables (see ``cloud_hub/settings.py``);
-every error a user can cause is one line on stderr and exit status 1.
+every error a user can cause is one line on stderr (a JSON log line with ``--log-format
+json``) and exit status 1; usage errors exit with 2. Lists take ``--json``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cloud_hub.errors import HubError, SettingsError
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings, load_settings
 from hardware import plan_for_runtime, probe_hardware
+from sync import add_log_options, configure_logging, share_options, version_line
 
 log = logging.getLogger("cloud_hub")
 Handler = Callable[[argparse.Namespace, HubSettings], int]
@@ -29,13 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="cloud-hub: %(levelname)s: %(message)s", stream=sys.stderr)
+    configure_logging("cloud-hub", args)
     handler: Handler = args.handler
     try:
         return handler(args, load_settings(settings_file=args.settings))
     except HubError as exc:
-        print(f"cloud-hub: error: {exc}", file=sys.stderr)
+        if args.log_format == "json":
+            log.error("%s", exc)
+        else:
+            print(f"cloud-hub: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -44,9 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="cloud-hub", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument("--settings", type=Path, default=None,
-                        help="a file of CLOUD_HUB_* lines (the environment still wins)")
+    parser.add_argument("--version", action="version", version=version_line("cloud-hub"))
+    _add_common_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the web API, dashboard and MQTT ingest")
@@ -70,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("device_id")
     revoke.set_defaults(handler=_devices_revoke)
     listing = device_commands.add_parser("list", help="show the fleet")
+    listing.add_argument("--json", action="store_true",
+                         help="one JSON object on stdout: {\"devices\": [...]}")
     listing.set_defaults(handler=_devices_list)
 
     broker = commands.add_parser("broker", help="set up the MQTT broker (Mosquitto)")
@@ -139,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the targets key, where it is kept offline")
     back.set_defaults(handler=_rollout_rollback)
     show = rollout_commands.add_parser("list", help="show rollouts")
+    show.add_argument("--json", action="store_true",
+                      help="one JSON object on stdout: {\"rollouts\": [...]}")
     show.set_defaults(handler=_rollout_list)
 
     doctor = commands.add_parser("doctor", help="show the hub's hardware and ONNX backend plan")
@@ -152,7 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="HTTP port of the hub")
     demo.add_argument("--frames-loop", action="store_true", help="loop the sample footage")
     demo.set_defaults(handler=_demo)
+    share_options(parser, lambda sub: _add_common_options(sub, suppress=True))
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """Options every subcommand takes, before or after its name (see :mod:`sync`)."""
+    add_log_options(parser, suppress=suppress)
+    parser.add_argument("--settings", type=Path,
+                        default=argparse.SUPPRESS if suppress else None,
+                        help="a file of CLOUD_HUB_* lines (the environment still wins)")
 
 
 def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
@@ -235,6 +251,9 @@ def _broker_init(args: argparse.Namespace, settings: HubSettings) -> int:
 def _devices_list(args: argparse.Namespace, settings: HubSettings) -> int:
     with _hub_store(settings) as service:
         devices = service.store.list_devices()
+    if args.json:
+        print(json.dumps({"devices": devices}))
+        return 0
     for device in devices:
         state = "online" if device["online"] else "offline"
         models = ", ".join(f"{k} {v}" for k, v in device["models"].items()) or "-"
@@ -355,6 +374,9 @@ def _rollout_rollback(args: argparse.Namespace, settings: HubSettings) -> int:
 def _rollout_list(args: argparse.Namespace, settings: HubSettings) -> int:
     with _hub_store(settings) as service:
         rollouts = service.store.list_rollouts()
+    if args.json:
+        print(json.dumps({"rollouts": rollouts}))
+        return 0
     for rollout in rollouts:
         done = len(rollout["results"])
         total = sum(len(w) for w in rollout["waves"])

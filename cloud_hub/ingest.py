@@ -41,6 +41,7 @@ from sync import (
     OversizedMessageError,
     ReceiptMessage,
     StatusMessage,
+    TelemetryMessage,
     TopicError,
     TopicLayout,
     UpdateReport,
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 10.0
-_Device = TypeVar("_Device", EventMessage, StatusMessage, UpdateReport)
+_Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, UpdateReport)
 
 
 class IngestWorker:
@@ -120,6 +121,7 @@ class IngestWorker:
             return
         client.subscribe(self.layout.shared(self.settings.share_group, "events"), qos=1)
         client.subscribe(self.layout.all_devices("status"), qos=1)
+        client.subscribe(self.layout.all_devices("telemetry"), qos=0)  # every replica: metrics
         client.subscribe(self.layout.shared(self.settings.share_group, "updates"), qos=1)
         self.connected.set()
         self.metrics.connected.set(1)
@@ -192,6 +194,8 @@ class IngestWorker:
             self._event(address.name, payload)
         elif address.kind == "updates":
             self._update_report(address.name, payload)
+        elif address.kind == "telemetry":
+            self._telemetry(address.name, payload)
         else:
             self._drop("unexpected-topic", topic)
 
@@ -231,6 +235,11 @@ class IngestWorker:
             self.store.record_status(device_id=device_id, online=status.state == "online",
                                      at=order, seq=status.seq, models=status.models,
                                      backend=status.backend)
+
+    def _telemetry(self, device_id: str, payload: bytes) -> None:
+        telemetry = self._accept(device_id, payload, TelemetryMessage, "telemetry")
+        if telemetry is not None:
+            self.metrics.record_telemetry(device_id, telemetry.at, telemetry.values)
 
     def _update_report(self, device_id: str, payload: bytes) -> None:
         report = self._accept(device_id, payload, UpdateReport, "update report")

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from cloud_hub.batching import MicroBatcher
 from cloud_hub.errors import BadImageError, SettingsError
 from cloud_hub.settings import HubSettings
-from hardware import Selection, load_model, plan_backends, probe_hardware
+from hardware import Selection, choose_precision, load_model, plan_backends, probe_hardware
 from models import (
     Detection,
     ImageRefusedError,
@@ -63,9 +63,22 @@ def decode_untrusted(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
 
 
 def load_hub_model(settings: HubSettings, name: str) -> tuple[Model, Selection]:
-    """Load a model from the hub's store, pulling (and converting) zoo models if missing."""
-    bundle = ModelZoo(ModelStore(settings.model_store or default_store_path())).ensure(name)
-    plan = plan_backends(probe_hardware(), bundle.manifest)
+    """Load a model from the hub's store, pulling (and converting) zoo models if missing.
+
+    Where the store also holds an INT8 copy of the model, the hardware plan decides which
+    precision serves (:func:`hardware.choose_precision`: INT8 acceleration here, accuracy
+    within its tolerance, not measured slower on this kind of machine).
+    """
+    store = ModelStore(settings.model_store or default_store_path())
+    bundle = ModelZoo(store).ensure(name)
+    profile = probe_hardware()
+    copies = store.quantized_copies(bundle.manifest.name)
+    if copies and bundle.manifest.quantization is None:
+        choice = choose_precision(profile, bundle.manifest, copies)
+        log.info("hub model %s: %s", bundle.label, choice.reason)
+        if choice.manifest != bundle.manifest:
+            bundle = store.resolve(choice.label)
+    plan = plan_backends(profile, bundle.manifest)
     model, selection = load_model(bundle, plan, only=settings.backend)
     log.info("hub model %s on %s", bundle.label, selection.chosen)
     return model, selection

@@ -62,6 +62,7 @@ class HubService:
         self.broker = BrokerSettings.from_settings(settings)
         self.metrics = HubMetrics()
         self.store = Store(settings.effective_database_url)
+        self.metrics.watch_fleet(self.store.fleet_state)
         self.models: dict[str, tuple[Model, Selection]] = {}
         self.batchers: dict[str, MicroBatcher] = {}
         self.judge: Judge | None = None

@@ -179,6 +179,22 @@ class EventPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class FleetState:
+    """Counts of the fleet for the hub's metrics.
+
+    Attributes:
+        devices: ``(group, online, devices)`` for every group and state present.
+        rollouts: ``(status, rollouts)`` for every status present.
+        update_steps: ``(step, devices)``: devices by the step of their latest update
+            report.
+    """
+
+    devices: tuple[tuple[str, bool, int], ...]
+    rollouts: tuple[tuple[str, int], ...]
+    update_steps: tuple[tuple[str, int], ...]
+
+
 class Store:
     """The database. Thread-safe: SQLAlchemy pools a connection per thread.
 
@@ -570,6 +586,25 @@ class Store:
             return [dict(row._mapping) for row in conn.execute(
                 sa.select(update_reports).where(update_reports.c.device_id == device_id)
                 .order_by(update_reports.c.id))]
+
+    def fleet_state(self) -> FleetState:
+        """Devices by group and state, rollouts by status, devices by update step."""
+        latest = sa.select(sa.func.max(update_reports.c.id)).group_by(
+            update_reports.c.device_id)
+        with self._tx() as conn:
+            by_group = conn.execute(
+                sa.select(devices.c.group_name, devices.c.online, sa.func.count())
+                .group_by(devices.c.group_name, devices.c.online)).all()
+            by_status = conn.execute(
+                sa.select(rollouts.c.status, sa.func.count()).group_by(rollouts.c.status)).all()
+            by_step = conn.execute(
+                sa.select(update_reports.c.step, sa.func.count())
+                .where(update_reports.c.id.in_(latest))
+                .group_by(update_reports.c.step)).all()
+        return FleetState(
+            devices=tuple((str(g), bool(o), int(n)) for g, o, n in by_group),
+            rollouts=tuple((str(status), int(n)) for status, n in by_status),
+            update_steps=tuple((str(step), int(n)) for step, n in by_step))
 
     def add_token(self, *, name: str, role: str, token_hash: str) -> int:
         """Store an API token's hash; returns its id."""

@@ -200,6 +200,7 @@ class EdgeAgent:
         self._actions: ActionRunner | None = None
         self._started_at = time.time()
         self._corrupt_reported: dict[str, int] = {}
+        self._reconnects_reported = 0
         self._processed: dict[str, int] = {}
         self._next_telemetry = 0.0
 
@@ -769,7 +770,8 @@ class EdgeAgent:
             self.metrics.outbox_degraded.labels(reason).set(
                 1 if counters.degraded == reason else 0)
         self.metrics.outbox_bytes.set(counters.outbox_bytes)
-        self.metrics.reconnects.set(counters.reconnects)
+        self.metrics.reconnects.inc(counters.reconnects - self._reconnects_reported)
+        self._reconnects_reported = counters.reconnects
         self.metrics.connected.set(1 if counters.connected else 0)
         for name, source in self.sources.items():
             self.metrics.source_healthy.labels(name).set(1 if source.health.healthy else 0)

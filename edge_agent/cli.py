@@ -49,6 +49,7 @@ from models import (
     Detection,
     ImportRequest,
     Model,
+    ModelBundle,
     ModelError,
     ModelStore,
     ModelZoo,
@@ -58,11 +59,13 @@ from models import (
     iou,
     quantize_detector,
 )
+from sync import add_log_options, configure_logging, share_options, version_line
 
 log = logging.getLogger("edge_agent")
 Handler = Callable[[argparse.Namespace], int]
 
 DEMO_MODEL = "blazeface-short"
+BACKEND_RUNTIMES = {"onnxruntime": "onnx", "litert": "tflite"}  # backend prefix -> runtime
 STALE_AFTER_S = 5.0
 
 
@@ -83,35 +86,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="edge-agent: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging("edge-agent", args)
     handler: Handler = args.handler
     try:
         return handler(args)
     except ConfigError as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return ExitCode.CONFIG
+        return _fail(args, exc, ExitCode.CONFIG)
     except ListenError as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return ExitCode.PORT_IN_USE
+        return _fail(args, exc, ExitCode.PORT_IN_USE)
     except (ModelError, HardwareError, EdgeAgentError) as exc:
-        print(f"edge-agent: error: {exc}", file=sys.stderr)
-        return ExitCode.ERROR
+        return _fail(args, exc, ExitCode.ERROR)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
+
+
+def _fail(args: argparse.Namespace, error: Exception, code: ExitCode) -> int:
+    """One line on stderr: ``edge-agent: error: ...``, or a JSON log line with
+    ``--log-format json`` (so that stderr stays parseable)."""
+    if args.log_format == "json":
+        log.error("%s", error)
+    else:
+        print(f"edge-agent: error: {error}", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    parser.add_argument(
-        "--store", type=Path, default=None,
-        help=f"model store folder (default: {default_store_path()})",
-    )
+    parser.add_argument("--version", action="version", version=version_line("edge-agent"))
+    _add_common_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     doctor = commands.add_parser("doctor", help="show hardware, runtimes and backend plans")
@@ -227,7 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default=None, help="only this backend")
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
     demo.set_defaults(handler=_demo)
+    share_options(parser, lambda sub: _add_common_options(sub, suppress=True))
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """Options every subcommand takes, before or after its name (see :mod:`sync`)."""
+    add_log_options(parser, suppress=suppress)
+    parser.add_argument(
+        "--store", type=Path, default=argparse.SUPPRESS if suppress else None,
+        help=f"model store folder (default: {default_store_path()})",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -323,25 +336,50 @@ def _store(args: argparse.Namespace) -> ModelStore:
 
 
 def _open(args: argparse.Namespace, reference: str) -> tuple[Model, Selection, str | None]:
-    """Load a model for ``infer``; a plain name may be served by its INT8 copy (see
+    """Load a model for ``infer``; a plain name may be served by its conversion to the
+    runtime ``--backend`` names, or by its INT8 copy (see
     :func:`hardware.choose_precision`), and the reason comes back with it."""
     store = _store(args)
     profile = probe_hardware()
     bundle = store.resolve(reference)
     reason = None
     plain_name = "@" not in reference and not Path(reference).expanduser().is_dir()
+    wanted = BACKEND_RUNTIMES.get((args.backend or "").partition(":")[0])
+    conversion = None
+    if wanted is not None and wanted != bundle.manifest.runtime:
+        bundle, conversion = _conversion(store, bundle, wanted, args.backend, plain_name)
     if args.precision == "auto" and plain_name and bundle.manifest.quantization is None:
-        variants = [e.bundle.manifest for e in store.entries() if e.bundle is not None
-                    and e.bundle.manifest.quantization is not None
-                    and e.bundle.manifest.quantization.source_name == bundle.manifest.name]
+        variants = store.quantized_copies(bundle.manifest.name)
         if variants:
             choice = choose_precision(profile, bundle.manifest, variants)
-            reason = choice.reason
+            reason = f"precision: {choice.reason}"
             if choice.manifest != bundle.manifest:
                 bundle = store.resolve(choice.label)
     model, selection = load_model(bundle, plan_backends(profile, bundle.manifest),
                                   only=args.backend)
-    return model, selection, reason
+    return model, selection, "; ".join(r for r in (conversion, reason) if r) or None
+
+
+def _conversion(store: ModelStore, bundle: ModelBundle, runtime: str, backend: str,
+                plain_name: bool) -> tuple[ModelBundle, str]:
+    """The stored conversion of ``bundle`` to ``runtime`` (``models convert`` names it
+    ``<name>-<runtime>``), for a ``--backend`` of another runtime than the bundle's.
+
+    Raises:
+        EdgeAgentError: There is none (the message says how to make it).
+    """
+    name = bundle.manifest.name
+    converted = f"{name}-{runtime}"
+    if plain_name:
+        try:
+            return store.resolve(converted), f"{converted}, the {runtime} conversion of " \
+                f"{name}, because {backend} runs {runtime} models"
+        except ModelError:
+            pass
+    raise EdgeAgentError(
+        f"{bundle.label} is a {bundle.manifest.runtime} model and {backend} runs {runtime} "
+        f"models; convert it first (edge-agent models convert {name} --to {runtime}) and "
+        f"infer {converted}")
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -451,7 +489,7 @@ def _print_hardware(profile: HardwareProfile) -> None:
 
 def _infer(args: argparse.Namespace) -> int:
     image = read_image(args.image, max_pixels=args.max_pixels)
-    model, selection, precision = _open(args, args.model)
+    model, selection, note = _open(args, args.model)
     try:
         task = model.manifest.task
         result: dict[str, Any] = {
@@ -479,8 +517,8 @@ def _infer(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['model']} on {result['backend']}")
-    if precision is not None:
-        print(f"  (precision: {precision})")
+    if note is not None:
+        print(f"  ({note})")
     for skipped in selection.skipped:
         print(f"  (skipped {skipped.name}: {skipped.reason})")
     if "detections" in result:

@@ -1,8 +1,29 @@
-"""The agent's Prometheus metrics, in a registry of its own (one per agent)."""
+"""The agent's Prometheus metrics, in a registry of its own (one per agent).
+
+Names follow Prometheus's rules (``promtool check metrics`` is clean, a test runs it):
+counters end in ``_total`` (prometheus_client adds it), units are base units in the name
+(``_seconds``, ``_bytes``), and ``edge_build_info`` carries versions as labels. The
+process's own CPU, memory and file descriptors (``process_*``) and the Python runtime
+(``python_*``) are exported beside them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib import metadata
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from sync import release
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -57,9 +78,25 @@ class AgentMetrics:
                                       "Damaged outbox files moved aside at start", registry=r)
         self.outbox_bytes = Gauge("edge_outbox_bytes", "Payload bytes in the outbox",
                                   registry=r)
-        self.reconnects = Gauge("edge_mqtt_reconnects", "Broker reconnections since start",
-                                registry=r)
+        self.reconnects = Counter("edge_mqtt_reconnects",
+                                  "Attempts to reach the broker again after a failed "
+                                  "connection or a lost session", registry=r)
         self.connected = Gauge("edge_mqtt_connected", "1 while the broker session is up",
                                registry=r)
         self.source_healthy = Gauge("edge_source_healthy", "1 while a source delivers",
                                     ["source"], registry=r)
+        self.build = Info("edge_build", "Versions of the agent and its runtimes", registry=r)
+        self.build.info({"version": release(), "python": platform.python_version(),
+                         "litert": _installed("ai-edge-litert"),
+                         "onnxruntime": _installed("onnxruntime")})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+
+def _installed(distribution: str) -> str:
+    """A distribution's version, or ``none`` when it is not installed."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "none"

@@ -409,8 +409,7 @@ def _boxes_scores_output(facts: ModelFacts, labels: tuple[str, ...],
                                + ", ".join(f"{o.name} {_shown(o.shape)}" for o in facts.outputs))
     spec: dict[str, Any] = {"boxes_output": boxes[0].name, "labels": list(labels)}
     if len(per_box) == 2:
-        # TFLite's detection post-processing returns boxes, classes, scores, count.
-        classes, scores = per_box
+        classes, scores = _classes_and_scores(per_box[0], per_box[1], facts.runtime)
         spec["classes_output"] = classes.name
     else:
         [scores] = per_box
@@ -419,7 +418,22 @@ def _boxes_scores_output(facts: ModelFacts, labels: tuple[str, ...],
         spec["count_output"] = counts[0].name
     if facts.runtime == "tflite":  # TFLite_Detection_PostProcess: [ymin, xmin, ymax, xmax]
         spec.update(box_order="yxyx", coordinates="normalized")
+    else:  # ONNX exports with NMS inside give corners in input pixels
+        spec.update(box_order="xyxy", coordinates="pixels")
     return spec
+
+
+def _classes_and_scores(first: TensorFacts, second: TensorFacts,
+                        runtime: str) -> tuple[TensorFacts, TensorFacts]:
+    """Which of two per-box outputs holds classes: by name where one says so, else by the
+    usual order (TFLite's post-processing op: classes, then scores; ONNX exports: scores,
+    then classes)."""
+    for candidate, other in ((first, second), (second, first)):
+        if any(word in candidate.name.lower() for word in ("class", "label")):
+            return candidate, other
+        if any(word in candidate.name.lower() for word in ("score", "conf")):
+            return other, candidate
+    return (first, second) if runtime == "tflite" else (second, first)
 
 
 def _classifier_output(facts: ModelFacts, labels: tuple[str, ...], path: str) -> dict[str, Any]:

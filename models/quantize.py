@@ -39,6 +39,7 @@ from models.manifest import (
 )
 from models.model import Model, PreparedImage
 from models.results import Detection, iou
+from models.store import ModelStore
 
 PER_CHANNEL_OPSET = 13
 MATCH_IOU = 0.5
@@ -194,7 +195,7 @@ def _detect_all(model: Model, prepared: Sequence[PreparedImage]) -> list[list[De
 
 
 def quantize_detector(
-    bundle: ModelBundle, store: Any, *, calibration: Sequence[object],
+    bundle: ModelBundle, store: ModelStore, *, calibration: Sequence[object],
     held_out: Sequence[object], tolerance: AccuracyTolerance | None = None,
     name: str | None = None, timing_calls: int = 60, measured_on: str = "",
 ) -> QuantizationResult:
@@ -202,7 +203,7 @@ def quantize_detector(
 
     Args:
         bundle: A float ONNX detector.
-        store: The :class:`~models.store.ModelStore` to write into.
+        store: Where the INT8 bundle is written.
         calibration: Images (RGB uint8) whose activations set the quantization ranges.
         held_out: Images not used for calibration, for an honest comparison.
         tolerance: Declared in the new manifest; the hardware plan prefers the INT8 model

@@ -70,6 +70,15 @@ class ModelStore:
                 )
         return found
 
+    def quantized_copies(self, name: str) -> list[Manifest]:
+        """Manifests of the usable quantized bundles made from model ``name`` (their
+        ``quantization.source`` names it), for the hardware plan to choose among."""
+        return [
+            entry.bundle.manifest for entry in self.entries()
+            if entry.bundle is not None and entry.bundle.manifest.quantization is not None
+            and entry.bundle.manifest.quantization.source_name == name
+        ]
+
     def resolve(self, reference: str) -> ModelBundle:
         """Open a bundle by path, ``name`` (newest version) or ``name@version``.
 

@@ -1,11 +1,20 @@
 """What crosses between edge and hub: topic layout, message codec, event ids.
 
 Pure code, no I/O of its own (apart from ``sync/tls.py``, the MQTT clients' TLS that both
-sides share): both the edge agent and the cloud hub import it, and it imports neither.
+sides share, and ``sync/cli_common.py``, the options and log set-up both command lines
+share): both the edge agent and the cloud hub import it, and it imports neither.
 """
 
 from __future__ import annotations
 
+from sync.cli_common import (
+    JsonLogFormatter,
+    add_log_options,
+    configure_logging,
+    release,
+    share_options,
+    version_line,
+)
 from sync.errors import (
     BrokerTlsError,
     MalformedMessageError,
@@ -48,6 +57,7 @@ __all__ = [
     "EscalationReason",
     "EventIdFactory",
     "EventMessage",
+    "JsonLogFormatter",
     "MalformedMessageError",
     "MessageError",
     "ModelAnnouncement",
@@ -63,13 +73,18 @@ __all__ = [
     "TopicLayout",
     "UpdateReport",
     "VerdictMessage",
+    "add_log_options",
     "check_broker_tls",
     "check_name",
     "client_context",
+    "configure_logging",
     "decode",
     "encode",
     "event_id_time_ms",
     "is_event_id",
     "peek_schema",
+    "release",
+    "share_options",
     "uuid7_from",
+    "version_line",
 ]

@@ -4,12 +4,14 @@ The agent's dependency closure is computed from ``pyproject.toml`` and the insta
 distributions' metadata. A fresh interpreter then imports every module of the agent's
 packages and runs ``edge-agent doctor`` with every other third-party distribution blocked,
 the hub's included: an agent module that imports something a device install lacks fails
-here, not on a device.
+here, not on a device. The arm64 target (``make test-arm64``) fails, with its reason, on
+a machine where it cannot emulate.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -128,3 +130,31 @@ def test_the_agent_imports_nothing_outside_its_own_install(tmp_path: Path) -> No
     *report, imported_blocked = result.stdout.strip().splitlines()
     assert json.loads(imported_blocked) == []
     assert json.loads("\n".join(report))["hardware"]["architecture"]
+
+
+def test_the_arm64_target_fails_with_its_reason_where_it_cannot_emulate() -> None:
+    command = [str(ROOT / "packaging" / "arm64" / "emulated-root"), "check"]
+    if os.geteuid() == 0:  # drop to nobody: no root, no chroot, no emulated root
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("test-arm64: FAILED: needs root"), result.stderr
+
+
+def test_the_hub_without_its_extra_says_what_to_install() -> None:
+    script = (
+        "import importlib.abc, sys\n"
+        "class NoFastAPI(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'fastapi':\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, NoFastAPI())\n"
+        "from cloud_hub.cli import main\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False, cwd=ROOT)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ModuleNotFoundError: the cloud hub needs fastapi, which the agent-only install "
+        "leaves out: pip install 'edge-cloud-runtime[hub]'"
+    )

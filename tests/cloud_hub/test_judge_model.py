@@ -1,7 +1,9 @@
-"""The hub judges with any detector bundle: NudeNet's YOLOv8n named by CLOUD_HUB_JUDGE_MODEL."""
+"""The hub judges with any detector bundle (NudeNet's YOLOv8n named by
+CLOUD_HUB_JUDGE_MODEL) and serves the precision the hardware plan chooses."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,9 +12,11 @@ from skimage import data
 
 from cloud_hub import HubService
 from cloud_hub.errors import SettingsError
-from cloud_hub.judge import Judge
+from cloud_hub.judge import Judge, load_hub_model
 from cloud_hub.settings import load_settings
-from models import ModelStore, iou
+from edge_agent.footage import SampleFootage
+from hardware import int8_acceleration, machine_signature, probe_hardware
+from models import AccuracyFigures, LatencyFigures, ModelStore, iou, quantize_detector
 from tests.cloud_hub.hub_helpers import face_event
 
 pytestmark = pytest.mark.integration
@@ -65,3 +69,34 @@ def test_only_the_configured_labels_confirm(yolo_hub: HubService) -> None:
 def test_the_old_setting_name_still_works(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, detector_model="blazeface-short")
     assert settings.detector_model == "blazeface-short"
+
+
+def test_the_hub_serves_the_precision_the_plan_chooses(zoo_store: ModelStore,
+                                                        tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    source = zoo_store.resolve("blazeface-short-onnx")
+    shutil.copytree(source.root, store.path_for("blazeface-short-onnx", "1.0.0"))
+    frames = [frame.image for frame in SampleFootage(static_frames=2).frames()][::10]
+    profile = probe_hardware()
+    result = quantize_detector(store.resolve("blazeface-short-onnx"), store,
+                               calibration=frames[:4], held_out=frames[4:8], timing_calls=4)
+    # Its report, made deterministic: accurate, and measured faster on this very machine.
+    perfect = AccuracyFigures(frames=4, reference_detections=4, matched=4, mean_iou=1.0,
+                              lost=0, gained=0)
+    report = result.quantization.model_copy(update={
+        "calibration": perfect, "held_out": perfect,
+        "latency": LatencyFigures(float_ms=2.0, int8_ms=1.0,
+                                  measured_on=machine_signature(profile))})
+    store.add(result.bundle.manifest.model_copy(update={"quantization": report}),
+              result.bundle.read_verified_model())
+    copies = store.quantized_copies("blazeface-short-onnx")
+    assert [copy.name for copy in copies] == ["blazeface-short-onnx-int8"]
+    accelerated = int8_acceleration(profile) is not None
+    settings = load_settings(data_dir=tmp_path / "hub", model_store=store.root,
+                             judge_model="blazeface-short-onnx")
+    model, _ = load_hub_model(settings, settings.detector_model)
+    try:
+        assert model.manifest.name == ("blazeface-short-onnx-int8" if accelerated
+                                       else "blazeface-short-onnx")
+    finally:
+        model.close()

@@ -310,3 +310,53 @@ def test_config_check_reports_every_problem_at_once(zoo_store: ModelStore,
     good = _run(zoo_store.root, "config", "check", str(_config(tmp_path, zoo_store.root)))
     assert good.returncode == 0, good.stdout
     assert "ok (device cam-1, 1 source(s))" in good.stdout
+
+
+# -- scripts and people (issue 12) ----------------------------------------------------------
+
+
+def test_version_and_options_after_the_subcommand(zoo_store: ModelStore,
+                                                   tmp_path: Path) -> None:
+    version = subprocess.run([sys.executable, "-m", "edge_agent", "--version"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert version.returncode == 0 and version.stdout.startswith("edge-agent 0.1.0 (Python ")
+    empty = tmp_path / "empty-store"
+    # --store after the subcommand wins over the one before it.
+    listing = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "--store", str(empty), "models", "list",
+         "--json", "--store", str(zoo_store.root), "-v", "--log-level", "debug"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert listing.returncode == 0, listing.stderr
+    assert json.loads(listing.stdout)["store"] == str(zoo_store.root)
+
+
+def test_json_log_lines(zoo_store: ModelStore, tmp_path: Path) -> None:
+    config = _config(tmp_path, zoo_store.root,
+                     f'[mqtt]\ntls = true\nca_file = "{tmp_path}/missing-ca.pem"')
+    result = _run(zoo_store.root, "run", "--config", str(config), "--log-format", "json")
+    assert result.returncode == 78
+    [line] = [json.loads(text) for text in result.stderr.splitlines()]
+    assert line["level"] == "error" and "mqtt.ca_file" in line["message"]
+    assert {"time", "logger", "thread"} <= set(line)
+
+
+def test_infer_with_an_onnx_backend_serves_the_conversion(zoo_store: ModelStore,
+                                                         photos: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """The README's `infer blazeface-short photo.jpg --backend onnxruntime:cpu`."""
+    result = _run(zoo_store.root, "infer", "blazeface-short", str(photos["astronaut"]),
+                  "--backend", "onnxruntime:cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    served = json.loads(result.stdout)
+    assert served["model"] == "blazeface-short-onnx@1.0.0"
+    assert served["backend"] == "onnxruntime:cpu" and len(served["detections"]) == 1
+    store = tmp_path / "tflite-only"
+    (store / "blazeface-short").mkdir(parents=True)
+    source = zoo_store.resolve("blazeface-short").root
+    (store / "blazeface-short" / "1.0.0").mkdir()
+    for item in source.iterdir():
+        (store / "blazeface-short" / "1.0.0" / item.name).write_bytes(item.read_bytes())
+    _assert_one_line_error(
+        _run(store, "infer", "blazeface-short", str(photos["astronaut"]), "--backend",
+             "onnxruntime:cpu"),
+        "edge-agent models convert blazeface-short --to onnx")

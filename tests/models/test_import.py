@@ -144,6 +144,42 @@ def test_v5_export_with_objectness_imports_with_the_task_given(tmp_path: Path) -
     np.testing.assert_allclose(detections[1].box, _source(40, 30, 8, 12), atol=1e-3)
 
 
+def test_an_export_with_nms_inside_imports_as_boxes_scores(tmp_path: Path) -> None:
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+               for name, shape in (("out0", [1, 3, 4]), ("out1", [1, 3]), ("out2", [1, 3]))]
+    tables = {  # boxes, scores, classes: named by nothing but their order
+        "out0": np.array([[[10, 20, 30, 40], [40, 30, 50, 50], [0, 0, 5, 5]]], np.float32),
+        "out1": np.array([[0.9, 0.5, 0.1]], np.float32),
+        "out2": np.array([[4, 1, 0]], np.float32),
+    }
+    nodes = [helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0)]
+    initializers = []
+    for name, table in tables.items():
+        # Each output is its table plus 0 x the image's mean: constant, yet fed by the image.
+        nodes += [helper.make_node("Mul", ["mean", "zero"], [f"{name}/nothing"]),
+                  helper.make_node("Add", [f"{name}/nothing", f"{name}/table"], [name])]
+        initializers.append(numpy_helper.from_array(table, f"{name}/table"))
+    initializers.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
+    graph = helper.make_graph(nodes, "nms-inside", [image], outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "detr.onnx"
+    path.write_bytes(model.SerializeToString())
+    request = ImportRequest(task="detector", labels=NAMES, mean=(0.0,), std=(255.0,),
+                            score_threshold=0.4)
+    bundle = import_model(path, request, ModelStore(tmp_path / "store"))
+    assert bundle.manifest.output.model_dump()["family"] == "boxes-scores"
+    model_ = _load(bundle.root)
+    try:
+        detections = model_.detect(IMAGE)
+    finally:
+        model_.close()
+    assert [(d.label, round(d.score, 3)) for d in detections] == [("pallet", 0.9),
+                                                                 ("vest", 0.5)]
+    np.testing.assert_allclose(detections[0].box, (20, 8, 60, 48), atol=1e-3)
+
+
 def test_a_file_that_is_no_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"\x08\x07not a model at all")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,3 +148,22 @@ def test_tflite_quantization_is_read_applied_to_the_input_and_undone_on_the_outp
         assert model.classify(pixels).label == "v5"  # the largest value: 255 -> 126
     finally:
         model.close()
+
+
+def test_ultralytics_metadata_appended_to_a_tflite_file_is_read(tmp_path: Path) -> None:
+    """Ultralytics appends a zip holding metadata.json to its TFLite exports."""
+    names = {str(i): f"class{i}" for i in range(12)}
+    metadata = {"author": "Ultralytics", "task": "classify", "names": names,
+                "imgsz": [2, 2], "version": "8.3.0"}
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("metadata.json", json.dumps(metadata))
+    path = tmp_path / "yolo-cls_int8.tflite"
+    path.write_bytes(_int8_reshape_model() + archive.getvalue())
+    bundle = import_model(path, ImportRequest(), ModelStore(tmp_path / "store"))
+    manifest = bundle.manifest
+    assert manifest.task == "classifier"
+    assert manifest.output.model_dump()["labels"][:2] == ("class0", "class1")
+    assert manifest.input.normalization is not None
+    assert manifest.input.normalization.std == (255.0, 255.0, 255.0)  # Ultralytics: 0..1
+    assert "Ultralytics 8.3.0" in manifest.source
