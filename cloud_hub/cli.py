@@ -178,8 +178,11 @@ def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
 
     service = HubService(settings, ingest=not args.no_ingest)
     app = create_app(service)
+    # uvicorn's own logging set-up is skipped: its records reach the root handler, in the
+    # format --log-format chose (and through its token redaction).
     uvicorn.run(app, host=args.host or settings.http_host, port=args.port or settings.http_port,
-                log_level="info" if args.verbose else "warning")
+                log_level=args.log_level or ("info" if args.verbose else "warning"),
+                log_config=None)
     return 0
 
 
