@@ -231,6 +231,12 @@ class EdgeAgent:
             self.metrics.outbox_damaged.inc()
             self.metrics.outbox_salvaged.inc(self.outbox.salvage.recovered)
         self._restore_pending()
+        # The updater exists before the uplink subscribes to the group's retained
+        # announcement: the broker hands it over once, at the subscription, and paho may
+        # deliver it before ``uplink.start()`` has even returned; an announcement offered
+        # while there was no updater was dropped, and a device that was offline at the
+        # rollout never installed it.
+        self._build_updater()
         subscriptions: tuple[str, ...] = ()
         if self.installer is not None:
             subscriptions = (self.layout.models(self.config.device.group),)
@@ -241,7 +247,8 @@ class EdgeAgent:
             subscriptions=subscriptions, on_drop=self._undeliverable, rng=self._rng,
         )
         self.uplink.start()
-        self._start_updater()
+        if self.updater is not None:  # its reports go out through the uplink
+            self.updater.start()
         self._actions = ActionRunner(self.config.actions, publish=self._publish_local,
                                      metrics=self.metrics)
         self._actions.start()
@@ -407,7 +414,9 @@ class EdgeAgent:
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host,
                      self.config.metrics.port)
 
-    def _start_updater(self) -> None:
+    def _build_updater(self) -> None:
+        """The updater, its thread not yet started, with the health windows of installs the
+        agent was stopped in queued first; announcements offered meanwhile queue behind."""
         updates = self.config.updates
         if self.installer is None or not updates.url or updates.trusted_root is None:
             return
@@ -418,7 +427,6 @@ class EdgeAgent:
             client=client, fit=device_fit(self._profile or probe_hardware()),
             swap=self._swap_model, health=self.model_health, report=self._send_report,
         )
-        self.updater.start()
         for name in {m.manifest.name for m, _ in self.models.values()}:
             record = self.installer.record(name)
             if record is not None and record.step == Step.ACTIVE:

@@ -84,9 +84,10 @@ def _wait(predicate: Any, timeout_s: float, what: str,
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            reports = [] if service is None else [
+            reports = [] if service is None else [  # every device's, the returning one's too
                 (r["device_id"], r["version"], r["step"], r["reason"])
-                for d in DEVICES for r in service.store.update_reports_of(device_id=d)]
+                for d in service.store.list_devices()
+                for r in service.store.update_reports_of(device_id=d["id"])]
             raise AssertionError(f"timed out waiting for {what}; reports: {reports}")
         time.sleep(0.25)
 
