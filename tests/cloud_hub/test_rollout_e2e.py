@@ -132,7 +132,8 @@ class Fleet:
         raw["updates"] = {"enabled": True, "url": f"http://127.0.0.1:{self.port}/tuf",
                           "trusted_root": str(self.root), "health_inferences": 50,
                           "health_max_wait_s": 60.0}
-        agent = (device, folder, agent_process(write_config(folder / "agent.toml", raw)))
+        agent = (device, folder, agent_process(write_config(folder / "agent.toml", raw),
+                                               stderr_to=folder / "agent.stderr"))
         self.agents.append(agent)
         return agent
 

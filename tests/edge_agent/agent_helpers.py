@@ -122,13 +122,26 @@ class AgentThread:
         return self.exit_code
 
 
-def agent_process(config_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    """``edge-agent run`` as a real process."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge_agent", "run", "--config", str(config_path), *args],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+def agent_process(config_path: Path, *args: str,
+                  stderr_to: Path | None = None) -> subprocess.Popen[bytes]:
+    """``edge-agent run`` as a real process.
+
+    Its stderr is a pipe for the caller to read (``communicate``), or with ``stderr_to``
+    a file: an agent left running for long while nobody reads the pipe would block on
+    its own logging once the pipe's 64 KiB are full.
+    """
+    if stderr_to is None:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config_path), *args],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    with stderr_to.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(config_path), *args],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def read_status(state_dir: Path) -> dict[str, Any]:
