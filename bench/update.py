@@ -27,8 +27,7 @@ from cloud_hub.api import create_app
 from cloud_hub.mosquitto import MosquittoBroker, free_port
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings
-from edge_agent.updater import device_fit
-from edge_agent.updates import UpdateClient
+from edge_agent.updates import UpdateClient, device_fit
 from hardware import probe_hardware
 from models import ModelStore, ModelZoo, default_store_path
 

@@ -56,7 +56,6 @@ from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.escalation import frame_event, window_event
 from edge_agent.fallback import Pending, PendingVerdicts
 from edge_agent.footage import SampleFootage
-from edge_agent.install import ModelInstaller
 from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate
 from edge_agent.mqtt import check_broker
@@ -65,8 +64,14 @@ from edge_agent.outbox import Outbox, OutboxItem, PendingRecord
 from edge_agent.policy import Decision, EscalationPolicy
 from edge_agent.sensors import ReadingWindow, SensorSource
 from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
-from edge_agent.updater import ModelHealth, Updater, device_fit, read_trusted_root
-from edge_agent.updates import UpdateClient
+from edge_agent.updates import (
+    ModelHealth,
+    ModelInstaller,
+    UpdateClient,
+    Updater,
+    device_fit,
+    read_trusted_root,
+)
 from edge_agent.uplink import ConnectionState, Uplink
 from hardware import (
     HardwareError,

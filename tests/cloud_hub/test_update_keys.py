@@ -23,7 +23,8 @@ from cloud_hub.errors import UnprotectedKeyError
 from cloud_hub.service import HubService
 from cloud_hub.store import Store
 from cloud_hub.updates import ModelRepository
-from edge_agent.updates import UpdateClient, UpdateRefusedError
+from edge_agent.errors import UpdateRefusedError
+from edge_agent.updates import UpdateClient
 from models import ModelBundle, ModelStore
 from tests.cloud_hub.hub_helpers import SECRET, hub_settings
 from tests.cloud_hub.test_updates import Server

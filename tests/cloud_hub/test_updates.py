@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.updates import ModelRepository
-from edge_agent.updates import DeviceFit, UpdateClient, UpdateRefusedError
+from edge_agent.errors import UpdateRefusedError
+from edge_agent.updates import DeviceFit, UpdateClient
 from models import ModelBundle, ModelStore
 from tests.broker import free_port
 

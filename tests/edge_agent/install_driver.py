@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edge_agent.install import ModelInstaller
+from edge_agent.updates import ModelInstaller
 from models import BackendSpec, Model, ModelBundle, create_backend
 from sync.install import HealthStats, InstallRecord
 

@@ -6,7 +6,7 @@ from typing import cast
 
 import pytest
 
-from edge_agent.updater import ModelHealth
+from edge_agent.updates import ModelHealth
 from models import Model, ModelError
 from sync.install import HealthLimits, judge_health
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.updates import ModelRepository, golden_outputs_on_cpu
-from edge_agent.install import ModelInstaller
-from edge_agent.updates import DeviceFit, ModelOffer, UpdateClient
+from edge_agent.updates import DeviceFit, ModelInstaller, ModelOffer, UpdateClient
 from models import ModelBundle, ModelStore
 from models.manifest import Normalization
 from sync.install import HealthStats, Step
@@ -154,7 +153,7 @@ def test_agent_restarted_in_the_health_window_finishes_it(
     tmp_path: Path,
 ) -> None:
     from edge_agent.config import UpdatesConfig
-    from edge_agent.updater import ModelHealth, Updater
+    from edge_agent.updates import ModelHealth, Updater
     from models import Model
     from sync import UpdateReport
 
@@ -204,7 +203,7 @@ def test_health_window_times_the_previous_model_beside_the_new_one(
 
     import skimage.data
 
-    from edge_agent.updater import ModelHealth
+    from edge_agent.updates import ModelHealth
     from models import Model, ModelError
 
     image = skimage.data.astronaut()

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.updates import ModelRepository, _read_key
-from edge_agent.errors import InstallError
-from edge_agent.install import ModelInstaller
-from edge_agent.updates import UpdateRefusedError
+from edge_agent.errors import InstallError, UpdateRefusedError
+from edge_agent.updates import ModelInstaller
 from models import ModelBundle, ModelStore
 from sync import MalformedMessageError, ModelAnnouncement, decode, encode
 from sync.install import Step

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.updates import DeviceFit, ModelOffer, UpdateRefusedError, choose_offer
+from edge_agent.errors import UpdateRefusedError
+from edge_agent.updates import DeviceFit, ModelOffer, choose_offer
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,14 @@ from datetime import datetime
 from pathlib import Path
 
 from edge_agent.config import UpdatesConfig
-from edge_agent.install import ModelInstaller
-from edge_agent.updater import ModelHealth, Updater
-from edge_agent.updates import DeviceFit, UpdateClient, utc_now
+from edge_agent.updates import (
+    DeviceFit,
+    ModelHealth,
+    ModelInstaller,
+    UpdateClient,
+    Updater,
+    utc_now,
+)
 from models import Model, ModelBundle
 from sync import ModelAnnouncement, UpdateReport
 from sync.install import InstallRecord

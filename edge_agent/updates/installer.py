@@ -39,7 +39,7 @@ from sync.install import (
 
 log = logging.getLogger(__name__)
 
-ModelLoader = Callable[[ModelBundle], Model]
+BundleLoader = Callable[[ModelBundle], Model]
 
 
 class ModelInstaller:
@@ -51,7 +51,7 @@ class ModelInstaller:
         clock: Unix time for the record's history.
     """
 
-    def __init__(self, root: Path, loader: ModelLoader, *,
+    def __init__(self, root: Path, loader: BundleLoader, *,
                  clock: Callable[[], float] = time.time,
                  limits: HealthLimits | None = None) -> None:
         self.root = root / "models"

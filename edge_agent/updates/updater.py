@@ -23,8 +23,8 @@ import numpy as np
 
 from edge_agent.config import UpdatesConfig
 from edge_agent.errors import EdgeAgentError, InstallError, UpdateRefusedError
-from edge_agent.install import ModelInstaller
-from edge_agent.updates import DeviceFit, UpdateClient
+from edge_agent.updates.client import DeviceFit, UpdateClient
+from edge_agent.updates.installer import ModelInstaller
 from hardware import HardwareProfile
 from models import Model, ModelBundle, ModelError
 from sync import ModelAnnouncement, UpdateReport

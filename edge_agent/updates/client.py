@@ -29,7 +29,8 @@ from typing import Any
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Targets
-from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient import Updater as TufUpdater
+from tuf.ngclient import UpdaterConfig
 
 from edge_agent.errors import UpdateRefusedError
 from models import semver_key
@@ -160,12 +161,12 @@ class UpdateClient:
         self._config = UpdaterConfig()
         self.max_target_bytes = max_target_bytes
         self._clock = clock
-        self._updater: Updater | None = None
+        self._updater: TufUpdater | None = None
 
-    def _new_updater(self) -> Updater:
-        updater = Updater(str(self.metadata_dir), f"{self.base_url}/metadata/",
-                          str(self.targets_dir), f"{self.base_url}/targets/",
-                          config=self._config, bootstrap=None)
+    def _new_updater(self) -> TufUpdater:
+        updater = TufUpdater(str(self.metadata_dir), f"{self.base_url}/metadata/",
+                             str(self.targets_dir), f"{self.base_url}/targets/",
+                             config=self._config, bootstrap=None)
         # ngclient reads the system clock when it is built and judges every expiry against
         # that instant; this device's clock takes its place (it is the same one outside
         # tests).
