@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# norfair (the edge's object tracker) pins numpy < 2 in its metadata only; it runs on
+	@# numpy 2 (tests/edge_agent/test_tracking.py), and its real dependencies (scipy,
+	@# filterpy, rich) are in pyproject's dependencies. Without --no-deps pip would
+	@# downgrade numpy under everything else.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'norfair==2.3.0'
 	touch $(STAMP)
 
 # The tests, the demo and the benchmarks start private Mosquitto brokers (2.0, with its

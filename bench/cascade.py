@@ -13,11 +13,12 @@ unsure: that is where the hub earns its place.
   face-landmark model on the face it found;
 * **cascade**: what the edge agent does. The motion gate skips frames with no change
   (they keep the previous answer: nothing moved); BlazeFace short-range runs on the
-  rest; the escalation policy (the agent's defaults, a fixed seed for its audit
-  sample, the footage's own clock for its rate limits) decides locally or escalates;
-  an escalation is built and encoded exactly as the agent sends it (crop, thumbnail,
-  detections), decoded as the hub receives it, and the hub's verdict decides, and, as
-  in the agent, is remembered for the same object's next frames;
+  rest; the object tracker follows each detection, and the escalation policy (the
+  agent's defaults, a fixed seed for its audit sample, the footage's own clock for its
+  rate limits) decides each tracked object locally or escalates it; an escalation is
+  built and encoded exactly as the agent sends it (crop, thumbnail, the track's
+  detection), decoded as the hub receives it, and the hub's verdict decides, and, as in
+  the agent, is recorded on the track for its next frames;
 * **edge-only**: the same edge pipeline with no hub: an escalation is decided by the
   agent's fallback (``act`` on the edge model's own answer).
 
@@ -40,11 +41,13 @@ from typing import Any
 import cv2
 
 from cloud_hub import HubService, HubSettings
-from edge_agent.config import MotionConfig, PolicyConfig
+from edge_agent.config import MotionConfig, PolicyConfig, TrackingConfig
 from edge_agent.escalation import frame_event
 from edge_agent.footage import Frame, SampleFootage
 from edge_agent.motion import MotionGate
 from edge_agent.policy import EscalationPolicy
+from edge_agent.tracking import ObjectTracker
+from edge_agent.tracks import TrackBook
 from hardware import load_model, plan_backends, probe_hardware
 from models import ModelStore, ModelZoo, default_store_path
 from sync import EventIdFactory, EventMessage, ModelRef, decode, encode
@@ -112,6 +115,7 @@ def main(argv: list[str]) -> int:
     policy_config = PolicyConfig()
     policy = EscalationPolicy(policy_config, random.Random(args.seed))
     gate = MotionGate(MotionConfig())
+    tracker, book = ObjectTracker(TrackingConfig()), TrackBook("yard")
     ids = EventIdFactory()
     hub_only, cascade, edge_only = Score(), Score(), Score()
     frames = escalated = detector_calls = reused = 0
@@ -131,9 +135,13 @@ def main(argv: list[str]) -> int:
             if gate.check(frame.image).infer:
                 detector_calls += 1
                 detections = edge_model.detect(frame.image)
-                decision = policy.decide("yard", detections, now)
-                edge_answer = cascade_answer = decision.positive
-                if decision.action == "escalate":
+                observation = book.observe(frame.index, tracker.update(detections))
+                decided = policy.decide_tracks("yard", observation, now)
+                edge_answer = any(d.positive for d in decided.decisions)
+                answers = [d.positive for d in decided.decisions if d.action != "escalate"]
+                answers += [bool(decided.held)]
+                reused += sum(d.reason == "verdict-reused" for d in decided.decisions)
+                for decision in decided.escalations:
                     escalated += 1
                     reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
                     payload = encode(frame_event(
@@ -146,15 +154,13 @@ def main(argv: list[str]) -> int:
                     uplink_bytes += len(payload)
                     received = decode(payload, EventMessage)
                     verdict = judge.judge(received)
-                    cascade_answer = verdict.outcome == "confirmed"
-                    # As the agent does when the verdict arrives: later frames of the
-                    # same object take it instead of escalating again.
-                    policy.remember_verdict(
-                        "yard", [*(d.box for d in decision.detections),
-                                 *(d.box for d in verdict.detections)],
-                        cascade_answer, now)
-                elif decision.reason == "verdict-reused":
-                    reused += 1
+                    answers.append(verdict.outcome == "confirmed")
+                    # As the agent does when the verdict arrives: the track takes it.
+                    assert decision.track is not None
+                    assert decision.evidence is not None
+                    book.escalated(decision.track, received.event_id, decision.evidence, now)
+                    book.verdict(received.event_id, verdict.outcome == "confirmed", now)
+                cascade_answer = any(answers)
             cascade.add(truth, cascade_answer)
             edge_only.add(truth, edge_answer)
     finally:

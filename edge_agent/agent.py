@@ -11,9 +11,10 @@ them, starts the workers and supervises them. Every thread the agent starts, by 
     work queue. Owns its source and its health counters.
 ``pipeline``
     Takes a work item, first applies every verdict that has arrived (so no decision
-    ignores one), then runs the gate, the model and the policy, escalates, and runs the
-    local fallback when a verdict is late. Owns the serving models (an update's swap is
-    done between two items), the policy, the gates and the pending verdicts.
+    ignores one), then runs the gate, the model, the object tracker and the policy (one
+    decision per tracked object), escalates, and runs the local fallback when a verdict
+    is late. Owns the serving models (an update's swap is done between two items), the
+    policy, the gates, the trackers and their track books, and the pending verdicts.
 ``uplink``
     Owns the outbox and the delivery window (:mod:`edge_agent.uplink`): commits,
     publishes, the hub's receipts and verdicts.
@@ -61,9 +62,11 @@ from edge_agent.motion import MotionGate
 from edge_agent.mqtt import check_broker
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox, OutboxItem, PendingRecord
-from edge_agent.policy import Decision, EscalationPolicy
+from edge_agent.policy import Decision, EscalationPolicy, FrameDecision
 from edge_agent.sensors import ReadingWindow, SensorSource
 from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
+from edge_agent.tracking import ObjectTracker
+from edge_agent.tracks import TrackBook
 from edge_agent.updates import (
     ModelHealth,
     ModelInstaller,
@@ -201,6 +204,8 @@ class EdgeAgent:
         self.models: dict[str, tuple[Model, Selection]] = {}
         self.sources: dict[str, Source | SensorSource] = {}
         self._gates: dict[str, MotionGate] = {}
+        self._trackers: dict[str, ObjectTracker] = {}
+        self._books: dict[str, TrackBook] = {}
         self.uplink: Uplink | None = None
         self._actions: ActionRunner | None = None
         self._started_at = time.time()
@@ -401,6 +406,8 @@ class EdgeAgent:
                                       window=cfg.window)
             self.sources[cfg.name] = source
             self._gates[cfg.name] = MotionGate(cfg.motion)
+            self._trackers[cfg.name] = ObjectTracker(self.config.tracking)
+            self._books[cfg.name] = TrackBook(cfg.name)
 
     def _start_metrics_server(self) -> None:
         if self.config.metrics.port:
@@ -514,9 +521,14 @@ class EdgeAgent:
         if outcome is None:
             return
         detections, elapsed, health = outcome
-        decision = self._policy.decide(name, detections, time.monotonic())
-        counted = self._count_decision(name, health, elapsed, decision)
-        if decision.action == "escalate":
+        book = self._books[name]
+        observation = book.observe(item.index, self._trackers[name].update(detections))
+        now = time.monotonic()
+        frame = self._policy.decide_tracks(name, observation, now)
+        counted = self._count_frame(name, health, elapsed, frame)
+        for decision in frame.escalations:  # one escalation per object, each its own crop
+            assert decision.track is not None
+            assert decision.evidence is not None
             event = frame_event(
                 event_id=self._ids(), device_id=self.config.device.id, source=name,
                 captured_at=item.captured_at, reason=decision.reason,  # type: ignore[arg-type]
@@ -526,8 +538,10 @@ class EdgeAgent:
                 thumbnail_width=self.config.policy.thumbnail_width,
             )
             self._escalate(event, decision)
-        elif decision.action == "local" and decision.positive:
-            self._act("decision", name, decision)
+            book.escalated(decision.track, event.event_id, decision.evidence, now)
+        decided_here = tuple(d for d in frame.decisions if d.action == "local" and d.positive)
+        if decided_here:
+            self._act("decision", name, tuple(det for d in decided_here for det in d.detections))
         if counted:  # after the decision's work, so that the shadow delays nothing
             health.run_shadow(detect)
 
@@ -581,6 +595,16 @@ class EdgeAgent:
         """Count a decision; whether the health window counted the inference."""
         self.metrics.decisions.labels(source, decision.action, decision.reason).inc()
         return health.record(elapsed, escalated=decision.action == "escalate")
+
+    def _count_frame(self, source: str, health: ModelHealth, elapsed: float,
+                     frame: FrameDecision) -> bool:
+        """Count a frame's decisions (one per tracked object); whether the health window
+        counted the inference."""
+        for decision in frame.decisions:
+            self.metrics.decisions.labels(source, decision.action, decision.reason).inc()
+        if not frame.decisions:
+            self.metrics.decisions.labels(source, "drop", "nothing").inc()
+        return health.record(elapsed, escalated=bool(frame.escalations))
 
     def _escalate(self, event: EventMessage, decision: Decision) -> None:
         assert self.uplink is not None
@@ -680,10 +704,10 @@ class EdgeAgent:
             return
         assert self.uplink is not None
         self.uplink.pending_resolved(verdict.event_id)
-        # Later frames of the same object take this verdict rather than asking again.
-        self._policy.remember_verdict(
-            pending.source, (*pending.boxes, *(d.box for d in verdict.detections)), confirmed,
-            time.monotonic())
+        # The track that asked takes this verdict for its later frames.
+        book = self._books.get(pending.source)
+        if book is not None:
+            book.verdict(verdict.event_id, confirmed, time.monotonic())
         labels = tuple(sorted({d.label for d in verdict.detections}))
         score = max((d.score for d in verdict.detections), default=None)
         if resolution.kind == "on-time":
@@ -702,6 +726,9 @@ class EdgeAgent:
             self._fall_back(entry, f"no verdict in {self.config.fallback.verdict_timeout_s:.0f} s")
 
     def _fall_back(self, entry: Pending, why: str) -> None:
+        book = self._books.get(entry.source)
+        if book is not None:
+            book.fell_back(entry.event_id)
         self._counters.fallbacks += 1
         self.metrics.fallbacks.inc()
         if self.uplink is not None:
@@ -712,10 +739,10 @@ class EdgeAgent:
             self._dispatch(ActionEvent("fallback", self.config.device.id, entry.source,
                                        entry.positive, time.time(), entry.event_id))
 
-    def _act(self, kind: ActionKind, source: str, decision: Decision) -> None:
-        labels = tuple(sorted({d.label for d in decision.detections}))
-        score = max((d.score for d in decision.detections), default=None)
-        self._dispatch(ActionEvent(kind, self.config.device.id, source, decision.positive,
+    def _act(self, kind: ActionKind, source: str, detections: tuple[Detection, ...]) -> None:
+        labels = tuple(sorted({d.label for d in detections}))
+        score = max((d.score for d in detections), default=None)
+        self._dispatch(ActionEvent(kind, self.config.device.id, source, True,
                                    time.time(), None, None, labels, score))
 
     def _dispatch(self, event: ActionEvent) -> None:

@@ -101,16 +101,27 @@ class PolicyConfig(_Section):
     thumbnail_width: int = Field(default=320, ge=32)
     min_interval_s: float = Field(default=0.0, ge=0, description="per source, between events")
     verdict_reuse_s: float = Field(
-        default=2.0, ge=0, description="an uncertain detection where the hub judged one "
-        "this recently is decided by that verdict instead of escalated again (0: never)")
-    verdict_reuse_iou: float = Field(default=0.3, gt=0, le=1,
-                                     description="how much it must overlap the judged one")
+        default=2.0, ge=0, description="the hub's verdict on a tracked object decides that "
+        "track's later frames for this long, unless its evidence changes (0: never)")
+    size_change_ratio: float = Field(
+        default=2.0, gt=1, description="a track is escalated again when its box's area has "
+        "grown or shrunk by this factor since its last escalation")
 
     @model_validator(mode="after")
     def _band(self) -> PolicyConfig:
         if self.uncertain_score >= self.confident_score:
             raise ValueError("uncertain_score must be below confident_score")
         return self
+
+
+class TrackingConfig(_Section):
+    """Object tracking (norfair): which detection of a frame is which object."""
+
+    min_iou: float = Field(default=0.1, gt=0, lt=1,
+                           description="least overlap with a track's predicted box to join it")
+    max_missed_frames: int = Field(
+        default=15, ge=1, le=1000, description="detector runs without a match before a "
+        "track ends (carries it through flicker and short occlusions)")
 
 
 class FallbackConfig(_Section):
@@ -233,6 +244,7 @@ class AgentConfig(_Section):
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
     policy: PolicyConfig = PolicyConfig()
+    tracking: TrackingConfig = TrackingConfig()
     fallback: FallbackConfig = FallbackConfig()
     sources: tuple[SourceConfig, ...] = Field(min_length=1)
     actions: tuple[ActionConfig, ...] = ()

@@ -1,10 +1,12 @@
-"""The escalation policy: for each frame or sensor window, local, escalate or drop.
+"""The escalation policy: for each tracked object or sensor window, local, escalate or drop.
 
-The policy remembers the hub's recent verdicts, by where they were: an uncertain
-detection overlapping one the hub judged a moment ago (a person still walking through)
-takes that verdict instead of escalating every frame of the same object. The memory
-follows the object from frame to frame and lapses after ``verdict_reuse_s``, when the
-hub is asked again.
+Every decision on a frame belongs to a track (:mod:`edge_agent.tracks`): each object in
+view gets its own decision, and two faces give two answers. A track is escalated once
+and again only when its evidence changes (its score band, its size by
+``size_change_ratio``) or its verdict lapses (``verdict_reuse_s``); while its escalation
+awaits the verdict it is never escalated again. The hub's verdict on a track decides that
+track's later frames, including frames on which the detector misses the object (the track
+coasts through flicker and short occlusions), until the track ends or the verdict lapses.
 
 Pure: values in, a decision out. Time is passed in; randomness (the audit sample) comes
 from an injected ``random.Random``.
@@ -13,12 +15,13 @@ from an injected ``random.Random``.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from edge_agent.config import PolicyConfig
-from models import AnomalyScore, Box, Detection, iou
+from edge_agent.tracks import Evidence, Observation, TrackState, evidence_of
+from models import AnomalyScore, Detection
+from sync import EscalationReason
 
 Action = Literal["local", "escalate", "drop"]
 
@@ -48,34 +51,57 @@ class TokenBucket:
         return False
 
 
+DecisionReason = Literal[
+    "confident", "uncertain", "suspicious", "audit", "anomaly", "normal", "below-band",
+    "rate-limited", "verdict-reused", "awaiting-verdict", "escalated-before", "nothing",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do with one frame's results.
+    """What to do with one tracked object (or one sensor window).
 
     Attributes:
         action: ``local`` (decide here), ``escalate`` (send to the hub) or ``drop``.
-        reason: Why: ``confident``, ``uncertain``, ``suspicious``, ``audit``, ``anomaly``,
-            ``normal``, ``nothing``, ``below-band``, ``rate-limited`` or
-            ``verdict-reused`` (the hub judged this object a moment ago).
+        reason: Why: ``confident``, ``uncertain``, ``suspicious``, ``audit`` (a sample
+            of confident tracks, once per track), ``anomaly``, ``normal``,
+            ``below-band``, ``rate-limited``, ``verdict-reused`` (the hub judged this
+            track and its evidence has not changed), ``awaiting-verdict`` (its
+            escalation waits for the verdict) or ``escalated-before`` (escalated with
+            the same evidence; its verdict never came).
         priority: Outbox priority for escalations (0-9), 0 otherwise.
-        detections: The detections the decision is about.
-        positive: The edge's own answer: something of interest is there.
+        detections: The detections the decision is about (the track's, on a frame).
+        positive: The answer for this object: something of interest is there.
+        track: The track's state (``None`` for a sensor window).
+        evidence: What the track's detection shows (``None`` for a sensor window).
     """
 
     action: Action
-    reason: str
+    reason: DecisionReason
     priority: int
     detections: tuple[Detection, ...] = ()
     positive: bool = False
+    track: TrackState | None = None
+    evidence: Evidence | None = None
 
 
-@dataclass(slots=True)
-class _Judged:
-    """Where the hub judged something, what it said, and when."""
+@dataclass(frozen=True, slots=True)
+class FrameDecision:
+    """The decisions on one frame: one per track seen, and the coasting tracks whose
+    confirmed verdict still holds (the detector missed an object the hub confirmed)."""
 
-    box: Box
-    confirmed: bool
-    at: float
+    decisions: tuple[Decision, ...]
+    held: tuple[TrackState, ...] = ()
+
+    @property
+    def positive(self) -> bool:
+        """The frame's answer: some object of interest is in view."""
+        return bool(self.held) or any(d.positive for d in self.decisions)
+
+    @property
+    def escalations(self) -> tuple[Decision, ...]:
+        """The decisions that escalate."""
+        return tuple(d for d in self.decisions if d.action == "escalate")
 
 
 class EscalationPolicy:
@@ -86,65 +112,53 @@ class EscalationPolicy:
         self._rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
         self._last_escalation: dict[str, float] = {}
-        self._judged: dict[str, list[_Judged]] = {}
 
-    def remember_verdict(self, source: str, boxes: Sequence[Box], confirmed: bool,
-                         now: float) -> None:
-        """The hub judged the detections at ``boxes`` (frame pixels) on ``source``."""
-        if self.config.verdict_reuse_s <= 0:
-            return
-        judged = self._fresh(source, now)
-        judged.extend(_Judged(box, confirmed, now) for box in boxes)
+    def decide_tracks(self, source: str, observation: Observation,
+                      now: float) -> FrameDecision:
+        """Decide for every track of one detector run."""
+        decisions = tuple(self._decide_track(source, state, detection, now)
+                          for state, detection in observation.seen)
+        reuse_s = self.config.verdict_reuse_s
+        held = tuple(state for state in observation.coasting
+                     if state.verdict and state.verdict_holds(now, reuse_s))
+        return FrameDecision(decisions, held)
 
-    def _fresh(self, source: str, now: float) -> list[_Judged]:
-        horizon = now - self.config.verdict_reuse_s
-        judged = [j for j in self._judged.get(source, ()) if j.at >= horizon]
-        self._judged[source] = judged
-        return judged
-
-    def _reuse(self, source: str, detections: Sequence[Detection],
-               now: float) -> bool | None:
-        """The remembered verdict covering every one of ``detections`` (confirmed if any
-        was), or ``None`` if one of them is new to the hub."""
-        judged = self._fresh(source, now)
-        if not judged or not detections:
-            return None
-        confirmed = False
-        for detection in detections:
-            match = max(judged, key=lambda j: iou(j.box, detection.box))
-            if iou(match.box, detection.box) < self.config.verdict_reuse_iou:
-                return None
-            match.box = detection.box  # follow the object as it moves
-            confirmed = confirmed or match.confirmed
-        return confirmed
-
-    def decide(self, source: str, detections: Sequence[Detection], now: float) -> Decision:
-        """Decide for one frame's detections."""
+    def _decide_track(self, source: str, state: TrackState, detection: Detection,
+                      now: float) -> Decision:
         cfg = self.config
-        suspicious = tuple(
-            d for d in detections
-            if d.label in cfg.suspicious_labels and d.score >= cfg.uncertain_score
-        )
-        uncertain = tuple(
-            d for d in detections if cfg.uncertain_score <= d.score < cfg.confident_score
-        )
-        confident = tuple(d for d in detections if d.score >= cfg.confident_score)
+        evidence = evidence_of(detection, cfg)
+        suspicious = detection.label in cfg.suspicious_labels and evidence.band != "below"
+        own = suspicious or evidence.band == "confident"
+        detections = (detection,)
+
+        def local(reason: DecisionReason, positive: bool) -> Decision:
+            return Decision("local", reason, 0, detections, positive, state, evidence)
+
+        if state.pending_event is not None:
+            return local("awaiting-verdict", own)
+        same = state.evidence is not None and state.evidence == evidence
+        recent = (state.escalated_at is not None
+                  and now - state.escalated_at < cfg.verdict_reuse_s)
+        # A fresh verdict decides the track unless it now shows the hub something new.
+        if state.verdict is not None and state.verdict_holds(now, cfg.verdict_reuse_s) and (
+                same or (evidence.band != "uncertain" and not suspicious)):
+            return local("verdict-reused", state.verdict)
+        if same and recent:
+            return local("escalated-before", own)
         if suspicious:
-            return self._escalate(source, "suspicious", tuple(detections), now, positive=True)
-        if uncertain:
-            reused = self._reuse(source, uncertain, now)
-            if reused is not None:
-                return Decision("local", "verdict-reused", 0, tuple(detections),
-                                positive=reused or bool(confident))
-            return self._escalate(source, "uncertain", tuple(detections), now,
-                                  positive=bool(confident))
-        if confident:
-            if self._rng.random() < cfg.audit_sample_rate:
-                return self._escalate(source, "audit", confident, now, positive=True)
-            return Decision("local", "confident", 0, confident, positive=True)
-        if detections:
-            return Decision("drop", "below-band", 0, tuple(detections))
-        return Decision("drop", "nothing", 0)
+            return self._escalate(source, "suspicious", detections, now, positive=True,
+                                  track=state, evidence=evidence)
+        if evidence.band == "uncertain":
+            return self._escalate(source, "uncertain", detections, now, positive=False,
+                                  track=state, evidence=evidence)
+        if evidence.band == "confident":
+            if not state.audited:
+                state.audited = True
+                if self._rng.random() < cfg.audit_sample_rate:
+                    return self._escalate(source, "audit", detections, now, positive=True,
+                                          track=state, evidence=evidence)
+            return local("confident", True)
+        return Decision("drop", "below-band", 0, detections, False, state, evidence)
 
     def decide_anomaly(self, source: str, score: AnomalyScore, now: float) -> Decision:
         """Decide for one sensor window's anomaly score."""
@@ -153,8 +167,9 @@ class EscalationPolicy:
         return Decision("local", "normal", 0)
 
     def _escalate(
-        self, source: str, reason: str, detections: tuple[Detection, ...], now: float,
-        *, positive: bool,
+        self, source: str, reason: EscalationReason, detections: tuple[Detection, ...],
+        now: float, *, positive: bool, track: TrackState | None = None,
+        evidence: Evidence | None = None,
     ) -> Decision:
         bucket = self._buckets.setdefault(source, TokenBucket(
             self.config.max_escalations_per_minute / 60.0, self.config.escalation_burst
@@ -162,6 +177,7 @@ class EscalationPolicy:
         last = self._last_escalation.get(source)
         too_soon = last is not None and now - last < self.config.min_interval_s
         if too_soon or not bucket.take(now):
-            return Decision("local", "rate-limited", 0, detections, positive=positive)
+            return Decision("local", "rate-limited", 0, detections, positive, track, evidence)
         self._last_escalation[source] = now
-        return Decision("escalate", reason, PRIORITY[reason], detections, positive=positive)
+        return Decision("escalate", reason, PRIORITY[reason], detections, positive, track,
+                        evidence)

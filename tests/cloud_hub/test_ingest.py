@@ -71,7 +71,7 @@ def test_agent_and_hub_end_to_end(hub: HubService, broker: MosquittoBroker,
     _, errors = process.communicate(timeout=180)
     assert process.returncode == 0, errors.decode()[-2000:]
     status = read_status(tmp_path / "state")
-    assert status["escalations"] >= 10
+    assert status["escalations"] >= 3  # faces and the cat, each tracked object escalated
     # Every escalation was judged and its verdict reached the device before the deadline.
     assert status["verdicts"] == status["escalations"] and status["fallbacks"] == 0
     events = hub.store.list_events(device_id="cam-e2e", limit=200).items

@@ -99,7 +99,9 @@ def test_run_escalates_uncertain_faces_and_reconciles_verdicts(
     assert process.returncode == 0, errors.decode()[-2000:]
     events = _events(collector)
     faces = [e for e in events.values() if e.detections and e.detections[0].label == "face"]
-    assert len(faces) >= 10
+    # Each crossing face is a track, escalated when it first looks uncertain and again
+    # only when its evidence changes: a few escalations, not one per frame.
+    assert 2 <= len(faces) < 10
     for event in faces:
         assert event.reason == "uncertain" and event.priority == 5
         assert any(0.5 <= d.score < 0.95 for d in event.detections)

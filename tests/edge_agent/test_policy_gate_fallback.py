@@ -13,79 +13,9 @@ from edge_agent.fallback import PendingVerdicts
 from edge_agent.footage import SampleFootage
 from edge_agent.motion import MotionGate
 from edge_agent.policy import EscalationPolicy, TokenBucket
-from models import AnomalyScore, Detection
+from models import AnomalyScore
 
 pytestmark = pytest.mark.unit
-
-
-def _face(score: float, label: str = "face") -> Detection:
-    return Detection(box=(10, 10, 50, 50), score=score, label=label)
-
-
-def test_policy_bands() -> None:
-    policy = EscalationPolicy(PolicyConfig(audit_sample_rate=0.0), random.Random(1))
-    assert policy.decide("s", [_face(0.95)], 0).action == "local"
-    uncertain = policy.decide("s", [_face(0.6)], 1)
-    assert (uncertain.action, uncertain.reason, uncertain.priority) == ("escalate", "uncertain", 5)
-    assert policy.decide("s", [_face(0.3)], 2).reason == "below-band"
-    assert policy.decide("s", [], 3).reason == "nothing"
-    suspicious = EscalationPolicy(PolicyConfig(suspicious_labels=("person",)))
-    assert suspicious.decide("s", [_face(0.99, "person")], 0).priority == 8
-
-
-def test_audit_sample_escalates_some_confident_results() -> None:
-    policy = EscalationPolicy(PolicyConfig(audit_sample_rate=0.25,
-                                           max_escalations_per_minute=1e6,
-                                           escalation_burst=10_000), random.Random(7))
-    reasons = [policy.decide("s", [_face(0.95)], i).reason for i in range(2000)]
-    assert 0.2 < reasons.count("audit") / 2000 < 0.3
-    assert set(reasons) == {"audit", "confident"}
-
-
-def test_rate_limit_is_per_source() -> None:
-    policy = EscalationPolicy(PolicyConfig(max_escalations_per_minute=60, escalation_burst=2))
-    at_once = [policy.decide("a", [_face(0.6)], 0.0).action for _ in range(4)]
-    assert at_once == ["escalate", "escalate", "local", "local"]
-    assert policy.decide("a", [_face(0.6)], 0.0).reason == "rate-limited"
-    assert policy.decide("b", [_face(0.6)], 0.0).action == "escalate"
-    assert policy.decide("a", [_face(0.6)], 1.1).action == "escalate"  # one token back
-
-
-def _at(x: float, score: float = 0.6) -> Detection:
-    return Detection(box=(x, 10, x + 40, 50), score=score, label="face")
-
-
-def test_a_verdict_decides_the_same_object_in_later_frames() -> None:
-    policy = EscalationPolicy(PolicyConfig(audit_sample_rate=0.0, verdict_reuse_s=2.0))
-    first = policy.decide("door", [_at(10)], 0.0)
-    assert first.action == "escalate"
-    policy.remember_verdict("door", [d.box for d in first.detections], True, 0.1)
-    # The person walks on: each frame overlaps the last, and takes the hub's verdict.
-    for step in range(1, 12):
-        later = policy.decide("door", [_at(10 + 4 * step)], 0.1 + 0.04 * step)
-        assert (later.action, later.reason, later.positive) == ("local", "verdict-reused",
-                                                                True)
-    # By now the box has left the judged one far behind: the memory followed it.
-    assert policy.decide("door", [_at(10 + 44)], 0.6).reason == "verdict-reused"
-    # Somewhere else in the frame is somebody new.
-    assert policy.decide("door", [_at(300)], 0.7).action == "escalate"
-    # And the verdict lapses: after verdict_reuse_s the hub is asked again.
-    assert policy.decide("door", [_at(58)], 2.2).action == "escalate"
-
-
-def test_a_rejection_is_reused_too_and_reuse_can_be_switched_off() -> None:
-    policy = EscalationPolicy(PolicyConfig(audit_sample_rate=0.0))
-    policy.remember_verdict("yard", [_at(100).box], False, 0.0)
-    cat = policy.decide("yard", [_at(102)], 0.5)
-    assert (cat.action, cat.reason, cat.positive) == ("local", "verdict-reused", False)
-    # Two uncertain detections: one judged, one not: the new one is escalated.
-    both = policy.decide("yard", [_at(102), _at(400)], 0.6)
-    assert both.action == "escalate"
-    # Other sources know nothing of it.
-    assert policy.decide("door", [_at(102)], 0.5).action == "escalate"
-    never = EscalationPolicy(PolicyConfig(audit_sample_rate=0.0, verdict_reuse_s=0))
-    never.remember_verdict("yard", [_at(100).box], True, 0.0)
-    assert never.decide("yard", [_at(100)], 0.1).action == "escalate"
 
 
 def test_anomaly_decisions() -> None:

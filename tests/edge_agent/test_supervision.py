@@ -108,6 +108,8 @@ def test_a_full_disk_degrades_to_local_decisions_and_recovers(
     raw["sources"] = [{"name": "yard", "kind": "sample", "model": "blazeface-short",
                        "loop": True, "max_fps": 30.0}]
     raw["policy"] = {**raw["policy"], "confident_score": 0.99, "uncertain_score": 0.3}
+    # Every frame's face a new track, so every frame escalates: the outbox keeps growing.
+    raw["tracking"] = {"min_iou": 0.99, "max_missed_frames": 1}
     run = AgentThread(raw).start()
     try:
         run.wait_until(lambda s: s["escalations"] >= 3 and s["connected"], 60)
