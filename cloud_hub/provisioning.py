@@ -5,7 +5,8 @@ The broker's authorization is Mosquitto's dynamic security plugin. Its rules are
 - **Nothing by default**: a client may not publish, receive or subscribe unless a role
   allows it (``defaultACLAccess``: publish and subscribe denied, receive denied).
 - **A device** (client ``<id>``, role ``device-<id>``) may publish only its own
-  ``events``, ``status``, ``telemetry`` and ``updates``, and subscribe only to its own
+  ``events``, ``status``, ``telemetry``, ``updates`` and ``journal`` (its decision
+  journal), and subscribe only to its own
   ``verdicts`` and its group's model announcements, each by its literal topic: no
   wildcard, no ``$share/...``, nothing else. Its client id is pinned to its username, so
   it cannot connect under another device's id (or the hub's) and take that session over.
@@ -126,7 +127,8 @@ def device_role_name(device_id: str) -> str:
 def device_role(layout: TopicLayout, device_id: str, group: str) -> Role:
     """What one device may do: its own topics out, its verdicts and group's models in."""
     sends = (layout.events(device_id), layout.status(device_id),
-             layout.telemetry(device_id), layout.updates(device_id))
+             layout.telemetry(device_id), layout.updates(device_id),
+             layout.journal(device_id))
     receives = (layout.verdicts(device_id), layout.models(group))
     acls = [Acl("publishClientSend", topic) for topic in sends]
     for topic in receives:

@@ -14,7 +14,9 @@ them, starts the workers and supervises them. Every thread the agent starts, by 
     ignores one), then runs the gate, the model, the object tracker and the policy (one
     decision per tracked object), escalates, and runs the local fallback when a verdict
     is late. Owns the serving models (an update's swap is done between two items), the
-    policy, the gates, the trackers and their track books, and the pending verdicts.
+    policy, the gates, the trackers and their track books, the pending verdicts, and the
+    decision journal (:mod:`edge_agent.journal`): its file, and its messages, handed to
+    the uplink to publish.
 ``uplink``
     Owns the outbox and the delivery window (:mod:`edge_agent.uplink`): commits,
     publishes, the hub's receipts and verdicts.
@@ -57,6 +59,7 @@ from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.escalation import frame_event, window_event
 from edge_agent.fallback import Pending, PendingVerdicts
 from edge_agent.footage import SampleFootage
+from edge_agent.journal import DecisionJournal, JournalFile
 from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate
 from edge_agent.mqtt import check_broker
@@ -102,6 +105,7 @@ from sync import (
     StatusMessage,
     TelemetryMessage,
     TopicLayout,
+    TrackEventMessage,
     UpdateReport,
     VerdictMessage,
     decode,
@@ -206,6 +210,10 @@ class EdgeAgent:
         self._gates: dict[str, MotionGate] = {}
         self._trackers: dict[str, ObjectTracker] = {}
         self._books: dict[str, TrackBook] = {}
+        self._journal = DecisionJournal(config.device.id)
+        self._journal_file = JournalFile(config.journal_path,
+                                         max_bytes=config.journal.max_bytes,
+                                         backups=config.journal.backups)
         self.uplink: Uplink | None = None
         self._actions: ActionRunner | None = None
         self._started_at = time.time()
@@ -237,6 +245,8 @@ class EdgeAgent:
         self._build_sources()
         self._start_metrics_server()
         self.outbox.open()
+        if self.config.journal.enabled:
+            self._journal_file.open()
         if self.outbox.salvage is not None:
             self.metrics.outbox_damaged.inc()
             self.metrics.outbox_salvaged.inc(self.outbox.salvage.recovered)
@@ -287,6 +297,7 @@ class EdgeAgent:
             self._pipeline_stop.set()
             pipeline.join(30)
             self._actions.stop()
+            self._journal_file.close()
             self.uplink.stop()
             self._write_status(running=False)
             if self.updater is not None:
@@ -526,6 +537,7 @@ class EdgeAgent:
         now = time.monotonic()
         frame = self._policy.decide_tracks(name, observation, now)
         counted = self._count_frame(name, health, elapsed, frame)
+        self._record(*self._journal.frame(observation, frame, time.time()))
         for decision in frame.escalations:  # one escalation per object, each its own crop
             assert decision.track is not None
             assert decision.evidence is not None
@@ -539,6 +551,7 @@ class EdgeAgent:
             )
             self._escalate(event, decision)
             book.escalated(decision.track, event.event_id, decision.evidence, now)
+            self._record(self._journal.escalated(decision.track, event.event_id, time.time()))
         decided_here = tuple(d for d in frame.decisions if d.action == "local" and d.positive)
         if decided_here:
             self._act("decision", name, tuple(det for d in decided_here for det in d.detections))
@@ -706,8 +719,11 @@ class EdgeAgent:
         self.uplink.pending_resolved(verdict.event_id)
         # The track that asked takes this verdict for its later frames.
         book = self._books.get(pending.source)
-        if book is not None:
-            book.verdict(verdict.event_id, confirmed, time.monotonic())
+        state = book.verdict(verdict.event_id, confirmed, time.monotonic()) if book else None
+        if state is not None:
+            self._record(self._journal.verdict(
+                state, confirmed=confirmed, late=resolution.kind == "late",
+                agrees=resolution.agrees, at=time.time()))
         labels = tuple(sorted({d.label for d in verdict.detections}))
         score = max((d.score for d in verdict.detections), default=None)
         if resolution.kind == "on-time":
@@ -727,8 +743,9 @@ class EdgeAgent:
 
     def _fall_back(self, entry: Pending, why: str) -> None:
         book = self._books.get(entry.source)
-        if book is not None:
-            book.fell_back(entry.event_id)
+        state = book.fell_back(entry.event_id) if book is not None else None
+        if state is not None:
+            self._record(self._journal.fell_back(state, time.time()))
         self._counters.fallbacks += 1
         self.metrics.fallbacks.inc()
         if self.uplink is not None:
@@ -738,6 +755,17 @@ class EdgeAgent:
         if act:
             self._dispatch(ActionEvent("fallback", self.config.device.id, entry.source,
                                        entry.positive, time.time(), entry.event_id))
+
+    def _record(self, *messages: TrackEventMessage) -> None:
+        """Write journal messages to the journal's file and publish them (QoS 0)."""
+        if not self.config.journal.enabled:
+            return
+        topic = self.layout.journal(self.config.device.id)
+        for message in messages:
+            payload = encode(message)
+            self._journal_file.write(payload)
+            if self.config.journal.publish and self.uplink is not None:
+                self.uplink.publish_side(topic, payload)
 
     def _act(self, kind: ActionKind, source: str, detections: tuple[Detection, ...]) -> None:
         labels = tuple(sorted({d.label for d in detections}))

@@ -124,6 +124,19 @@ class TrackingConfig(_Section):
         "track ends (carries it through flicker and short occlusions)")
 
 
+class JournalConfig(_Section):
+    """The decision journal: every tracked object's lifecycle, to a file and MQTT."""
+
+    enabled: bool = True
+    path: Path = Field(default=Path("journal.jsonl"),
+                       description="JSON lines; relative paths are taken from state_dir")
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=4096,
+                           description="the file is rotated when it would grow past this")
+    backups: int = Field(default=3, ge=1, le=100, description="rotated files kept")
+    publish: bool = Field(default=True, description="also publish each entry (QoS 0) on "
+                          "the device's journal topic")
+
+
 class FallbackConfig(_Section):
     """What happens when no verdict arrives in time."""
 
@@ -245,6 +258,7 @@ class AgentConfig(_Section):
     outbox: OutboxConfig = OutboxConfig()
     policy: PolicyConfig = PolicyConfig()
     tracking: TrackingConfig = TrackingConfig()
+    journal: JournalConfig = JournalConfig()
     fallback: FallbackConfig = FallbackConfig()
     sources: tuple[SourceConfig, ...] = Field(min_length=1)
     actions: tuple[ActionConfig, ...] = ()
@@ -258,6 +272,13 @@ class AgentConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
         return self
+
+    @property
+    def journal_path(self) -> Path:
+        """The decision journal's file, relative paths taken from ``state_dir``."""
+        return self.journal.path if self.journal.path.is_absolute() else (
+            self.state_dir / self.journal.path
+        )
 
     @property
     def outbox_path(self) -> Path:

@@ -205,8 +205,70 @@ class UpdateReport(_DeviceMessage):
     model_config = ConfigDict(populate_by_name=True)
 
 
+MAX_JOURNAL_SIGHTINGS = 256
+JournalStep = Literal["new", "update", "end"]
+
+
+class SightingPayload(_Message):
+    """One frame on which a tracked object was detected: frame number, box, score."""
+
+    frame: int = Field(ge=0)
+    box: Box
+    score: Score
+
+
+class TrackEventMessage(_DeviceMessage):
+    """One step of a tracked object's lifecycle in the decision journal (``track/1``).
+
+    ``new`` when the edge first sees the object, ``update`` when its decision changes or
+    an escalation, verdict, fallback or reconciliation happens, ``end`` when the track
+    ends. Each carries the frames it was seen on since the previous step.
+
+    Attributes:
+        track_id: The source's track number (unique while the agent runs).
+        first_frame: The source's frame number where the track began.
+        last_frame: The last frame the object was detected on.
+        action: The edge's latest decision (``local``, ``escalate``, ``drop``), and
+            ``reason`` why (the policy's reason, or ``verdict-held`` for a frame the
+            detector missed but the hub's confirmation covered).
+        positive: The answer for this object on its latest frame.
+        event_id: The track's latest escalation, if any.
+        escalations: How many times the track was escalated.
+        verdict: The hub's latest verdict on the track, and ``verdict_timing`` (``on-time``
+            or ``late``, after the local fallback ran).
+        fell_back: The latest escalation's verdict did not come in time: the edge decided.
+        agrees: For a late verdict: whether it agrees with the local fallback.
+    """
+
+    schema_: Literal["track/1"] = Field(default="track/1", alias="schema")
+    step: JournalStep
+    source: str
+    track_id: int = Field(ge=0)
+    at: float
+    first_frame: int = Field(ge=0)
+    last_frame: int = Field(ge=0)
+    label: str = Field(min_length=1, max_length=64)
+    action: Literal["local", "escalate", "drop"]
+    reason: str = Field(min_length=1, max_length=32)
+    positive: bool
+    sightings: tuple[SightingPayload, ...] = Field(default=(), max_length=MAX_JOURNAL_SIGHTINGS)
+    event_id: str | None = None
+    escalations: int = Field(default=0, ge=0)
+    verdict: Literal["confirmed", "rejected"] | None = None
+    verdict_timing: Literal["on-time", "late"] | None = None
+    fell_back: bool = False
+    agrees: bool | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        return check_name(value, "source name")
+
+
 AnyMessage = (EventMessage | VerdictMessage | ReceiptMessage | StatusMessage
-              | TelemetryMessage | ModelAnnouncement | UpdateReport)
+              | TelemetryMessage | ModelAnnouncement | UpdateReport | TrackEventMessage)
 _M = TypeVar("_M", bound=_Message)
 
 

@@ -7,6 +7,7 @@
     {prefix}/v1/{device_id}/status      agent -> all   online/offline, retained, last will
     {prefix}/v1/{device_id}/telemetry   agent -> hub   periodic counters, QoS 0
     {prefix}/v1/{device_id}/updates     agent -> hub   model install steps, QoS 1
+    {prefix}/v1/{device_id}/journal     agent -> all   decision journal (track/1), QoS 0
     {prefix}/v1/groups/{group}/models   hub -> agents  model announcements, retained
 
 A device id or group is 1-64 characters of letters, digits, ``_``, ``-`` and ``.``: never
@@ -22,8 +23,8 @@ from typing import Literal
 from sync.errors import TopicError
 
 VERSION = "v1"
-DEVICE_KINDS = ("events", "verdicts", "status", "telemetry", "updates")
-DeviceKind = Literal["events", "verdicts", "status", "telemetry", "updates"]
+DEVICE_KINDS = ("events", "verdicts", "status", "telemetry", "updates", "journal")
+DeviceKind = Literal["events", "verdicts", "status", "telemetry", "updates", "journal"]
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$")
 
@@ -89,6 +90,11 @@ class TopicLayout:
     def updates(self, device_id: str) -> str:
         """Model install reports from ``device_id``."""
         return self.device_topic(device_id, "updates")
+
+    def journal(self, device_id: str) -> str:
+        """The decision journal of ``device_id``: one ``track/1`` message per lifecycle
+        step of each tracked object."""
+        return self.device_topic(device_id, "journal")
 
     def models(self, group: str) -> str:
         """Retained model announcements for a device group."""

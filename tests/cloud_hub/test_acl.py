@@ -176,7 +176,8 @@ def test_a_device_reaches_only_its_own_topics_by_literal_topic(fleet: Fleet) -> 
         return Device(fleet.broker.port, "acl-a", password)
 
     publishes = {LAYOUT.events("acl-a"): True, LAYOUT.status("acl-a"): True,
-                 LAYOUT.updates("acl-a"): True, LAYOUT.events("acl-b"): False,
+                 LAYOUT.updates("acl-a"): True, LAYOUT.journal("acl-a"): True,
+                 LAYOUT.journal("acl-b"): False, LAYOUT.events("acl-b"): False,
                  LAYOUT.status("acl-b"): False, LAYOUT.verdicts("acl-a"): False,
                  LAYOUT.models("lobby"): False}
     for topic, allowed in publishes.items():

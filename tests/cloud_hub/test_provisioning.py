@@ -38,6 +38,7 @@ def test_a_device_role_names_only_its_own_topics_literally() -> None:
         Acl("publishClientSend", "fleet/v1/cam-1/status"),
         Acl("publishClientSend", "fleet/v1/cam-1/telemetry"),
         Acl("publishClientSend", "fleet/v1/cam-1/updates"),
+        Acl("publishClientSend", "fleet/v1/cam-1/journal"),  # its decision journal
         Acl("subscribeLiteral", "fleet/v1/cam-1/verdicts"),
         Acl("publishClientReceive", "fleet/v1/cam-1/verdicts"),
         Acl("subscribeLiteral", "fleet/v1/groups/lobby/models"),

@@ -25,6 +25,7 @@ from sync import (
     ModelRef,
     TelemetryMessage,
     TopicLayout,
+    TrackEventMessage,
     VerdictMessage,
     decode,
     encode,
@@ -87,6 +88,7 @@ def test_run_escalates_uncertain_faces_and_reconciles_verdicts(
 ) -> None:
     responder = Responder(broker.port)
     collector = Collector(broker.port, LAYOUT.all_devices("events"), on_message=responder)
+    journal_topic = Collector(broker.port, LAYOUT.all_devices("journal"))
     config = write_config(tmp_path / "agent.toml",
                           agent_config(tmp_path, broker.port, zoo_store.root))
     process = agent_process(config, "--exit-when-done")
@@ -96,6 +98,7 @@ def test_run_escalates_uncertain_faces_and_reconciles_verdicts(
         process.kill()
         responder.close()
         collector.close()
+        journal_topic.close()
     assert process.returncode == 0, errors.decode()[-2000:]
     events = _events(collector)
     faces = [e for e in events.values() if e.detections and e.detections[0].label == "face"]
@@ -115,6 +118,19 @@ def test_run_escalates_uncertain_faces_and_reconciles_verdicts(
     assert status["verdicts"] == len(responder.answered)
     assert status["fallbacks"] == len(events) - len(responder.answered)
     assert status["outbox"]["events"] == 0 and status["running"] is False
+    # The decision journal: every escalation belongs to a tracked object's lifecycle,
+    # in the state folder's file and on the device's journal topic.
+    lines = (tmp_path / "state" / "journal.jsonl").read_bytes().splitlines()
+    journal = [decode(line, TrackEventMessage) for line in lines]
+    assert {m.event_id for m in journal if m.event_id} == set(events)
+    tracks = {m.track_id for m in journal}
+    assert sorted(m.track_id for m in journal if m.step == "new") == sorted(tracks)
+    judged = [m for m in journal if m.verdict is not None]
+    assert {m.event_id for m in judged} == set(responder.answered)
+    published = [decode(p, TrackEventMessage) for t, p in list(journal_topic.messages)
+                 if t == LAYOUT.journal("cam-test")]
+    assert published
+    assert all(m in journal for m in published)
 
 
 def test_sigterm_finishes_in_flight_work_and_exits_cleanly(
