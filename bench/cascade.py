@@ -34,18 +34,22 @@ import argparse
 import json
 import random
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud_hub import HubService, HubSettings
 from edge_agent.config import MotionConfig, PolicyConfig, TrackingConfig
 from edge_agent.escalation import frame_event
-from edge_agent.footage import Frame, SampleFootage
+from edge_agent.footage import BACKGROUNDS, SampleFootage
 from edge_agent.motion import MotionGate
-from edge_agent.policy import EscalationPolicy
+from edge_agent.policy import Decision, EscalationPolicy
 from edge_agent.tracking import ObjectTracker
 from edge_agent.tracks import TrackBook
 from hardware import load_model, plan_backends, probe_hardware
@@ -85,23 +89,152 @@ class Score:
                 "fp": self.fp, "fn": self.fn, "tn": self.tn}
 
 
-def _jpeg(frame: Frame) -> bytes:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR),
+def _jpeg(image: npt.NDArray[np.uint8]) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, STREAM_JPEG_QUALITY])
     if not ok:
         raise RuntimeError("OpenCV could not encode a frame")
     return bytes(data.tobytes())
 
 
+class TruthObjectSpec(BaseModel):
+    """One labelled object of a truth file's frame."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str = Field(min_length=1, max_length=64)
+    box: tuple[float, float, float, float]
+
+
+class TruthFrame(BaseModel):
+    """One frame of a truth file: its number, what is in it, and its segment's name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    frame: int = Field(ge=0, le=10_000_000)
+    objects: tuple[TruthObjectSpec, ...] = Field(default=(), max_length=1000)
+    segment: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class Truth(BaseModel):
+    """A clip's ground truth (``--truth``): a face is labelled when at least half of it
+    is in view; a frame the file does not list holds nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    fps: float = Field(gt=0, le=1000)
+    width: int = Field(ge=16, le=16384)
+    height: int = Field(ge=16, le=16384)
+    frames: tuple[TruthFrame, ...] = Field(max_length=10_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchFrame:
+    """One frame to judge: the image, whether a face is in view, its segment."""
+
+    index: int
+    image: npt.NDArray[np.uint8]
+    has_face: bool
+    segment: str | None
+
+
+def load_truth(path: Path) -> Truth:
+    """Read and check a truth file.
+
+    Raises:
+        SystemExit: It is unreadable or not in the format.
+    """
+    try:
+        return Truth.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError) as exc:
+        raise SystemExit(f"--truth {path}: {exc}") from exc
+
+
+def video_frames(video: Path, truth: Truth) -> Iterator[BenchFrame]:
+    """The clip's frames with the truth's answers (RGB)."""
+    by_index = {f.frame: f for f in truth.frames}
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise SystemExit(f"--video {video}: OpenCV cannot open it")
+    index = 0
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            if bgr.shape[1] != truth.width or bgr.shape[0] != truth.height:
+                raise SystemExit(f"--video {video}: frame {index} is {bgr.shape[1]}x"
+                                 f"{bgr.shape[0]}, the truth says {truth.width}x{truth.height}")
+            entry = by_index.get(index)
+            yield BenchFrame(
+                index, np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)),
+                entry is not None and any(o.label == "face" for o in entry.objects),
+                entry.segment if entry is not None else None)
+            index += 1
+    finally:
+        capture.release()
+
+
+def sample_frames(footage: SampleFootage) -> Iterator[BenchFrame]:
+    """The built-in sample footage, its segments named by the script."""
+    for frame in footage.frames():
+        yield BenchFrame(frame.index, frame.image, frame.has_face, frame.segment)
+
+
+def write_clip(footage: SampleFootage, stem: Path) -> None:
+    """Write ``footage`` as an MJPEG AVI and its truth file (the ``--truth`` format)."""
+    video, truth_path = stem.with_suffix(".avi"), stem.with_suffix(".json")
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), FPS,
+                             (footage.width, footage.height))
+    if not writer.isOpened():
+        raise SystemExit(f"{video}: OpenCV cannot write an MJPEG AVI here")
+    frames = []
+    try:
+        for frame in footage.frames():
+            writer.write(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+            frames.append(TruthFrame(
+                frame=frame.index, segment=frame.segment,
+                objects=tuple(TruthObjectSpec(label=o.kind, box=o.box)
+                              for o in frame.truth if o.visible >= 0.5)))
+    finally:
+        writer.release()
+    truth = Truth(fps=FPS, width=footage.width, height=footage.height, frames=tuple(frames))
+    truth_path.write_text(truth.model_dump_json())
+    print(f"wrote {video} and {truth_path}: {len(frames)} frames")
+
+
 def main(argv: list[str]) -> int:
     """Run the three systems over the footage and print the JSON line."""
     parser = argparse.ArgumentParser(prog="python -m bench cascade")
     parser.add_argument("--static-frames", type=int, default=150,
-                        help="frames in each static stretch of the footage")
+                        help="frames in each static stretch of the sample footage")
     parser.add_argument("--seed", type=int, default=0, help="the audit sample's seed")
     parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--video", type=Path, default=None,
+                        help="a clip to evaluate instead of the sample footage")
+    parser.add_argument("--truth", type=Path, default=None,
+                        help="the clip's ground truth (JSON, see the README)")
+    parser.add_argument("--write-clip", type=Path, default=None, metavar="STEM",
+                        help="write the sample footage (with its hard segments) as "
+                        "STEM.avi and its truth as STEM.json, then exit")
+    parser.add_argument("--background", choices=BACKGROUNDS, default="rocket",
+                        help="the sample footage's background photograph")
+    parser.add_argument("--footage-seed", type=int, default=0,
+                        help="the sample footage's noise and shake")
     args = parser.parse_args(argv)
+    footage = SampleFootage(static_frames=args.static_frames, distant_pass=True, hard=True,
+                            background=args.background, seed=args.footage_seed)
+    if args.write_clip is not None:
+        write_clip(footage, args.write_clip)
+        return 0
+    if (args.video is None) != (args.truth is None):
+        parser.error("--video and --truth go together")
     store_path = args.store or default_store_path()
+    if args.video is not None:
+        truth = load_truth(args.truth)
+        fps, frames_in = truth.fps, video_frames(args.video, truth)
+        footage_name = str(args.video)
+    else:
+        fps = FPS
+        frames_in = sample_frames(footage)
+        footage_name = f"sample ({args.background}, seed {args.footage_seed})"
     edge_bundle = ModelZoo(ModelStore(store_path)).ensure("blazeface-short")
     edge_model, edge_selection = load_model(
         edge_bundle, plan_backends(probe_hardware(), edge_bundle.manifest))
@@ -111,58 +244,81 @@ def main(argv: list[str]) -> int:
     hub.start()
     judge = hub.judge
     assert judge is not None
-    footage = SampleFootage(static_frames=args.static_frames, distant_pass=True)
     policy_config = PolicyConfig()
     policy = EscalationPolicy(policy_config, random.Random(args.seed))
     gate = MotionGate(MotionConfig())
     tracker, book = ObjectTracker(TrackingConfig()), TrackBook("yard")
     ids = EventIdFactory()
     hub_only, cascade, edge_only = Score(), Score(), Score()
+    segments: dict[str, dict[str, Score]] = {}
     frames = escalated = detector_calls = reused = 0
+    unexplained = unexplained_confirmed = 0
     stream_bytes = uplink_bytes = 0
     reasons: dict[str, int] = {}
     cascade_answer = edge_answer = False  # a frame the gate skips keeps the last answer
-    try:
-        for frame in footage.frames():
-            frames += 1
-            truth = frame.has_face
-            jpeg = _jpeg(frame)
-            stream_bytes += len(jpeg)
-            hub_only.add(truth, judge.judge(_whole_frame_event(frame, jpeg, ids))
-                         .outcome == "confirmed")
 
-            now = frame.index / FPS
-            if gate.check(frame.image).infer:
+    def send(decision: Decision, image: npt.NDArray[np.uint8], now: float) -> tuple[str, bool]:
+        """Escalate as the agent does; the event id and whether the hub confirmed."""
+        nonlocal escalated, uplink_bytes
+        escalated += 1
+        reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
+        payload = encode(frame_event(
+            event_id=ids(), device_id="cam-1", source="yard", captured_at=now,
+            reason=decision.reason,  # type: ignore[arg-type]
+            priority=decision.priority, manifest=edge_model.manifest,
+            detections=decision.detections, image=image,
+            crop_max_bytes=policy_config.crop_max_bytes,
+            thumbnail_width=policy_config.thumbnail_width, region=decision.region))
+        uplink_bytes += len(payload)
+        received = decode(payload, EventMessage)
+        return received.event_id, judge.judge(received).outcome == "confirmed"
+
+    try:
+        for frame in frames_in:
+            frames += 1
+            truth_here = frame.has_face
+            jpeg = _jpeg(frame.image)
+            stream_bytes += len(jpeg)
+            hub_answer = judge.judge(_whole_frame_event(frame, jpeg, ids, fps)
+                                     ).outcome == "confirmed"
+            hub_only.add(truth_here, hub_answer)
+
+            now = frame.index / fps
+            gated = gate.check(frame.image)
+            if gated.infer:
                 detector_calls += 1
                 detections = edge_model.detect(frame.image)
-                observation = book.observe(frame.index, tracker.update(detections))
+                height, width = frame.image.shape[:2]
+                observation = book.observe(frame.index,
+                                           tracker.update(detections, (width, height)))
                 decided = policy.decide_tracks("yard", observation, now)
                 edge_answer = any(d.positive for d in decided.decisions)
                 answers = [d.positive for d in decided.decisions if d.action != "escalate"]
                 answers += [bool(decided.held)]
                 reused += sum(d.reason == "verdict-reused" for d in decided.decisions)
                 for decision in decided.escalations:
-                    escalated += 1
-                    reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
-                    payload = encode(frame_event(
-                        event_id=ids(), device_id="cam-1", source="yard", captured_at=now,
-                        reason=decision.reason,  # type: ignore[arg-type]
-                        priority=decision.priority, manifest=edge_model.manifest,
-                        detections=decision.detections, image=frame.image,
-                        crop_max_bytes=policy_config.crop_max_bytes,
-                        thumbnail_width=policy_config.thumbnail_width))
-                    uplink_bytes += len(payload)
-                    received = decode(payload, EventMessage)
-                    verdict = judge.judge(received)
-                    answers.append(verdict.outcome == "confirmed")
+                    event_id, confirmed = send(decision, frame.image, now)
+                    answers.append(confirmed)
                     # As the agent does when the verdict arrives: the track takes it.
                     assert decision.track is not None
                     assert decision.evidence is not None
-                    book.escalated(decision.track, received.event_id, decision.evidence, now)
-                    book.verdict(received.event_id, verdict.outcome == "confirmed", now)
+                    book.escalated(decision.track, event_id, decision.evidence, now)
+                    book.verdict(event_id, confirmed, now)
+                motion = policy.decide_motion("yard", gated.regions, detections, now)
+                if motion is not None and motion.action == "escalate":
+                    unexplained += 1
+                    if send(motion, frame.image, now)[1]:
+                        unexplained_confirmed += 1
+                        answers.append(True)
                 cascade_answer = any(answers)
-            cascade.add(truth, cascade_answer)
-            edge_only.add(truth, edge_answer)
+            cascade.add(truth_here, cascade_answer)
+            edge_only.add(truth_here, edge_answer)
+            if frame.segment is not None:
+                scores = segments.setdefault(frame.segment, {
+                    "hub-only": Score(), "cascade": Score(), "edge-only": Score()})
+                scores["hub-only"].add(truth_here, hub_answer)
+                scores["cascade"].add(truth_here, cascade_answer)
+                scores["edge-only"].add(truth_here, edge_answer)
     finally:
         hub.stop()
         edge_model.close()
@@ -170,24 +326,34 @@ def main(argv: list[str]) -> int:
 
     hub_summary, cascade_summary = hub_only.summary(), cascade.summary()
     result: dict[str, Any] = {
-        "benchmark": "cascade", "edge_model": edge_bundle.label,
+        "benchmark": "cascade", "footage": footage_name, "edge_model": edge_bundle.label,
         "edge_backend": edge_selection.chosen, "hub_model": hub.settings.detector_model,
         "hub_landmarks": hub.settings.landmark_model, "frames": frames,
         "face_frames": hub_only.tp + hub_only.fn,
         "f1_ratio": cascade_summary["f1"] / hub_summary["f1"] if hub_summary["f1"] else 0.0,
-        "escalation_ratio": escalated / frames,
-        "bytes_ratio": uplink_bytes / stream_bytes,
+        "escalation_ratio": escalated / frames if frames else 0.0,
+        "bytes_ratio": uplink_bytes / stream_bytes if stream_bytes else 0.0,
         "escalations": escalated, "escalation_reasons": reasons,
+        "unexplained_share": unexplained / escalated if escalated else 0.0,
+        "unexplained_yield": unexplained_confirmed / unexplained if unexplained else 0.0,
         "verdicts_reused": reused,
         "detector_calls": detector_calls, "uplink_bytes": uplink_bytes,
         "stream_bytes": stream_bytes, "hub_only": hub_summary, "cascade": cascade_summary,
         "edge_only": edge_only.summary(),
+        "segments": {
+            name: {system: {"recall": score.summary()["recall"], "fp": score.fp,
+                            "frames": score.tp + score.fp + score.fn + score.tn}
+                   for system, score in scores.items()}
+            for name, scores in segments.items()},
         "targets": {"f1_ratio": 0.98, "escalation_ratio": 0.10, "bytes_ratio": 0.05},
     }
     for name, summary in (("hub-only", hub_summary), ("cascade", cascade_summary),
                           ("edge-only", result["edge_only"])):
         print(f"{name:10} precision {summary['precision']:.3f} recall {summary['recall']:.3f} "
               f"F1 {summary['f1']:.3f}")
+    for name, figures in result["segments"].items():
+        print(f"  segment {name:16} " + "  ".join(
+            f"{system} recall {f['recall']:.2f} fp {f['fp']}" for system, f in figures.items()))
     print(f"{frames} frames, {detector_calls} edge detector calls, {escalated} escalated "
           f"({reasons}), {reused} decided by a recent verdict; {uplink_bytes} bytes up "
           f"against {stream_bytes} to stream")
@@ -198,10 +364,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _whole_frame_event(frame: Frame, jpeg: bytes, ids: EventIdFactory) -> EventMessage:
+def _whole_frame_event(frame: BenchFrame, jpeg: bytes, ids: EventIdFactory,
+                       fps: float) -> EventMessage:
     """A streamed frame as the hub's judge takes it: the whole frame, nothing cropped."""
     height, width = frame.image.shape[:2]
     return EventMessage(
-        event_id=ids(), device_id="cam-1", source="yard", captured_at=frame.index / FPS,
+        event_id=ids(), device_id="cam-1", source="yard", captured_at=frame.index / fps,
         reason="uncertain", priority=5, model=ModelRef(name="stream", version="0"),
         frame_size=(width, height), thumbnail_jpeg=jpeg)

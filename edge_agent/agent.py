@@ -69,7 +69,7 @@ from edge_agent.policy import Decision, EscalationPolicy, FrameDecision
 from edge_agent.sensors import ReadingWindow, SensorSource
 from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
 from edge_agent.tracking import ObjectTracker
-from edge_agent.tracks import TrackBook
+from edge_agent.tracks import MAX_REMEMBERED_EVENTS, TrackBook
 from edge_agent.updates import (
     ModelHealth,
     ModelInstaller,
@@ -210,6 +210,7 @@ class EdgeAgent:
         self._gates: dict[str, MotionGate] = {}
         self._trackers: dict[str, ObjectTracker] = {}
         self._books: dict[str, TrackBook] = {}
+        self._unexplained: dict[str, str] = {}  # escalated motion: event id -> source
         self._journal = DecisionJournal(config.device.id)
         self._journal_file = JournalFile(config.journal_path,
                                          max_bytes=config.journal.max_bytes,
@@ -522,7 +523,8 @@ class EdgeAgent:
             self._process_window(item, model)
             return
         self.metrics.frames.labels(name).inc()
-        if not self._gates[name].check(item.image).infer:
+        gate = self._gates[name].check(item.image)
+        if not gate.infer:
             self.metrics.gated.labels(name).inc()
             return
         def detect(serving: Model) -> list[Detection]:
@@ -533,7 +535,9 @@ class EdgeAgent:
             return
         detections, elapsed, health = outcome
         book = self._books[name]
-        observation = book.observe(item.index, self._trackers[name].update(detections))
+        height, width = item.image.shape[:2]
+        observation = book.observe(
+            item.index, self._trackers[name].update(detections, (width, height)))
         now = time.monotonic()
         frame = self._policy.decide_tracks(name, observation, now)
         counted = self._count_frame(name, health, elapsed, frame)
@@ -552,6 +556,20 @@ class EdgeAgent:
             self._escalate(event, decision)
             book.escalated(decision.track, event.event_id, decision.evidence, now)
             self._record(self._journal.escalated(decision.track, event.event_id, time.time()))
+        motion = self._policy.decide_motion(name, gate.regions, detections, now)
+        if motion is not None and motion.action == "escalate":
+            # Motion the edge model cannot explain: the hub judges the moving region.
+            event = frame_event(
+                event_id=self._ids(), device_id=self.config.device.id, source=name,
+                captured_at=item.captured_at, reason="unexplained",
+                priority=motion.priority, manifest=model.manifest, detections=(),
+                image=item.image, crop_max_bytes=self.config.policy.crop_max_bytes,
+                thumbnail_width=self.config.policy.thumbnail_width, region=motion.region,
+            )
+            self._escalate(event, motion)
+            self._unexplained[event.event_id] = name
+            while len(self._unexplained) > MAX_REMEMBERED_EVENTS:
+                del self._unexplained[next(iter(self._unexplained))]
         decided_here = tuple(d for d in frame.decisions if d.action == "local" and d.positive)
         if decided_here:
             self._act("decision", name, tuple(det for d in decided_here for det in d.detections))
@@ -706,6 +724,9 @@ class EdgeAgent:
     def _apply_verdict(self, verdict: VerdictMessage) -> None:
         confirmed = verdict.outcome == "confirmed"
         resolution = self._pending.resolve(verdict.event_id, confirmed)
+        motion_source = self._unexplained.pop(verdict.event_id, None)
+        if motion_source is not None:
+            self.metrics.unexplained_verdicts.labels(motion_source, verdict.outcome).inc()
         self.metrics.verdicts.labels(verdict.outcome, resolution.kind).inc()
         self._counters.verdicts += 1
         self._counters.last_verdict = {

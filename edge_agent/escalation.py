@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from models import Detection, Manifest
+from models import Box, Detection, Manifest
 from sync import DetectionPayload, EscalationReason, EventMessage, ModelRef
 
 JPEG_QUALITIES = (85, 70, 55, 40)
@@ -51,11 +51,16 @@ def frame_event(
     *, event_id: str, device_id: str, source: str, captured_at: float,
     reason: EscalationReason, priority: int, manifest: Manifest,
     detections: Sequence[Detection], image: npt.NDArray[np.uint8],
-    crop_max_bytes: int, thumbnail_width: int,
+    crop_max_bytes: int, thumbnail_width: int, region: Box | None = None,
 ) -> EventMessage:
-    """The escalation of one frame: detections, crop around them, and a thumbnail."""
+    """The escalation of one frame: detections, crop around them (or around ``region``,
+    motion no detection explains), and a thumbnail."""
     height, width = image.shape[:2]
-    box = crop_box(detections, width, height) if detections else None
+    box = None
+    if detections:
+        box = crop_box(detections, width, height)
+    elif region is not None:
+        box = crop_box([Detection(box=region, score=0.0, label="motion")], width, height)
     crop = None
     if box is not None and box[2] > box[0] and box[3] > box[1]:
         crop = bounded_jpeg(np.ascontiguousarray(image[box[1] : box[3], box[0] : box[2]]),

@@ -3,7 +3,12 @@
 A static outdoor background (``rocket.png``), the astronaut's head from ``astronaut.png``
 walking through at several scales, the cat from ``chelsea.png`` crossing, long static
 stretches, slow lighting drift and sensor noise. All photographs ship inside
-scikit-image, so nothing is downloaded. Every frame carries the boxes of what is in it.
+scikit-image, so nothing is downloaded. Every frame carries the boxes of what is in it
+and the name of its segment.
+
+With ``hard``, hard segments follow: two faces at once (one small), a face in grey low
+light, a small blurred face, a face passing behind a pillar (occlusion: a face is in
+view while at least half of it shows), and camera shake over the empty scene.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Frame:
     index: int
     image: ImageArray
     truth: tuple[TruthObject, ...]
+    segment: str = "static"
 
     @property
     def has_face(self) -> bool:
@@ -61,16 +67,37 @@ class _Pass:
     frames: int
     y: int
     left_to_right: bool = True
+    segment: str = ""
+    dark: float = 1.0  # the whole frame's brightness, times this
+    grey: bool = False
+    blur: int = 0  # Gaussian kernel on the sprite (odd), 0 for none
+    partner_width: int = 0  # a second face crossing the other way, this wide
+    partner_y: int = 0
+    pillar: bool = False  # a pillar in the middle of the view hides what passes it
 
 
-def _photographs() -> tuple[ImageArray, ImageArray, ImageArray]:
+@dataclass(frozen=True, slots=True)
+class _Shake:
+    """The camera shakes: the empty scene jumps by up to ``pixels`` each frame."""
+
+    frames: int
+    pixels: int
+
+
+BACKGROUNDS = ("rocket", "coffee", "camera")
+
+
+def _photographs(background: str) -> tuple[ImageArray, ImageArray, ImageArray]:
     try:
         from skimage import data
     except ImportError as exc:
         raise SampleDataError(
             "sample footage needs scikit-image: pip install 'edge-cloud-runtime[samples]'"
         ) from exc
-    return data.rocket(), data.astronaut(), data.chelsea()
+    scene = getattr(data, background)()
+    if scene.ndim == 2:  # "camera" is a grey photograph
+        scene = cv2.cvtColor(scene, cv2.COLOR_GRAY2RGB)
+    return scene, data.astronaut(), data.chelsea()
 
 
 class SampleFootage:
@@ -84,7 +111,11 @@ class SampleFootage:
     def __init__(
         self, *, width: int = 640, height: int = 360, static_frames: int = 20,
         seed: int = 0, noise_sigma: float = 2.0, distant_pass: bool = False,
+        hard: bool = False, background: str = "rocket",
     ) -> None:
+        if background not in BACKGROUNDS:
+            raise SampleDataError(f"background {background!r}: expected one of {BACKGROUNDS}")
+        self.background = background
         if width < 160 or height < 120:
             raise SampleDataError(f"footage must be at least 160x120, got {width}x{height}")
         self.width = width
@@ -93,24 +124,48 @@ class SampleFootage:
         self.seed = seed
         self.noise_sigma = noise_sigma
         unit = height / 360
-        self.script: tuple[_Pass | int, ...] = (
+        self.script: tuple[_Pass | _Shake | int, ...] = (
             static_frames,
-            _Pass("face", int(150 * unit), 24, int(60 * unit)),
+            _Pass("face", int(150 * unit), 24, int(60 * unit), segment="face-large"),
             static_frames,
-            _Pass("cat", int(170 * unit), 20, int(150 * unit), left_to_right=False),
+            _Pass("cat", int(170 * unit), 20, int(150 * unit), left_to_right=False,
+                  segment="cat"),
             static_frames,
-            _Pass("face", int(110 * unit), 24, int(110 * unit), left_to_right=False),
+            _Pass("face", int(110 * unit), 24, int(110 * unit), left_to_right=False,
+                  segment="face-medium"),
             static_frames,
         )
         if distant_pass:  # far away: a small face, slower across the view, the edge unsure
-            self.script += (_Pass("face", int(88 * unit), 48, int(40 * unit)), static_frames)
+            self.script += (_Pass("face", int(88 * unit), 48, int(40 * unit),
+                                  segment="face-distant"), static_frames)
+        if hard:
+            self.script += (
+                _Pass("face", int(130 * unit), 36, int(40 * unit), segment="two-faces",
+                      partner_width=int(80 * unit), partner_y=int(190 * unit)),
+                static_frames,
+                _Pass("face", int(120 * unit), 36, int(80 * unit), segment="low-light",
+                      dark=0.35, grey=True),
+                static_frames,
+                _Pass("face", int(64 * unit), 36, int(140 * unit), segment="small-blurred",
+                      blur=5),
+                static_frames,
+                _Pass("face", int(120 * unit), 36, int(70 * unit), segment="occlusion",
+                      pillar=True),
+                static_frames,
+                _Shake(30, max(2, int(6 * unit))),
+                static_frames,
+            )
 
     def __len__(self) -> int:
         return sum(step if isinstance(step, int) else step.frames for step in self.script)
 
+    def _pillar(self) -> tuple[int, int]:
+        """The occluding pillar's left and right edges."""
+        return int(self.width * 0.42), int(self.width * 0.58)
+
     def frames(self) -> Iterator[Frame]:
         """Yield every frame in order."""
-        background_photo, astronaut, cat = _photographs()
+        background_photo, astronaut, cat = _photographs(self.background)
         background = cv2.resize(
             background_photo, (self.width, self.height), interpolation=cv2.INTER_AREA
         )
@@ -126,16 +181,46 @@ class SampleFootage:
             for k in range(count):
                 canvas = background.astype(np.float32)
                 truth: tuple[TruthObject, ...] = ()
-                if isinstance(step, _Pass):
-                    seen = self._paste(canvas, sprites[step.kind], step, k)
-                    truth = (seen,) if seen is not None else ()
+                segment = "static"
+                if isinstance(step, _Shake):
+                    segment = "shake"
+                    dx, dy = (int(v) for v in rng.integers(-step.pixels, step.pixels + 1, 2))
+                    canvas = np.roll(canvas, (dy, dx), axis=(0, 1))
+                elif isinstance(step, _Pass):
+                    segment = step.segment or step.kind
+                    passes = [step]
+                    if step.partner_width:
+                        passes.append(_Pass(step.kind, step.partner_width, step.frames,
+                                            step.partner_y, not step.left_to_right,
+                                            blur=step.blur))
+                    seen = [self._paste(canvas, sprites[p.kind], p, k) for p in passes]
+                    if step.pillar:
+                        left, right = self._pillar()
+                        canvas[:, left:right] = (70.0, 66.0, 60.0)
+                        seen = [self._behind_pillar(obj) for obj in seen]
+                    truth = tuple(obj for obj in seen if obj is not None)
+                    if step.grey:
+                        canvas[:] = canvas.mean(axis=2, keepdims=True)
+                    canvas *= np.float32(step.dark)
                 # Lighting drifts slowly over the whole clip (clouds, dusk).
                 canvas *= 1.0 - 0.25 * np.sin(np.pi * index / max(total - 1, 1))
                 noise = rng.standard_normal(size=canvas.shape, dtype=np.float32)
                 canvas += noise * np.float32(self.noise_sigma)
                 image = np.clip(canvas, 0, 255).astype(np.uint8)
-                yield Frame(index, image, truth)
+                yield Frame(index, image, truth, segment)
                 index += 1
+
+    def _behind_pillar(self, obj: TruthObject | None) -> TruthObject | None:
+        """What of ``obj`` the pillar leaves in view."""
+        if obj is None:
+            return None
+        left, right = self._pillar()
+        x1, x2 = obj.box[0], obj.box[2]
+        width = max(x2 - x1, 1)
+        hidden = max(0, min(x2, right) - max(x1, left))
+        if hidden >= width:
+            return None
+        return TruthObject(obj.kind, obj.box, round(obj.visible * (width - hidden) / width, 3))
 
     def _paste(
         self, canvas: npt.NDArray[np.float32], sprite: tuple[ImageArray, tuple[int, ...]],
@@ -146,6 +231,8 @@ class SampleFootage:
         h, w = picture.shape[:2]
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
         resized = cv2.resize(picture, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        if step.blur:
+            resized = cv2.GaussianBlur(resized, (step.blur, step.blur), 0)
         progress = (k + 0.5) / step.frames
         if not step.left_to_right:
             progress = 1.0 - progress

@@ -53,6 +53,9 @@ class AgentMetrics:
                                    ["source", "reason"], registry=r)
         self.verdicts = Counter("edge_verdicts", "Verdicts received",
                                 ["outcome", "timing"], registry=r)
+        self.unexplained_verdicts = Counter(
+            "edge_unexplained_verdicts", "Verdicts on escalated motion no detection explained "
+            "(their yield: confirmed / all)", ["source", "outcome"], registry=r)
         self.fallbacks = Counter("edge_local_fallbacks",
                                  "Escalations decided locally after the verdict deadline",
                                  registry=r)

@@ -5,6 +5,11 @@ lighting drift is removed first (the median difference), so dusk or a passing cl
 not count as motion; sensor noise stays under the per-pixel threshold. After motion the
 gate stays open for a few frames, and it opens at least every ``keyframe_interval`` frames
 so that something that walked in and stood still is still seen.
+
+On a motion frame the gate also says *where* it saw motion: the bounding boxes of the
+largest moving regions, in frame pixels. The policy escalates a moving region that no
+detection explains (:meth:`edge_agent.policy.EscalationPolicy.decide_motion`): there the
+edge model is blind, and the hub is asked.
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import numpy.typing as npt
 from edge_agent.config import MotionConfig
 
 GateReason = Literal["disabled", "first", "motion", "hold", "keyframe", "static"]
+Region = tuple[float, float, float, float]
 BACKGROUND_RATE = 0.05
 SETTLING_RATE = 0.002
+MIN_REGION_SHARE = 0.002  # of the small copy's pixels: smaller moving specks are noise
+MAX_REGIONS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,7 @@ class GateDecision:
     infer: bool
     reason: GateReason
     changed_fraction: float
+    regions: tuple[Region, ...] = ()
 
 
 class MotionGate:
@@ -60,7 +69,9 @@ class MotionGate:
         cv2.accumulateWeighted(small, self._background, SETTLING_RATE, mask=moving)
         if changed >= self.config.changed_fraction:
             self._hold = self.config.hold_frames
-            return self._open("motion", changed)
+            self._since_inference = 0
+            scale = frame.shape[1] / small.shape[1]
+            return GateDecision(True, "motion", changed, _regions(moving, scale))
         if self._hold > 0:
             self._hold -= 1
             return self._open("hold", changed)
@@ -80,3 +91,16 @@ class MotionGate:
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
         small = np.ascontiguousarray(grey[::step, ::step])
         return np.asarray(cv2.GaussianBlur(small, (5, 5), 0), dtype=np.float32)
+
+
+def _regions(moving: npt.NDArray[np.uint8], scale: float) -> tuple[Region, ...]:
+    """The largest moving regions of a mask (the small copy's pixels), scaled to frame
+    pixels: specks of noise removed first, then connected components by area."""
+    opened = cv2.morphologyEx(moving, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    least = max(4, int(MIN_REGION_SHARE * moving.size))
+    found = sorted((stats[i] for i in range(1, count) if stats[i][cv2.CC_STAT_AREA] >= least),
+                   key=lambda row: -int(row[cv2.CC_STAT_AREA]))[:MAX_REGIONS]
+    return tuple(
+        (float(x * scale), float(y * scale), float((x + w) * scale), float((y + h) * scale))
+        for x, y, w, h, _ in found)

@@ -15,17 +15,19 @@ from an injected ``random.Random``.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from edge_agent.config import PolicyConfig
+from edge_agent.motion import Region
 from edge_agent.tracks import Evidence, Observation, TrackState, evidence_of
 from models import AnomalyScore, Detection
 from sync import EscalationReason
 
 Action = Literal["local", "escalate", "drop"]
 
-PRIORITY = {"suspicious": 8, "anomaly": 7, "uncertain": 5, "audit": 1}
+PRIORITY = {"suspicious": 8, "anomaly": 7, "uncertain": 5, "unexplained": 4, "audit": 1}
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class TokenBucket:
 DecisionReason = Literal[
     "confident", "uncertain", "suspicious", "audit", "anomaly", "normal", "below-band",
     "rate-limited", "verdict-reused", "awaiting-verdict", "escalated-before", "nothing",
+    "unexplained",
 ]
 
 
@@ -68,12 +71,14 @@ class Decision:
             ``below-band``, ``rate-limited``, ``verdict-reused`` (the hub judged this
             track and its evidence has not changed), ``awaiting-verdict`` (its
             escalation waits for the verdict) or ``escalated-before`` (escalated with
-            the same evidence; its verdict never came).
+            the same evidence; its verdict never came), ``unexplained`` (motion no
+            detection explains, escalated as a crop of ``region``).
         priority: Outbox priority for escalations (0-9), 0 otherwise.
         detections: The detections the decision is about (the track's, on a frame).
         positive: The answer for this object: something of interest is there.
         track: The track's state (``None`` for a sensor window).
         evidence: What the track's detection shows (``None`` for a sensor window).
+        region: For ``unexplained``: the moving region, in frame pixels.
     """
 
     action: Action
@@ -83,6 +88,7 @@ class Decision:
     positive: bool = False
     track: TrackState | None = None
     evidence: Evidence | None = None
+    region: Region | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,7 @@ class EscalationPolicy:
         self._rng = rng or random.Random()
         self._buckets: dict[str, TokenBucket] = {}
         self._last_escalation: dict[str, float] = {}
+        self._motion_buckets: dict[str, TokenBucket] = {}
 
     def decide_tracks(self, source: str, observation: Observation,
                       now: float) -> FrameDecision:
@@ -160,6 +167,27 @@ class EscalationPolicy:
             return local("confident", True)
         return Decision("drop", "below-band", 0, detections, False, state, evidence)
 
+    def decide_motion(self, source: str, regions: Sequence[Region],
+                      detections: Sequence[Detection], now: float) -> Decision | None:
+        """Escalate the largest moving region that no detection explains (no box at or
+        above the band's lower edge overlaps it), at most ``unexplained_per_minute`` per
+        source; ``None`` when every region is explained or the limit says no."""
+        cfg = self.config
+        if not regions or cfg.unexplained_per_minute <= 0:
+            return None
+        boxes = [d.box for d in detections if d.score >= cfg.uncertain_score]
+        unexplained = [r for r in regions if not any(_overlap(r, box) for box in boxes)]
+        if not unexplained:
+            return None
+        bucket = self._motion_buckets.setdefault(
+            source, TokenBucket(cfg.unexplained_per_minute / 60.0, 1.0))
+        if not bucket.take(now):
+            return None
+        region = max(unexplained, key=lambda r: (r[2] - r[0]) * (r[3] - r[1]))
+        decision = self._escalate(source, "unexplained", (), now, positive=False)
+        return Decision(decision.action, decision.reason, decision.priority, (), False,
+                        region=region)
+
     def decide_anomaly(self, source: str, score: AnomalyScore, now: float) -> Decision:
         """Decide for one sensor window's anomaly score."""
         if score.is_anomaly:
@@ -181,3 +209,8 @@ class EscalationPolicy:
         self._last_escalation[source] = now
         return Decision("escalate", reason, PRIORITY[reason], detections, positive, track,
                         evidence)
+
+
+def _overlap(a: Region, b: Region) -> bool:
+    """Whether two boxes share any area."""
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])

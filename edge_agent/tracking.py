@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from norfair.tracker import Detection as NorfairDetection
 from norfair.tracker import Tracker
 
@@ -41,14 +42,18 @@ class TrackUpdate:
     Attributes:
         seen: ``(track id, detection)`` for every detection of the frame, each in its own
             track (a detection always gets one: a new track when it matches none).
-        coasting: Ids of tracks alive but not matched on this frame (the detector missed
-            the object, or it is hidden for a moment).
+        coasting: Ids of tracks alive but not matched on this frame, whose predicted box
+            is still mostly in view (the detector missed the object, or it is hidden for
+            a moment).
         ended: Ids of tracks that ended on this frame (unmatched for too long).
+        leaving: Ids of tracks alive but unmatched whose predicted box is mostly out of
+            view: the object is walking out, not missed.
     """
 
     seen: tuple[tuple[int, Detection], ...]
     coasting: tuple[int, ...]
     ended: tuple[int, ...]
+    leaving: tuple[int, ...] = ()
 
 
 class ObjectTracker:
@@ -62,8 +67,10 @@ class ObjectTracker:
         )
         self._alive: set[int] = set()
 
-    def update(self, detections: Sequence[Detection]) -> TrackUpdate:
-        """Match one detector run's detections to the tracks."""
+    def update(self, detections: Sequence[Detection],
+               frame_size: tuple[int, int] | None = None) -> TrackUpdate:
+        """Match one detector run's detections to the tracks (``frame_size``: width and
+        height, to tell a missed object from one walking out of view)."""
         candidates = [
             NorfairDetection(np.array([[d.box[0], d.box[1]], [d.box[2], d.box[3]]],
                                       dtype=np.float64),
@@ -74,6 +81,7 @@ class ObjectTracker:
         self._tracker.update(candidates)
         seen: list[tuple[int, Detection]] = []
         alive: set[int] = set()
+        leaving: set[int] = set()
         for obj in self._tracker.tracked_objects:
             if obj.id is None:
                 continue  # still initialising (never, with no initialisation delay)
@@ -81,8 +89,23 @@ class ObjectTracker:
             matched = index.get(id(obj.last_detection))
             if matched is not None:
                 seen.append((obj.id, detections[matched]))
+            elif frame_size is not None and _in_view(obj.estimate, frame_size) < 0.5:
+                leaving.add(obj.id)
         ended = tuple(sorted(self._alive - alive))
         self._alive = alive
         seen_ids = {track for track, _ in seen}
         return TrackUpdate(tuple(sorted(seen, key=lambda s: s[0])),
-                           tuple(sorted(alive - seen_ids)), ended)
+                           tuple(sorted(alive - seen_ids - leaving)), ended,
+                           tuple(sorted(leaving)))
+
+
+def _in_view(estimate: npt.NDArray[np.float64], frame_size: tuple[int, int]) -> float:
+    """The share of a predicted box (``[[x1, y1], [x2, y2]]``) inside the frame."""
+    (x1, y1), (x2, y2) = estimate.tolist()
+    area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+    if area <= 0:
+        return 0.0
+    width, height = frame_size
+    inside = (max(min(x2, width) - max(x1, 0.0), 0.0)
+              * max(min(y2, height) - max(y1, 0.0), 0.0))
+    return float(inside / area)

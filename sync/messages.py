@@ -70,7 +70,7 @@ class _EventBound(_DeviceMessage):
         return value
 
 
-EscalationReason = Literal["uncertain", "suspicious", "audit", "anomaly"]
+EscalationReason = Literal["uncertain", "suspicious", "audit", "anomaly", "unexplained"]
 
 
 class EventMessage(_EventBound):

@@ -5,19 +5,34 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
-from edge_agent.config import PolicyConfig, TrackingConfig
+from edge_agent.config import MotionConfig, PolicyConfig, TrackingConfig
+from edge_agent.escalation import frame_event
+from edge_agent.motion import MotionGate
 from edge_agent.policy import EscalationPolicy, FrameDecision
 from edge_agent.tracking import ObjectTracker, TrackUpdate
 from edge_agent.tracks import TrackBook
-from models import Detection
+from models import Detection, Manifest
+from sync import EventIdFactory, EventMessage, decode, encode
 
 pytestmark = pytest.mark.unit
 
 
 def _at(x: float, score: float = 0.6, *, size: float = 40, label: str = "face") -> Detection:
     return Detection(box=(x, 10, x + size, 10 + size), score=score, label=label)
+
+
+def _manifest() -> Manifest:
+    return Manifest.model_validate({
+        "schema_version": 1, "name": "det", "version": "1.0.0", "task": "detector",
+        "runtime": "onnx", "file": {"path": "model.onnx", "sha256": "0" * 64, "size_bytes": 1},
+        "input": {"shape": [1, 3, 64, 64], "layout": "NCHW", "dtype": "float32",
+                  "color_order": "RGB", "resize": "letterbox"},
+        "output": {"kind": "detector", "family": "yolo", "output": "o", "labels": ["face"],
+                   "score_threshold": 0.25},
+    })
 
 
 class _Edge:
@@ -191,3 +206,66 @@ def test_tracker_keeps_ids_through_missed_frames_and_reports_ends() -> None:
     for _ in range(10):
         ends += tracker.update([]).ended
     assert sorted(ends) == sorted(ids)
+
+
+def test_the_gate_says_where_it_saw_motion() -> None:
+    gate = MotionGate(MotionConfig(keyframe_interval=1000))
+    rng = np.random.default_rng(0)
+    scene = rng.integers(60, 120, size=(360, 640, 3), dtype=np.uint8)
+    assert gate.check(scene).reason == "first"
+    moved = scene.copy()
+    moved[100:180, 400:480] = 250  # something bright walks in, right of centre
+    decided = gate.check(moved)
+    assert decided.reason == "motion"
+    assert len(decided.regions) == 1
+    x1, y1, x2, y2 = decided.regions[0]
+    assert 380 <= x1 <= 410 and 390 <= x2 <= 500 and 80 <= y1 <= 110 and 170 <= y2 <= 200
+
+
+def test_motion_no_detection_explains_is_escalated_rate_limited_per_source() -> None:
+    policy = EscalationPolicy(PolicyConfig(unexplained_per_minute=6, audit_sample_rate=0.0))
+    moving = [(400.0, 100.0, 480.0, 180.0), (10.0, 10.0, 30.0, 30.0)]
+    # A detection in the band explains the region it overlaps; one below the band does not.
+    inside = Detection(box=(410, 110, 450, 150), score=0.6, label="face")
+    explained = policy.decide_motion("door", moving[:1], [inside], 0.0)
+    assert explained is None
+    faint = Detection(box=(410, 110, 450, 150), score=0.3, label="face")
+    blind = policy.decide_motion("door", moving, [faint], 0.0)
+    assert blind is not None
+    assert (blind.action, blind.reason, blind.priority) == ("escalate", "unexplained", 4)
+    assert blind.region == moving[0]  # the largest unexplained region
+    assert policy.decide_motion("door", moving, [], 1.0) is None  # one per 10 s
+    assert policy.decide_motion("yard", moving, [], 1.0) is not None  # per source
+    again = policy.decide_motion("door", moving, [], 10.5)
+    assert again is not None
+    assert again.action == "escalate"
+    off = EscalationPolicy(PolicyConfig(unexplained_per_minute=0))
+    assert off.decide_motion("door", moving, [], 0.0) is None
+
+
+def test_an_unexplained_region_escalation_carries_its_crop() -> None:
+    image = np.full((360, 640, 3), 90, dtype=np.uint8)
+    event = frame_event(
+        event_id=EventIdFactory()(), device_id="cam-1", source="door", captured_at=0.0,
+        reason="unexplained", priority=4, manifest=_manifest(), detections=(), image=image,
+        crop_max_bytes=48 * 1024, thumbnail_width=320, region=(400.0, 100.0, 480.0, 180.0))
+    assert event.crop_box is not None
+    x1, y1, x2, y2 = event.crop_box
+    assert x1 <= 400 and y1 <= 100 and x2 >= 480 and y2 >= 180
+    assert event.crop_jpeg is not None
+    assert event.detections == ()
+    assert decode(encode(event), EventMessage).reason == "unexplained"
+
+
+def test_a_track_walking_out_of_view_is_leaving_not_missed() -> None:
+    tracker = ObjectTracker(TrackingConfig(max_missed_frames=10))
+    for step in range(8):  # walks right at 30 px a frame, towards the edge of 640
+        update = tracker.update([_at(400 + 30 * step, size=60)], (640, 360))
+    [(track, _)] = update.seen
+    missed = tracker.update([_at(20, 0.3, size=10)], (640, 360))  # something else
+    assert track in missed.leaving  # predicted half out of view: it walked out
+    assert track not in missed.coasting
+    still = ObjectTracker(TrackingConfig(max_missed_frames=10))
+    for _ in range(5):
+        still.update([_at(300, size=60)], (640, 360))
+    assert still.update([], (640, 360)).coasting  # in the middle: missed, not leaving
