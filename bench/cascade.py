@@ -255,7 +255,9 @@ def main(argv: list[str]) -> int:
     unexplained = unexplained_confirmed = 0
     stream_bytes = uplink_bytes = 0
     reasons: dict[str, int] = {}
-    cascade_answer = edge_answer = False  # a frame the gate skips keeps the last answer
+    # A frame the gate skips keeps the last answer (nothing moved): the answer of the
+    # objects last seen, not of a missed object held for one frame.
+    cascade_answer = cascade_carried = edge_answer = False
 
     def send(decision: Decision, image: npt.NDArray[np.uint8], now: float) -> tuple[str, bool]:
         """Escalate as the agent does; the event id and whether the hub confirmed."""
@@ -294,7 +296,6 @@ def main(argv: list[str]) -> int:
                 decided = policy.decide_tracks("yard", observation, now)
                 edge_answer = any(d.positive for d in decided.decisions)
                 answers = [d.positive for d in decided.decisions if d.action != "escalate"]
-                answers += [bool(decided.held)]
                 reused += sum(d.reason == "verdict-reused" for d in decided.decisions)
                 for decision in decided.escalations:
                     event_id, confirmed = send(decision, frame.image, now)
@@ -304,13 +305,21 @@ def main(argv: list[str]) -> int:
                     assert decision.evidence is not None
                     book.escalated(decision.track, event_id, decision.evidence, now)
                     book.verdict(event_id, confirmed, now)
-                motion = policy.decide_motion("yard", gated.regions, detections, now)
+                motion = policy.decide_motion("yard", gated.regions, detections, now,
+                                              (width, height))
                 if motion is not None and motion.action == "escalate":
+                    assert motion.region is not None
                     unexplained += 1
-                    if send(motion, frame.image, now)[1]:
-                        unexplained_confirmed += 1
-                        answers.append(True)
-                cascade_answer = any(answers)
+                    confirmed = send(motion, frame.image, now)[1]
+                    unexplained_confirmed += confirmed
+                    answers.append(confirmed)
+                    policy.remember_motion("yard", motion.region, confirmed, now)
+                elif motion is not None:
+                    answers.append(motion.positive)
+                cascade_carried = any(answers)
+                cascade_answer = cascade_carried or bool(decided.held)
+            else:
+                cascade_answer = cascade_carried
             cascade.add(truth_here, cascade_answer)
             edge_only.add(truth_here, edge_answer)
             if frame.segment is not None:

@@ -61,7 +61,7 @@ from edge_agent.fallback import Pending, PendingVerdicts
 from edge_agent.footage import SampleFootage
 from edge_agent.journal import DecisionJournal, JournalFile
 from edge_agent.metrics import AgentMetrics
-from edge_agent.motion import MotionGate
+from edge_agent.motion import MotionGate, Region
 from edge_agent.mqtt import check_broker
 from edge_agent.notify import SystemdNotifier
 from edge_agent.outbox import Outbox, OutboxItem, PendingRecord
@@ -210,7 +210,8 @@ class EdgeAgent:
         self._gates: dict[str, MotionGate] = {}
         self._trackers: dict[str, ObjectTracker] = {}
         self._books: dict[str, TrackBook] = {}
-        self._unexplained: dict[str, str] = {}  # escalated motion: event id -> source
+        # Escalated motion: event id -> source and region.
+        self._unexplained: dict[str, tuple[str, Region]] = {}
         self._journal = DecisionJournal(config.device.id)
         self._journal_file = JournalFile(config.journal_path,
                                          max_bytes=config.journal.max_bytes,
@@ -556,7 +557,8 @@ class EdgeAgent:
             self._escalate(event, decision)
             book.escalated(decision.track, event.event_id, decision.evidence, now)
             self._record(self._journal.escalated(decision.track, event.event_id, time.time()))
-        motion = self._policy.decide_motion(name, gate.regions, detections, now)
+        motion = self._policy.decide_motion(name, gate.regions, detections, now,
+                                            (width, height))
         if motion is not None and motion.action == "escalate":
             # Motion the edge model cannot explain: the hub judges the moving region.
             event = frame_event(
@@ -567,11 +569,12 @@ class EdgeAgent:
                 thumbnail_width=self.config.policy.thumbnail_width, region=motion.region,
             )
             self._escalate(event, motion)
-            self._unexplained[event.event_id] = name
+            assert motion.region is not None
+            self._unexplained[event.event_id] = (name, motion.region)
             while len(self._unexplained) > MAX_REMEMBERED_EVENTS:
                 del self._unexplained[next(iter(self._unexplained))]
         decided_here = tuple(d for d in frame.decisions if d.action == "local" and d.positive)
-        if decided_here:
+        if decided_here or (motion is not None and motion.action == "local" and motion.positive):
             self._act("decision", name, tuple(det for d in decided_here for det in d.detections))
         if counted:  # after the decision's work, so that the shadow delays nothing
             health.run_shadow(detect)
@@ -724,9 +727,10 @@ class EdgeAgent:
     def _apply_verdict(self, verdict: VerdictMessage) -> None:
         confirmed = verdict.outcome == "confirmed"
         resolution = self._pending.resolve(verdict.event_id, confirmed)
-        motion_source = self._unexplained.pop(verdict.event_id, None)
-        if motion_source is not None:
-            self.metrics.unexplained_verdicts.labels(motion_source, verdict.outcome).inc()
+        motion = self._unexplained.pop(verdict.event_id, None)
+        if motion is not None:
+            self.metrics.unexplained_verdicts.labels(motion[0], verdict.outcome).inc()
+            self._policy.remember_motion(motion[0], motion[1], confirmed, time.monotonic())
         self.metrics.verdicts.labels(verdict.outcome, resolution.kind).inc()
         self._counters.verdicts += 1
         self._counters.last_verdict = {

@@ -104,7 +104,7 @@ class PolicyConfig(_Section):
         default=2.0, ge=0, description="the hub's verdict on a tracked object decides that "
         "track's later frames for this long, unless its evidence changes (0: never)")
     unexplained_per_minute: float = Field(
-        default=6.0, ge=0, description="per source: moving regions no detection explains, "
+        default=20.0, ge=0, description="per source: moving regions no detection explains, "
         "escalated as a crop for the hub to judge (0: never)")
     size_change_ratio: float = Field(
         default=2.0, gt=1, description="a track is escalated again when its box's area has "

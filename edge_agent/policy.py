@@ -110,6 +110,15 @@ class FrameDecision:
         return tuple(d for d in self.decisions if d.action == "escalate")
 
 
+@dataclass(slots=True)
+class _RegionVerdict:
+    """Where the hub judged escalated motion, what it said, and when."""
+
+    region: Region
+    confirmed: bool
+    at: float
+
+
 class EscalationPolicy:
     """Decides per source; keeps the per-source rate limits."""
 
@@ -119,10 +128,13 @@ class EscalationPolicy:
         self._buckets: dict[str, TokenBucket] = {}
         self._last_escalation: dict[str, float] = {}
         self._motion_buckets: dict[str, TokenBucket] = {}
+        self._motion_verdicts: dict[str, list[_RegionVerdict]] = {}
 
     def decide_tracks(self, source: str, observation: Observation,
                       now: float) -> FrameDecision:
-        """Decide for every track of one detector run."""
+        """Decide for every track of one detector run. A track the detector missed on
+        this run, its predicted box still in view, keeps the hub's confirmation while
+        the verdict holds (flicker, a short occlusion)."""
         decisions = tuple(self._decide_track(source, state, detection, now)
                           for state, detection in observation.seen)
         reuse_s = self.config.verdict_reuse_s
@@ -168,10 +180,17 @@ class EscalationPolicy:
         return Decision("drop", "below-band", 0, detections, False, state, evidence)
 
     def decide_motion(self, source: str, regions: Sequence[Region],
-                      detections: Sequence[Detection], now: float) -> Decision | None:
+                      detections: Sequence[Detection], now: float,
+                      frame_size: tuple[int, int] | None = None) -> Decision | None:
         """Escalate the largest moving region that no detection explains (no box at or
         above the band's lower edge overlaps it), at most ``unexplained_per_minute`` per
-        source; ``None`` when every region is explained or the limit says no."""
+        source; ``None`` when every region is explained or the limit says no.
+
+        A region that overlaps one the hub confirmed in the last ``verdict_reuse_s``
+        takes that verdict (``local``, ``verdict-reused``) instead, and the remembered
+        region follows it as it moves. With ``frame_size``, a region touching the frame's
+        border is not escalated: what is walking in is judged once it is in view (its
+        first sliver would show the hub nothing)."""
         cfg = self.config
         if not regions or cfg.unexplained_per_minute <= 0:
             return None
@@ -179,6 +198,21 @@ class EscalationPolicy:
         unexplained = [r for r in regions if not any(_overlap(r, box) for box in boxes)]
         if not unexplained:
             return None
+        if frame_size is not None:
+            width, height = frame_size
+            unexplained = [r for r in unexplained
+                           if r[0] > 0 and r[1] > 0 and r[2] < width and r[3] < height]
+            if not unexplained:
+                return None
+        judged = [j for j in self._motion_verdicts.get(source, ())
+                  if now - j.at < cfg.verdict_reuse_s]
+        self._motion_verdicts[source] = judged
+        for region in unexplained:
+            match = next((j for j in judged if _overlap(j.region, region)), None)
+            if match is not None:
+                match.region = region
+                return Decision("local", "verdict-reused", 0, (), match.confirmed,
+                                region=region)
         bucket = self._motion_buckets.setdefault(
             source, TokenBucket(cfg.unexplained_per_minute / 60.0, 1.0))
         if not bucket.take(now):
@@ -187,6 +221,14 @@ class EscalationPolicy:
         decision = self._escalate(source, "unexplained", (), now, positive=False)
         return Decision(decision.action, decision.reason, decision.priority, (), False,
                         region=region)
+
+    def remember_motion(self, source: str, region: Region, confirmed: bool,
+                        now: float) -> None:
+        """The hub judged the escalated moving ``region`` of ``source``. Only a
+        confirmation is remembered: a rejected region may yet grow into a face."""
+        if confirmed and self.config.verdict_reuse_s > 0:
+            self._motion_verdicts.setdefault(source, []).append(
+                _RegionVerdict(region, confirmed, now))
 
     def decide_anomaly(self, source: str, score: AnomalyScore, now: float) -> Decision:
         """Decide for one sensor window's anomaly score."""

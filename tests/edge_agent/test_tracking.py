@@ -269,3 +269,37 @@ def test_a_track_walking_out_of_view_is_leaving_not_missed() -> None:
     for _ in range(5):
         still.update([_at(300, size=60)], (640, 360))
     assert still.update([], (640, 360)).coasting  # in the middle: missed, not leaving
+
+
+def test_a_judged_moving_region_takes_its_verdict_as_it_moves() -> None:
+    policy = EscalationPolicy(PolicyConfig(unexplained_per_minute=6, verdict_reuse_s=2.0))
+    first = policy.decide_motion("door", [(100.0, 100.0, 140.0, 140.0)], [], 0.0)
+    assert first is not None
+    assert first.region is not None
+    policy.remember_motion("door", first.region, True, 0.1)
+    for step in range(1, 6):  # the small face moves on; the edge still sees nothing
+        x = 100.0 + 10 * step
+        later = policy.decide_motion("door", [(x, 100.0, x + 40, 140.0)], [], 0.1 * step)
+        assert later is not None
+        assert (later.action, later.reason, later.positive) == ("local", "verdict-reused",
+                                                                True)
+    elsewhere = policy.decide_motion("door", [(500.0, 10.0, 540.0, 50.0)], [], 0.7)
+    assert elsewhere is None  # new motion, but the per-source limit has no token yet
+    lapsed = policy.decide_motion("door", [(150.0, 100.0, 190.0, 140.0)], [], 12.0)
+    assert lapsed is not None
+    assert lapsed.action == "escalate"
+
+
+def test_motion_at_the_border_waits_and_a_rejection_is_not_remembered() -> None:
+    policy = EscalationPolicy(PolicyConfig(unexplained_per_minute=600))
+    entering = [(0.0, 100.0, 16.0, 180.0)]  # a sliver of something walking in
+    assert policy.decide_motion("door", entering, [], 0.0, (640, 360)) is None
+    inside = [(40.0, 100.0, 120.0, 180.0)]
+    first = policy.decide_motion("door", inside, [], 0.0, (640, 360))
+    assert first is not None
+    assert first.action == "escalate"
+    assert first.region is not None
+    policy.remember_motion("door", first.region, False, 0.1)
+    later = policy.decide_motion("door", [(60.0, 100.0, 140.0, 180.0)], [], 0.5, (640, 360))
+    assert later is not None
+    assert later.action == "escalate"  # asked again: a rejection does not follow motion
