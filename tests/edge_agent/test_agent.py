@@ -19,6 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.cascade import load_truth, write_clip
+from edge_agent.footage import SampleFootage
 from models import ModelStore
 from sync import (
     EventMessage,
@@ -401,3 +403,39 @@ def test_sensor_anomalies_are_escalated(broker: MosquittoBroker, anomaly_store: 
     for fault_at in (300, 600, 900):  # each injected fault lies in a flagged window
         assert any(fault_at in window or fault_at + 8 in window for window in flagged)
     collector.close()
+
+
+def test_two_faces_in_view_are_two_tracks_with_two_decisions_in_the_journal(
+    broker: MosquittoBroker, zoo_store: ModelStore, tmp_path: Path
+) -> None:
+    # The sample footage's hard segments as a clip, read by a video source: the real
+    # agent process, its decision journal read back against the clip's truth.
+    write_clip(SampleFootage(static_frames=2, distant_pass=True, hard=True),
+               tmp_path / "clip")
+    truth = load_truth(tmp_path / "clip.json")
+    both = {f.frame for f in truth.frames if f.segment == "two-faces"
+            and sum(o.label == "face" for o in f.objects) == 2}
+    responder = Responder(broker.port)
+    collector = Collector(broker.port, LAYOUT.all_devices("events"), on_message=responder)
+    raw = agent_config(tmp_path, broker.port, zoo_store.root)
+    raw["sources"] = [{"name": "yard", "kind": "video", "url": str(tmp_path / "clip.avi"),
+                       "model": "blazeface-short", "motion": {"enabled": False}}]
+    process = agent_process(write_config(tmp_path / "agent.toml", raw), "--exit-when-done")
+    try:
+        _, errors = process.communicate(timeout=180)
+    finally:
+        process.kill()
+        responder.close()
+        collector.close()
+    assert process.returncode == 0, errors.decode()[-2000:]
+    journal = [decode(line, TrackEventMessage) for line in
+               (tmp_path / "state" / "journal.jsonl").read_bytes().splitlines()]
+    tracks_on: dict[int, set[int]] = {}
+    for message in journal:
+        for sighting in message.sightings:
+            tracks_on.setdefault(sighting.frame, set()).add(message.track_id)
+    two = [frame for frame in both if len(tracks_on.get(frame, ())) >= 2]
+    assert two, "no frame with both faces showed two tracks"
+    first = min(two)
+    decided = {m.track_id: m for m in journal if m.step == "new"}
+    assert tracks_on[first] <= set(decided)  # each of them decided on its own
