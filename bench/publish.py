@@ -5,7 +5,7 @@ and the same in-flight window:
 
 * ``bare``: a paho-mqtt QoS 1 loop that publishes every payload and waits for every
   PUBACK; nothing is stored.
-* ``agent``: :class:`edge_agent.uplink.Uplink`: each event committed to the SQLite outbox
+* ``agent``: :class:`edge_agent.delivery.uplink.Uplink`: each event committed to the SQLite outbox
   (WAL, ``synchronous=FULL``) before it is published, deleted when the hub's receipt
   for it arrives (end-to-end acknowledgement; a stand-in hub subscribes to the events and
   answers with receipts in batches, as the real hub's store does with its commits).
@@ -40,8 +40,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.mosquitto import MosquittoBroker
 from edge_agent.config import MqttConfig, OutboxConfig
-from edge_agent.outbox import Outbox, OutboxItem
-from edge_agent.uplink import Uplink
+from edge_agent.delivery.outbox import Outbox, OutboxItem
+from edge_agent.delivery.uplink import Uplink
 from sync import (
     MAX_RECEIPT_IDS,
     EventIdFactory,

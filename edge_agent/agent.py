@@ -18,7 +18,7 @@ them, starts the workers and supervises them. Every thread the agent starts, by 
     decision journal (:mod:`edge_agent.journal`): its file, and its messages, handed to
     the uplink to publish.
 ``uplink``
-    Owns the outbox and the delivery window (:mod:`edge_agent.uplink`): commits,
+    Owns the outbox and the delivery window (:mod:`edge_agent.delivery.uplink`): commits,
     publishes, the hub's receipts and verdicts.
 ``paho-mqtt-client-<device id>``
     paho-mqtt's network loop for the uplink's connection; its callbacks only enqueue.
@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 from edge_agent.actions import ActionEvent, ActionKind, ActionRunner
 from edge_agent.config import AgentConfig, SourceConfig
+from edge_agent.delivery import ConnectionState, Outbox, OutboxItem, PendingRecord, Uplink
 from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.escalation import frame_event, window_event
 from edge_agent.fallback import Pending, PendingVerdicts
@@ -64,7 +65,6 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate, Region
 from edge_agent.mqtt import check_broker
 from edge_agent.notify import SystemdNotifier
-from edge_agent.outbox import Outbox, OutboxItem, PendingRecord
 from edge_agent.policy import Decision, EscalationPolicy, FrameDecision
 from edge_agent.sensors import ReadingWindow, SensorSource
 from edge_agent.sources import FolderSource, FrameItem, SampleSource, Source, VideoSource
@@ -78,7 +78,6 @@ from edge_agent.updates import (
     device_fit,
     read_trusted_root,
 )
-from edge_agent.uplink import ConnectionState, Uplink
 from hardware import (
     HardwareError,
     HardwareProfile,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from edge_agent.outbox import OutboxItem
+from edge_agent.delivery.outbox import OutboxItem
 from sync import EventMessage, ModelRef, TopicLayout, encode, uuid7_from
 
 

@@ -23,10 +23,10 @@ from cloud_hub.mqtt import BrokerSettings
 from cloud_hub.provisioning import BrokerControl, DeviceCredentials, add_device_commands
 from edge_agent.actions import ActionEvent, ActionRunner
 from edge_agent.config import ActionConfig, MqttConfig, OutboxConfig
+from edge_agent.delivery.outbox import Outbox
+from edge_agent.delivery.uplink import Uplink
 from edge_agent.metrics import AgentMetrics
-from edge_agent.outbox import Outbox
 from edge_agent.sensors import SensorSource
-from edge_agent.uplink import Uplink
 from sync import StatusMessage, TopicLayout
 from tests.broker import MosquittoBroker, free_port, make_pki
 
@@ -64,7 +64,7 @@ def _resolver_error() -> str:
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and r.name == "edge_agent.uplink"]
+            if r.levelno == logging.WARNING and r.name == "edge_agent.delivery.uplink"]
 
 
 @pytest.mark.parametrize("case", ["closed-port", "unresolvable-host"])

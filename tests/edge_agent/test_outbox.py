@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import OutboxConfig
+from edge_agent.delivery.outbox import Outbox, OutboxClock, PendingChanges, PendingRecord
 from edge_agent.errors import OutboxError
-from edge_agent.outbox import Outbox, OutboxClock, PendingChanges, PendingRecord
 from sync import TopicLayout
 from tests.edge_agent.helpers import event_id, event_item
 
@@ -181,7 +181,7 @@ def test_a_full_disk_raises_full_and_keeps_nothing_of_the_commit(tmp_path: Path)
 
 
 def test_disk_cost_estimates_pages_never_low() -> None:
-    from edge_agent.outbox import disk_cost
+    from edge_agent.delivery.outbox import disk_cost
 
     assert disk_cost(100, 4096) == 4096 // ((4096 - 35) // 300)  # rows share a page
     assert disk_cost(3000, 4096) == 4096  # one per page

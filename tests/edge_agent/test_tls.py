@@ -17,10 +17,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.mosquitto import ListenerTls
 from edge_agent.config import MqttConfig, OutboxConfig
+from edge_agent.delivery.outbox import Outbox
+from edge_agent.delivery.uplink import Uplink
 from edge_agent.errors import ConfigError
-from edge_agent.outbox import Outbox
 from edge_agent.sensors import ReadingWindow, SensorSource
-from edge_agent.uplink import Uplink
 from sync import StatusMessage, TlsFiles, TopicLayout, client_context
 from tests.broker import Collector, MosquittoBroker, Pki, make_pki
 from tests.edge_agent.helpers import event_id, event_item

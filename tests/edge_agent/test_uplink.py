@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import MqttConfig, OutboxConfig
-from edge_agent.outbox import Outbox
-from edge_agent.uplink import Uplink
+from edge_agent.delivery.outbox import Outbox
+from edge_agent.delivery.uplink import Uplink
 from sync import StatusMessage, TopicLayout, decode
 from tests.broker import Collector, MosquittoBroker
 from tests.edge_agent.helpers import event_id, event_item

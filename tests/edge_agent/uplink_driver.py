@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from edge_agent.config import MqttConfig, OutboxConfig
-from edge_agent.outbox import Outbox, OutboxItem
-from edge_agent.uplink import Uplink
+from edge_agent.delivery.outbox import Outbox, OutboxItem
+from edge_agent.delivery.uplink import Uplink
 from sync import StatusMessage, TopicLayout
 from tests.edge_agent.helpers import event_item
 

@@ -1,5 +1,6 @@
 """An agent-side producer for fault tests: sensor-window escalations through the agent's
-real delivery path (its :class:`~edge_agent.outbox.Outbox` and :class:`~edge_agent.uplink.Uplink`).
+real delivery path (its :class:`~edge_agent.delivery.Outbox` and
+:class:`~edge_agent.delivery.Uplink`).
 
 ``python -m tests.support.producer PLAN.json`` escalates events ``0 .. total-1`` of one
 provisioned device at ``rate_per_s``, each an :class:`~sync.EventMessage` as
@@ -32,8 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge_agent.config import MqttConfig, OutboxConfig
-from edge_agent.outbox import Outbox, OutboxItem
-from edge_agent.uplink import Uplink
+from edge_agent.delivery.outbox import Outbox, OutboxItem
+from edge_agent.delivery.uplink import Uplink
 from sync import EventMessage, ModelRef, StatusMessage, TopicLayout, encode, uuid7_from
 
 STATUS_INTERVAL_S = 0.5

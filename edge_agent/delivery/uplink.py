@@ -44,10 +44,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
-from edge_agent.delivery import DeliveryWindow, WindowLimits
+from edge_agent.delivery.outbox import Outbox, OutboxItem, PendingChanges
+from edge_agent.delivery.window import DeliveryWindow, WindowLimits
 from edge_agent.errors import OutboxError, PublishError
 from edge_agent.mqtt import check_broker, new_client
-from edge_agent.outbox import Outbox, OutboxItem, PendingChanges
 from sync import (
     MessageError,
     ReceiptMessage,
