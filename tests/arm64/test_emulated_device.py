@@ -298,8 +298,9 @@ def test_run_escalates_to_the_x86_hub_and_gets_verdicts(device: EmulatedDevice,
     print(f"\narm64 run: {frames} frames in {time.monotonic() - started:.0f} s (emulated); "
           + " | ".join(line.split("INFO: ")[-1] for line in serving))
     heard_file = device.path("/var/lib/edge-agent/heard.jsonl")
-    heard = [json.loads(line) for line in heard_file.read_text().splitlines()] \
-        if heard_file.exists() else []
+    lines = heard_file.read_text().splitlines() if heard_file.exists() else []
+    heard = [json.loads(line) for line in lines]
+    status = json.loads(device.path("/var/lib/edge-agent/state/status.json").read_text())
     on_device = {event["event_id"]: event for event in heard}
     judged = {event["id"]: event for event in
               hub.get(f"/v1/events?device_id={DEVICE}&limit=200")["items"]}
@@ -307,7 +308,11 @@ def test_run_escalates_to_the_x86_hub_and_gets_verdicts(device: EmulatedDevice,
         back = on_device.get(event_id, {})
         print(f"arm64 escalation {event_id}: x86 hub verdict {event['outcome']} "
               f"({event['hub_model']}), on the device: {back.get('kind')} {back.get('outcome')}")
+    print(f"arm64 agent: {status['escalations']} escalation(s) sent, {status['verdicts']} "
+          f"verdict(s) received, {status['fallbacks']} local fallback(s)")
     assert judged, "the hub judged no escalation from the arm64 agent:\n" + run.stderr[-3000:]
+    assert status["escalations"] == len(judged) <= status["verdicts"]
+    assert status["fallbacks"] == 0
     assert set(on_device) == set(judged)
     assert all(event["kind"] in ("verdict", "reconciled") for event in heard), heard
     assert all(on_device[i]["outcome"] == judged[i]["outcome"] for i in judged)
