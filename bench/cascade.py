@@ -251,12 +251,13 @@ def main(argv: list[str]) -> int:
     ids = EventIdFactory()
     hub_only, cascade, edge_only = Score(), Score(), Score()
     segments: dict[str, dict[str, Score]] = {}
+    cascade_fp_frames: list[int] = []  # where to look first
     frames = escalated = detector_calls = reused = 0
     unexplained = unexplained_confirmed = 0
     stream_bytes = uplink_bytes = 0
     reasons: dict[str, int] = {}
     # A frame the gate skips keeps the last answer (nothing moved): the answer of the
-    # objects last seen, not of a missed object held for one frame.
+    # objects last seen, not one held for an object the edge did not see.
     cascade_answer = cascade_carried = edge_answer = False
 
     def send(decision: Decision, image: npt.NDArray[np.uint8], now: float) -> tuple[str, bool]:
@@ -314,13 +315,16 @@ def main(argv: list[str]) -> int:
                     unexplained_confirmed += confirmed
                     answers.append(confirmed)
                     policy.remember_motion("yard", motion.region, confirmed, now)
-                elif motion is not None:
-                    answers.append(motion.positive)
                 cascade_carried = any(answers)
-                cascade_answer = cascade_carried or bool(decided.held)
+                # Held answers (a missed object's verdict, judged motion) hold only for
+                # the frame they were made on.
+                held = bool(decided.held) or (motion is not None and motion.positive)
+                cascade_answer = cascade_carried or held
             else:
                 cascade_answer = cascade_carried
             cascade.add(truth_here, cascade_answer)
+            if cascade_answer and not truth_here:
+                cascade_fp_frames.append(frame.index)
             edge_only.add(truth_here, edge_answer)
             if frame.segment is not None:
                 scores = segments.setdefault(frame.segment, {
@@ -348,7 +352,7 @@ def main(argv: list[str]) -> int:
         "verdicts_reused": reused,
         "detector_calls": detector_calls, "uplink_bytes": uplink_bytes,
         "stream_bytes": stream_bytes, "hub_only": hub_summary, "cascade": cascade_summary,
-        "edge_only": edge_only.summary(),
+        "edge_only": edge_only.summary(), "cascade_fp_frames": cascade_fp_frames[:100],
         "segments": {
             name: {system: {"recall": score.summary()["recall"], "fp": score.fp,
                             "frames": score.tp + score.fp + score.fn + score.tn}
