@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Installed beside the project with --no-deps on every agent install, a device's too (see
+# the recipe below and packaging/arm64/emulated-root).
+AGENT_NO_DEPS := norfair==2.3.0
 
 .PHONY: setup mosquitto chromium promtool arm64-tools demo test test-arm64 bench
 
@@ -18,7 +21,7 @@ $(STAMP): pyproject.toml
 	@# numpy 2 (tests/edge_agent/test_tracking.py), and its real dependencies (scipy,
 	@# filterpy, rich) are in pyproject's dependencies. Without --no-deps pip would
 	@# downgrade numpy under everything else.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps 'norfair==2.3.0'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(AGENT_NO_DEPS)
 	touch $(STAMP)
 
 # The tests, the demo and the benchmarks start private Mosquitto brokers (2.0, with its
@@ -89,7 +92,7 @@ test: setup chromium promtool
 	$(BIN)/pytest
 
 test-arm64: setup arm64-tools
-	packaging/arm64/emulated-root test $(BIN)/python
+	AGENT_NO_DEPS='$(AGENT_NO_DEPS)' packaging/arm64/emulated-root test $(BIN)/python
 
 bench: setup
 	$(BIN)/python -m bench overhead
