@@ -29,7 +29,9 @@ def test_demo_runs_the_whole_system_and_stops(
     thread.start()
     try:
         database = tmp_path / "hub" / "hub.sqlite3"
-        deadline = time.monotonic() + 120
+        # A hang guard, not a speed test: on two loaded cores the hub's model load and
+        # batch autotune alone can take a minute.
+        deadline = time.monotonic() + 300
         while not database.exists():
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.2)
@@ -37,7 +39,9 @@ def test_demo_runs_the_whole_system_and_stops(
         store.open()
         while True:
             counts = store.event_counts(since=0)["by_outcome"]
-            if counts.get("confirmed", 0) >= 3 and counts.get("rejected", 0) >= 1:
+            # The agent tracks objects, so one pass of the footage escalates each face's track
+            # (and the cat) rather than many frames: both outcomes, faces more than once.
+            if counts.get("confirmed", 0) >= 2 and counts.get("rejected", 0) >= 1:
                 break
             assert time.monotonic() < deadline and thread.is_alive(), counts
             time.sleep(0.5)
