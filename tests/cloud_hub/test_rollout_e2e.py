@@ -238,8 +238,9 @@ def test_a_device_offline_at_the_rollout_catches_up_when_it_returns(
         time.sleep(1.0)  # announced (retained) while nobody was listening
         assert hub.service.store.update_reports_of(device_id="cam-away") == []
         _, folder, process = hub.start_agent("cam-away")
+        # A hang guard: start, verify, install and a health window on two loaded cores.
         _wait(lambda: hub.service.store.get_rollout(rollout_id=rollout.id)["status"]
-              == "completed", 120, "the rollout to reach the returning device", hub.service)
+              == "completed", 240, "the rollout to reach the returning device", hub.service)
         assert _steps(hub.service, "cam-away", "1.1.0")[-1] == "committed"
         _wait(lambda: _serving(hub.service, "cam-away") == "1.1.0", 30, "status 1.1.0")
         assert process.poll() is None
