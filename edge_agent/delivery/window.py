@@ -139,7 +139,8 @@ class DeliveryWindow:
         self._by_mid[mid] = seq
         self._by_id[event_id] = seq
         heapq.heappush(self._timers, (entry.due, seq))
-        self.cursor = max(self.cursor, seq) if not self.backlog else self.cursor
+        if not self.backlog:  # while a backlog is read, the cursor is the read position
+            self.cursor = max(self.cursor, seq)
         self._tokens -= 1
 
     def puback(self, mid: int, ok: bool, now: float) -> int | None:
@@ -178,8 +179,7 @@ class DeliveryWindow:
             if entry.mid is not None:
                 self._by_mid.pop(entry.mid, None)
             known.append((seq, entry.cost))
-            if seq in self._live_set:
-                self._live_set.discard(seq)
+            self._live_set.discard(seq)
         return known, unknown
 
     def forget(self, seqs: list[int]) -> None:
