@@ -576,7 +576,7 @@ class EdgeAgent:
         if decided_here or (motion is not None and motion.action == "local" and motion.positive):
             self._act("decision", name, tuple(det for d in decided_here for det in d.detections))
         if counted:  # after the decision's work, so that the shadow delays nothing
-            health.run_shadow(detect)
+            health.run_shadow(detect, model)
 
     def _process_window(self, item: ReadingWindow, model: Model) -> None:
         name = item.source
@@ -602,7 +602,7 @@ class EdgeAgent:
                 manifest=model.manifest, values=item.values, score=anomaly.score,
             ), decision)
         if counted:
-            health.run_shadow(score)
+            health.run_shadow(score, model)
 
     def _infer(self, source: str, model: Model, run: Callable[[Model], _Result],
                what: str) -> tuple[_Result, float, ModelHealth] | None:

@@ -41,10 +41,15 @@ class ModelHealth:
     delegates settle then, and the install itself still competes for the CPU.
 
     During a health window the previous model can run as a *shadow*: after each counted
-    inference the pipeline runs it on the same input, and the two latencies are kept as a
-    pair (timed by ``clock``). Both are then measured under the same load, which a
-    comparison with the previous model's earlier window is not (a busy device would fail
-    good updates); latency is judged on these pairs only (:func:`sync.install.compare_latency`).
+    inference the pipeline runs the new model and the previous one again on the same
+    input, back to back, and keeps the two latencies as a pair (timed by ``clock``). Both
+    are then measured under the same load, which a comparison with the previous model's
+    earlier window is not (a busy device would fail good updates), and in the same
+    setting: the serving call's own time is not used, since it runs amid the frame's
+    other work (a source thread decoding the next frame, the GIL) and would make an
+    identical model look slower. Which of the two runs first alternates from pair to pair,
+    so that a warm cache or a preemption favours neither. Latency is judged on these pairs
+    only (:func:`sync.install.compare_latency`).
     """
 
     warmup: int = 0
@@ -85,21 +90,29 @@ class ModelHealth:
         with self._shadow_lock:
             self._shadow = None
 
-    def run_shadow(self, infer: Callable[[Model], object]) -> None:
-        """Time ``infer`` on the shadow model, if there is one, and pair its latency with
-        the new model's on the same input, just recorded (pipeline thread). A failing
-        shadow is not the new model's fault: it is logged and not counted."""
-        new, self._last_latency = self._last_latency, None
+    def run_shadow(self, infer: Callable[[Model], object], serving: Model) -> None:
+        """If the inference just recorded was counted and succeeded and a shadow runs,
+        time ``infer`` on ``serving`` and on the shadow, back to back on the same input,
+        and keep the pair (pipeline thread). A failure of either here pairs nothing: the
+        previous model's is not the new one's fault, and the new one's own serving call,
+        which is what its error rate counts, has already succeeded."""
+        counted, self._last_latency = self._last_latency is not None, None
         with self._shadow_lock:
-            if self._shadow is None or new is None:
+            if self._shadow is None or not counted:
                 return
-            started = self.clock()
-            try:
-                infer(self._shadow)
-            except ModelError as exc:
-                log.warning("the previous model failed beside the new one: %s", exc)
-                return
-            self.latency_pairs.append((new, self.clock() - started))
+            order = ((serving, self._shadow) if len(self.latency_pairs) % 2 == 0
+                     else (self._shadow, serving))
+            timed: dict[int, float] = {}
+            for model in order:
+                started = self.clock()
+                try:
+                    infer(model)
+                except ModelError as exc:
+                    which = "new" if model is serving else "previous"
+                    log.warning("the %s model failed in a paired latency run: %s", which, exc)
+                    return
+                timed[id(model)] = self.clock() - started
+            self.latency_pairs.append((timed[id(serving)], timed[id(self._shadow)]))
 
     def stats(self) -> HealthStats:
         """A snapshot for the health judgement."""

@@ -216,22 +216,24 @@ def test_health_window_times_the_previous_model_beside_the_new_one(
         shadowed.append(model)
         return model.detect(image)
 
-    health.run_shadow(detect)  # no shadow yet: nothing runs
+    health.run_shadow(detect, new)  # no shadow yet: nothing runs
     health.start_shadow(previous)
     for _ in range(6):
         started = time.perf_counter()
         new.detect(image)
         if health.record(time.perf_counter() - started):  # not during the warm-up
-            health.run_shadow(detect)
+            health.run_shadow(detect, new)
     stats = health.stats()
     assert stats.inferences == 4 and len(stats.latency_pairs_s) == 4
-    assert shadowed == [previous] * 4
+    assert shadowed == [new, previous, previous, new] * 2  # both again, in turns
 
     def failing(model: Model) -> object:
-        raise ModelError("the previous model broke")
+        if model is previous:
+            raise ModelError("the previous model broke")
+        return model.detect(image)
 
     health.record(0.001)
-    health.run_shadow(failing)  # the previous model's failure is not the new one's
+    health.run_shadow(failing, new)  # the previous model's failure is not the new one's
     assert health.stats().errors == 0 and len(health.latency_pairs) == 4
 
     # Ending the shadow waits for the shadow inference under way, so the updater can
@@ -239,12 +241,13 @@ def test_health_window_times_the_previous_model_beside_the_new_one(
     entered, release, ended = threading.Event(), threading.Event(), threading.Event()
 
     def slow(model: Model) -> object:
-        entered.set()
-        release.wait(10)
+        if model is previous:
+            entered.set()
+            release.wait(10)
         return model.detect(image)
 
     health.record(0.001)
-    worker = threading.Thread(target=health.run_shadow, args=(slow,))
+    worker = threading.Thread(target=health.run_shadow, args=(slow, new))
     worker.start()
     assert entered.wait(10)
     ender = threading.Thread(target=lambda: (health.end_shadow(), ended.set()))
@@ -254,7 +257,7 @@ def test_health_window_times_the_previous_model_beside_the_new_one(
     worker.join(10)
     ender.join(10)
     assert ended.is_set() and len(health.latency_pairs) == 5
-    health.run_shadow(detect)
-    assert len(shadowed) == 4  # ended: nothing runs any more
+    health.run_shadow(detect, new)
+    assert len(shadowed) == 8  # ended: nothing runs any more
     new.close()
     previous.close()
