@@ -8,6 +8,7 @@ json``) and exit status 1; usage errors exit with 2. Lists take ``--json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -16,12 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cloud_hub.api.auth import hash_token, new_token
-from cloud_hub.distribution import ModelDistribution
+from cloud_hub.distribution import ModelDistribution, warnings_now
 from cloud_hub.errors import HubError, SettingsError
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings, load_settings
 from hardware import plan_for_runtime, probe_hardware
-from sync import add_log_options, configure_logging, share_options, version_line
+from sync import (
+    RolloutStateError,
+    add_log_options,
+    configure_logging,
+    share_options,
+    version_line,
+)
+from sync.rollout import Rollout
 
 log = logging.getLogger("cloud_hub")
 Handler = Callable[[argparse.Namespace, HubSettings], int]
@@ -99,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--role", choices=["viewer", "operator", "admin"], required=True)
     create.set_defaults(handler=_tokens_create)
+    token_list = token_commands.add_parser("list", help="show every token's id, name and role")
+    token_list.add_argument("--json", action="store_true",
+                            help="one JSON object on stdout: {\"tokens\": [...]}")
+    token_list.set_defaults(handler=_tokens_list)
+    token_revoke = token_commands.add_parser(
+        "revoke", help="revoke a token by id (refused from its next request on)")
+    token_revoke.add_argument("token_id", type=int)
+    token_revoke.set_defaults(handler=_tokens_revoke)
 
     keys = commands.add_parser("keys", help="manage the update signing keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -143,7 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--targets-key", type=Path, default=None, metavar="FILE",
                       help="the targets key, where it is kept offline")
     back.set_defaults(handler=_rollout_rollback)
-    show = rollout_commands.add_parser("list", help="show rollouts")
+    for name, what in (("cancel", "stop a rollout where it is (no further device installs)"),
+                       ("pause", "start no further wave until resumed"),
+                       ("resume", "go on with a paused rollout")):
+        command = rollout_commands.add_parser(name, help=what)
+        command.add_argument("rollout_id")
+        if name == "cancel":
+            command.add_argument("--reason", default="cancelled by the operator")
+        command.set_defaults(handler=_rollout_command, rollout_action=name)
+    show = rollout_commands.add_parser("list", help="show rollouts and their warnings")
     show.add_argument("--json", action="store_true",
                       help="one JSON object on stdout: {\"rollouts\": [...]}")
     show.set_defaults(handler=_rollout_list)
@@ -273,6 +297,24 @@ def _tokens_create(args: argparse.Namespace, settings: HubSettings) -> int:
     return 0
 
 
+def _tokens_list(args: argparse.Namespace, settings: HubSettings) -> int:
+    with _hub_store(settings) as service:
+        listed = service.store.list_tokens()
+    if args.json:
+        print(json.dumps({"tokens": [dataclasses.asdict(t) for t in listed]}))
+        return 0
+    for token in listed:
+        print(f"{token.id:>5}  {token.name:<24} {token.role}")
+    return 0
+
+
+def _tokens_revoke(args: argparse.Namespace, settings: HubSettings) -> int:
+    with _hub_store(settings) as service:
+        token = service.store.revoke_token(token_id=args.token_id)
+    print(f"token {token.id} ({token.name}, {token.role}) revoked: refused from now on")
+    return 0
+
+
 def _keys_init(args: argparse.Namespace, settings: HubSettings) -> int:
     from cloud_hub.updates import ModelRepository
 
@@ -374,18 +416,42 @@ def _rollout_rollback(args: argparse.Namespace, settings: HubSettings) -> int:
     return 0
 
 
+def _rollout_command(args: argparse.Namespace, settings: HubSettings) -> int:
+    with _hub_store(settings) as service:
+        distribution = _distribution(service)
+        try:
+            if args.rollout_action == "cancel":
+                rollout = distribution.cancel(args.rollout_id, args.reason)
+            elif args.rollout_action == "pause":
+                rollout = distribution.pause(args.rollout_id)
+            else:
+                rollout = distribution.resume(args.rollout_id)
+        except RolloutStateError as exc:
+            raise HubError(str(exc)) from exc
+        warnings = warnings_now(service.store, settings, rollout)
+    # Cancelling narrows the group's announcement, resuming may start a wave: both publish.
+    note = "" if args.rollout_action == "pause" else (
+        f" (announced on the broker at {settings.mqtt_host}:{settings.mqtt_port})")
+    print(f"rollout {rollout.id}: {rollout.status}{note}")
+    for warning in warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
 def _rollout_list(args: argparse.Namespace, settings: HubSettings) -> int:
     with _hub_store(settings) as service:
-        rollouts = service.store.list_rollouts()
+        rollouts = [Rollout.from_dict(r) for r in service.store.list_rollouts()]
+        warned = [(r, warnings_now(service.store, settings, r)) for r in rollouts]
     if args.json:
-        print(json.dumps({"rollouts": rollouts}))
+        print(json.dumps({"rollouts": [{**r.to_dict(), "warnings": w} for r, w in warned]}))
         return 0
-    for rollout in rollouts:
-        done = len(rollout["results"])
-        total = sum(len(w) for w in rollout["waves"])
-        print(f"{rollout['id']}  {rollout['model']} {rollout['version']} -> "
-              f"{rollout['group']}: {rollout['status']}, wave {rollout['wave'] + 1}, "
-              f"{done}/{total} reported {rollout['reason']}")
+    for rollout, warnings in warned:
+        total = sum(len(w) for w in rollout.waves)
+        print(f"{rollout.id}  {rollout.model} {rollout.version} -> {rollout.group}: "
+              f"{rollout.status}, wave {rollout.wave + 1}, {len(rollout.results)}/{total} "
+              f"reported {rollout.reason}")
+        for warning in warnings:
+            print(f"  warning: {warning}")
     return 0
 
 

@@ -13,6 +13,11 @@ announced again only when the devices it targets change: each such change (a wav
 started, a halt) follows reports from devices that could only have reported after the
 previous announcement reached the broker, so two hubs cannot overwrite the group's
 retained announcement out of order.
+
+An operator pauses, resumes or cancels a rollout through the same compare-and-set. A
+rollout that cannot progress says why in its warnings (:func:`rollout_warnings`, pure,
+computed when the rollout is read): devices it waits for that are offline for long, that
+have updates turned off, or a group with no device left.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloud_hub.errors import HubError, NotFoundError, TargetsKeyOfflineError
 from cloud_hub.settings import HubSettings
@@ -29,7 +36,7 @@ from cloud_hub.store import Store
 from cloud_hub.updates import Clock, ModelRepository, target_path, utc_now
 from models import ModelBundle, ModelStore, default_store_path, semver_key
 from sync import ModelAnnouncement, TopicLayout, UpdateReport, encode
-from sync.rollout import Rollout, on_report, roll_back, start
+from sync.rollout import LIVE_STATUSES, Rollout, cancel, on_report, pause, resume, roll_back, start
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +160,42 @@ class ModelDistribution:
         return self.start(model=rollout.model, version=again.manifest.version,
                           group=rollout.group, canary_percent=100)
 
+    def cancel(self, rollout_id: str, reason: str = "cancelled by the operator") -> Rollout:
+        """Stop a rollout where it is: devices that installed keep the version, no other
+        device is told to install it (the group's announcement is narrowed at once).
+
+        Raises:
+            NotFoundError: No such rollout.
+            RolloutStateError: It is completed, halted or rolled back already.
+        """
+        return self._command(rollout_id, lambda rollout: cancel(rollout, reason))
+
+    def pause(self, rollout_id: str) -> Rollout:
+        """Start no further wave (devices already told go on installing).
+
+        Raises:
+            NotFoundError: No such rollout.
+            RolloutStateError: It is not running.
+        """
+        return self._command(rollout_id, pause)
+
+    def resume(self, rollout_id: str) -> Rollout:
+        """Go on with a paused rollout; a wave that finished meanwhile moves on at once.
+
+        Raises:
+            NotFoundError: No such rollout.
+            RolloutStateError: It is not paused.
+        """
+        return self._command(rollout_id, resume)
+
+    def _command(self, rollout_id: str, change: Callable[[Rollout], Rollout]) -> Rollout:
+        done = self.store.update_rollout(rollout_id=rollout_id, change=change)
+        if done.after != done.before:
+            log.info("rollout %s: %s -> %s", rollout_id, done.before.status, done.after.status)
+        if done.after.targeted != done.before.targeted:
+            self._announce(done.after)
+        return done.after
+
     def _check_can_sign(self, targets_key: Path | None) -> None:
         if not self.repository.exists():
             raise HubError("no signing keys: run `cloud-hub keys init` first")
@@ -175,8 +218,101 @@ class ModelDistribution:
                  rollout.wave + 1, len(rollout.targeted))
 
 
+def warnings_now(store: Store, settings: HubSettings, rollout: Rollout, *,
+                 now: float | None = None) -> list[str]:
+    """Why ``rollout`` cannot progress, from its group's devices as stored now (see
+    :func:`rollout_warnings`)."""
+    if rollout.status not in LIVE_STATUSES:
+        return []
+    return rollout_warnings(
+        rollout, [device_readiness(d) for d in store.list_devices(group=rollout.group)],
+        now=time.time() if now is None else now,
+        offline_after_s=settings.rollout_offline_warning_s)
+
+
 def current_rollout(store: Store, rollout_id: str) -> Rollout:
     """A stored rollout as a value (for the API)."""
     return Rollout.from_dict(store.get_rollout(rollout_id=rollout_id))
 
 
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReadiness:
+    """What a rollout's warnings need to know of one device of its group.
+
+    Attributes:
+        last_seen: When the hub last heard from it (Unix s; ``None``: never).
+        updates_enabled: Whether it installs updates (``None``: it did not say).
+    """
+
+    id: str
+    online: bool
+    last_seen: float | None
+    updates_enabled: bool | None
+
+
+def device_readiness(device: Mapping[str, Any]) -> DeviceReadiness:
+    """The readiness of a device as :meth:`Store.list_devices` returns it."""
+    last_seen = device.get("last_seen")
+    enabled = device.get("updates_enabled")
+    return DeviceReadiness(str(device["id"]), bool(device["online"]),
+                           float(last_seen) if last_seen is not None else None,
+                           bool(enabled) if enabled is not None else None)
+
+
+def rollout_warnings(rollout: Rollout, group: Sequence[DeviceReadiness], *, now: float,
+                     offline_after_s: float) -> list[str]:
+    """Why a running or paused rollout cannot progress, one sentence each (empty: nothing
+    stands in its way). Pure.
+
+    A wave moves on only when every device of it has reported, so a device of the current
+    wave (or a later one) that is offline for long, or that has updates turned off, holds
+    the whole rollout; a group left without devices holds it too.
+
+    Args:
+        group: The devices of the rollout's group now.
+        now: The current time (Unix s).
+        offline_after_s: How long offline counts as long.
+    """
+    if rollout.status not in LIVE_STATUSES:
+        return []
+    found = {d.id: d for d in group}
+    if not found:
+        return [f"group {rollout.group} has no devices: nothing can install "
+                f"{rollout.model} {rollout.version}"]
+    waiting = [d for wave in rollout.waves[rollout.wave:] for d in wave
+               if rollout.outcome(d) is None]
+    warnings = []
+    gone = [d for d in waiting if d not in found]
+    if gone:
+        warnings.append(f"{_devices(gone)} left group {rollout.group} or were removed; "
+                        "the wave waits for their reports")
+    updates_off = [d for d in waiting if d in found and found[d].updates_enabled is False]
+    if updates_off:
+        warnings.append(f"updates are turned off on {_devices(updates_off)} (updates.enabled "
+                        "in the agent's config): they will never install this version")
+    quiet = [d for d in waiting if d in found and _quiet(found[d], now, offline_after_s)]
+    if quiet:
+        warnings.append(f"{_devices(quiet)} offline for over {_duration(offline_after_s)} "
+                        "(or never connected): the wave waits for them")
+    return warnings
+
+
+def _quiet(device: DeviceReadiness, now: float, offline_after_s: float) -> bool:
+    return not device.online and (device.last_seen is None
+                                  or now - device.last_seen > offline_after_s)
+
+
+def _devices(names: Sequence[str], shown: int = 5) -> str:
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more"
+                                         if len(names) > shown else "")
+    return f"{len(names)} device(s) ({listed})"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"

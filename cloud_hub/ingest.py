@@ -234,12 +234,15 @@ class IngestWorker:
             order = status.epoch if status.epoch is not None else time.time()
             self.store.record_status(device_id=device_id, online=status.state == "online",
                                      at=order, seq=status.seq, models=status.models,
-                                     backend=status.backend)
+                                     backend=status.backend,
+                                     updates_enabled=status.updates_enabled)
 
     def _telemetry(self, device_id: str, payload: bytes) -> None:
         telemetry = self._accept(device_id, payload, TelemetryMessage, "telemetry")
         if telemetry is not None:
             self.metrics.record_telemetry(device_id, telemetry.at, telemetry.values)
+            # Heard from: a rollout warns about devices it waits for that went quiet.
+            self.store.touch_device(device_id=device_id, at=time.time())
 
     def _update_report(self, device_id: str, payload: bytes) -> None:
         report = self._accept(device_id, payload, UpdateReport, "update report")

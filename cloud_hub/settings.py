@@ -102,6 +102,9 @@ class HubSettings(BaseSettings):
     tuf_refresh_interval_s: float = Field(
         default=300.0, gt=0, le=3600,
         description="seconds between checks of the update metadata's expiry dates")
+    rollout_offline_warning_s: float = Field(
+        default=3600.0, gt=0, description="a rollout warns about a device it waits for "
+        "that has been offline (not heard from) for longer than this")
 
     @model_validator(mode="after")
     def _tls_files_need_tls(self) -> HubSettings:

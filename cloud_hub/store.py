@@ -49,6 +49,8 @@ devices = sa.Table(
     sa.Column("status_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("models", sa.Text, nullable=False, server_default="{}"),
     sa.Column("backend", sa.String(128), nullable=False, server_default=""),
+    # NULL: the device never said (an agent older than the field, or never connected).
+    sa.Column("updates_enabled", sa.Boolean, nullable=True),
 )
 
 events = sa.Table(
@@ -154,8 +156,15 @@ def _v4(conn: Connection) -> None:
             "ALTER TABLE devices ADD COLUMN status_seq BIGINT NOT NULL DEFAULT 0"))
 
 
+def _v5(conn: Connection) -> None:
+    # Whether a device installs updates, from its status: a rollout to a group whose
+    # devices install none cannot progress, and says so (rollout warnings).
+    if "updates_enabled" not in {c["name"] for c in sa.inspect(conn).get_columns("devices")}:
+        conn.execute(sa.text("ALTER TABLE devices ADD COLUMN updates_enabled BOOLEAN"))
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
@@ -169,6 +178,17 @@ class RolloutChange:
 
     before: Rollout
     after: Rollout
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """An API token as the store lists it (its hash stays inside)."""
+
+    id: int
+    name: str
+    role: str
+    created_at: float
+    last_used: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,13 +362,15 @@ class Store:
             return [_device(row._mapping) for row in conn.execute(query)]
 
     def record_status(self, *, device_id: str, online: bool, at: float,
-                      models: dict[str, str], backend: str, seq: int = 0) -> None:
+                      models: dict[str, str], backend: str, seq: int = 0,
+                      updates_enabled: bool | None = None) -> None:
         """Store a device's retained status (online or its last will), if newer.
 
         Args:
             at: Orders statuses together with ``seq``: the device's connection epoch (or,
                 from a device that sends none, when the hub received it).
             seq: The status's place within its connection (a last will comes last).
+            updates_enabled: Whether it installs model updates (``None``: it did not say).
         """
         newer = sa.or_(
             devices.c.status_at.is_(None), devices.c.status_at < at,
@@ -357,7 +379,8 @@ class Store:
         with self._tx() as conn:
             conn.execute(devices.update().where(devices.c.id == device_id).where(newer).values(
                 online=online, status_at=at, status_seq=seq, models=json.dumps(models),
-                backend=backend, last_seen=sa.func.coalesce(devices.c.last_seen, at)))
+                backend=backend, last_seen=sa.func.coalesce(devices.c.last_seen, at),
+                updates_enabled=updates_enabled))
 
     def touch_device(self, *, device_id: str, at: float) -> None:
         """Note that a device was heard from."""
@@ -612,6 +635,32 @@ class Store:
             result = conn.execute(tokens.insert().values(
                 name=name, role=role, token_hash=token_hash, created_at=time.time()))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def list_tokens(self) -> list[TokenRow]:
+        """Every API token (never its hash), oldest first."""
+        with self._tx() as conn:
+            return [TokenRow(int(r.id), str(r.name), str(r.role), float(r.created_at),
+                             r.last_used)
+                    for r in conn.execute(sa.select(tokens.c.id, tokens.c.name, tokens.c.role,
+                                                    tokens.c.created_at, tokens.c.last_used)
+                                          .order_by(tokens.c.id))]
+
+    def revoke_token(self, *, token_id: int) -> TokenRow:
+        """Delete a token: the next request that carries it is refused (every request
+        looks its token up here, so no cache outlives this).
+
+        Raises:
+            NotFoundError: No such token.
+        """
+        with self._tx() as conn:
+            row = conn.execute(sa.select(tokens.c.id, tokens.c.name, tokens.c.role,
+                                         tokens.c.created_at, tokens.c.last_used)
+                               .where(tokens.c.id == token_id)).first()
+            if row is None:
+                raise NotFoundError("token", str(token_id))
+            conn.execute(tokens.delete().where(tokens.c.id == token_id))
+        return TokenRow(int(row.id), str(row.name), str(row.role), float(row.created_at),
+                        row.last_used)
 
     def token_role(self, *, token_hash: str) -> tuple[str, str] | None:
         """``(name, role)`` of a token, or ``None``."""

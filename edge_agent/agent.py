@@ -822,6 +822,7 @@ class EdgeAgent:
             at=time.time(), agent_version=VERSION,
             models={m.manifest.name: m.manifest.version for m, _ in self.models.values()},
             backend=", ".join(sorted({s.chosen for _, s in self.models.values()})),
+            updates_enabled=self.config.updates.enabled,
         )
 
     def _send_telemetry(self) -> None:

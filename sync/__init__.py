@@ -20,6 +20,7 @@ from sync.errors import (
     MalformedMessageError,
     MessageError,
     OversizedMessageError,
+    RolloutStateError,
     SyncError,
     TopicError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "ModelRef",
     "OversizedMessageError",
     "ReceiptMessage",
+    "RolloutStateError",
     "SightingPayload",
     "StatusMessage",
     "SyncError",

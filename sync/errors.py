@@ -7,7 +7,8 @@ Hierarchy::
     ├── MessageError            a payload that cannot be accepted
     │   ├── OversizedMessageError   larger than the configured limit
     │   └── MalformedMessageError   not JSON, wrong schema, or a field missing or wrong
-    └── BrokerTlsError          the broker's TLS does not verify (never retried)
+    ├── BrokerTlsError          the broker's TLS does not verify (never retried)
+    └── RolloutStateError       a rollout cannot be paused, resumed or cancelled as it is
 """
 
 from __future__ import annotations
@@ -54,3 +55,20 @@ class MalformedMessageError(MessageError):
 class BrokerTlsError(SyncError):
     """The broker's TLS cannot be trusted or used: a wrong CA or host name, a refused
     client certificate, missing TLS files, or no TLS on the port. Retrying cannot help."""
+
+
+class RolloutStateError(SyncError):
+    """A rollout cannot take this command in its present status (resuming one that is not
+    paused, cancelling one that completed).
+
+    Attributes:
+        rollout_id: The rollout.
+        status: Its status.
+        action: ``pause``, ``resume`` or ``cancel``.
+    """
+
+    def __init__(self, rollout_id: str, status: str, action: str) -> None:
+        self.rollout_id = rollout_id
+        self.status = status
+        self.action = action
+        super().__init__(f"cannot {action} rollout {rollout_id}: it is {status}")

@@ -154,6 +154,10 @@ class StatusMessage(_DeviceMessage):
     agent_version: str = ""
     models: dict[str, str] = Field(default_factory=dict)
     backend: str = ""
+    updates_enabled: bool | None = Field(
+        default=None, description="whether the agent installs signed model updates (its "
+        "config's updates.enabled); None from agents that do not say: a rollout to a device "
+        "that installs none cannot progress, and the hub warns about it")
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -4,6 +4,12 @@ A rollout sends one model version to one device group in waves. The first wave i
 canary share; the next wave starts when every device of the current one has reported an
 outcome and no more than ``max_failure_share`` of them failed (rolled back, or refused
 the update). Past that share the rollout halts: no further device is targeted.
+
+An operator may pause a running rollout (the devices already targeted go on installing and
+their reports are kept, but no further wave starts until it is resumed) or cancel it (as a
+halt: no device that has not reported is targeted any more). A rollout that is completed,
+halted, cancelled or rolled back is final: pausing, resuming or cancelling it is refused
+with :class:`RolloutStateError`.
 """
 
 from __future__ import annotations
@@ -14,9 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, cast, get_args
 
-from sync.errors import SyncError
+from sync.errors import RolloutStateError, SyncError
 
-RolloutStatus = Literal["running", "halted", "completed", "rolled-back"]
+RolloutStatus = Literal["running", "paused", "halted", "cancelled", "completed",
+                        "rolled-back"]
+#: A rollout in one of these states changes no more.
+FINAL_STATUSES = frozenset({"halted", "cancelled", "completed", "rolled-back"})
+#: Statuses in which devices' outcomes are still taken into account.
+LIVE_STATUSES = frozenset({"running", "paused"})
 FAILED_STEPS = frozenset({"rolled-back", "refused"})
 FINAL_STEPS = FAILED_STEPS | {"committed"}
 
@@ -39,7 +50,7 @@ class Rollout:
     @property
     def targeted(self) -> tuple[str, ...]:
         """Devices allowed to install now (every wave started so far)."""
-        if self.status in ("halted", "rolled-back"):
+        if self.status in ("halted", "cancelled", "rolled-back"):
             return tuple(d for wave in self.waves[: self.wave + 1] for d in wave
                          if d in dict(self.results))
         return tuple(d for wave in self.waves[: self.wave + 1] for d in wave)
@@ -104,12 +115,18 @@ def start(*, rollout_id: str, model: str, version: str, group: str, devices: Seq
 
 
 def on_report(rollout: Rollout, device: str, step: str) -> Rollout:
-    """Take a device's install step into account; advance or halt the rollout."""
-    if rollout.status != "running" or step not in FINAL_STEPS:
+    """Take a device's install step into account; advance or halt the rollout (a paused
+    one keeps the outcome, and may halt, but starts no wave)."""
+    if rollout.status not in LIVE_STATUSES or step not in FINAL_STEPS:
         return rollout
     if device not in rollout.targeted or rollout.outcome(device) is not None:
         return rollout
-    rollout = replace(rollout, results=(*rollout.results, (device, step)))
+    return _progress(replace(rollout, results=(*rollout.results, (device, step))))
+
+
+def _progress(rollout: Rollout) -> Rollout:
+    """Halt past the failure share; once the current wave has all reported, start the next
+    one (only while running) or complete."""
     wave = rollout.waves[rollout.wave]
     outcomes = [rollout.outcome(d) for d in wave]
     failed = sum(o in FAILED_STEPS for o in outcomes)
@@ -117,7 +134,7 @@ def on_report(rollout: Rollout, device: str, step: str) -> Rollout:
         return replace(rollout, status="halted",
                        reason=f"{failed} of {len(wave)} devices in wave {rollout.wave + 1} "
                               "failed or rolled back")
-    if any(o is None for o in outcomes):
+    if any(o is None for o in outcomes) or rollout.status != "running":
         return rollout
     if rollout.wave + 1 < len(rollout.waves):
         return replace(rollout, wave=rollout.wave + 1)
@@ -127,3 +144,46 @@ def on_report(rollout: Rollout, device: str, step: str) -> Rollout:
 def roll_back(rollout: Rollout, reason: str) -> Rollout:
     """Stop the rollout on command; the hub then ships the previous model again."""
     return replace(rollout, status="rolled-back", reason=reason)
+
+
+def pause(rollout: Rollout) -> Rollout:
+    """Start no further wave until :func:`resume`.
+
+    Raises:
+        RolloutStateError: The rollout is not running.
+    """
+    if rollout.status == "paused":
+        return rollout
+    _require(rollout, "running", "pause")
+    return replace(rollout, status="paused")
+
+
+def resume(rollout: Rollout) -> Rollout:
+    """Go on where :func:`pause` stopped: a wave that finished meanwhile moves on at once.
+
+    Raises:
+        RolloutStateError: The rollout is not paused.
+    """
+    if rollout.status == "running":
+        return rollout
+    _require(rollout, "paused", "resume")
+    return _progress(replace(rollout, status="running"))
+
+
+def cancel(rollout: Rollout, reason: str) -> Rollout:
+    """Stop the rollout where it is: devices that reported keep what they installed, no
+    other device is targeted any more.
+
+    Raises:
+        RolloutStateError: The rollout is final already.
+    """
+    if rollout.status == "cancelled":
+        return rollout
+    if rollout.status in FINAL_STATUSES:
+        raise RolloutStateError(rollout.id, rollout.status, "cancel")
+    return replace(rollout, status="cancelled", reason=reason)
+
+
+def _require(rollout: Rollout, status: RolloutStatus, action: str) -> None:
+    if rollout.status != status:
+        raise RolloutStateError(rollout.id, rollout.status, action)

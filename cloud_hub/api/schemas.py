@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sync import check_name
+from sync.rollout import RolloutStatus
 
 #: Device ids and group names, as ``sync.check_name`` checks them (which also refuses
 #: ``.`` and ``..``): stated for the OpenAPI document, while ``check_name`` keeps
@@ -53,6 +54,9 @@ class DevicePublic(BaseModel):
     status_at: float | None
     models: dict[str, str]
     backend: str
+    updates_enabled: bool | None = Field(
+        default=None, description="whether the device installs model updates (None: it has "
+        "not said)")
 
 
 class MqttCredentials(BaseModel):
@@ -127,9 +131,41 @@ class TokenCreate(BaseModel):
 class TokenIssued(BaseModel):
     """A new token, shown once."""
 
+    id: int
     name: str
     role: str
     token: str
+
+
+class TokenPublic(BaseModel):
+    """A token as listed (never the token itself)."""
+
+    id: int
+    name: str
+    role: str
+    created_at: float
+    last_used: float | None
+
+
+class RolloutPublic(BaseModel):
+    """A rollout: its waves, each device's outcome, its status and why it cannot progress.
+
+    ``warnings`` is empty while nothing stands in the rollout's way; otherwise each entry
+    is one sentence (devices it waits for offline for long, updates turned off on them, a
+    group with no device). Only a running or paused rollout has warnings.
+    """
+
+    id: str
+    model: str
+    version: str
+    group: str
+    waves: list[list[str]]
+    wave: int
+    status: RolloutStatus
+    max_failure_share: float
+    results: dict[str, str]
+    reason: str
+    warnings: list[str] = Field(default_factory=list)
 
 
 class InferenceResult(BaseModel):

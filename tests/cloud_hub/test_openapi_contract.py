@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 ADMIN = "hub_admin-token-for-the-contract-run"
 EXAMPLES = 25
+REVOKES_THE_RUNS_TOKEN = "DELETE /v1/tokens/{token_id}"
 OPAQUE_INPUT = frozenset({"GET /v1/events", "POST /v1/models", "POST /v1/infer/{model}"})
 
 
@@ -59,8 +60,11 @@ def api_schema(hub_app: FastAPI) -> schemathesis.BaseSchema:
 
 def test_every_operation_answers_as_documented(api_schema: schemathesis.BaseSchema) -> None:
     failures = {}
-    for result in api_schema.get_all_operations():
-        operation = result.ok()
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    # Revoking tokens may revoke the run's own token (id 1): that operation goes last,
+    # where the 401s that follow are still as documented.
+    operations.sort(key=lambda operation: operation.label == REVOKES_THE_RUNS_TOKEN)
+    for operation in operations:
         failure = _run_operation(operation)
         if failure is not None:
             failures[operation.label] = failure

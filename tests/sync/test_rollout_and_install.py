@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 
-from sync.errors import SyncError
+from sync.errors import RolloutStateError, SyncError
 from sync.install import (
     HealthLimits,
     HealthStats,
@@ -19,7 +20,17 @@ from sync.install import (
     judge_health,
     resume_action,
 )
-from sync.rollout import Rollout, on_report, plan_waves, roll_back, start
+from sync.rollout import (
+    Rollout,
+    RolloutStatus,
+    cancel,
+    on_report,
+    pause,
+    plan_waves,
+    resume,
+    roll_back,
+    start,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +69,7 @@ def test_a_rollout_survives_its_plain_data_and_refuses_damaged_data() -> None:
                     canary_percent=20)
     rollout = on_report(rollout, rollout.waves[0][0], "committed")
     assert rollout.results and Rollout.from_dict(rollout.to_dict()) == rollout
-    for damage in ({"waves": "cam-01"}, {"status": "paused"}, {"wave": "1"}, {"results": []}):
+    for damage in ({"waves": "cam-01"}, {"status": "stuck"}, {"wave": "1"}, {"results": []}):
         with pytest.raises(SyncError, match="not a rollout"):
             Rollout.from_dict({**rollout.to_dict(), **damage})
     with pytest.raises(SyncError, match="not a rollout"):
@@ -180,3 +191,49 @@ def test_looking_again_as_pairs_arrive_keeps_the_stated_confidence() -> None:
     assert 0 < alarm <= 1 - limits.latency_confidence
     with pytest.raises(ValueError, match="latency_confidence"):
         HealthLimits(latency_confidence=0.4)
+
+
+def test_a_paused_rollout_keeps_outcomes_but_starts_no_wave_until_resumed() -> None:
+    rollout = start(rollout_id="r5", model="m", version="1.2.0", group="g", devices=DEVICES,
+                    canary_percent=20)
+    canaries = rollout.waves[0]
+    rollout = pause(rollout)
+    assert rollout.status == "paused" and pause(rollout) == rollout
+    for device in canaries:
+        rollout = on_report(rollout, device, "committed")
+    assert rollout.wave == 0 and set(rollout.targeted) == set(canaries)
+    assert dict(rollout.results) == dict.fromkeys(canaries, "committed")
+    rollout = resume(rollout)
+    assert rollout.status == "running" and rollout.wave == 1
+    assert set(rollout.targeted) == set(DEVICES) and resume(rollout) == rollout
+
+
+def test_a_paused_rollout_still_halts_on_failures() -> None:
+    rollout = pause(start(rollout_id="r6", model="m", version="1.3.0", group="g",
+                          devices=DEVICES, canary_percent=20, max_failure_share=0.2))
+    rollout = on_report(rollout, rollout.waves[0][0], "rolled-back")
+    assert rollout.status == "halted"
+
+
+def test_cancel_targets_only_devices_that_reported_and_is_final() -> None:
+    rollout = start(rollout_id="r7", model="m", version="1.4.0", group="g", devices=DEVICES,
+                    canary_percent=20)
+    first, second = rollout.waves[0]
+    rollout = cancel(on_report(rollout, first, "committed"), "wrong build")
+    assert rollout.status == "cancelled" and rollout.reason == "wrong build"
+    assert rollout.targeted == (first,)
+    assert on_report(rollout, second, "committed") == rollout
+    assert cancel(rollout, "again") == rollout
+    for command in (pause, resume):
+        with pytest.raises(RolloutStateError, match="it is cancelled"):
+            command(rollout)
+    assert Rollout.from_dict(rollout.to_dict()) == rollout
+
+
+@pytest.mark.parametrize("final", ["completed", "halted", "rolled-back"])
+def test_a_final_rollout_refuses_cancel_pause_and_resume(final: RolloutStatus) -> None:
+    rollout = replace(start(rollout_id="r8", model="m", version="1.5.0", group="g",
+                            devices=DEVICES, canary_percent=20), status=final)
+    for command in (pause, resume, lambda r: cancel(r, "late")):
+        with pytest.raises(RolloutStateError, match=f"it is {final}"):
+            command(rollout)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from dataclasses import asdict
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud_hub.api.auth import hash_token, new_token
 from cloud_hub.api.deps import AUTH, ServiceDep, documented, get_principal, require
-from cloud_hub.api.schemas import TokenCreate, TokenIssued
+from cloud_hub.api.schemas import TokenCreate, TokenIssued, TokenPublic
+from cloud_hub.errors import NotFoundError
 
 router = APIRouter(tags=["operations"])
 
@@ -55,9 +58,28 @@ def metrics(service: ServiceDep) -> Response:
 
 @router.post("/v1/tokens", response_model=TokenIssued, status_code=status.HTTP_201_CREATED,
              dependencies=[require("admin")], tags=["auth"], responses=AUTH)
-def issue_token(body: TokenCreate, service: ServiceDep) -> dict[str, str]:
+def issue_token(body: TokenCreate, service: ServiceDep) -> TokenIssued:
     """Issue an API token (shown once; only its keyed hash is stored)."""
     token = new_token()
-    service.store.add_token(name=body.name, role=body.role,
-                            token_hash=hash_token(service.settings.secret_key, token))
-    return {"name": body.name, "role": body.role, "token": token}
+    token_id = service.store.add_token(
+        name=body.name, role=body.role, token_hash=hash_token(service.settings.secret_key, token))
+    return TokenIssued(id=token_id, name=body.name, role=body.role, token=token)
+
+
+@router.get("/v1/tokens", response_model=list[TokenPublic], dependencies=[require("admin")],
+            tags=["auth"], responses=AUTH)
+def list_tokens(service: ServiceDep) -> list[TokenPublic]:
+    """Every API token's id, name and role (never the token)."""
+    return [TokenPublic(**asdict(t)) for t in service.store.list_tokens()]
+
+
+@router.delete("/v1/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT,
+               dependencies=[require("admin")], tags=["auth"],
+               responses={**AUTH, **documented(404)})
+def revoke_token(token_id: int, service: ServiceDep) -> None:
+    """Revoke a token: the next request that carries it is refused (401), the dashboard's
+    cookie included. Revoking the token that makes this request is allowed."""
+    try:
+        service.store.revoke_token(token_id=token_id)
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.deps import AUTH, ServiceDep, documented, require
-from cloud_hub.api.schemas import ErrorPublic
-from cloud_hub.distribution import ModelDistribution
+from cloud_hub.api.schemas import ErrorPublic, RolloutPublic
+from cloud_hub.distribution import ModelDistribution, warnings_now
 from cloud_hub.errors import HubError, NotFoundError, TargetsKeyOfflineError
 from cloud_hub.service import HubService
 from models import ModelError
+from sync import RolloutStateError
+from sync.rollout import Rollout, RolloutStatus
 
 router = APIRouter(tags=["rollouts"])
 
@@ -70,25 +73,34 @@ def publish_model(name: str, version: str, body: PublishRequest,
     return {"target": path}
 
 
-@router.get("/v1/rollouts", dependencies=[require("viewer")], responses=AUTH)
-def list_rollouts(service: ServiceDep, status_filter: str | None = None) -> list[dict[str, Any]]:
-    """Every rollout, newest first."""
-    return service.store.list_rollouts(status=status_filter)
+def _public(service: HubService, rollout: Rollout) -> RolloutPublic:
+    return RolloutPublic.model_validate(
+        {**rollout.to_dict(), "warnings": warnings_now(service.store, service.settings, rollout)})
 
 
-@router.get("/v1/rollouts/{rollout_id}", dependencies=[require("viewer")],
-            responses={**AUTH, **documented(404)})
-def get_rollout(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
-    """One rollout: waves, outcomes per device, status."""
+@router.get("/v1/rollouts", response_model=list[RolloutPublic],
+            dependencies=[require("viewer")], responses=AUTH)
+def list_rollouts(service: ServiceDep,
+                  status_filter: RolloutStatus | None = None) -> list[RolloutPublic]:
+    """Every rollout, newest first, each with its warnings."""
+    return [_public(service, Rollout.from_dict(r))
+            for r in service.store.list_rollouts(status=status_filter)]
+
+
+@router.get("/v1/rollouts/{rollout_id}", response_model=RolloutPublic,
+            dependencies=[require("viewer")], responses={**AUTH, **documented(404)})
+def get_rollout(rollout_id: str, service: ServiceDep) -> RolloutPublic:
+    """One rollout: waves, outcomes per device, status, and why it cannot progress."""
     try:
-        return service.store.get_rollout(rollout_id=rollout_id)
+        return _public(service, Rollout.from_dict(
+            service.store.get_rollout(rollout_id=rollout_id)))
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 
-@router.post("/v1/rollouts", status_code=status.HTTP_201_CREATED,
+@router.post("/v1/rollouts", status_code=status.HTTP_201_CREATED, response_model=RolloutPublic,
              dependencies=[require("operator")], responses={**AUTH, **documented(404, 409, 503)})
-def start_rollout(body: RolloutCreate, service: ServiceDep) -> dict[str, Any]:
+def start_rollout(body: RolloutCreate, service: ServiceDep) -> RolloutPublic:
     """Start a staged rollout: canaries first, then the rest of the group."""
     try:
         rollout = _distribution(service).start(
@@ -98,13 +110,57 @@ def start_rollout(body: RolloutCreate, service: ServiceDep) -> dict[str, Any]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except HubError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    result: dict[str, Any] = rollout.to_dict()
-    return result
+    return _public(service, rollout)
 
 
-@router.post("/v1/rollouts/{rollout_id}/rollback", dependencies=[require("operator")],
+class RolloutCancel(BaseModel):
+    """Why a rollout is cancelled (kept as its reason)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reason: str = Field(default="cancelled by the operator", max_length=500)
+
+
+def _command(service: HubService, rollout_id: str,
+             command: Callable[[ModelDistribution], Rollout]) -> RolloutPublic:
+    distribution = _distribution(service)
+    try:
+        return _public(service, command(distribution))
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except RolloutStateError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+
+
+@router.post("/v1/rollouts/{rollout_id}/cancel", response_model=RolloutPublic,
+             dependencies=[require("operator")], responses={**AUTH, **documented(404, 409, 503)})
+def cancel_rollout(rollout_id: str, service: ServiceDep,
+                   body: RolloutCancel | None = None) -> RolloutPublic:
+    """Stop a rollout where it is: devices that installed keep the version, no other device
+    is told to install it. A final rollout (completed, halted, rolled back) is a 409."""
+    reason = (body or RolloutCancel()).reason
+    return _command(service, rollout_id, lambda d: d.cancel(rollout_id, reason))
+
+
+@router.post("/v1/rollouts/{rollout_id}/pause", response_model=RolloutPublic,
+             dependencies=[require("operator")], responses={**AUTH, **documented(404, 409, 503)})
+def pause_rollout(rollout_id: str, service: ServiceDep) -> RolloutPublic:
+    """Start no further wave until resumed (devices already told go on installing). Only
+    a running rollout pauses (409 otherwise); pausing a paused one changes nothing."""
+    return _command(service, rollout_id, lambda d: d.pause(rollout_id))
+
+
+@router.post("/v1/rollouts/{rollout_id}/resume", response_model=RolloutPublic,
+             dependencies=[require("operator")], responses={**AUTH, **documented(404, 409, 503)})
+def resume_rollout(rollout_id: str, service: ServiceDep) -> RolloutPublic:
+    """Go on with a paused rollout (409 unless paused or running)."""
+    return _command(service, rollout_id, lambda d: d.resume(rollout_id))
+
+
+@router.post("/v1/rollouts/{rollout_id}/rollback", response_model=RolloutPublic,
+             dependencies=[require("operator")],
              responses={**AUTH, **documented(404, 409, 503), **TARGETS_KEY_OFFLINE})
-def rollback(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
+def rollback(rollout_id: str, service: ServiceDep) -> RolloutPublic:
     """Stop a rollout and ship the previous model to the whole group again (signing it
     needs the targets key: where it is offline, this route is off, as publishing is)."""
     try:
@@ -115,5 +171,4 @@ def rollback(rollout_id: str, service: ServiceDep) -> dict[str, Any]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except HubError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    result: dict[str, Any] = again.to_dict()
-    return result
+    return _public(service, again)
