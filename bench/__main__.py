@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import batching, cascade, footprint, gate, overhead, publish, update
+from bench import batching, cascade, footprint, gate, overhead, publish, scaleout, update
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "batching": batching.main,
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "gate": gate.main,
     "overhead": overhead.main,
     "publish": publish.main,
+    "scaleout": scaleout.main,
     "update": update.main,
 }
 

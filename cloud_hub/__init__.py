@@ -1,8 +1,8 @@
 """The cloud hub: judges what the edge escalates, stores events, serves the web API,
 and distributes signed model updates.
 
-Public API: the service and its settings, the app factory, the store, the TUF repository
-and rollouts, and the hub's errors.
+Public API: the service and its settings, the judge's seam (:class:`EventJudge`), the
+app factory, the store, the TUF repository and rollouts, and the hub's errors.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from cloud_hub.errors import (
     StoreUnavailableError,
     UpdateRepositoryError,
 )
+from cloud_hub.judge import EventJudge, Judgement
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings, load_settings
 from cloud_hub.store import Store
@@ -29,10 +30,12 @@ from cloud_hub.updates import ModelRepository
 
 __all__ = [
     "BadCursorError",
+    "EventJudge",
     "HubError",
     "HubService",
     "HubSettings",
     "JudgeError",
+    "Judgement",
     "ModelDistribution",
     "ModelRepository",
     "NotFoundError",

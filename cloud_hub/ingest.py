@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError, RetryLaterError
-from cloud_hub.judge import Judge
+from cloud_hub.judge import EventJudge
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.mqtt import BrokerSettings, default_client_id
 from cloud_hub.settings import HubSettings
@@ -61,7 +61,7 @@ _Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, Upda
 class IngestWorker:
     """One hub process's share of the fleet's escalations."""
 
-    def __init__(self, settings: HubSettings, store: Store, judge: Judge,
+    def __init__(self, settings: HubSettings, store: Store, judge: EventJudge,
                  metrics: HubMetrics,
                  on_update_report: Callable[[UpdateReport], None] | None = None) -> None:
         self.settings = settings
@@ -298,7 +298,7 @@ class IngestWorker:
                 self.metrics.images_refused.labels(exc.reason, "ingest").inc()
             self._drop("bad-image", f"event {event.event_id}: {exc}")
             outcome, detections, inference_ms = "rejected", (), 0.0
-            model, version = self.judge.detector.manifest.name, "unjudged"
+            model, version = self.judge.model_name, "unjudged"
         self.metrics.inference.observe(time.perf_counter() - started)
         self.store.set_verdict(
             event_id=event.event_id, outcome=outcome,

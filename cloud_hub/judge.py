@@ -7,6 +7,10 @@ coordinates. Any detector bundle in the store or the zoo can replace BlazeFace
 (``CLOUD_HUB_JUDGE_MODEL``: an SSD, YOLO or boxes-scores detector, float or INT8), with
 ``CLOUD_HUB_JUDGE_LABELS`` naming the labels that confirm (a multi-class YOLO model's
 face classes, say); without a landmark model the detector alone decides.
+
+Ingest needs only :class:`EventJudge` of a judge: :class:`Judge` is the hub's, and
+:class:`~cloud_hub.service.HubService` takes another in its place (the scale-out
+benchmark's fixed-cost judge, ``bench/replica.py``), which then loads no model.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +51,21 @@ class Judgement:
     model: str
     version: str
     inference_ms: float
+
+
+class EventJudge(Protocol):
+    """What ingest asks of a judge."""
+
+    @property
+    def model_name(self) -> str:
+        """The model named in the verdict of an event it could not judge."""
+
+    def judge(self, event: EventMessage) -> Judgement:
+        """Decide on one escalation.
+
+        Raises:
+            JudgeError: The event cannot be judged (its image is refused, say).
+        """
 
 
 def decode_untrusted(data: bytes, *, max_pixels: int) -> npt.NDArray[np.uint8]:
@@ -108,6 +128,11 @@ class Judge:
         self.confirm_score = confirm_score
         # Runtimes' sessions are not safe to call from several ingest threads at once.
         self._landmarks_lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        """The detector's name."""
+        return self.detector.manifest.name
 
     def judge(self, event: EventMessage) -> Judgement:
         """Decide on one escalation.

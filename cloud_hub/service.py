@@ -20,7 +20,7 @@ from cloud_hub.batching import (
 from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import DeviceExistsError, HubError
 from cloud_hub.ingest import IngestWorker
-from cloud_hub.judge import Judge, load_hub_model
+from cloud_hub.judge import EventJudge, Judge, load_hub_model
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.mqtt import BrokerSettings, publish_once
 from cloud_hub.provisioning import (
@@ -52,10 +52,12 @@ class HubService:
         settings: Validated settings.
         ingest: Whether to consume escalations from the broker (an API-only replica may not).
         clock: The signing clock (expiry dates of the update metadata); tests move it.
+        judge: Judges escalations instead of the models' :class:`Judge`, which is then
+            not loaded (the scale-out benchmark's fixed-cost judge).
     """
 
     def __init__(self, settings: HubSettings, *, ingest: bool = True,
-                 clock: Clock = utc_now) -> None:
+                 clock: Clock = utc_now, judge: EventJudge | None = None) -> None:
         self.settings = settings
         self._clock = clock
         self.refresher: RepositoryRefresher | None = None
@@ -65,7 +67,7 @@ class HubService:
         self.metrics.watch_fleet(self.store.fleet_state)
         self.models: dict[str, tuple[Model, Selection]] = {}
         self.batchers: dict[str, MicroBatcher] = {}
-        self.judge: Judge | None = None
+        self.judge: EventJudge | None = judge
         self.distribution: ModelDistribution | None = None
         self.ingest: IngestWorker | None = None
         self._want_ingest = ingest
@@ -102,15 +104,8 @@ class HubService:
         self.open_store()
         if self._want_ingest:
             self.broker.check()  # a wrong CA or host name stops the hub here, loudly
-        detector_batcher = self.batcher(self.settings.detector_model)
-        detector, _ = self.models[self.settings.detector_model]
-        landmarks = None
-        if self.settings.landmark_model:
-            landmarks, _ = self._load(self.settings.landmark_model)
-        self.judge = Judge(detector, detector_batcher, landmarks,
-                           confirm_score=self.settings.confirm_score,
-                           max_image_pixels=self.settings.max_image_pixels,
-                           labels=self.settings.judge_label_set)
+        if self.judge is None:
+            self.judge = self._model_judge()
         if self._want_ingest:
             self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics,
                                        on_update_report=self._on_update_report)
@@ -147,6 +142,18 @@ class HubService:
         if self.settings.targets_key_offline and targets.exists():
             log.warning("the targets key is to be kept offline, but %s is on this machine: "
                         "move it to offline storage", targets)
+
+    def _model_judge(self) -> Judge:
+        """The judge of the configured detector and landmark models, loading them."""
+        detector_batcher = self.batcher(self.settings.detector_model)
+        detector, _ = self.models[self.settings.detector_model]
+        landmarks = None
+        if self.settings.landmark_model:
+            landmarks, _ = self._load(self.settings.landmark_model)
+        return Judge(detector, detector_batcher, landmarks,
+                     confirm_score=self.settings.confirm_score,
+                     max_image_pixels=self.settings.max_image_pixels,
+                     labels=self.settings.judge_label_set)
 
     def _load(self, name: str) -> tuple[Model, Selection]:
         with self._lock:

@@ -1,4 +1,11 @@
-"""Two hub processes on one shared subscription and one PostgreSQL database."""
+"""Hub replicas on one shared subscription and one PostgreSQL database.
+
+The first two tests run ``cloud-hub serve`` with its models; the others run replicas
+whose judge costs a fixed time per event (:mod:`bench.replica`, the scale-out benchmark's
+rig), so that what they count is how the replicas share the work, not how fast two
+cores run models: with one judge slot per replica, the largest share of a burst is the
+number of judgements one after another the burst needed.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from skimage import data
 
+from bench.scaleout import ScaleOutRig, wait_ready
 from cloud_hub.store import Store, rollouts
 from models import ModelStore
 from sync import ModelAnnouncement, TopicLayout, UpdateReport, decode, encode
@@ -190,3 +198,65 @@ def test_two_hubs_take_one_wave_of_reports_at_once_and_the_rollout_loses_none(
     finally:
         locker.dispose()
         store.close()
+
+
+SCALE_EVENTS = 48  # divisible by 1, 2 and 4 replicas
+
+
+def test_a_burst_needs_fewer_judge_slots_with_each_replica_added(
+    tmp_path: Path, postgres_schema: str
+) -> None:
+    """1, then 2, then 4 replicas take the same burst: each replica judges a share of
+    it, and the largest share (judgements in a row, at a fixed cost each) halves."""
+    rig = ScaleOutRig(tmp_path, postgres_store_url(postgres_schema), devices=8, cost_ms=20)
+    slots: dict[int, int] = {}
+    try:
+        rig.start()
+        for replicas in (1, 2, 4):
+            rig.add_replicas(replicas - len(rig.replicas))
+            rig.warm_up()
+            ids = rig.fleet.escalate(SCALE_EVENTS)
+            assert rig.fleet.wait_answered(ids, 120), f"{len(rig.fleet.unanswered(ids))} unanswered"
+            shares = rig.shares(ids)
+            assert (shares.stored, shares.stored_twice) == (SCALE_EVENTS, 0)
+            assert set(shares.by_replica) == {r.name for r in rig.replicas}, shares.by_replica
+            assert shares.judge_slots <= SCALE_EVENTS / replicas * 1.25, shares.by_replica
+            slots[replicas] = shares.judge_slots
+    finally:
+        rig.close()
+    assert slots[1] > slots[2] > slots[4], slots
+
+
+def test_a_replica_killed_mid_stream_loses_nothing(tmp_path: Path, postgres_schema: str) -> None:
+    """``kill -9`` of one of three replicas with events in hand, more events while it is
+    down, and its return under the same client id (as a pod's container restarts under
+    the pod's name): every event stored once, every device has all its verdicts."""
+    rig = ScaleOutRig(tmp_path, postgres_store_url(postgres_schema), devices=6, cost_ms=50)
+    try:
+        rig.start()
+        rig.add_replicas(3)
+        rig.warm_up()
+        victim = rig.replicas[1]
+        before = rig.fleet.escalate(60)  # 20 each: a second of judging per replica
+        deadline = time.monotonic() + 60
+        while rig.shares(before).by_replica.get(victim.name, 0) < 2:
+            assert time.monotonic() < deadline, "the victim judged nothing"
+            time.sleep(0.05)
+        victim.kill()
+        after = rig.fleet.escalate(60)
+        deadline = time.monotonic() + 60
+        while len(rig.fleet.unanswered(after)) > len(after) // 3:
+            assert time.monotonic() < deadline, "the surviving replicas did not answer theirs"
+            time.sleep(0.1)
+        # The broker kept the dead replica's share in its session: it comes back for it.
+        victim.start()
+        wait_ready([victim])
+        ids = before + after
+        assert rig.fleet.wait_answered(ids, 120), f"{len(rig.fleet.unanswered(ids))} unanswered"
+        shares = rig.shares(ids)
+        assert (shares.stored, shares.stored_twice) == (len(ids), 0)
+        assert rig.shares(after).by_replica.get(victim.name, 0) > 0
+        answered = {rig.fleet.sent_by[i] for i in ids if rig.fleet.verdicts_received[i]}
+        assert answered == set(rig.fleet.device_ids)
+    finally:
+        rig.close()
