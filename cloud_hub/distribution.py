@@ -41,6 +41,8 @@ from sync.rollout import LIVE_STATUSES, Rollout, cancel, on_report, pause, resum
 log = logging.getLogger(__name__)
 
 Publisher = Callable[[str, bytes, bool], None]
+#: Told ``(before, after)`` when a rollout's status changed here (webhooks).
+StatusListener = Callable[[Rollout, Rollout], None]
 
 
 class ModelDistribution:
@@ -48,13 +50,16 @@ class ModelDistribution:
 
     Args:
         clock: The signing clock (expiry dates of the TUF metadata); tests move it.
+        on_status: Told when a rollout's status changes through this hub (a report that
+            halts or completes it, an operator's command).
     """
 
     def __init__(self, settings: HubSettings, store: Store, publish: Publisher, *,
-                 clock: Clock = utc_now) -> None:
+                 clock: Clock = utc_now, on_status: StatusListener | None = None) -> None:
         self.settings = settings
         self.store = store
         self._publish = publish
+        self._on_status = on_status
         self.layout = TopicLayout(settings.mqtt_prefix)
         self.repository = ModelRepository(
             settings.repository_dir, settings.signing_keys_dir, clock=clock,
@@ -123,8 +128,7 @@ class ModelDistribution:
         before, after = change.before, change.after
         if after.status == "halted" and before.status != "halted":
             log.warning("rollout %s halted: %s", after.id, after.reason)
-        if after.targeted != before.targeted:
-            self._announce(after)
+        self._changed(before, after)
 
     def roll_back(self, rollout_id: str, reason: str = "operator request", *,
                   targets_key: Path | None = None) -> Rollout:
@@ -192,9 +196,16 @@ class ModelDistribution:
         done = self.store.update_rollout(rollout_id=rollout_id, change=change)
         if done.after != done.before:
             log.info("rollout %s: %s -> %s", rollout_id, done.before.status, done.after.status)
-        if done.after.targeted != done.before.targeted:
-            self._announce(done.after)
+        self._changed(done.before, done.after)
         return done.after
+
+    def _changed(self, before: Rollout, after: Rollout) -> None:
+        """Announce again when the targeted devices changed; tell the listener of a new
+        status."""
+        if after.targeted != before.targeted:
+            self._announce(after)
+        if after.status != before.status and self._on_status is not None:
+            self._on_status(before, after)
 
     def _check_can_sign(self, targets_key: Path | None) -> None:
         if not self.repository.exists():

@@ -63,9 +63,11 @@ class IngestWorker:
 
     def __init__(self, settings: HubSettings, store: Store, judge: EventJudge,
                  metrics: HubMetrics,
-                 on_update_report: Callable[[UpdateReport], None] | None = None) -> None:
+                 on_update_report: Callable[[UpdateReport], None] | None = None,
+                 on_verdict: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.settings = settings
         self._on_update_report = on_update_report
+        self._on_verdict = on_verdict
         self.store = store
         self.judge = judge
         self.metrics = metrics
@@ -332,3 +334,5 @@ class IngestWorker:
                              qos=1, properties=properties)
         self.metrics.verdicts.labels(verdict.outcome).inc()
         self.metrics.verdict_latency.observe(max(0.0, time.time() - stored["captured_at"]))
+        if self._on_verdict is not None:
+            self._on_verdict(stored)

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from cloud_hub.errors import HubError
 from cloud_hub.store import FleetState
+from cloud_hub.webhooks import WebhookMetrics
 from sync import release
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ class HubMetrics:
         self.tuf_refresh_failures = Counter("hub_tuf_refresh_failures",
                                             "Checks of the update metadata that failed",
                                             registry=r)
+        self.webhooks = WebhookMetrics(
+            Counter("hub_webhook_deliveries", "Webhook deliveries by result (delivered, "
+                    "failed after its attempts or refused, dropped from a full queue)",
+                    ["result"], registry=r),
+            Counter("hub_webhook_retries", "Webhook attempts that failed and were retried",
+                    registry=r),
+            Gauge("hub_webhook_queue_deliveries", "Webhook deliveries waiting to be sent",
+                  registry=r))
 
     def watch_fleet(self, read: Callable[[], FleetState]) -> None:
         """Export the fleet state ``read`` returns at each scrape."""

@@ -1,5 +1,7 @@
 """The hub's parts wired together: store, models, batchers, judge, ingest, retention,
-and the ``tuf-refresher`` thread that keeps the signed update metadata from expiring."""
+the ``tuf-refresher`` thread that keeps the signed update metadata from expiring, and the
+``webhook-sender`` thread (when a webhook URL is set) that verdicts and rollout changes
+are queued to."""
 
 from __future__ import annotations
 
@@ -36,9 +38,11 @@ from cloud_hub.provisioning import (
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store
 from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, utc_now
+from cloud_hub.webhooks import WebhookConfig, WebhookSender, verdict_data
 from hardware import Selection
 from models import Model
 from sync import TopicLayout, UpdateReport
+from sync.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ class HubService:
         self.judge: EventJudge | None = judge
         self.distribution: ModelDistribution | None = None
         self.ingest: IngestWorker | None = None
+        webhooks = WebhookConfig.from_settings(settings)
+        self.webhooks = (WebhookSender(webhooks, self.metrics.webhooks)
+                         if webhooks is not None else None)
         self._want_ingest = ingest
         self._stop = threading.Event()
         self._retention: threading.Thread | None = None
@@ -81,13 +88,24 @@ class HubService:
         self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store.open()
         self.distribution = ModelDistribution(self.settings, self.store, self._announce,
-                                              clock=self._clock)
+                                              clock=self._clock, on_status=self._rollout_status)
 
     def _announce(self, topic: str, payload: bytes, retain: bool) -> None:
         if self.ingest is not None:
             self.ingest.publish(topic, payload, retain)
         else:
             publish_once(self.broker, topic, payload, retain=retain)
+
+    def _rollout_status(self, before: Rollout, after: Rollout) -> None:
+        if self.webhooks is not None:
+            self.webhooks.submit("rollout", {
+                "rollout_id": after.id, "model": after.model, "version": after.version,
+                "group": after.group, "status": after.status, "previous_status": before.status,
+                "wave": after.wave + 1, "reason": after.reason})
+
+    def _verdict(self, event: dict[str, Any]) -> None:
+        if self.webhooks is not None:
+            self.webhooks.submit("verdict", verdict_data(event))
 
     def _on_update_report(self, report: UpdateReport) -> None:
         if self.distribution is not None:
@@ -102,13 +120,16 @@ class HubService:
         """
         self._check_signing_keys()
         self.open_store()
+        if self.webhooks is not None:
+            self.webhooks.start()
         if self._want_ingest:
             self.broker.check()  # a wrong CA or host name stops the hub here, loudly
         if self.judge is None:
             self.judge = self._model_judge()
         if self._want_ingest:
             self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics,
-                                       on_update_report=self._on_update_report)
+                                       on_update_report=self._on_update_report,
+                                       on_verdict=self._verdict)
             self.ingest.start()
         self._retention = threading.Thread(target=self._retain, name="retention", daemon=True)
         self._retention.start()
@@ -128,6 +149,8 @@ class HubService:
             self.refresher.stop()
         if self.ingest is not None:
             self.ingest.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         for batcher in self.batchers.values():
             batcher.stop()
         for model, _ in self.models.values():

@@ -102,6 +102,23 @@ class HubSettings(BaseSettings):
     tuf_refresh_interval_s: float = Field(
         default=300.0, gt=0, le=3600,
         description="seconds between checks of the update metadata's expiry dates")
+    webhook_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="POST verdicts and rollout changes "
+        "here, signed (X-Hub-Signature: t=...,v1=HMAC-SHA256 of '<t>.<body>'); off when unset")
+    webhook_secret: str | None = Field(
+        default=None, min_length=16, description="the webhooks' HMAC key, shared with the "
+        "receiver")
+    webhook_events: str = Field(
+        default="verdict,rollout", pattern=r"^(verdict|rollout)(,(verdict|rollout))*$",
+        description="which webhooks to send, comma-separated: verdict, rollout")
+    webhook_queue_max: int = Field(default=1000, ge=1, description="webhooks waiting at "
+                                   "most; more are dropped (counted)")
+    webhook_max_attempts: int = Field(default=6, ge=1, le=50)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    webhook_backoff_min_s: float = Field(
+        default=1.0, gt=0, description="delay before the first retry; doubles per retry, "
+        "with jitter, up to webhook_backoff_max_s")
+    webhook_backoff_max_s: float = Field(default=300.0, gt=0)
     rollout_offline_warning_s: float = Field(
         default=3600.0, gt=0, description="a rollout warns about a device it waits for "
         "that has been offline (not heard from) for longer than this")
@@ -115,6 +132,13 @@ class HubSettings(BaseSettings):
         if named and not self.mqtt_tls:
             raise ValueError(f"{', '.join(named)} set but mqtt_tls is off; set "
                              "CLOUD_HUB_MQTT_TLS=true")
+        return self
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> HubSettings:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("webhook_url needs webhook_secret (CLOUD_HUB_WEBHOOK_SECRET, "
+                             "at least 16 characters): every webhook is signed")
         return self
 
     @model_validator(mode="after")
