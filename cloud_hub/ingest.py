@@ -6,7 +6,8 @@ that several hub processes split the load. paho acknowledges nothing by itself
 mid-way gets it redelivered. The store inserts each event id once; a redelivered event is
 answered with the verdict already recorded. Bad input (malformed, oversized, unknown
 device, a device writing under another's id, a device re-sending another's event id) is
-counted, logged and dropped.
+counted, logged and dropped. Devices' decision journals arrive the same way (QoS 0): the
+steps of escalated tracks are kept for the events' timelines (:mod:`cloud_hub.journal`).
 
 paho's network thread only queues messages; ``ingest-<n>`` worker threads handle them,
 so that their detector requests meet in the micro-batcher.
@@ -28,11 +29,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError, RetryLaterError
+from cloud_hub.journal import JOURNAL_MAX_BYTES, DeviceRate, check_step, never_escalated
 from cloud_hub.judge import EventJudge
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.mqtt import BrokerSettings, default_client_id
 from cloud_hub.settings import HubSettings
-from cloud_hub.store import Store
+from cloud_hub.store import Store, TrackKey
 from sync import (
     DetectionPayload,
     EventMessage,
@@ -44,6 +46,7 @@ from sync import (
     TelemetryMessage,
     TopicError,
     TopicLayout,
+    TrackEventMessage,
     UpdateReport,
     VerdictMessage,
     decode,
@@ -55,7 +58,8 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 256
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 10.0
-_Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, UpdateReport)
+_Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, UpdateReport,
+                  TrackEventMessage)
 
 
 class IngestWorker:
@@ -79,6 +83,9 @@ class IngestWorker:
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.handled = 0
+        self._journal_rate = DeviceRate(settings.journal_steps_per_minute,
+                                        settings.journal_burst)
+        self._journal_rate_lock = threading.Lock()  # the ingest-<n> workers share it
 
     def start(self) -> None:
         """Connect, subscribe, start the worker threads."""
@@ -125,6 +132,7 @@ class IngestWorker:
         client.subscribe(self.layout.all_devices("status"), qos=1)
         client.subscribe(self.layout.all_devices("telemetry"), qos=0)  # every replica: metrics
         client.subscribe(self.layout.shared(self.settings.share_group, "updates"), qos=1)
+        client.subscribe(self.layout.shared(self.settings.share_group, "journal"), qos=0)
         self.connected.set()
         self.metrics.connected.set(1)
         log.info("%s connected to %s:%d", self.name, self.settings.mqtt_host,
@@ -138,7 +146,10 @@ class IngestWorker:
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
         try:
-            self._queue.put(message, timeout=10)
+            if message.qos == 0:  # nothing to redeliver it: never hold paho up for one
+                self._queue.put_nowait(message)
+            else:
+                self._queue.put(message, timeout=10)
         except queue.Full:
             # Not acknowledged: the broker delivers it again after a reconnect.
             self.metrics.dropped.labels("hub-busy").inc()
@@ -198,6 +209,8 @@ class IngestWorker:
             self._update_report(address.name, payload)
         elif address.kind == "telemetry":
             self._telemetry(address.name, payload)
+        elif address.kind == "journal":
+            self._journal(address.name, payload)
         else:
             self._drop("unexpected-topic", topic)
 
@@ -206,11 +219,12 @@ class IngestWorker:
         log.warning("dropped a message (%s): %s", reason, detail)
 
     def _accept(self, device_id: str, payload: bytes, kind: type[_Device],
-                what: str) -> _Device | None:
+                what: str, *, max_bytes: int | None = None) -> _Device | None:
         """Decode a device's message; count and drop it if it is malformed, oversized,
         claims another device, or comes from a device that was never provisioned."""
         try:
-            message = decode(payload, kind, max_bytes=self.settings.max_message_bytes)
+            message = decode(payload, kind,
+                             max_bytes=max_bytes or self.settings.max_message_bytes)
         except OversizedMessageError as exc:
             self._drop("oversized", f"{what} from {device_id}: {exc}")
             return None
@@ -251,6 +265,40 @@ class IngestWorker:
         if report is not None and self._on_update_report is not None:
             self._on_update_report(report)
 
+    def _journal(self, device_id: str, payload: bytes) -> None:
+        """Keep one step of a device's decision journal (see :mod:`cloud_hub.journal`)."""
+        step = self._accept(device_id, payload, TrackEventMessage, "journal step",
+                            max_bytes=min(JOURNAL_MAX_BYTES, self.settings.max_message_bytes))
+        if step is None:
+            return
+        problem = check_step(step)
+        if problem is not None:
+            self._drop("malformed", f"journal step from {device_id}: {problem}")
+            return
+        with self._journal_rate_lock:
+            allowed = self._journal_rate.allow(device_id, time.monotonic())
+        if not allowed:
+            # Not logged one by one: a flood would flood the log too.
+            self.metrics.dropped.labels("journal-rate").inc()
+            return
+        if step.event_id is not None:
+            try:
+                owner = self.store.get_event(event_id=step.event_id)["device_id"]
+            except NotFoundError:
+                owner = device_id  # not stored yet: the journal may overtake its event
+            if owner != device_id:
+                self._drop("replayed-event-id", f"{device_id}'s journal names event "
+                           f"{step.event_id} of {owner}")
+                return
+        if never_escalated(step):
+            track = TrackKey(device_id, step.source, step.track_id, step.first_frame)
+            since = self.store.lifecycle_start(track=track, before=step.at)
+            if since is not None:
+                self.store.forget_track(track=track, since=since)
+            return
+        self.store.add_journal_step(message=step, received_at=time.time())
+        self.metrics.journal_steps.labels(device_id).inc()
+
     def publish(self, topic: str, payload: bytes, retain: bool) -> None:
         """Publish with QoS 1 on the worker's connection (announcements)."""
         if self._client is None:
@@ -270,7 +318,7 @@ class IngestWorker:
             edge_version=event.model.version,
             edge_detections=json.dumps([d.model_dump(mode="json") for d in event.detections]),
             anomaly_score=event.anomaly_score, crop=event.crop_jpeg,
-            thumbnail=event.thumbnail_jpeg,
+            thumbnail=event.thumbnail_jpeg, **_frame_size(event),
         )
         if new:
             self.metrics.ingested.labels(device_id).inc()
@@ -336,3 +384,16 @@ class IngestWorker:
         self.metrics.verdict_latency.observe(max(0.0, time.time() - stored["captured_at"]))
         if self._on_verdict is not None:
             self._on_verdict(stored)
+
+
+MAX_FRAME_SIDE = 65_535
+
+
+def _frame_size(event: EventMessage) -> dict[str, int]:
+    """The event's frame size as stored: only a plausible one (its boxes are in it)."""
+    if event.frame_size is None:
+        return {}
+    width, height = event.frame_size
+    if not (0 < width <= MAX_FRAME_SIDE and 0 < height <= MAX_FRAME_SIDE):
+        return {}
+    return {"frame_width": width, "frame_height": height}

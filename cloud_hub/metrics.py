@@ -102,6 +102,8 @@ class HubMetrics:
             "When a device's latest telemetry was taken (its clock)", ["device"], registry=r)
         self.ingested = Counter("hub_events_ingested", "Escalations accepted", ["device"],
                                 registry=r)
+        self.journal_steps = Counter("hub_journal_steps",
+                                     "Decision journal steps kept", ["device"], registry=r)
         self.dropped = Counter("hub_messages_dropped", "Messages refused, by reason",
                                ["reason"], registry=r)
         self.dedup_hits = Counter("hub_dedup_hits", "Redelivered escalations answered again",

@@ -10,10 +10,11 @@ The broker's authorization is Mosquitto's dynamic security plugin. Its rules are
   ``verdicts`` and its group's model announcements, each by its literal topic: no
   wildcard, no ``$share/...``, nothing else. Its client id is pinned to its username, so
   it cannot connect under another device's id (or the hub's) and take that session over.
-- **The hub** (role ``hub``) subscribes to the fleet's events and update reports through
-  its shared subscription, and to statuses and telemetry, each by its literal filter; it
-  publishes verdicts and announcements. Role ``broker-control`` lets it send commands to
-  the plugin's ``$CONTROL/dynamic-security/v1`` topic, which is how it provisions,
+- **The hub** (role ``hub``) subscribes to the fleet's events, update reports and
+  decision journals through its shared subscription, and to statuses and telemetry, each
+  by its literal filter; it publishes verdicts and announcements. Role
+  ``broker-control`` lets it send commands to the plugin's
+  ``$CONTROL/dynamic-security/v1`` topic, which is how it provisions,
   rotates and revokes devices while the broker runs: no file rewrite, no restart. The
   plugin saves its own state, and a deleted or re-passworded client is disconnected at
   once.
@@ -141,9 +142,10 @@ def hub_role(layout: TopicLayout, share_group: str) -> Role:
     shared subscription names the hub's own share group and nothing broader."""
     subscriptions = (layout.shared(share_group, "events"),
                      layout.shared(share_group, "updates"),
+                     layout.shared(share_group, "journal"),
                      layout.all_devices("status"), layout.all_devices("telemetry"))
     receives = tuple(layout.all_devices(kind)
-                     for kind in ("events", "updates", "status", "telemetry"))
+                     for kind in ("events", "updates", "journal", "status", "telemetry"))
     sends = (layout.all_devices("verdicts"), f"{layout.root}/groups/+/models")
     return Role(HUB_ROLE, (
         *(Acl("subscribeLiteral", topic) for topic in subscriptions),

@@ -286,6 +286,7 @@ class HubService:
                 images, events = self.store.prune(
                     images_before=now - self.settings.image_retention_days * 86400,
                     events_before=now - self.settings.event_retention_days * 86400,
+                    unescalated_before=now - self.settings.journal_unescalated_keep_s,
                 )
             except HubError as exc:
                 log.error("retention failed: %s", exc)

@@ -91,6 +91,15 @@ class HubSettings(BaseSettings):
         default=False, description="serve /metrics without a token (it names device ids)")
     image_retention_days: float = Field(default=7.0, gt=0)
     event_retention_days: float = Field(default=90.0, gt=0)
+    journal_steps_per_minute: float = Field(
+        default=600.0, gt=0, description="decision journal steps a device may send a "
+        "minute (more are dropped and counted as journal-rate)")
+    journal_burst: int = Field(default=200, ge=1,
+                               description="journal steps a device may send at once")
+    journal_unescalated_keep_s: float = Field(
+        default=3600.0, gt=0, description="how long journal steps of a track never "
+        "escalated are kept when its end step was lost (a track that ends unescalated "
+        "is forgotten at once)")
 
     tuf_dir: Path | None = Field(default=None, description="TUF repository; data_dir/tuf")
     keys_dir: Path | None = Field(

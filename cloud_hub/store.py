@@ -23,12 +23,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
+import pydantic
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cloud_hub.errors import BadCursorError, NotFoundError, StoreError, StoreUnavailableError
+from sync import JournalStep, SightingPayload, TrackEventMessage
 from sync.errors import SyncError
 from sync.rollout import Rollout
 
@@ -75,6 +77,8 @@ events = sa.Table(
     sa.Column("inference_ms", sa.Float, nullable=True),
     sa.Column("decided_at", sa.Float, nullable=True),
     sa.Column("handled_by", sa.String(64), nullable=True),
+    sa.Column("frame_width", sa.Integer, nullable=True),
+    sa.Column("frame_height", sa.Integer, nullable=True),
 )
 
 models = sa.Table(
@@ -124,6 +128,31 @@ update_reports = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
 )
 
+journal_steps = sa.Table(
+    "journal_steps", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("track_id", sa.BigInteger, nullable=False),
+    sa.Column("first_frame", sa.BigInteger, nullable=False),
+    sa.Column("step", sa.String(8), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False, index=True),
+    sa.Column("last_frame", sa.BigInteger, nullable=False),
+    sa.Column("label", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("positive", sa.Boolean, nullable=False),
+    sa.Column("sightings", sa.Text, nullable=False),
+    sa.Column("event_id", sa.String(36), nullable=True, index=True),
+    sa.Column("escalations", sa.BigInteger, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=True),
+    sa.Column("verdict_timing", sa.String(16), nullable=True),
+    sa.Column("fell_back", sa.Boolean, nullable=False),
+    sa.Column("agrees", sa.Boolean, nullable=True),
+    sa.Index("ix_journal_steps_track", "device_id", "source", "track_id", "first_frame", "at"),
+)
+
 migrations_table = sa.Table(
     "schema_migrations", metadata,
     sa.Column("version", sa.Integer, primary_key=True),
@@ -163,8 +192,18 @@ def _v5(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE devices ADD COLUMN updates_enabled BOOLEAN"))
 
 
+def _v6(conn: Connection) -> None:
+    # The decision journal of escalated tracks (issue 10), and each event's frame size,
+    # which its boxes are in (a timeline draws them on the thumbnail).
+    journal_steps.create(conn, checkfirst=True)
+    present = {c["name"] for c in sa.inspect(conn).get_columns("events")}
+    for column in ("frame_width", "frame_height"):
+        if column not in present:
+            conn.execute(sa.text(f"ALTER TABLE events ADD COLUMN {column} INTEGER"))
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
@@ -197,6 +236,42 @@ class EventPage:
 
     items: list[dict[str, Any]]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackKey:
+    """Which tracked object journal steps belong to. A track id is unique only while the
+    agent runs, so after a restart a key may name a second lifecycle: its ``new`` step
+    tells them apart (see :meth:`Store.journal_of_event`)."""
+
+    device_id: str
+    source: str
+    track_id: int
+    first_frame: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """One stored step of a track's lifecycle: a ``track/1`` message as the hub got it
+    (see :class:`sync.TrackEventMessage` for the fields), and when it arrived."""
+
+    id: int
+    track: TrackKey
+    step: JournalStep
+    at: float
+    received_at: float
+    last_frame: int
+    label: str
+    action: Literal["local", "escalate", "drop"]
+    reason: str
+    positive: bool
+    sightings: tuple[SightingPayload, ...]
+    event_id: str | None
+    escalations: int
+    verdict: Literal["confirmed", "rejected"] | None
+    verdict_timing: Literal["on-time", "late"] | None
+    fell_back: bool
+    agrees: bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,8 +562,14 @@ class Store:
                 "by_device": {str(k): int(v) for k, v in by_device.items()},
                 "mean_verdict_latency_s": float(latency) if latency is not None else None}
 
-    def prune(self, *, images_before: float, events_before: float) -> tuple[int, int]:
-        """Retention: drop images of older events first, then whole old events.
+    def prune(self, *, images_before: float, events_before: float,
+              unescalated_before: float | None = None) -> tuple[int, int]:
+        """Retention: drop images of older events first, then whole old events, and the
+        journal steps as old as those events.
+
+        Args:
+            unescalated_before: Also drop journal steps received before this of tracks
+                never escalated (their end step, which would have removed them, was lost).
 
         Returns:
             ``(events whose images were pruned, events deleted)``.
@@ -500,7 +581,79 @@ class Store:
                                   .values(crop=None, thumbnail=None)).rowcount
             deleted = conn.execute(events.delete()
                                    .where(events.c.received_at < events_before)).rowcount
+            conn.execute(journal_steps.delete()
+                         .where(journal_steps.c.received_at < events_before))
+            if unescalated_before is not None:
+                escalated = sa.select(sa.literal(1)).select_from(other).where(
+                    other.c.device_id == journal_steps.c.device_id,
+                    other.c.source == journal_steps.c.source,
+                    other.c.track_id == journal_steps.c.track_id,
+                    other.c.first_frame == journal_steps.c.first_frame,
+                    other.c.event_id.is_not(None))
+                conn.execute(journal_steps.delete()
+                             .where(journal_steps.c.received_at < unescalated_before)
+                             .where(~escalated.exists()))
         return int(images), int(deleted)
+
+    # -- the decision journal --------------------------------------------------------
+
+    def add_journal_step(self, *, message: TrackEventMessage, received_at: float) -> None:
+        """Keep one journal step (the caller has checked it, see :mod:`cloud_hub.journal`)."""
+        with self._tx() as conn:
+            conn.execute(journal_steps.insert().values(
+                device_id=message.device_id, source=message.source,
+                track_id=message.track_id, first_frame=message.first_frame,
+                step=message.step, at=message.at, received_at=received_at,
+                last_frame=message.last_frame, label=message.label, action=message.action,
+                reason=message.reason, positive=message.positive,
+                sightings=json.dumps([s.model_dump(mode="json") for s in message.sightings]),
+                event_id=message.event_id, escalations=message.escalations,
+                verdict=message.verdict, verdict_timing=message.verdict_timing,
+                fell_back=message.fell_back, agrees=message.agrees))
+
+    def forget_track(self, *, track: TrackKey, since: float) -> int:
+        """Delete the steps of ``track``'s lifecycle from ``since`` (the ``at`` of its
+        ``new`` step) on, when it ended never escalated; the number deleted. Steps that
+        name an escalation are kept."""
+        with self._tx() as conn:
+            return int(conn.execute(journal_steps.delete()
+                                    .where(*_of_track(track))
+                                    .where(journal_steps.c.at >= since)
+                                    .where(journal_steps.c.event_id.is_(None))
+                                    .where(journal_steps.c.escalations == 0)).rowcount)
+
+    def lifecycle_start(self, *, track: TrackKey, before: float) -> float | None:
+        """The ``at`` of ``track``'s latest ``new`` step at or before ``before``."""
+        with self._tx() as conn:
+            return _lifecycle_bounds(conn, track, before)[0]
+
+    def journal_of_event(self, *, event_id: str, device_id: str,
+                         limit: int) -> tuple[list[JournalRecord], bool]:
+        """The lifecycle of the track that ``device_id`` escalated as ``event_id``: its
+        steps in the device's order (``at``, then arrival), and whether there were more
+        than ``limit``. Empty when no stored step names the event.
+
+        A track's key may name several lifecycles (track ids restart with the agent):
+        the one returned runs from the last ``new`` step at or before the event's first
+        step to the next ``new`` step of that key.
+        """
+        with self._tx() as conn:
+            named = conn.execute(
+                sa.select(journal_steps).where(journal_steps.c.event_id == event_id)
+                .where(journal_steps.c.device_id == device_id)
+                .order_by(journal_steps.c.at, journal_steps.c.id).limit(1)).first()
+            if named is None:
+                return [], False
+            track = _track_key(named._mapping)
+            start, end = _lifecycle_bounds(conn, track, named.at)
+            query = (sa.select(journal_steps).where(*_of_track(track))
+                     .order_by(journal_steps.c.at, journal_steps.c.id).limit(limit + 1))
+            if start is not None:
+                query = query.where(journal_steps.c.at >= start)
+            if end is not None:
+                query = query.where(journal_steps.c.at < end)
+            rows = [_journal_record(row._mapping) for row in conn.execute(query)]
+        return rows[:limit], len(rows) > limit
 
     # -- models and tokens -----------------------------------------------------------
 
@@ -670,6 +823,53 @@ class Store:
         return (str(row[0]), str(row[1])) if row is not None else None
 
 
+other = journal_steps.alias("other")
+
+
+def _of_track(track: TrackKey) -> tuple[sa.ColumnElement[bool], ...]:
+    return (journal_steps.c.device_id == track.device_id,
+            journal_steps.c.source == track.source,
+            journal_steps.c.track_id == track.track_id,
+            journal_steps.c.first_frame == track.first_frame)
+
+
+def _lifecycle_bounds(conn: Connection, track: TrackKey,
+                      at: float) -> tuple[float | None, float | None]:
+    """The ``at`` of the ``new`` steps of ``track`` that begin the lifecycle holding
+    ``at`` and the one after it (``None``: not stored)."""
+    new = sa.select(journal_steps.c.at).where(*_of_track(track)).where(
+        journal_steps.c.step == "new").subquery()
+    start = conn.execute(sa.select(sa.func.max(new.c.at)).where(new.c.at <= at)).scalar()
+    end = conn.execute(sa.select(sa.func.min(new.c.at)).where(new.c.at > at)).scalar()
+    return (float(start) if start is not None else None,
+            float(end) if end is not None else None)
+
+
+def _track_key(row: Any) -> TrackKey:
+    return TrackKey(str(row["device_id"]), str(row["source"]), int(row["track_id"]),
+                    int(row["first_frame"]))
+
+
+_SIGHTINGS = pydantic.TypeAdapter(tuple[SightingPayload, ...])
+
+
+def _journal_record(row: Any) -> JournalRecord:
+    try:
+        sightings = _SIGHTINGS.validate_json(row["sightings"])
+    except pydantic.ValidationError as exc:
+        raise StoreError(f"journal step {row['id']} holds unreadable sightings") from exc
+    return JournalRecord(
+        id=int(row["id"]), track=_track_key(row), step=cast(JournalStep, row["step"]),
+        at=float(row["at"]), received_at=float(row["received_at"]),
+        last_frame=int(row["last_frame"]), label=str(row["label"]),
+        action=cast(Literal["local", "escalate", "drop"], row["action"]),
+        reason=str(row["reason"]), positive=bool(row["positive"]), sightings=sightings,
+        event_id=row["event_id"], escalations=int(row["escalations"]),
+        verdict=row["verdict"], verdict_timing=row["verdict_timing"],
+        fell_back=bool(row["fell_back"]),
+        agrees=None if row["agrees"] is None else bool(row["agrees"]))
+
+
 _EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail")] + [
     (events.c.crop.is_not(None)).label("has_crop"),
     (events.c.thumbnail.is_not(None)).label("has_thumbnail"),
@@ -696,6 +896,8 @@ def _rollout(state: str) -> Rollout:
 
 def _event(row: Any) -> dict[str, Any]:
     event = dict(row)
+    width, height = event.pop("frame_width"), event.pop("frame_height")
+    event["frame_size"] = (width, height) if width and height else None
     event["edge_detections"] = json.loads(event["edge_detections"])
     event["hub_detections"] = (json.loads(event["hub_detections"])
                                if event["hub_detections"] else None)

@@ -210,13 +210,15 @@ class UpdateReport(_DeviceMessage):
 
 
 MAX_JOURNAL_SIGHTINGS = 256
+#: Frame numbers, track ids and counts stay exact in JSON (and in a 64-bit column).
+MAX_JOURNAL_INT = 2**53 - 1
 JournalStep = Literal["new", "update", "end"]
 
 
 class SightingPayload(_Message):
     """One frame on which a tracked object was detected: frame number, box, score."""
 
-    frame: int = Field(ge=0)
+    frame: int = Field(ge=0, le=MAX_JOURNAL_INT)
     box: Box
     score: Score
 
@@ -247,17 +249,17 @@ class TrackEventMessage(_DeviceMessage):
     schema_: Literal["track/1"] = Field(default="track/1", alias="schema")
     step: JournalStep
     source: str
-    track_id: int = Field(ge=0)
+    track_id: int = Field(ge=0, le=MAX_JOURNAL_INT)
     at: float
-    first_frame: int = Field(ge=0)
-    last_frame: int = Field(ge=0)
+    first_frame: int = Field(ge=0, le=MAX_JOURNAL_INT)
+    last_frame: int = Field(ge=0, le=MAX_JOURNAL_INT)
     label: str = Field(min_length=1, max_length=64)
     action: Literal["local", "escalate", "drop"]
     reason: str = Field(min_length=1, max_length=32)
     positive: bool
     sightings: tuple[SightingPayload, ...] = Field(default=(), max_length=MAX_JOURNAL_SIGHTINGS)
     event_id: str | None = None
-    escalations: int = Field(default=0, ge=0)
+    escalations: int = Field(default=0, ge=0, le=MAX_JOURNAL_INT)
     verdict: Literal["confirmed", "rejected"] | None = None
     verdict_timing: Literal["on-time", "late"] | None = None
     fell_back: bool = False

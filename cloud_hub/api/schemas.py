@@ -96,6 +96,8 @@ class EventPublic(BaseModel):
     inference_ms: float | None
     decided_at: float | None
     verdict_latency_s: float | None = None
+    frame_size: tuple[int, int] | None = Field(
+        default=None, description="[width, height] of the frame the boxes are in")
     has_crop: bool
     has_thumbnail: bool
 
@@ -105,6 +107,64 @@ class EventPage(BaseModel):
 
     items: list[EventPublic]
     next_cursor: str | None
+
+
+class SightingPublic(BaseModel):
+    """One frame on which the edge detected the tracked object."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    frame: int = Field(description="the source's frame number")
+    box: tuple[float, float, float, float] = Field(
+        description="[x1, y1, x2, y2] in the source frame's pixels (the event's "
+        "frame_size; its thumbnail is that frame scaled down)")
+    score: float
+
+
+class TrackPublic(BaseModel):
+    """The tracked object an event belongs to: the device's source and its track."""
+
+    device_id: str
+    source: str
+    track_id: int
+    first_frame: int
+
+
+class JournalStepPublic(BaseModel):
+    """One step of a tracked object's lifecycle, as the device journaled it (``track/1``).
+
+    ``action``, ``reason`` and ``positive`` are the edge's latest decision on the object;
+    ``sightings`` are the frames it was seen on since the previous step.
+    """
+
+    model_config = ConfigDict(from_attributes=True)
+
+    step: Literal["new", "update", "end"]
+    at: float = Field(description="when the device journaled it (the device's clock, Unix s)")
+    received_at: float = Field(description="when the hub got it (Unix s)")
+    last_frame: int
+    label: str
+    action: Literal["local", "escalate", "drop"]
+    reason: str
+    positive: bool
+    sightings: list[SightingPublic]
+    event_id: str | None
+    escalations: int
+    verdict: Literal["confirmed", "rejected"] | None
+    verdict_timing: Literal["on-time", "late"] | None
+    fell_back: bool
+    agrees: bool | None
+
+
+class EventTimeline(BaseModel):
+    """An event and the lifecycle of the tracked object it was escalated for."""
+
+    event: EventPublic
+    track: TrackPublic | None = Field(
+        description="null when the hub holds no journal step naming the event (a sensor "
+        "window, escalated motion, a device that does not publish its journal)")
+    steps: list[JournalStepPublic] = Field(description="in the device's order")
+    truncated: bool = Field(description="the lifecycle has more steps than were returned")
 
 
 class ModelPublic(BaseModel):

@@ -31,9 +31,10 @@ from cloud_hub.cli import main as cloud_hub_main
 from cloud_hub.mosquitto import BrokerLimits
 from cloud_hub.service import HubService
 from models import ModelStore
-from sync import TopicLayout, VerdictMessage, decode, encode
+from sync import EventIdFactory, TopicLayout, TrackEventMessage, VerdictMessage, decode, encode
 from tests.broker import MosquittoBroker
 from tests.cloud_hub.hub_helpers import face_event, hub_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -377,3 +378,54 @@ def test_the_broker_config_sets_the_plugin_and_limits(fleet: Fleet) -> None:
     for line in LIMITS.lines():
         assert line in config
     assert Path(fleet.broker.dynsec_file).stat().st_mode & 0o077 == 0
+
+
+def test_the_hub_keeps_a_devices_own_journal_and_nothing_it_claims_of_another(
+    fleet: Fleet,
+) -> None:
+    """Issue 10: the hub's role takes the fleet's journals through its shared
+    subscription; a device publishes only its own journal, and what it publishes there
+    under another's name, about another's event, or incoherent, is counted and dropped."""
+    password = fleet.provision("jr-a")
+    fleet.provision("jr-b")
+    others = EventIdFactory()()
+    fleet.hub.store.add_event(
+        id=others, device_id="jr-b", source="door", reason="uncertain", priority=5,
+        captured_at=1.0, received_at=1.0, edge_model="m", edge_version="1",
+        edge_detections="[]")
+    mine = EventIdFactory()()
+
+    def step(**fields: object) -> bytes:
+        values: dict[str, object] = {
+            "device_id": "jr-a", "step": "update", "source": "door", "track_id": 1,
+            "at": 5.0, "first_frame": 1, "last_frame": 2, "label": "face",
+            "action": "local", "reason": "awaiting-verdict", "positive": False,
+            "event_id": mine, "escalations": 1}
+        values.update(fields)
+        return encode(TrackEventMessage.model_validate(values))
+
+    def dropped(reason: str) -> float:
+        return fleet.hub.metrics.registry.get_sample_value(
+            "hub_messages_dropped_total", {"reason": reason}) or 0.0
+
+    before = {r: dropped(r) for r in ("spoofed-device", "replayed-event-id", "malformed")}
+    thief = Device(fleet.broker.port, "jr-a", password)
+    try:  # the broker refuses it outright (and closes the connection)
+        assert thief.publish(LAYOUT.journal("jr-b"), step(device_id="jr-b")) == NOT_AUTHORIZED
+    finally:
+        thief.close()
+    device = Device(fleet.broker.port, "jr-a", password)
+    try:
+        for payload in (step(device_id="jr-b"), step(event_id=others),
+                        step(first_frame=3)):
+            assert device.publish(LAYOUT.journal("jr-a"), payload) < 0x80
+        assert device.publish(LAYOUT.journal("jr-a"), step()) < 0x80
+    finally:
+        device.close()
+    assert wait_until(lambda: all(dropped(r) == before[r] + 1 for r in before)
+                      and bool(fleet.hub.store.journal_of_event(
+                          event_id=mine, device_id="jr-a", limit=10)[0]), timeout_s=60)
+    kept, _ = fleet.hub.store.journal_of_event(event_id=mine, device_id="jr-a", limit=10)
+    assert [(r.track.device_id, r.last_frame) for r in kept] == [("jr-a", 2)]
+    assert fleet.hub.store.journal_of_event(event_id=others, device_id="jr-b",
+                                            limit=10) == ([], False)

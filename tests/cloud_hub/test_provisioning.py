@@ -51,6 +51,7 @@ def test_the_hub_subscribes_by_its_own_share_group_only() -> None:
     subscriptions = {a.topic for a in hub_role(LAYOUT, "hub").acls
                      if a.kind.startswith("subscribe")}
     assert subscriptions == {"$share/hub/fleet/v1/+/events", "$share/hub/fleet/v1/+/updates",
+                             "$share/hub/fleet/v1/+/journal",
                              "fleet/v1/+/status", "fleet/v1/+/telemetry"}
     assert all(a.kind == "subscribeLiteral" for a in hub_role(LAYOUT, "hub").acls
                if a.kind.startswith("subscribe"))

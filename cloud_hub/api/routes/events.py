@@ -7,8 +7,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from cloud_hub.api.deps import AUTH, ServiceDep, documented, require, unprocessable
-from cloud_hub.api.schemas import EventPage, EventPublic
+from cloud_hub.api.schemas import (
+    EventPage,
+    EventPublic,
+    EventTimeline,
+    JournalStepPublic,
+    TrackPublic,
+)
 from cloud_hub.errors import BadCursorError, NotFoundError
+from cloud_hub.journal import MAX_TIMELINE_STEPS
 
 router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[require("viewer")],
                    responses=AUTH)
@@ -47,6 +54,38 @@ def get_event(event_id: str, service: ServiceDep) -> dict[str, object]:
         return _public(service.store.get_event(event_id=event_id))
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.get("/{event_id}/timeline", response_model=EventTimeline, responses=documented(404))
+def get_timeline(event_id: str, service: ServiceDep) -> EventTimeline:
+    """An event and its tracked object's lifecycle, for drawing its timeline.
+
+    ``event`` is what ``GET /v1/events/{event_id}`` returns: the escalation (``reason``,
+    ``edge_detections`` with their boxes in frame pixels, ``frame_size``-scaled
+    ``thumbnail``) and the hub's verdict (``outcome``, ``hub_detections``). ``track``
+    names the object (device, source, track id, first frame) and ``steps`` are its
+    decision journal's steps in the device's order (``at``, then arrival): ``new``,
+    ``update`` for each change of decision, escalation, verdict, fallback or
+    reconciliation, ``end``. Each step carries the frames seen since the previous one
+    (``sightings``: frame, box, score), so that the steps together hold every box of the
+    track. At most 1000 steps (``truncated`` then says so). Without any journal step
+    naming the event (a sensor window, escalated motion, a device whose journal is off)
+    ``track`` is null and ``steps`` empty.
+    """
+    try:
+        event = _public(service.store.get_event(event_id=event_id))
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    records, truncated = service.store.journal_of_event(
+        event_id=event_id, device_id=str(event["device_id"]), limit=MAX_TIMELINE_STEPS)
+    track = None
+    if records:
+        key = records[0].track
+        track = TrackPublic(device_id=key.device_id, source=key.source,
+                            track_id=key.track_id, first_frame=key.first_frame)
+    steps = [JournalStepPublic.model_validate(record) for record in records]
+    return EventTimeline(event=EventPublic.model_validate(event), track=track, steps=steps,
+                         truncated=truncated)
 
 
 @router.get("/{event_id}/{kind}.jpg", response_class=Response,
