@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import batching, cascade, footprint, gate, overhead, publish, scaleout, update
+from bench import batching, cascade, footprint, gate, overhead, provision, publish, scaleout, update
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "batching": batching.main,
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "footprint": footprint.main,
     "gate": gate.main,
     "overhead": overhead.main,
+    "provision": provision.main,
     "publish": publish.main,
     "scaleout": scaleout.main,
     "update": update.main,

@@ -8,6 +8,7 @@ json``) and exit status 1; usage errors exit with 2. Lists take ``--json``.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import logging
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    usage_error = getattr(args, "usage_error", None)
+    if usage_error is not None and (message := usage_error(args)):
+        parser.error(message)  # exits with status 2
     configure_logging("cloud-hub", args)
     handler: Handler = args.handler
     try:
@@ -68,14 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     devices = commands.add_parser("devices", help="provision and list devices")
     device_commands = devices.add_subparsers(dest="devices_command", required=True)
-    add = device_commands.add_parser("add", help="register a device, print its credentials")
-    add.add_argument("device_id")
+    add = device_commands.add_parser(
+        "add", help="register a device (or --from FILE, many), print their credentials")
+    add.add_argument("device_id", nargs="?")
     add.add_argument("--group", default="default")
+    add.add_argument("--from", dest="from_file", type=Path, default=None, metavar="FILE",
+                     help="many devices at once: CSV lines 'id,group' or JSON lines "
+                     "{\"id\": ..., \"group\": ...}; prints CSV 'id,group,status,password' "
+                     "(or --json); devices that exist are left as they are")
     add.add_argument("--json", action="store_true", help="one JSON object on stdout")
     add.add_argument("--rotate", action="store_true",
                      help="the device exists: issue new credentials (its old password stops "
                      "working and it is disconnected)")
-    add.set_defaults(handler=_devices_add)
+    add.set_defaults(handler=_devices_add, usage_error=_devices_add_usage)
     revoke = device_commands.add_parser(
         "revoke", help="take a device's broker access away (disconnected at once)")
     revoke.add_argument("device_id")
@@ -211,6 +220,8 @@ def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
+    if args.from_file is not None:
+        return _devices_add_many(args, settings)
     with _hub_store(settings) as service:
         device, credentials = service.provision_device(args.device_id, args.group,
                                                        rotate=args.rotate)
@@ -227,6 +238,43 @@ def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
         print("  CLOUD_HUB_BROKER_CONTROL=none: add the same credentials and rules to the "
               "broker yourself (docs/deployment.md)")
     return 0
+
+
+def _devices_add_usage(args: argparse.Namespace) -> str | None:
+    if args.from_file is None:
+        return None if args.device_id else "devices add: give a DEVICE_ID or --from FILE"
+    if args.device_id is not None or args.rotate:
+        return "devices add --from FILE takes no DEVICE_ID and no --rotate"
+    return None
+
+
+def _devices_add_many(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.provisioning import parse_device_list
+
+    try:
+        text = args.from_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HubError(f"--from {args.from_file}: {exc}") from exc
+    specs = parse_device_list(text)
+    with _hub_store(settings) as service:
+        outcomes = service.provision_devices(specs)
+    failed = sum(outcome.status == "failed" for outcome in outcomes)
+    if args.json:
+        print(json.dumps({"devices": [{
+            "id": o.device_id, "group": o.group, "status": o.status,
+            **({"username": o.credentials.username, "password": o.credentials.password}
+               if o.credentials else {}),
+            **({"reason": o.reason} if o.reason else {})} for o in outcomes]}))
+    else:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["id", "group", "status", "password"])
+        for o in outcomes:
+            writer.writerow([o.device_id, o.group, o.status,
+                             o.credentials.password if o.credentials else o.reason])
+    created = sum(outcome.status == "created" for outcome in outcomes)
+    print(f"{created} registered, {len(outcomes) - created - failed} existed, {failed} "
+          "refused (passwords are shown once)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _devices_revoke(args: argparse.Namespace, settings: HubSettings) -> int:

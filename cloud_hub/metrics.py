@@ -8,14 +8,20 @@ and ``python_*`` metrics are exported beside them.
 Fleet state comes from two places: the store, read at each scrape (:class:`FleetCollector`:
 devices online and offline by group, rollouts by status, devices by the step of their
 latest update report), and each device's telemetry, kept as it arrives (its outbox
-backlog, and when it last reported).
+backlog, and when it last reported: :class:`DeviceBacklogs`).
+
+The page stays bounded whatever the fleet's size: no series is labelled by device except
+for the ``top`` devices with the largest backlogs (``CLOUD_HUB_METRICS_TOP_DEVICES``);
+every device counts in the fleet's totals.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -77,10 +83,88 @@ class FleetCollector(Collector):
         return [devices, rollouts, steps]
 
 
-class HubMetrics:
-    """Every metric the hub exports at ``/metrics``."""
+@dataclass(frozen=True, slots=True)
+class DeviceBacklog:
+    """What a device's latest telemetry said: when it was taken, and its outbox."""
 
-    def __init__(self) -> None:
+    at: float
+    events: float
+    bytes: float
+
+
+def top_backlogs(backlogs: Mapping[str, DeviceBacklog],
+                 top: int) -> list[tuple[str, DeviceBacklog]]:
+    """The ``top`` devices with the most events waiting (then the most bytes, then by id)."""
+    ranked = sorted(backlogs.items(), key=lambda item: (-item[1].events, -item[1].bytes,
+                                                        item[0]))
+    return ranked[:top]
+
+
+class DeviceBacklogs(Collector):
+    """Each device's latest backlog, kept as its telemetry arrives; exported as fleet
+    totals, and per device for the ``top`` largest only.
+
+    Args:
+        top: Devices exported with their own series (0: none).
+    """
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self._lock = threading.Lock()  # telemetry arrives on ingest threads, scrapes on HTTP's
+        self._backlogs: dict[str, DeviceBacklog] = {}
+
+    def record(self, device_id: str, at: float, values: Mapping[str, float]) -> None:
+        """Keep one device's latest telemetry (a value it does not send stays as it was)."""
+        with self._lock:
+            before = self._backlogs.get(device_id, DeviceBacklog(at, 0.0, 0.0))
+            self._backlogs[device_id] = DeviceBacklog(
+                at, values.get("outbox_events", before.events),
+                values.get("outbox_bytes", before.bytes))
+
+    def describe(self) -> Iterable[Metric]:
+        """The metric names."""
+        return self._families({})
+
+    def collect(self) -> Iterable[Metric]:
+        """Fleet totals, and the top devices' own series."""
+        with self._lock:
+            backlogs = dict(self._backlogs)
+        return self._families(backlogs)
+
+    def _families(self, backlogs: Mapping[str, DeviceBacklog]) -> list[Metric]:
+        reporting = GaugeMetricFamily("hub_fleet_reporting_devices",
+                                      "Devices whose telemetry the hub has received")
+        reporting.add_metric([], len(backlogs))
+        events = GaugeMetricFamily("hub_fleet_outbox_events",
+                                   "Escalations waiting in all devices' outboxes")
+        events.add_metric([], sum(b.events for b in backlogs.values()))
+        size = GaugeMetricFamily("hub_fleet_outbox_bytes", "Bytes in all devices' outboxes")
+        size.add_metric([], sum(b.bytes for b in backlogs.values()))
+        top_events = GaugeMetricFamily(
+            "hub_device_outbox_events", "Escalations waiting in a device's outbox, for the "
+            "devices with the largest backlogs", labels=["device"])
+        top_bytes = GaugeMetricFamily(
+            "hub_device_outbox_bytes", "Bytes in a device's outbox, for the devices with "
+            "the largest backlogs", labels=["device"])
+        top_time = GaugeMetricFamily(
+            "hub_device_telemetry_timestamp_seconds", "When a device's latest telemetry "
+            "was taken (its clock), for the devices with the largest backlogs",
+            labels=["device"])
+        for device_id, backlog in top_backlogs(backlogs, self.top):
+            top_events.add_metric([device_id], backlog.events)
+            top_bytes.add_metric([device_id], backlog.bytes)
+            top_time.add_metric([device_id], backlog.at)
+        return [reporting, events, size, top_events, top_bytes, top_time]
+
+
+class HubMetrics:
+    """Every metric the hub exports at ``/metrics``.
+
+    Args:
+        top_devices: Devices exported with series of their own (the largest backlogs).
+    """
+
+    def __init__(self, top_devices: int = 10) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.build = Info("hub_build", "Versions of the hub and its runtimes", registry=r)
@@ -89,21 +173,11 @@ class HubMetrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        self.device_outbox_events = Gauge(
-            "hub_device_outbox_events",
-            "Escalations waiting in a device's outbox, as its latest telemetry reported",
-            ["device"], registry=r)
-        self.device_outbox_bytes = Gauge(
-            "hub_device_outbox_bytes",
-            "Bytes in a device's outbox, as its latest telemetry reported", ["device"],
-            registry=r)
-        self.device_telemetry_time = Gauge(
-            "hub_device_telemetry_timestamp_seconds",
-            "When a device's latest telemetry was taken (its clock)", ["device"], registry=r)
-        self.ingested = Counter("hub_events_ingested", "Escalations accepted", ["device"],
-                                registry=r)
-        self.journal_steps = Counter("hub_journal_steps",
-                                     "Decision journal steps kept", ["device"], registry=r)
+        self.backlogs = DeviceBacklogs(top_devices)
+        r.register(self.backlogs)
+        self.ingested = Counter("hub_events_ingested", "Escalations accepted", registry=r)
+        self.journal_steps = Counter("hub_journal_steps", "Decision journal steps kept",
+                                     registry=r)
         self.dropped = Counter("hub_messages_dropped", "Messages refused, by reason",
                                ["reason"], registry=r)
         self.dedup_hits = Counter("hub_dedup_hits", "Redelivered escalations answered again",
@@ -159,11 +233,7 @@ class HubMetrics:
 
     def record_telemetry(self, device_id: str, at: float, values: Mapping[str, float]) -> None:
         """Keep what one device's telemetry says about its backlog."""
-        self.device_telemetry_time.labels(device_id).set(at)
-        if "outbox_events" in values:
-            self.device_outbox_events.labels(device_id).set(values["outbox_events"])
-        if "outbox_bytes" in values:
-            self.device_outbox_bytes.labels(device_id).set(values["outbox_bytes"])
+        self.backlogs.record(device_id, at, values)
 
 
 def _installed(distribution: str) -> str:

@@ -22,6 +22,15 @@ The broker's authorization is Mosquitto's dynamic security plugin. Its rules are
 This module holds the rules as values (:class:`Role`, :class:`Acl`, :class:`Command`,
 :func:`dynsec_document`), pure, and one adapter, :class:`BrokerControl`, that sends
 commands over MQTT and waits for the plugin's answers.
+
+Provisioning many devices at once (:func:`parse_device_list`, :func:`batch_add_plan`)
+sends all their commands over one connection, many per message (bounded in bytes, under
+any broker's packet limit), and never rewrites a file of ours: the plugin keeps its own
+state. The broker decides who wins when two batches name the same device (its
+``createClient`` succeeds once); only devices whose client the broker created are
+registered, and a batch whose registration fails deletes the clients it created.
+Mosquitto 2.0's plugin writes its whole state after *every* command, so the broker's
+cost grows with the devices it holds (see the README's ``provision`` figures).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import secrets
 import ssl
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +62,10 @@ OPEN_ROLE = "open-to-anonymous"
 OPEN_GROUP = "anonymous"
 PBKDF2_ITERATIONS = 101  # what mosquitto_ctrl writes; the plugin reads it per client
 CONTROL_TIMEOUT_S = 10.0
+# One control message stays well under any broker's packet limit (the hub's own broker
+# accepts its message limit plus headroom); the plugin answers each message in one.
+CONTROL_MESSAGE_MAX_BYTES = 64 * 1024
+MAX_BATCH_DEVICES = 10_000
 DEFAULT_ACL_ACCESS: Mapping[str, bool] = {
     "publishClientSend": False, "publishClientReceive": False,
     "subscribe": False, "unsubscribe": True,
@@ -267,16 +280,136 @@ def dynsec_document(layout: TopicLayout, *, hub_username: str, hub_password: str
     return document
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """One device of a bulk provisioning request: its id and group, both checked names."""
+
+    device_id: str
+    group: str = "default"
+
+
+def parse_device_list(text: str, *, max_devices: int = MAX_BATCH_DEVICES) -> tuple[DeviceSpec, ...]:
+    """The devices of a provisioning file: CSV (``id,group``, an optional header line,
+    the group optional) or JSON lines (``{"id": ..., "group": ...}``), told apart by the
+    first line. Blank lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        ProvisioningError: A line is unreadable, an id or group is not a plain name, an
+            id appears twice, or there are more than ``max_devices`` (names the line).
+    """
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
+    lines = [(number, line) for number, line in lines if line and not line.startswith("#")]
+    as_json = bool(lines) and lines[0][1].startswith("{")
+    specs: list[DeviceSpec] = []
+    seen: set[str] = set()
+    for number, line in lines:
+        if not as_json and number == lines[0][0] and line.lower().replace(" ", "") in (
+                "id", "id,group"):
+            continue  # the header
+        device_id, group = (_json_line(number, line) if as_json
+                            else _csv_line(number, line))
+        try:
+            check_name(device_id)
+            check_name(group, "group")
+        except TopicError as exc:
+            raise ProvisioningError(f"line {number}: {exc}") from exc
+        if device_id in seen:
+            raise ProvisioningError(f"line {number}: device {device_id!r} is listed twice")
+        seen.add(device_id)
+        specs.append(DeviceSpec(device_id, group))
+        if len(specs) > max_devices:
+            raise ProvisioningError(f"line {number}: more than {max_devices} devices in one "
+                                    "batch; split the file")
+    return tuple(specs)
+
+
+def _json_line(number: int, line: str) -> tuple[str, str]:
+    try:
+        raw: Any = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise ProvisioningError(f"line {number}: not a JSON object: {exc}") from exc
+    if not isinstance(raw, dict) or set(raw) - {"id", "group"}:
+        raise ProvisioningError(f'line {number}: expected {{"id": ..., "group": ...}}, '
+                                f"got {line[:80]!r}")
+    device_id, group = raw.get("id"), raw.get("group", "default")
+    if not isinstance(device_id, str) or not isinstance(group, str):
+        raise ProvisioningError(f"line {number}: id and group must be strings")
+    return device_id, group
+
+
+def _csv_line(number: int, line: str) -> tuple[str, str]:
+    fields = [field.strip() for field in line.split(",")]
+    if len(fields) > 2:
+        raise ProvisioningError(f"line {number}: expected 'id,group', got {line[:80]!r}")
+    return fields[0], fields[1] if len(fields) == 2 and fields[1] else "default"
+
+
+ProvisionStatus = Literal["created", "exists", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionOutcome:
+    """What bulk provisioning did with one device.
+
+    Attributes:
+        status: ``created`` (registered, with ``credentials``), ``exists`` (registered
+            before; untouched) or ``failed`` (the broker refused it: ``reason``).
+    """
+
+    device_id: str
+    group: str
+    status: ProvisionStatus
+    credentials: DeviceCredentials | None = None
+    reason: str = ""
+
+
+def batch_add_commands(layout: TopicLayout, credentials: DeviceCredentials,
+                       group: str) -> tuple[Command, Command]:
+    """A device's role (a refusal tolerated: a role may be left from an earlier try or
+    made by a concurrent batch) and its client, whose creation decides who owns it."""
+    create_role, create_client = add_device_commands(layout, credentials, group)
+    return (Command(create_role.name, create_role.fields, tolerate_error=True), create_client)
+
+
+def repair_role_commands(layout: TopicLayout, device_id: str,
+                         group: str) -> tuple[Command, ...]:
+    """Replace a device's role with its rules for ``group`` and give it to the device:
+    for a client this batch created over a role it found already there."""
+    role = device_role(layout, device_id, group)
+    return (Command("deleteRole", {"rolename": role.name}, tolerate_error=True),
+            Command("createRole", {"rolename": role.name,
+                                   "acls": [a.to_json() for a in role.acls]}),
+            Command("addClientRole", {"username": device_id, "rolename": role.name}))
+
+
+def command_messages(payloads: Sequence[dict[str, object]], *,
+                     max_bytes: int = CONTROL_MESSAGE_MAX_BYTES) -> Iterator[tuple[bytes, int]]:
+    """Control messages of many commands each, none over ``max_bytes`` (unless one
+    command alone is larger), in order, each with the number of commands it holds."""
+    batch: list[str] = []
+    size = 0
+    for payload in payloads:
+        text = json.dumps(payload, separators=(",", ":"))
+        if batch and size + len(text) + 16 > max_bytes:
+            yield ('{"commands":[' + ",".join(batch) + "]}").encode(), len(batch)
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text) + 1
+    if batch:
+        yield ('{"commands":[' + ",".join(batch) + "]}").encode(), len(batch)
+
+
 class BrokerControl:
     """Sends commands to the dynamic security plugin and waits for every answer.
 
     Each call opens its own short MQTT connection with the hub's broker settings (TLS
-    included), as client ``<hub client id>-control``, so that it works the same from
-    ``cloud-hub devices`` and from the running hub's API.
+    included), as client ``<hub client id>-control-<random>``, so that it works the same
+    from ``cloud-hub devices`` and from the running hub's API, and concurrent calls never
+    take each other's session over.
 
     Args:
         broker: The hub's broker settings.
-        timeout_s: How long to wait for the connection and the answers.
+        timeout_s: How long to wait for the connection, and for each message's answers.
     """
 
     def __init__(self, broker: BrokerSettings, *, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
@@ -284,19 +417,35 @@ class BrokerControl:
         self.timeout_s = timeout_s
 
     def run(self, commands: Sequence[Command]) -> None:
-        """Send ``commands`` in one message; return when the plugin answered them all.
+        """Send ``commands``; return when the plugin answered them all, all accepted.
 
         Raises:
             BrokerUnavailableError: The broker could not be reached or did not answer.
             SettingsError: The broker's TLS does not verify.
             ProvisioningError: The plugin refused a command (its error names why).
         """
+        for command, error in zip(commands, self.execute(commands), strict=True):
+            if error is None:
+                continue
+            if command.tolerate_error:
+                log.debug("broker control: %s: %s (expected)", command.name, error)
+                continue
+            raise ProvisioningError(f"the broker refused {command.name}: {error}")
+
+    def execute(self, commands: Sequence[Command]) -> tuple[str | None, ...]:
+        """Send ``commands`` in order, many per message over one connection, and return
+        the plugin's answer to each: ``None`` where it was done, else its error.
+
+        Raises:
+            BrokerUnavailableError: The broker could not be reached or did not answer.
+            SettingsError: The broker's TLS does not verify.
+        """
         tag = uuid.uuid4().hex
-        wanted = {f"{tag}:{index}": command for index, command in enumerate(commands)}
+        keys = [f"{tag}:{index}" for index in range(len(commands))]
         answers: dict[str, str | None] = {}
         done = threading.Condition()
         subscribed = threading.Event()
-        client = self.broker.client(f"{self.broker.client_id}-control")
+        client = self.broker.client(f"{self.broker.client_id}-control-{tag[:12]}")
 
         def on_connect(client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
@@ -314,7 +463,8 @@ class BrokerControl:
                 return
             with done:
                 for response in responses:
-                    if isinstance(response, dict) and response.get("correlationData") in wanted:
+                    if (isinstance(response, dict)
+                            and str(response.get("correlationData", "")).startswith(tag)):
                         answers[response["correlationData"]] = response.get("error")
                 done.notify_all()
 
@@ -338,21 +488,20 @@ class BrokerControl:
                     f"{self.broker.username!r} subscribe to {CONTROL_RESPONSE_TOPIC} "
                     "(is the dynamic security plugin loaded, and the hub's client given "
                     "the broker-control role?)")
-            payload = json.dumps({"commands": [c.to_json(k) for k, c in wanted.items()]})
-            client.publish(CONTROL_TOPIC, payload, qos=1)
-            with done:
-                if not done.wait_for(lambda: len(answers) == len(wanted), self.timeout_s):
-                    raise BrokerUnavailableError(
-                        "the broker's dynamic security plugin did not answer within "
-                        f"{self.timeout_s:g} s")
+            sent = 0
+            for payload, count in command_messages(
+                    [c.to_json(k) for k, c in zip(keys, commands, strict=True)]):
+                client.publish(CONTROL_TOPIC, payload, qos=1)
+                sent += count
+                # The plugin works through one message at a time; waiting for each keeps
+                # the hub's own timeout per message, not per batch.
+                with done:
+                    if not done.wait_for(lambda want=sent: len(answers) >= want,  # type: ignore[misc]
+                                         self.timeout_s):
+                        raise BrokerUnavailableError(
+                            "the broker's dynamic security plugin did not answer within "
+                            f"{self.timeout_s:g} s")
         finally:
             client.disconnect()
             client.loop_stop()
-        for key, command in wanted.items():
-            error = answers[key]
-            if error is None:
-                continue
-            if command.tolerate_error:
-                log.debug("broker control: %s: %s (expected)", command.name, error)
-                continue
-            raise ProvisioningError(f"the broker refused {command.name}: {error}")
+        return tuple(answers[key] for key in keys)

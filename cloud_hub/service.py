@@ -29,14 +29,18 @@ from cloud_hub.provisioning import (
     BrokerControl,
     Command,
     DeviceCredentials,
+    DeviceSpec,
+    ProvisionOutcome,
     add_device_commands,
+    batch_add_commands,
     check_device_id,
     new_credentials,
+    repair_role_commands,
     revoke_device_commands,
     rotate_device_commands,
 )
 from cloud_hub.settings import HubSettings
-from cloud_hub.store import Store
+from cloud_hub.store import NewDevice, Store
 from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, utc_now
 from cloud_hub.webhooks import WebhookConfig, WebhookSender, verdict_data
 from hardware import Selection
@@ -66,7 +70,7 @@ class HubService:
         self._clock = clock
         self.refresher: RepositoryRefresher | None = None
         self.broker = BrokerSettings.from_settings(settings)
-        self.metrics = HubMetrics()
+        self.metrics = HubMetrics(settings.metrics_top_devices)
         self.store = Store(settings.effective_database_url)
         self.metrics.watch_fleet(self.store.fleet_state)
         self.models: dict[str, tuple[Model, Selection]] = {}
@@ -252,13 +256,105 @@ class HubService:
             raise DeviceExistsError(device_id)
         credentials = new_credentials(device_id)
         layout = TopicLayout(self.settings.mqtt_prefix)
-        self._control((rotate_device_commands if exists else add_device_commands)(
+        # A rotation of a device the hub does not know replaces a broker client that an
+        # interrupted batch left behind.
+        self._control((rotate_device_commands if rotate else add_device_commands)(
             layout, credentials, group))
         device = self.store.add_device(device_id=device_id, group=group, labels=labels,
                                        credential_hash=credentials.fingerprint)
         log.info("device %s %s (group %s)", device_id,
                  "credentials rotated" if exists else "provisioned", group)
         return device, credentials
+
+    def provision_devices(self, specs: Sequence[DeviceSpec]) -> tuple[ProvisionOutcome, ...]:
+        """Register many devices at once, each with its own credentials on the broker.
+
+        Idempotent: a device registered before is left as it is (``exists``). The broker
+        decides between concurrent calls naming the same device (one creates its
+        client, the other hears ``exists``), and only devices whose client this call
+        created are registered, in one transaction; if that fails, those clients are
+        deleted again and the error raised.
+
+        Raises:
+            ProvisioningError: An id is one of the hub's own names (nothing was done).
+            BrokerUnavailableError: The broker could not be reached or stopped answering
+                (clients it created meanwhile are not registered: running the same batch
+                again reports them ``failed``; ``devices add ID --rotate`` re-issues one).
+            StoreError: The registration failed (the clients were deleted again).
+        """
+        hub_username = self.broker.username or "hub"
+        for spec in specs:
+            check_device_id(spec.device_id, hub_username=hub_username,
+                            hub_client_ids=(self.broker.client_id,))
+        existing = self.store.existing_devices(device_ids=[s.device_id for s in specs])
+        new = [spec for spec in specs if spec.device_id not in existing]
+        credentials = {spec.device_id: new_credentials(spec.device_id) for spec in new}
+        refused = self._create_clients(new, credentials)
+        created = [spec for spec in new if spec.device_id not in refused]
+        try:
+            self.store.add_new_devices(rows=[
+                NewDevice(spec.device_id, spec.group, credentials[spec.device_id].fingerprint)
+                for spec in created])
+        except HubError:
+            self._delete_clients([spec.device_id for spec in created])
+            raise
+        log.info("provisioned %d devices (%d existed, %d refused)", len(created),
+                 len(existing), len(refused))
+        outcomes: list[ProvisionOutcome] = []
+        for spec in specs:
+            if spec.device_id in existing:
+                outcomes.append(ProvisionOutcome(spec.device_id, spec.group, "exists"))
+            elif spec.device_id in refused:
+                reason = refused[spec.device_id]
+                outcomes.append(ProvisionOutcome(spec.device_id, spec.group,
+                                                 "exists" if reason is None else "failed",
+                                                 reason=reason or ""))
+            else:
+                outcomes.append(ProvisionOutcome(spec.device_id, spec.group, "created",
+                                                 credentials[spec.device_id]))
+        return tuple(outcomes)
+
+    def _create_clients(self, new: Sequence[DeviceSpec],
+                        credentials: dict[str, DeviceCredentials]) -> dict[str, str | None]:
+        """Create the broker clients of ``new``; the ones refused, each with why (``None``:
+        another call registered it meanwhile)."""
+        if self.settings.broker_control != "mosquitto-dynsec" or not new:
+            return {}
+        layout = TopicLayout(self.settings.mqtt_prefix)
+        control = BrokerControl(self.broker)
+        answers = control.execute([command for spec in new for command in batch_add_commands(
+            layout, credentials[spec.device_id], spec.group)])
+        refused: dict[str, str | None] = {}
+        repairs: list[Command] = []
+        for spec, role_error, client_error in zip(new, answers[0::2], answers[1::2],
+                                                  strict=True):
+            if client_error is not None:
+                refused[spec.device_id] = f"the broker refused it: {client_error}"
+            elif role_error is not None:
+                # The role was there already (an earlier, interrupted try, or a concurrent
+                # call for another group): the client is ours, so its rules are too.
+                repairs += repair_role_commands(layout, spec.device_id, spec.group)
+        if repairs:
+            try:
+                control.run(repairs)
+            except HubError:
+                self._delete_clients([s.device_id for s in new if s.device_id not in refused])
+                raise
+        if refused:
+            # Refused because it is registered now (a concurrent call won), or not?
+            ids = list(refused)
+            known = self.store.existing_devices(device_ids=ids)
+            refused.update(dict.fromkeys(known))
+        return refused
+
+    def _delete_clients(self, device_ids: Sequence[str]) -> None:
+        """Undo clients this call created (best effort; logged when the broker is gone)."""
+        try:
+            self._control([c for device_id in device_ids
+                           for c in revoke_device_commands(device_id)])
+        except HubError as exc:
+            log.error("could not delete %d broker clients after a failed registration: %s",
+                      len(device_ids), exc)
 
     def revoke_device(self, device_id: str) -> None:
         """Take a device's broker access away: it is disconnected and cannot reconnect.

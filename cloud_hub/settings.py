@@ -89,6 +89,10 @@ class HubSettings(BaseSettings):
         "escalated or uploaded image, read from its header before it is decoded")
     public_metrics: bool = Field(
         default=False, description="serve /metrics without a token (it names device ids)")
+    metrics_top_devices: int = Field(
+        default=10, ge=0, le=10_000, description="devices with their own series on /metrics "
+        "(the largest outbox backlogs); the rest count only in the fleet's totals, so "
+        "/metrics stays the same size for 10 devices or 100,000. 0: none")
     image_retention_days: float = Field(default=7.0, gt=0)
     event_retention_days: float = Field(default=90.0, gt=0)
     journal_steps_per_minute: float = Field(

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +208,15 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
 MIGRATION_LOCK = 0x45444745  # any constant shared by every hub of one database
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    """A device to register: its id, group and the fingerprint of its password."""
+
+    device_id: str
+    group: str
+    credential_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +418,31 @@ class Store:
                       "labels": values["labels"]},
             ))
         return self.get_device(device_id=device_id)
+
+    def add_new_devices(self, *, rows: Sequence[NewDevice]) -> None:
+        """Register many new devices in one transaction, all or none (an id that exists
+        fails the whole call).
+
+        Raises:
+            StoreError: The database failed, or a device exists.
+        """
+        now = time.time()
+        with self._tx() as conn:
+            if rows:
+                conn.execute(devices.insert(), [
+                    {"id": row.device_id, "group_name": row.group,
+                     "credential_hash": row.credential_hash, "labels": "{}",
+                     "created_at": now} for row in rows])
+
+    def existing_devices(self, *, device_ids: list[str]) -> set[str]:
+        """Which of ``device_ids`` were provisioned."""
+        found: set[str] = set()
+        with self._tx() as conn:
+            for start in range(0, len(device_ids), 500):  # bound the IN list
+                chunk = device_ids[start:start + 500]
+                found.update(str(row[0]) for row in conn.execute(
+                    sa.select(devices.c.id).where(devices.c.id.in_(chunk))))
+        return found
 
     def get_device(self, *, device_id: str) -> dict[str, Any]:
         """One device.

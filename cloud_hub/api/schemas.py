@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cloud_hub.provisioning import MAX_BATCH_DEVICES
 from sync import check_name
 from sync.rollout import RolloutStatus
 
@@ -40,6 +41,56 @@ class DeviceCreate(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_name(value)  # TopicError is a ValueError: pydantic reports it
+
+
+class DeviceBatchItem(BaseModel):
+    """One device of a bulk provisioning request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
+    group: str = Field(default="default", json_schema_extra={"pattern": NAME_PATTERN})
+
+    @field_validator("id", "group")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+
+class DeviceBatchCreate(BaseModel):
+    """Many devices to provision at once; those that exist are left as they are."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    devices: list[DeviceBatchItem] = Field(min_length=1, max_length=MAX_BATCH_DEVICES)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique(cls, value: list[DeviceBatchItem]) -> list[DeviceBatchItem]:
+        ids = [item.id for item in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a device id is listed twice")
+        return value
+
+
+class DeviceBatchOutcome(BaseModel):
+    """What happened to one device of a batch: ``created`` (with its credentials, shown
+    once), ``exists`` (untouched) or ``failed`` (``reason``)."""
+
+    id: str
+    group: str
+    status: Literal["created", "exists", "failed"]
+    mqtt: MqttCredentials | None = None
+    reason: str = ""
+
+
+class DeviceBatchResult(BaseModel):
+    """Every device of the batch, in its order, and the counts."""
+
+    created: int
+    exists: int
+    failed: int
+    devices: list[DeviceBatchOutcome]
 
 
 class DevicePublic(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,15 @@ from cloud_hub.mosquitto import BrokerLimits, config_text
 from cloud_hub.provisioning import (
     Acl,
     DeviceCredentials,
+    DeviceSpec,
     add_device_commands,
+    batch_add_commands,
     check_device_id,
+    command_messages,
     device_role,
     dynsec_document,
     hub_role,
+    parse_device_list,
     password_entry,
     revoke_device_commands,
     rotate_device_commands,
@@ -114,3 +119,38 @@ def test_every_config_sets_the_plugin_and_the_limits() -> None:
     assert "max_queued_messages 1000" in text and "max_queued_bytes 67108864" in text
     with pytest.raises(ValueError, match="max_packet_size_bytes"):
         BrokerLimits(max_packet_size_bytes=0)
+
+
+def test_a_device_list_reads_as_csv_or_json_lines() -> None:
+    csv_text = "id,group\ncam-1,lobby\n\n# a comment\ncam-2\n"
+    assert parse_device_list(csv_text) == (DeviceSpec("cam-1", "lobby"),
+                                           DeviceSpec("cam-2", "default"))
+    json_text = '{"id": "cam-1", "group": "lobby"}\n{"id": "cam-2"}\n'
+    assert parse_device_list(json_text) == parse_device_list(csv_text)
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("cam-1\ncam-1\n", "line 2"), ("cam-1,lobby,extra\n", "line 1"),
+    ("cam/1,lobby\n", "line 1"), ("cam-1,+\n", "line 1"),
+    ('{"id": "cam-1"}\n{"id": 3}\n', "line 2"), ('{"id": "a", "role": "hub"}\n', "line 1"),
+    ("{not json\n", "line 1"),
+])
+def test_a_bad_device_list_names_its_line(text: str, named: str) -> None:
+    with pytest.raises(ProvisioningError, match=named):
+        parse_device_list(text)
+
+
+def test_a_device_list_is_bounded() -> None:
+    with pytest.raises(ProvisioningError, match="more than 3"):
+        parse_device_list("a\nb\nc\nd\n", max_devices=3)
+
+
+def test_commands_go_many_to_a_message_each_under_the_limit() -> None:
+    commands = [c.to_json(f"t:{i}") for i in range(200) for c in batch_add_commands(
+        LAYOUT, DeviceCredentials(f"cam-{i}", "pw"), "lobby")]
+    messages = list(command_messages(commands, max_bytes=16 * 1024))
+    assert len(messages) > 1
+    assert all(len(payload) <= 16 * 1024 for payload, _ in messages)
+    assert sum(count for _, count in messages) == 400
+    sent = [c for payload, _ in messages for c in json.loads(payload)["commands"]]
+    assert sent == commands  # in order, none lost

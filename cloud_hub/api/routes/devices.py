@@ -5,13 +5,23 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from cloud_hub.api.deps import AUTH, ServiceDep, documented, require, unprocessable
-from cloud_hub.api.schemas import DeviceCreate, DeviceProvisioned, DevicePublic, MqttCredentials
+from cloud_hub.api.schemas import (
+    DeviceBatchCreate,
+    DeviceBatchOutcome,
+    DeviceBatchResult,
+    DeviceCreate,
+    DeviceProvisioned,
+    DevicePublic,
+    MqttCredentials,
+)
 from cloud_hub.errors import (
     BrokerUnavailableError,
     DeviceExistsError,
     NotFoundError,
     ProvisioningError,
+    StoreUnavailableError,
 )
+from cloud_hub.provisioning import DeviceSpec
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
@@ -57,6 +67,35 @@ def provision_device(body: DeviceCreate, service: ServiceDep) -> dict[str, objec
         host=settings.mqtt_host, port=settings.mqtt_port, topic_prefix=settings.mqtt_prefix,
     )
     return device
+
+
+@router.post("/batch", response_model=DeviceBatchResult, dependencies=[require("admin")],
+             responses={**AUTH, **documented(503)})
+def provision_devices(body: DeviceBatchCreate, service: ServiceDep) -> DeviceBatchResult:
+    """Provision many devices in one call (passwords are shown once).
+
+    Devices that exist are left as they are (``exists``), so the same batch may be sent
+    again; one the broker refused is ``failed`` with its reason. Only devices whose
+    broker client was created are registered.
+    """
+    try:
+        outcomes = service.provision_devices(
+            [DeviceSpec(item.id, item.group) for item in body.devices])
+    except ProvisioningError as exc:
+        raise unprocessable(("body", "devices"), str(exc)) from exc
+    except (BrokerUnavailableError, StoreUnavailableError) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
+    settings = service.settings
+    items = [DeviceBatchOutcome(
+        id=o.device_id, group=o.group, status=o.status, reason=o.reason,
+        mqtt=MqttCredentials(username=o.credentials.username, password=o.credentials.password,
+                             host=settings.mqtt_host, port=settings.mqtt_port,
+                             topic_prefix=settings.mqtt_prefix) if o.credentials else None)
+        for o in outcomes]
+    return DeviceBatchResult(
+        created=sum(i.status == "created" for i in items),
+        exists=sum(i.status == "exists" for i in items),
+        failed=sum(i.status == "failed" for i in items), devices=items)
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT,

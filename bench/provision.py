@@ -1,0 +1,100 @@
+"""Bulk provisioning through Mosquitto's dynamic security plugin, against one at a time.
+
+In one run, each on a fresh private Mosquitto (production limits, the plugin holding
+nothing but the hub):
+
+* ``single``: ``--single`` devices provisioned one call each (what ``cloud-hub devices
+  add ID`` does, without the Python start-up): a control connection and two commands
+  per device.
+* ``batch``: ``--devices`` devices in one :meth:`HubService.provision_devices` call (what
+  ``cloud-hub devices add --from FILE`` and ``POST /v1/devices/batch`` do): one
+  connection, many commands per message, one database transaction.
+
+Mosquitto 2.0's plugin rewrites its whole JSON state after every command, so the broker's
+share grows with the number of devices it already holds; ``broker_state_bytes`` is that
+state's size at the end, and ``broker_cpu_s`` the CPU time Mosquitto spent in the batch.
+
+Last line: JSON with ``provision_s`` (the batch), ``per_device_ms`` of both, and
+``speedup`` (single's per-device time over the batch's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from cloud_hub.mosquitto import BrokerLimits, MosquittoBroker
+from cloud_hub.provisioning import DeviceSpec
+from cloud_hub.service import HubService
+from cloud_hub.settings import HubSettings
+
+SECRET = "bench-secret-" + "x" * 32
+
+
+def _hub(folder: Path) -> tuple[HubService, MosquittoBroker]:
+    broker = MosquittoBroker(folder / "broker", anonymous=False, limits=BrokerLimits())
+    broker.start()
+    settings = HubSettings(
+        data_dir=folder / "hub", model_store=folder / "models", secret_key=SECRET,
+        mqtt_port=broker.port, mqtt_username=broker.hub_username,
+        mqtt_password=broker.hub_password, mqtt_client_id="hub-bench",
+        broker_control="mosquitto-dynsec")
+    service = HubService(settings, ingest=False)
+    service.open_store()
+    return service, broker
+
+
+def _cpu_s(broker: MosquittoBroker) -> float:
+    """CPU seconds (user and system) the broker's process has used."""
+    assert broker.process is not None
+    fields = Path(f"/proc/{broker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; prints progress, then one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m bench provision")
+    parser.add_argument("--devices", type=int, default=1000, help="devices in the batch")
+    parser.add_argument("--single", type=int, default=100,
+                        help="devices provisioned one call each (the baseline)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        service, broker = _hub(folder / "single")
+        try:
+            started = time.perf_counter()
+            for index in range(args.single):
+                service.provision_device(f"one-{index:05d}", "bench")
+            single_s = time.perf_counter() - started
+        finally:
+            service.store.close()
+            broker.stop()
+        print(f"single: {args.single} devices in {single_s:.2f} s")
+        service, broker = _hub(folder / "batch")
+        try:
+            specs = [DeviceSpec(f"cam-{index:05d}", f"floor-{index % 10}")
+                     for index in range(args.devices)]
+            cpu_before = _cpu_s(broker)
+            started = time.perf_counter()
+            outcomes = service.provision_devices(specs)
+            batch_s = time.perf_counter() - started
+            broker_cpu_s = _cpu_s(broker) - cpu_before
+            created = sum(outcome.status == "created" for outcome in outcomes)
+            state_bytes = broker.dynsec_file.stat().st_size
+        finally:
+            service.store.close()
+            broker.stop()
+        print(f"batch: {created} of {args.devices} devices in {batch_s:.2f} s")
+    single_ms = 1000 * single_s / args.single
+    batch_ms = 1000 * batch_s / args.devices
+    print(json.dumps({
+        "devices": args.devices, "created": created, "provision_s": round(batch_s, 2),
+        "per_device_ms": {"batch": round(batch_ms, 2), "single": round(single_ms, 2)},
+        "single_devices": args.single, "speedup": round(single_ms / batch_ms, 1),
+        "broker_state_bytes": state_bytes, "broker_cpu_s": round(broker_cpu_s, 2),
+    }))
+    return 0
