@@ -20,7 +20,7 @@ from cloud_hub.batching import (
     measure_batch_sizes,
 )
 from cloud_hub.distribution import ModelDistribution
-from cloud_hub.errors import DeviceExistsError, HubError
+from cloud_hub.errors import DeviceExistsError, HubError, ProvisioningError
 from cloud_hub.ingest import IngestWorker
 from cloud_hub.judge import EventJudge, Judge, load_hub_model
 from cloud_hub.metrics import HubMetrics
@@ -45,7 +45,7 @@ from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, ut
 from cloud_hub.webhooks import WebhookConfig, WebhookSender, verdict_data
 from hardware import Selection
 from models import Model
-from sync import TopicLayout, UpdateReport
+from sync import TopicError, TopicLayout, UpdateReport, check_name
 from sync.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -269,25 +269,36 @@ class HubService:
     def provision_devices(self, specs: Sequence[DeviceSpec]) -> tuple[ProvisionOutcome, ...]:
         """Register many devices at once, each with its own credentials on the broker.
 
-        Idempotent: a device registered before is left as it is (``exists``). The broker
+        Idempotent: a device registered before is left as it is (``exists``); an id or
+        group that is not a plain name, an id of the hub's or listed twice is ``failed``.
+        The broker
         decides between concurrent calls naming the same device (one creates its
         client, the other hears ``exists``), and only devices whose client this call
         created are registered, in one transaction; if that fails, those clients are
         deleted again and the error raised.
 
         Raises:
-            ProvisioningError: An id is one of the hub's own names (nothing was done).
             BrokerUnavailableError: The broker could not be reached or stopped answering
                 (clients it created meanwhile are not registered: running the same batch
                 again reports them ``failed``; ``devices add ID --rotate`` re-issues one).
             StoreError: The registration failed (the clients were deleted again).
         """
         hub_username = self.broker.username or "hub"
-        for spec in specs:
-            check_device_id(spec.device_id, hub_username=hub_username,
-                            hub_client_ids=(self.broker.client_id,))
-        existing = self.store.existing_devices(device_ids=[s.device_id for s in specs])
-        new = [spec for spec in specs if spec.device_id not in existing]
+        unusable: dict[int, str] = {}  # by place in specs: a bad name, an id twice, the hub's
+        seen: set[str] = set()
+        for index, spec in enumerate(specs):
+            try:
+                check_device_id(spec.device_id, hub_username=hub_username,
+                                hub_client_ids=(self.broker.client_id,))
+                check_name(spec.group, "group")
+            except (ProvisioningError, TopicError) as exc:
+                unusable[index] = str(exc)
+            if spec.device_id in seen:
+                unusable[index] = "listed twice in this batch"
+            seen.add(spec.device_id)
+        usable = [spec for index, spec in enumerate(specs) if index not in unusable]
+        existing = self.store.existing_devices(device_ids=[s.device_id for s in usable])
+        new = [spec for spec in usable if spec.device_id not in existing]
         credentials = {spec.device_id: new_credentials(spec.device_id) for spec in new}
         refused = self._create_clients(new, credentials)
         created = [spec for spec in new if spec.device_id not in refused]
@@ -299,10 +310,13 @@ class HubService:
             self._delete_clients([spec.device_id for spec in created])
             raise
         log.info("provisioned %d devices (%d existed, %d refused)", len(created),
-                 len(existing), len(refused))
+                 len(existing), len(refused) + len(unusable))
         outcomes: list[ProvisionOutcome] = []
-        for spec in specs:
-            if spec.device_id in existing:
+        for index, spec in enumerate(specs):
+            if index in unusable:
+                outcomes.append(ProvisionOutcome(spec.device_id, spec.group, "failed",
+                                                 reason=unusable[index]))
+            elif spec.device_id in existing:
                 outcomes.append(ProvisionOutcome(spec.device_id, spec.group, "exists"))
             elif spec.device_id in refused:
                 reason = refused[spec.device_id]

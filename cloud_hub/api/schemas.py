@@ -44,17 +44,13 @@ class DeviceCreate(BaseModel):
 
 
 class DeviceBatchItem(BaseModel):
-    """One device of a bulk provisioning request."""
+    """One device of a bulk provisioning request (an unusable id or group is reported for
+    that device alone, as ``failed``)."""
 
     model_config = ConfigDict(extra="ignore")
 
     id: str = Field(json_schema_extra={"pattern": NAME_PATTERN})
     group: str = Field(default="default", json_schema_extra={"pattern": NAME_PATTERN})
-
-    @field_validator("id", "group")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value)
 
 
 class DeviceBatchCreate(BaseModel):
@@ -63,14 +59,6 @@ class DeviceBatchCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     devices: list[DeviceBatchItem] = Field(min_length=1, max_length=MAX_BATCH_DEVICES)
-
-    @field_validator("devices")
-    @classmethod
-    def _unique(cls, value: list[DeviceBatchItem]) -> list[DeviceBatchItem]:
-        ids = [item.id for item in value]
-        if len(set(ids)) != len(ids):
-            raise ValueError("a device id is listed twice")
-        return value
 
 
 class DeviceBatchOutcome(BaseModel):

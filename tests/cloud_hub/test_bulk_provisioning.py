@@ -190,8 +190,10 @@ def test_the_batch_route_is_for_admins_and_reports_each_device(hub: HubService) 
         assert (first.json()["created"], first.json()["exists"]) == (2, 0)
         again = client.post("/v1/devices/batch", json=body, headers=admin).json()
         assert (again["created"], again["exists"]) == (0, 2)
-        twice = client.post("/v1/devices/batch", headers=admin,
-                            json={"devices": [{"id": "x"}, {"id": "x"}]})
-        assert twice.status_code == 422
+        odd = client.post("/v1/devices/batch", headers=admin, json={"devices": [
+            {"id": "x"}, {"id": "x"}, {"id": "hub-api"}, {"id": ".."}]}).json()
+        assert [d["status"] for d in odd["devices"]] == ["created"] + ["failed"] * 3
+        assert "twice" in odd["devices"][1]["reason"]
+        assert "reserved" in odd["devices"][2]["reason"]
     credentials = first.json()["devices"][0]["mqtt"]
     _assert_confined(hub, "api-1", credentials["password"], "api-2")

@@ -75,14 +75,13 @@ def provision_devices(body: DeviceBatchCreate, service: ServiceDep) -> DeviceBat
     """Provision many devices in one call (passwords are shown once).
 
     Devices that exist are left as they are (``exists``), so the same batch may be sent
-    again; one the broker refused is ``failed`` with its reason. Only devices whose
-    broker client was created are registered.
+    again; one the broker refused, an id listed twice or one of the hub's own names is
+    ``failed`` with its reason. Only devices whose broker client was created are
+    registered.
     """
     try:
         outcomes = service.provision_devices(
             [DeviceSpec(item.id, item.group) for item in body.devices])
-    except ProvisioningError as exc:
-        raise unprocessable(("body", "devices"), str(exc)) from exc
     except (BrokerUnavailableError, StoreUnavailableError) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     settings = service.settings
