@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-HUB_LIBRARIES = ("fastapi", "uvicorn", "pydantic_settings", "sqlalchemy")
+HUB_LIBRARIES = ("fastapi", "fastapi_offline", "uvicorn", "pydantic_settings", "sqlalchemy")
 
 for _name in HUB_LIBRARIES:
     try:

@@ -251,7 +251,8 @@ class IngestWorker:
             self.store.record_status(device_id=device_id, online=status.state == "online",
                                      at=order, seq=status.seq, models=status.models,
                                      backend=status.backend,
-                                     updates_enabled=status.updates_enabled)
+                                     updates_enabled=status.updates_enabled,
+                                     agent_version=status.agent_version)
 
     def _telemetry(self, device_id: str, payload: bytes) -> None:
         telemetry = self._accept(device_id, payload, TelemetryMessage, "telemetry")
@@ -259,6 +260,8 @@ class IngestWorker:
             self.metrics.record_telemetry(device_id, telemetry.at, telemetry.values)
             # Heard from: a rollout warns about devices it waits for that went quiet.
             self.store.touch_device(device_id=device_id, at=time.time())
+            self.store.record_telemetry(device_id=device_id, at=telemetry.at,
+                                        values=telemetry.values)
 
     def _update_report(self, device_id: str, payload: bytes) -> None:
         report = self._accept(device_id, payload, UpdateReport, "update report")

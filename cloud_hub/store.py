@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +32,12 @@ from sqlalchemy.engine import Connection, Engine
 from cloud_hub.errors import BadCursorError, NotFoundError, StoreError, StoreUnavailableError
 from sync import JournalStep, SightingPayload, TrackEventMessage
 from sync.errors import SyncError
-from sync.rollout import Rollout
+from sync.rollout import FAILED_STEPS, Rollout
 
 log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
+_Query = sa.Select[*tuple[Any, ...]]
 
 devices = sa.Table(
     "devices", metadata,
@@ -53,6 +54,9 @@ devices = sa.Table(
     sa.Column("backend", sa.String(128), nullable=False, server_default=""),
     # NULL: the device never said (an agent older than the field, or never connected).
     sa.Column("updates_enabled", sa.Boolean, nullable=True),
+    sa.Column("agent_version", sa.String(64), nullable=False, server_default=""),
+    sa.Column("telemetry", sa.Text, nullable=True),  # the latest telemetry's values, JSON
+    sa.Column("telemetry_at", sa.Float, nullable=True),
 )
 
 events = sa.Table(
@@ -79,6 +83,9 @@ events = sa.Table(
     sa.Column("handled_by", sa.String(64), nullable=True),
     sa.Column("frame_width", sa.Integer, nullable=True),
     sa.Column("frame_height", sa.Integer, nullable=True),
+    # The dashboard's totals read this index alone, never the rows that hold images.
+    sa.Index("ix_events_totals", "received_at", "outcome", "device_id", "decided_at",
+             "captured_at"),
 )
 
 models = sa.Table(
@@ -202,8 +209,27 @@ def _v6(conn: Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE events ADD COLUMN {column} INTEGER"))
 
 
+def _v7(conn: Connection) -> None:
+    # The dashboard's fleet health (agent version, the latest telemetry) and an index
+    # that covers the event totals.
+    _add_columns(conn, devices, ("agent_version VARCHAR(64) NOT NULL DEFAULT ''",
+                                 "telemetry TEXT", "telemetry_at FLOAT"))
+    for index in events.indexes:
+        if index.name == "ix_events_totals":
+            index.create(conn, checkfirst=True)
+
+
+def _add_columns(conn: Connection, table: sa.Table, columns: tuple[str, ...]) -> None:
+    """Add ``columns`` (name and SQL type, as DDL) to ``table`` where a database made by
+    older code lacks them."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+    for column in columns:
+        if column.split()[0] not in present:
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column}"))
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
@@ -297,6 +323,73 @@ class FleetState:
     devices: tuple[tuple[str, bool, int], ...]
     rollouts: tuple[tuple[str, int], ...]
     update_steps: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventTotals:
+    """Escalations received in a window: by outcome (``pending`` for no verdict yet), by
+    device, and the mean capture-to-verdict latency of those judged."""
+
+    by_outcome: tuple[tuple[str, int], ...]
+    by_device: tuple[tuple[str, int], ...]
+    mean_verdict_latency_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFailure:
+    """A device's latest failed install step (rolled back or refused) and why."""
+
+    model: str
+    version: str
+    step: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHealth:
+    """One device as the dashboard's fleet table shows it.
+
+    Attributes:
+        telemetry: The latest telemetry's values (outbox backlog, per-source input
+            health as ``name.source``), sent at ``telemetry_at``.
+        last_error: The device's latest failed update, if any.
+    """
+
+    id: str
+    group: str
+    online: bool
+    last_seen: float | None
+    agent_version: str
+    models: tuple[tuple[str, str], ...]
+    backend: str
+    telemetry: tuple[tuple[str, float], ...]
+    telemetry_at: float | None
+    last_error: UpdateFailure | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStep:
+    """A device's latest install step for one rollout."""
+
+    device_id: str
+    step: str
+    reason: str
+    at: float
+
+
+def totals_query(since: float) -> _Query:
+    """The statement of :meth:`Store.event_totals`: ``(outcome, device, events, sum of
+    capture-to-verdict seconds, judged events)`` groups, read from ``ix_events_totals``
+    alone (a test checks SQLite's query plan). Grouped by an expression first, so that
+    no one-column index offers its order (walking ``ix_events_outcome`` in order reads
+    every row) and the planner searches the time range instead."""
+    outcome = sa.func.coalesce(events.c.outcome, "pending")
+    return (sa.select(outcome, events.c.device_id, sa.func.count(),
+                      sa.func.sum(events.c.decided_at - events.c.captured_at),
+                      sa.func.count(events.c.decided_at))
+            .where(events.c.received_at >= since)
+            .group_by(outcome, events.c.device_id))
 
 
 class Store:
@@ -472,7 +565,8 @@ class Store:
 
     def record_status(self, *, device_id: str, online: bool, at: float,
                       models: dict[str, str], backend: str, seq: int = 0,
-                      updates_enabled: bool | None = None) -> None:
+                      updates_enabled: bool | None = None,
+                      agent_version: str = "") -> None:
         """Store a device's retained status (online or its last will), if newer.
 
         Args:
@@ -489,7 +583,15 @@ class Store:
             conn.execute(devices.update().where(devices.c.id == device_id).where(newer).values(
                 online=online, status_at=at, status_seq=seq, models=json.dumps(models),
                 backend=backend, last_seen=sa.func.coalesce(devices.c.last_seen, at),
-                updates_enabled=updates_enabled))
+                updates_enabled=updates_enabled, agent_version=agent_version))
+
+    def record_telemetry(self, *, device_id: str, at: float,
+                         values: Mapping[str, float]) -> None:
+        """Keep a device's latest telemetry (backlog, input health), if newer."""
+        with self._tx() as conn:
+            conn.execute(devices.update().where(devices.c.id == device_id).where(sa.or_(
+                devices.c.telemetry_at.is_(None), devices.c.telemetry_at < at)).values(
+                telemetry=json.dumps(dict(values)), telemetry_at=at))
 
     def touch_device(self, *, device_id: str, at: float) -> None:
         """Note that a device was heard from."""
@@ -546,8 +648,9 @@ class Store:
         return bytes(row[0]) if row[0] is not None else None
 
     def list_events(self, *, device_id: str | None = None, outcome: str | None = None,
-                    since: float | None = None, until: float | None = None,
-                    limit: int = 50, cursor: str | None = None) -> EventPage:
+                    reason: str | None = None, since: float | None = None,
+                    until: float | None = None, limit: int = 50,
+                    cursor: str | None = None) -> EventPage:
         """Newest first, with a cursor for the next page.
 
         Raises:
@@ -561,6 +664,8 @@ class Store:
             query = query.where(events.c.outcome.is_(None))
         elif outcome is not None:
             query = query.where(events.c.outcome == outcome)
+        if reason is not None:
+            query = query.where(events.c.reason == reason)
         if since is not None:
             query = query.where(events.c.captured_at >= since)
         if until is not None:
@@ -581,20 +686,28 @@ class Store:
 
     def event_counts(self, *, since: float) -> dict[str, Any]:
         """Totals for the dashboard and metrics: by outcome, and escalations per device."""
+        totals = self.event_totals(since=since)
+        return {"by_outcome": dict(totals.by_outcome), "by_device": dict(totals.by_device),
+                "mean_verdict_latency_s": totals.mean_verdict_latency_s}
+
+    def event_totals(self, *, since: float) -> EventTotals:
+        """Escalations received since ``since``: by outcome, by device, and the mean
+        capture-to-verdict latency, read from an index that covers them (a scan of the
+        rows would read every image with them)."""
         with self._tx() as conn:
-            by_outcome: dict[Any, Any] = dict(conn.execute(
-                sa.select(sa.func.coalesce(events.c.outcome, "pending"), sa.func.count())
-                .where(events.c.received_at >= since).group_by(events.c.outcome)).all())
-            by_device: dict[Any, Any] = dict(conn.execute(
-                sa.select(events.c.device_id, sa.func.count())
-                .where(events.c.received_at >= since).group_by(events.c.device_id)).all())
-            latency = conn.execute(
-                sa.select(sa.func.avg(events.c.decided_at - events.c.captured_at))
-                .where(events.c.received_at >= since)
-                .where(events.c.decided_at.is_not(None))).scalar()
-        return {"by_outcome": {str(k): int(v) for k, v in by_outcome.items()},
-                "by_device": {str(k): int(v) for k, v in by_device.items()},
-                "mean_verdict_latency_s": float(latency) if latency is not None else None}
+            groups = conn.execute(totals_query(since)).all()
+        by_outcome: dict[str, int] = {}
+        by_device: dict[str, int] = {}
+        latency_s, judged = 0.0, 0
+        for outcome, device_id, count, latency_sum, decided in groups:
+            key = str(outcome)
+            by_outcome[key] = by_outcome.get(key, 0) + int(count)
+            by_device[str(device_id)] = by_device.get(str(device_id), 0) + int(count)
+            latency_s += float(latency_sum or 0.0)
+            judged += int(decided)
+        return EventTotals(by_outcome=tuple(sorted(by_outcome.items())),
+                           by_device=tuple(sorted(by_device.items())),
+                           mean_verdict_latency_s=latency_s / judged if judged else None)
 
     def prune(self, *, images_before: float, events_before: float,
               unescalated_before: float | None = None) -> tuple[int, int]:
@@ -816,6 +929,35 @@ class Store:
             rollouts=tuple((str(status), int(n)) for status, n in by_status),
             update_steps=tuple((str(step), int(n)) for step, n in by_step))
 
+    def fleet_health(self) -> list[DeviceHealth]:
+        """Every device by id, with its latest telemetry and latest failed update."""
+        failures = self._latest_reports(update_reports.c.step.in_(sorted(FAILED_STEPS)))
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(devices).order_by(devices.c.id)).all()
+            failed = {r.device_id: UpdateFailure(r.model, r.version, r.step, r.reason, r.at)
+                      for r in conn.execute(failures)}
+        return [DeviceHealth(
+            id=r.id, group=r.group_name, online=bool(r.online), last_seen=r.last_seen,
+            agent_version=r.agent_version, models=tuple(sorted(json.loads(r.models).items())),
+            backend=r.backend,
+            telemetry=tuple(sorted(json.loads(r.telemetry).items())) if r.telemetry else (),
+            telemetry_at=r.telemetry_at, last_error=failed.get(r.id),
+        ) for r in rows]
+
+    def rollout_steps(self, *, rollout_id: str) -> list[DeviceStep]:
+        """Each device's latest install step for one rollout, by device."""
+        query = self._latest_reports(update_reports.c.rollout_id == rollout_id)
+        with self._tx() as conn:
+            return [DeviceStep(r.device_id, r.step, r.reason, r.at)
+                    for r in conn.execute(query.order_by(update_reports.c.device_id))]
+
+    @staticmethod
+    def _latest_reports(condition: sa.ColumnElement[bool]) -> _Query:
+        """Each device's latest update report among those that meet ``condition``."""
+        latest = (sa.select(sa.func.max(update_reports.c.id)).where(condition)
+                  .group_by(update_reports.c.device_id))
+        return sa.select(update_reports).where(update_reports.c.id.in_(latest))
+
     def add_token(self, *, name: str, role: str, token_hash: str) -> int:
         """Store an API token's hash; returns its id."""
         with self._tx() as conn:
@@ -918,6 +1060,7 @@ def _device(row: Any) -> dict[str, Any]:
     device["labels"] = json.loads(device["labels"])
     device["models"] = json.loads(device["models"])
     device["online"] = bool(device["online"])
+    device["telemetry"] = json.loads(device["telemetry"]) if device["telemetry"] else {}
     return device
 
 

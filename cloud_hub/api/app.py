@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from cloud_hub.api.auth import redact_tokens_in_logs
 from cloud_hub.api.routes import dashboard, devices, events, health, infer, models, rollouts
+from cloud_hub.api.routes.dashboard import SignInRequired, sign_in_redirect
 from cloud_hub.service import HubService
 
 
@@ -32,13 +34,17 @@ def create_app(service: HubService, *, manage: bool = True) -> FastAPI:
             if manage:
                 service.stop()
 
-    app = FastAPI(
+    # Swagger UI at /docs and ReDoc at /redoc from assets that fastapi-offline ships in
+    # its wheel, served by the hub itself: both work where no CDN can be reached.
+    app = FastAPIOffline(
         title="Cloud hub", version="0.1.0", lifespan=lifespan,
         description="Judges what edge agents escalate, stores events, serves the fleet.",
+        static_url="/docs/assets", favicon_url="/docs/assets/favicon.png",
     )
     app.state.service = service
     for module in (health, devices, events, models, rollouts, infer, dashboard):
         app.include_router(module.router)
+    app.add_exception_handler(SignInRequired, sign_in_redirect)
     # The TUF repository: metadata and targets are verified by devices, not trusted on
     # transport, so they are served to anyone who asks.
     repository = service.settings.repository_dir

@@ -72,11 +72,17 @@ def get_principal(request: Request, service: ServiceDep) -> Principal:
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "an API token is required",
                             headers={"WWW-Authenticate": "Bearer"})
-    found = service.store.token_role(token_hash=hash_token(service.settings.secret_key, token))
+    found = find_principal(service, token)
     if found is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API token",
                             headers={"WWW-Authenticate": "Bearer"})
-    return Principal(*found)
+    return found
+
+
+def find_principal(service: HubService, token: str) -> Principal | None:
+    """Whose ``token`` this is, or ``None`` for a token the hub never issued."""
+    found = service.store.token_role(token_hash=hash_token(service.settings.secret_key, token))
+    return Principal(*found) if found is not None else None
 
 
 def require(role: Role) -> Any:

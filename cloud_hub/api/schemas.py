@@ -96,6 +96,11 @@ class DevicePublic(BaseModel):
     updates_enabled: bool | None = Field(
         default=None, description="whether the device installs model updates (None: it has "
         "not said)")
+    agent_version: str = ""
+    telemetry: dict[str, float] = Field(
+        default_factory=dict, description="the device's latest telemetry: outbox backlog "
+        "(outbox_events, outbox_bytes), per-source input health (name.source)")
+    telemetry_at: float | None = None
 
 
 class MqttCredentials(BaseModel):

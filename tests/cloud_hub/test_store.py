@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from cloud_hub.errors import NotFoundError, StoreError
-from cloud_hub.store import SCHEMA_VERSION, Store, migrations_table, rollouts
+from cloud_hub.store import SCHEMA_VERSION, Store, migrations_table, rollouts, totals_query
 from sync.rollout import Rollout, on_report, start
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,8 @@ def test_events_are_stored_once_and_verdicts_once(store: Store) -> None:
 def test_cursor_pagination_and_filters(store: Store) -> None:
     for i in range(7):
         store.add_event(**_event(f"e{i}", device="cam-1" if i % 2 else "cam-2",
-                                 received_at=100.0 + i, captured_at=float(i)))
+                                 received_at=100.0 + i, captured_at=float(i),
+                                 reason="audit" if i in (2, 5) else "uncertain"))
     store.set_verdict(event_id="e3", outcome="rejected", detections=[], model="m",
                       version="1", inference_ms=1, decided_at=1, handled_by="h")
     first = store.list_events(limit=3)
@@ -88,6 +89,9 @@ def test_cursor_pagination_and_filters(store: Store) -> None:
     assert [e["id"] for e in store.list_events(outcome="rejected").items] == ["e3"]
     assert len(store.list_events(outcome="pending").items) == 6
     assert [e["id"] for e in store.list_events(since=2.0, until=4.0).items] == ["e3", "e2"]
+    assert [e["id"] for e in store.list_events(reason="audit").items] == ["e5", "e2"]
+    assert [e["id"] for e in store.list_events(reason="audit", device_id="cam-2").items] == [
+        "e2"]
     with pytest.raises(StoreError, match="invalid cursor"):
         store.list_events(cursor="@@@")
 
@@ -119,6 +123,50 @@ def test_models_tokens_and_counts(store: Store) -> None:
     store.add_event(**_event("e1", device="cam-9"))
     counts = store.event_counts(since=0)
     assert counts["by_device"] == {"cam-9": 1} and counts["by_outcome"] == {"pending": 1}
+
+
+def test_event_totals_come_from_the_covering_index(store: Store) -> None:
+    store.add_event(**_event("t1", device="cam-1", received_at=50.0))
+    store.add_event(**_event("t2", device="cam-1", received_at=150.0, captured_at=149.0))
+    store.add_event(**_event("t3", device="cam-2", received_at=160.0))
+    store.set_verdict(event_id="t2", outcome="confirmed", detections=[], model="m",
+                      version="1", inference_ms=1, decided_at=149.5, handled_by="h")
+    totals = store.event_totals(since=100.0)
+    assert dict(totals.by_outcome) == {"confirmed": 1, "pending": 1}
+    assert dict(totals.by_device) == {"cam-1": 1, "cam-2": 1}
+    assert totals.mean_verdict_latency_s == pytest.approx(0.5)
+    if store.dialect != "sqlite":
+        return  # PostgreSQL's planner picks by table statistics; SQLite's plan is fixed
+    with store.engine.connect() as conn:
+        compiled = totals_query(100.0).compile(store.engine,
+                                               compile_kwargs={"literal_binds": True})
+        plan = " ".join(str(row[-1]) for row in conn.execute(
+            sa.text(f"EXPLAIN QUERY PLAN {compiled}")))
+    # Only the index is read: never the rows, whose pages hold the images.
+    assert "SEARCH events USING COVERING INDEX ix_events_totals" in plan, plan
+
+
+def test_fleet_health_and_rollout_steps(store: Store) -> None:
+    store.add_device(device_id="cam-1", group="lobby")
+    store.add_device(device_id="cam-2", group="lobby")
+    store.record_status(device_id="cam-1", online=True, at=10.0, models={"m": "1"},
+                        backend="litert", agent_version="0.3.0")
+    store.record_telemetry(device_id="cam-1", at=20.0, values={"outbox_events": 7.0,
+                                                               "healthy.door": 1.0})
+    store.record_telemetry(device_id="cam-1", at=15.0, values={"outbox_events": 99.0})
+    for step, reason, at in (("refused", "bad signature", 1.0), ("committed", "", 2.0)):
+        store.add_update_report(device_id="cam-2", rollout_id="r1", model="m", version="2",
+                                step=step, reason=reason, at=at)
+    store.add_update_report(device_id="cam-1", rollout_id="r1", model="m", version="2",
+                            step="staged", reason="", at=3.0)
+    first, second = store.fleet_health()
+    assert (first.id, first.online, first.agent_version) == ("cam-1", True, "0.3.0")
+    assert dict(first.telemetry) == {"outbox_events": 7.0, "healthy.door": 1.0}
+    assert first.telemetry_at == 20.0 and first.last_error is None
+    assert second.telemetry == () and second.last_error is not None
+    assert (second.last_error.step, second.last_error.reason) == ("refused", "bad signature")
+    assert [(s.device_id, s.step) for s in store.rollout_steps(rollout_id="r1")] == [
+        ("cam-1", "staged"), ("cam-2", "committed")]
 
 
 def test_hubs_starting_together_migrate_once(store: Store) -> None:

@@ -16,6 +16,7 @@ from cloud_hub.api.schemas import (
 )
 from cloud_hub.errors import BadCursorError, NotFoundError
 from cloud_hub.journal import MAX_TIMELINE_STEPS
+from sync import EscalationReason
 
 router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[require("viewer")],
                    responses=AUTH)
@@ -33,6 +34,7 @@ def list_events(
     service: ServiceDep,
     device_id: str | None = None,
     outcome: Literal["confirmed", "rejected", "pending"] | None = None,
+    reason: EscalationReason | None = None,
     since: Annotated[float | None, Query(description="captured at or after (Unix s)")] = None,
     until: Annotated[float | None, Query(description="captured before (Unix s)")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -40,7 +42,8 @@ def list_events(
 ) -> dict[str, object]:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     try:
-        page = service.store.list_events(device_id=device_id, outcome=outcome, since=since,
+        page = service.store.list_events(device_id=device_id, outcome=outcome, reason=reason,
+                                         since=since,
                                          until=until, limit=limit, cursor=cursor)
     except BadCursorError as exc:
         raise unprocessable(("query", "cursor"), str(exc)) from exc

@@ -1,0 +1,72 @@
+"""The dashboard's pure pieces: input health, filters, times, boxes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from cloud_hub.api.pages import (
+    EventFilter,
+    EventView,
+    event_figure,
+    input_health,
+    parse_utc_input,
+)
+from cloud_hub.api.routes.dashboard import _filters, _safe_next
+
+pytestmark = pytest.mark.unit
+
+
+def _row(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "id": "e1", "device_id": "cam-1", "source": "door", "reason": "uncertain",
+        "captured_at": 10.0, "received_at": 11.0, "outcome": None, "edge_model": "m",
+        "edge_version": "1", "hub_model": None, "hub_version": None,
+        "edge_detections": [{"box": [10, 20, 30, 40], "score": 0.5, "label": "face"}],
+        "hub_detections": None, "decided_at": None, "inference_ms": None,
+        "frame_size": (640, 480), "has_crop": False, "has_thumbnail": True}
+    row.update(changes)
+    return row
+
+
+def test_input_health_groups_measures_by_source() -> None:
+    markup = input_health((("outbox_events", 3.0), ("healthy.door", 1.0),
+                           ("brightness.door", 0.25), ("healthy.yard", 0.0),
+                           ("frames.yard", 12.0)))
+    door, yard = markup.split("</div>")[:2]
+    assert "data-source='door'" in door and "ok" in door and "brightness 0.25" in door
+    assert "data-source='yard'" in yard and "failing" in yard and "frames 12" in yard
+    assert "outbox" not in markup
+    assert input_health((("outbox_events", 3.0),)) == "-"
+
+
+def test_boxes_are_drawn_in_the_frames_coordinates() -> None:
+    figure = event_figure(EventView.from_row(_row()))
+    assert "viewBox='0 0 640 480'" in figure
+    assert "<rect class='box edge' x='10.0' y='20.0' width='20.0' height='20.0'>" in figure
+    # Without the frame's size, the page's script sizes the overlay to the image.
+    assert "data-fit='image'" in event_figure(EventView.from_row(
+        _row(frame_size=None)))
+    assert "rect" not in event_figure(EventView.from_row(
+        _row(has_thumbnail=False, has_crop=True)))
+
+
+def test_filters_round_trip_through_the_query() -> None:
+    chosen = _filters("cam-1", "pending", "audit", "2026-11-29T21:30", "")
+    assert chosen == EventFilter(device="cam-1", verdict="pending", reason="audit",
+                                 since=parse_utc_input("2026-11-29T21:30"))
+    assert chosen.since == datetime(2026, 11, 29, 21, 30, tzinfo=UTC).timestamp()
+    assert chosen.query(cursor="abc") == (
+        "device=cam-1&verdict=pending&reason=audit&since=2026-11-29T21%3A30&cursor=abc")
+    for bad, message in ((("x", "maybe", None, None, None), "verdict must be"),
+                         ((None, None, "why", None, None), "reason must be"),
+                         ((None, None, None, "yesterday", None), "a time must look like")):
+        with pytest.raises(ValueError, match=message):
+            _filters(*bad)
+
+
+def test_sign_in_goes_on_only_to_a_dashboard_page() -> None:
+    assert _safe_next("/dashboard/events?device=a") == "/dashboard/events?device=a"
+    for elsewhere in ("https://evil.example/", "//evil.example/dashboard", "/v1/devices"):
+        assert _safe_next(elsewhere) == "/dashboard"
