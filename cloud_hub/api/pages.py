@@ -193,7 +193,7 @@ def login_page(*, message: str | None, next_path: str) -> str:
  autofocus>
 <input type="hidden" name="next" value="{esc(next_path)}">
 <button type="submit">Sign in</button>
-<p class="hint">A token of any role (viewer and up): <code>cloud-hub tokens add NAME
+<p class="hint">A token of any role (viewer and up): <code>cloud-hub tokens create NAME
 --role viewer</code>. It is kept in an HttpOnly cookie for this site.</p>
 </form>"""
     return layout("Sign in", body, active="", principal=None)

@@ -149,7 +149,7 @@ def test_dashboard_for_a_fleet(served_hub: tuple[HubService, int, MosquittoBroke
     device.loop_start()
     status = StatusMessage(device_id="cam-dash", state="online", at=now,
                            models={"blazeface-short": "1.0.0"}, backend="litert:xnnpack",
-                           agent_version="9.8.7")
+                           agent_version="9.8.7", updates_enabled=False)
     telemetry = TelemetryMessage(device_id="cam-dash", at=now, values={
         "outbox_events": 7.0, "outbox_bytes": 4096.0, "healthy.door": 1.0,
         "frames.door": 120.0})
@@ -294,6 +294,14 @@ def _check_rollouts(page: Page, base: str) -> None:
     state = section.locator("tr.rollout-device[data-device='cam-two'] td.step").inner_text()
     assert state == "refused"
     assert section.locator("tr.rollout-device").count() == 2
+    warnings = section.locator("ul.warnings li").all_inner_texts()
+    assert any(w.startswith("updates are turned off") and "cam-dash" in w
+               for w in warnings), warnings
+    summary = page.locator("nav a", has_text="Overview")
+    summary.click()
+    page.wait_for_url("**/dashboard")
+    row = page.locator("#rollouts tr.rollout[data-rollout='r-dash']")
+    assert "updates are turned off" in row.inner_text()
 
 
 def _check_docs_offline(browser: Browser, base: str) -> None:
