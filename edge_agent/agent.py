@@ -22,6 +22,10 @@ them, starts the workers and supervises them. Every thread the agent starts, by 
     publishes, the hub's receipts and verdicts.
 ``paho-mqtt-client-<device id>``
     paho-mqtt's network loop for the uplink's connection; its callbacks only enqueue.
+``home-assistant`` (when ``[home_assistant]`` is enabled)
+    Publishes Home Assistant's MQTT discovery and the device's states on a local broker
+    (:mod:`edge_agent.home_assistant`); the pipeline and the supervisor only enqueue.
+    Its paho client's loop is ``paho-mqtt-client-<node>-ha``.
 ``actions`` (when actions are configured)
     Runs local actions (MQTT message, command, webhook) from its bounded queue.
 ``updater`` (when signed updates are on)
@@ -60,6 +64,7 @@ from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.escalation import frame_event, window_event
 from edge_agent.fallback import Pending, PendingVerdicts
 from edge_agent.footage import SampleFootage
+from edge_agent.home_assistant import HomeAssistantBridge
 from edge_agent.journal import DecisionJournal, JournalFile
 from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate, Region
@@ -217,6 +222,7 @@ class EdgeAgent:
                                          backups=config.journal.backups)
         self.uplink: Uplink | None = None
         self._actions: ActionRunner | None = None
+        self._home: HomeAssistantBridge | None = None
         self._started_at = time.time()
         self._corrupt_reported: dict[str, int] = {}
         self._reconnects_reported = 0
@@ -273,6 +279,10 @@ class EdgeAgent:
         self._actions = ActionRunner(self.config.actions, publish=self._publish_local,
                                      metrics=self.metrics)
         self._actions.start()
+        if self.config.home_assistant.enabled:
+            self._home = HomeAssistantBridge(self.config.home_assistant,
+                                             self.config.device.id, VERSION)
+            self._home.start()
         threads = [
             threading.Thread(target=self._pump, args=(source,), name=f"source:{name}",
                              daemon=True)
@@ -298,6 +308,8 @@ class EdgeAgent:
             self._pipeline_stop.set()
             pipeline.join(30)
             self._actions.stop()
+            if self._home is not None:
+                self._home.stop()
             self._journal_file.close()
             self.uplink.stop()
             self._write_status(running=False)
@@ -327,6 +339,10 @@ class EdgeAgent:
                 self._notifier.status(f"pipeline stuck for {stuck_for:.0f} s")
                 log.error("pipeline stuck for %.0f s; withholding the watchdog", stuck_for)
             self._refresh_gauges()
+            if self._home is not None:
+                self._home.counts(escalations=self._counters.escalations,
+                                  backlog=self.uplink.counters().outbox_depth
+                                  if self.uplink is not None else 0)
             self._write_status(running=True)
             self._send_telemetry()
             if exit_when_done and self._done(threads):
@@ -541,6 +557,8 @@ class EdgeAgent:
         now = time.monotonic()
         frame = self._policy.decide_tracks(name, observation, now)
         counted = self._count_frame(name, health, elapsed, frame)
+        if self._home is not None:
+            self._home.presence(name, any(d.positive for d in frame.decisions))
         self._record(*self._journal.frame(observation, frame, time.time()))
         for decision in frame.escalations:  # one escalation per object, each its own crop
             assert decision.track is not None
@@ -658,6 +676,8 @@ class EdgeAgent:
                 log.warning("uplink queue full; waiting to hand over %s", event.event_id)
         self._counters.escalations += 1
         self.metrics.escalations.labels(event.source, event.reason).inc()
+        if self._home is not None and event.crop_jpeg is not None:
+            self._home.crop(event.crop_jpeg)
 
     # -- verdicts and the local fallback ----------------------------------------------
 

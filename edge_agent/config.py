@@ -238,6 +238,21 @@ class UpdatesConfig(_Section):
         return self
 
 
+class HomeAssistantConfig(_Section):
+    """Home Assistant's MQTT discovery on a local broker (see
+    :mod:`edge_agent.home_assistant`); off by default."""
+
+    enabled: bool = False
+    broker: MqttConfig = Field(
+        default_factory=MqttConfig, description="the local broker Home Assistant reads "
+        "(host, port, username, password, tls, ca_file ...): not the hub's")
+    discovery_prefix: str = Field(default="homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
+    state_prefix: str = Field(default="edge-agent", pattern=r"^[A-Za-z0-9_/-]+$")
+    node_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Home Assistant's node id; default the device id ('.' as '_')")
+
+
 class MetricsConfig(_Section):
     """Prometheus metrics on an optional local port (0 = off)."""
 
@@ -268,6 +283,7 @@ class AgentConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     updates: UpdatesConfig = UpdatesConfig()
+    home_assistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @model_validator(mode="after")
     def _unique_sources(self) -> AgentConfig:
