@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     binit.add_argument("--persistence", type=Path, default=Path("/var/lib/mosquitto"),
                        help="where the broker keeps sessions")
     binit.set_defaults(handler=_broker_init)
+    bacl = broker_commands.add_parser(
+        "emqx-acl", help="print EMQX's acl.conf (the same rules as Mosquitto's), or with "
+        "--device and --group that device's group rule for EMQX's built-in database")
+    bacl.add_argument("--device", default=None, help="a device id")
+    bacl.add_argument("--group", default=None, help="its group")
+    bacl.set_defaults(handler=_broker_emqx_acl)
 
     tokens = commands.add_parser("tokens", help="issue API tokens")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
@@ -320,6 +326,21 @@ def _broker_init(args: argparse.Namespace, settings: HubSettings) -> int:
     print(f"wrote {config} and {dynsec_file} (readable by its owner only: give it to the "
           "broker's user)")
     print(f"run: mosquitto -c {config}")
+    return 0
+
+
+def _broker_emqx_acl(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.emqx import acl_file, device_group_rules
+    from sync import TopicLayout
+
+    layout = TopicLayout(settings.mqtt_prefix)
+    if (args.device is None) != (args.group is None):
+        raise SettingsError("--device and --group go together")
+    if args.device is not None:
+        print(json.dumps([device_group_rules(layout, args.device, args.group)]))
+    else:
+        print(acl_file(layout, share_group=settings.share_group,
+                       hub_username=settings.mqtt_username or "hub"), end="")
     return 0
 
 
