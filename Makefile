@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # the recipe below and packaging/arm64/emulated-root).
 AGENT_NO_DEPS := norfair==2.3.0
 
-.PHONY: setup mosquitto chromium promtool arm64-tools demo test test-arm64 bench
+.PHONY: setup mosquitto chromium promtool checkov arm64-tools demo test test-arm64 bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,7 +86,15 @@ setup: $(STAMP) mosquitto
 demo: setup
 	$(BIN)/cloud-hub demo
 
-test: setup chromium promtool
+# checkov (tests/test_k8s_manifests.py) in a virtual environment of its own: its pinned
+# dependencies would downgrade several of .venv's (see pyproject's dev extra).
+checkov: .venv-checkov/bin/checkov
+
+.venv-checkov/bin/checkov:
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check 'checkov>=3.2'
+
+test: setup chromium promtool checkov
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
