@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import yaml
 
 from cloud_hub.api.routes import health
 from cloud_hub.emqx import acl_file
+from cloud_hub.provisioning import hub_role
 from cloud_hub.settings import HubSettings
 from sync import TopicLayout
 
@@ -98,6 +100,9 @@ def test_emqx_acl_is_the_broker_rules_of_the_hub_settings() -> None:
         hub_username=settings["CLOUD_HUB_MQTT_USERNAME"])
     assert "no_match = deny" in emqx["emqx.conf"]
     assert "messages_rate" in emqx["emqx.conf"]
+    [limit] = re.findall(r"max_subscriptions = (\d+)", emqx["emqx.conf"])
+    hub = hub_role(TopicLayout(), settings["CLOUD_HUB_SHARE_GROUP"])
+    assert int(limit) >= sum(acl.kind == "subscribeLiteral" for acl in hub.acls)
 
 
 def test_each_hub_replica_is_a_stable_pod_with_its_client_id_and_health_probes() -> None:

@@ -32,7 +32,8 @@ def test_the_hub_may_do_what_its_mosquitto_role_allows_and_no_more() -> None:
                           ("all", "subscribe")}
     assert rules[(hub, "subscribe")] == [
         '{eq, "site/v1/+/events"}', '{eq, "site/v1/+/updates"}',
-        '{eq, "site/v1/+/status"}', '{eq, "site/v1/+/telemetry"}']
+        '{eq, "site/v1/+/journal"}', '{eq, "site/v1/+/status"}',
+        '{eq, "site/v1/+/telemetry"}']
     sends = [a.topic for a in hub_role(LAYOUT, "judges").acls if a.kind == "publishClientSend"]
     assert rules[(hub, "publish")] == [f'"{topic}"' for topic in sends]
 
