@@ -52,7 +52,7 @@ def _resource(kind: str, name: str) -> dict[str, Any]:
 
 def _checkov() -> str | None:
     for candidate in (os.environ.get("CHECKOV"), str(ROOT / ".venv-checkov/bin/checkov"),
-                      "/work/main/.venv-checkov/bin/checkov", shutil.which("checkov")):
+                      shutil.which("checkov")):
         if candidate and Path(candidate).is_file():
             return candidate
     return None

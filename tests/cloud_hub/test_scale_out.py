@@ -33,6 +33,7 @@ from sync.rollout import on_report, start
 from tests.broker import Collector, MosquittoBroker, free_port
 from tests.cloud_hub.conftest import postgres_store_url
 from tests.cloud_hub.hub_helpers import SECRET, face_event
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -238,16 +239,12 @@ def test_a_replica_killed_mid_stream_loses_nothing(tmp_path: Path, postgres_sche
         rig.warm_up()
         victim = rig.replicas[1]
         before = rig.fleet.escalate(60)  # 20 each: a second of judging per replica
-        deadline = time.monotonic() + 60
-        while rig.shares(before).by_replica.get(victim.name, 0) < 2:
-            assert time.monotonic() < deadline, "the victim judged nothing"
-            time.sleep(0.05)
-        victim.kill()
+        assert wait_until(lambda: rig.shares(before).by_replica.get(victim.name, 0) >= 2,
+                          timeout_s=60, interval_s=0.05), "the victim judged nothing"
+        victim.kill()  # with most of its 20 in hand, unacknowledged
         after = rig.fleet.escalate(60)
-        deadline = time.monotonic() + 60
-        while len(rig.fleet.unanswered(after)) > len(after) // 3:
-            assert time.monotonic() < deadline, "the surviving replicas did not answer theirs"
-            time.sleep(0.1)
+        assert wait_until(lambda: len(rig.fleet.unanswered(after)) <= len(after) // 3,
+                          timeout_s=60), "the surviving replicas did not answer theirs"
         # The broker kept the dead replica's share in its session: it comes back for it.
         victim.start()
         wait_ready([victim])
