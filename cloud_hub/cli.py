@@ -20,14 +20,25 @@ from pathlib import Path
 from cloud_hub.api.auth import hash_token, new_token
 from cloud_hub.distribution import ModelDistribution, warnings_now
 from cloud_hub.errors import HubError, SettingsError
+from cloud_hub.mqtt import BrokerSettings
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings, load_settings
+from cloud_hub.system_service import CONFIG_DIR as HUB_CONFIG_DIR
+from cloud_hub.system_service import CPU_QUOTA as HUB_CPU_QUOTA
+from cloud_hub.system_service import MEMORY_MAX as HUB_MEMORY_MAX
+from cloud_hub.system_service import SETTINGS_NAME, first_settings, hub_service
 from hardware import plan_for_runtime, probe_hardware
 from sync import (
     RolloutStateError,
+    ServiceInstallError,
     add_log_options,
     configure_logging,
+    give_to_service,
+    install_service,
     share_options,
+    start_service,
+    under,
+    uninstall_service,
     version_line,
 )
 from sync.rollout import Rollout
@@ -81,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "{\"id\": ..., \"group\": ...}; prints CSV 'id,group,status,password' "
                      "(or --json); devices that exist are left as they are")
     add.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    add.add_argument("--bundle", type=Path, default=None, metavar="FILE",
+                     help="write the device's enrollment bundle here (readable by its owner "
+                     "only): broker URL, CA, credentials, group, TUF root, hub URL; the "
+                     "device runs `edge-agent enroll FILE`. With --from, a folder: one "
+                     "ID.json for each device registered")
     add.add_argument("--rotate", action="store_true",
                      help="the device exists: issue new credentials (its old password stops "
                      "working and it is disconnected)")
@@ -115,6 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
     bacl.add_argument("--device", default=None, help="a device id")
     bacl.add_argument("--group", default=None, help="its group")
     bacl.set_defaults(handler=_broker_emqx_acl)
+
+    install = commands.add_parser(
+        "install-service", help="install the hub as a systemd service",
+        description="Makes the cloud-hub system user (systemd-sysusers), its folders "
+        "(/etc/cloud-hub, /var/lib/cloud-hub), the hardened unit running this "
+        "installation's cloud-hub serve, and /etc/cloud-hub/hub.env: a copy of --settings, "
+        "or (where none exists yet) production settings with a fresh secret key; then "
+        "enables and starts the service.")
+    install.add_argument("--root", type=Path, default=Path("/"),
+                         help="lay the service out under this folder instead, every path "
+                         "pointing into it, and run no systemctl (tests, trying it out)")
+    install.add_argument("--no-start", action="store_true",
+                         help="install, but do not enable or start the service")
+    install.add_argument("--memory-max", default=HUB_MEMORY_MAX,
+                         help="the unit's MemoryMax (default %(default)s)")
+    install.add_argument("--cpu-quota", default=HUB_CPU_QUOTA,
+                         help="the unit's CPUQuota (default %(default)s)")
+    install.set_defaults(handler=_install_service)
+    uninstall = commands.add_parser("uninstall-service",
+                                    help="stop and remove the hub's systemd service")
+    uninstall.add_argument("--root", type=Path, default=Path("/"),
+                           help="the root it was laid out under (default /)")
+    uninstall.add_argument("--purge", action="store_true",
+                           help="also delete its settings and data (store, keys, TUF "
+                           "repository): back them up first")
+    uninstall.set_defaults(handler=_uninstall_service)
 
     tokens = commands.add_parser("tokens", help="issue API tokens")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
@@ -225,18 +267,38 @@ def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
     return 0
 
 
+def _name_broker(settings: HubSettings, doing: str) -> None:
+    """Say on stderr which broker a command talks to (stdout stays for --json)."""
+    broker = BrokerSettings.from_settings(settings).describe()
+    print(f"cloud-hub: {doing} on the broker at {broker}", file=sys.stderr)
+
+
 def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.mosquitto import write_private
+    from sync import encode_enrollment
+
+    if settings.broker_control == "mosquitto-dynsec":
+        _name_broker(settings, "adding the device's client and rules")
+
     if args.from_file is not None:
         return _devices_add_many(args, settings)
     with _hub_store(settings) as service:
         device, credentials = service.provision_device(args.device_id, args.group,
                                                        rotate=args.rotate)
+        if args.bundle is not None:
+            bundle = service.enrollment(credentials, device["group"])
+            write_private(args.bundle, encode_enrollment(bundle).decode())
     if args.json:
         print(json.dumps({"device": device, "username": credentials.username,
-                          "password": credentials.password}))
+                          "password": credentials.password,
+                          "bundle": str(args.bundle) if args.bundle else None}))
         return 0
     done = "credentials rotated" if args.rotate else "registered"
     print(f"device {device['id']} (group {device['group']}) {done}")
+    if args.bundle is not None:
+        print(f"  enrollment bundle: {args.bundle} (holds the password; on the device: "
+              f"edge-agent enroll {args.bundle.name}, then delete it)")
+        return 0
     print(f"  MQTT username and client id: {credentials.username}")
     print(f"  MQTT password: {credentials.password}   (shown once; put it in the "
           "device's EDGE_AGENT_MQTT_PASSWORD)")
@@ -255,7 +317,9 @@ def _devices_add_usage(args: argparse.Namespace) -> str | None:
 
 
 def _devices_add_many(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.mosquitto import write_private
     from cloud_hub.provisioning import parse_device_list
+    from sync import encode_enrollment
 
     try:
         text = args.from_file.read_text(encoding="utf-8")
@@ -264,6 +328,11 @@ def _devices_add_many(args: argparse.Namespace, settings: HubSettings) -> int:
     specs = parse_device_list(text)
     with _hub_store(settings) as service:
         outcomes = service.provision_devices(specs)
+        if args.bundle is not None:  # a folder: one bundle per device registered now
+            for outcome in outcomes:
+                if outcome.credentials is not None:
+                    write_private(args.bundle / f"{outcome.device_id}.json", encode_enrollment(
+                        service.enrollment(outcome.credentials, outcome.group)).decode())
     failed = sum(outcome.status == "failed" for outcome in outcomes)
     if args.json:
         print(json.dumps({"devices": [{
@@ -284,6 +353,8 @@ def _devices_add_many(args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def _devices_revoke(args: argparse.Namespace, settings: HubSettings) -> int:
+    if settings.broker_control == "mosquitto-dynsec":
+        _name_broker(settings, "removing the device's client")
     with _hub_store(settings) as service:
         service.revoke_device(args.device_id)
     print(f"device {args.device_id} revoked: disconnected, and its password no longer works")
@@ -344,6 +415,46 @@ def _broker_emqx_acl(args: argparse.Namespace, settings: HubSettings) -> int:
     return 0
 
 
+def _install_service(args: argparse.Namespace, settings: HubSettings) -> int:
+    from cloud_hub.mosquitto import write_private
+
+    root: Path = args.root.resolve()
+    try:
+        service = hub_service(root=root, memory_max=args.memory_max,
+                              cpu_quota=args.cpu_quota)
+    except ValueError as exc:
+        raise SettingsError(f"--memory-max: {exc}") from exc
+    settings_file = under(root, HUB_CONFIG_DIR) / SETTINGS_NAME
+    try:
+        done = install_service(service, root, start=False)
+        if args.settings is not None:
+            write_private(settings_file, args.settings.read_text())
+            done.append(f"settings {settings_file} (from {args.settings})")
+        elif not settings_file.exists():
+            write_private(settings_file, first_settings(root=root))
+            done.append(f"settings {settings_file} (new: fill in the broker's lines)")
+        settings_file.chmod(0o640)
+        give_to_service(service, [settings_file], root, writable=False)
+        if not args.no_start:
+            done += start_service(service, root)
+    except (ServiceInstallError, OSError) as exc:
+        raise HubError(str(exc)) from exc
+    for line in done:
+        print(line)
+    return 0
+
+
+def _uninstall_service(args: argparse.Namespace, settings: HubSettings) -> int:
+    root: Path = args.root.resolve()
+    try:
+        done = uninstall_service(hub_service(root=root), root, purge=args.purge)
+    except ServiceInstallError as exc:
+        raise HubError(str(exc)) from exc
+    for line in done:
+        print(line)
+    return 0
+
+
 def _devices_list(args: argparse.Namespace, settings: HubSettings) -> int:
     with _hub_store(settings) as service:
         devices = service.store.list_devices()
@@ -351,7 +462,8 @@ def _devices_list(args: argparse.Namespace, settings: HubSettings) -> int:
         print(json.dumps({"devices": devices}))
         return 0
     for device in devices:
-        state = "online" if device["online"] else "offline"
+        state = "revoked" if device["revoked"] else (
+            "online" if device["online"] else "offline")
         models = ", ".join(f"{k} {v}" for k, v in device["models"].items()) or "-"
         print(f"{device['id']:<24} {device['group']:<12} {state:<8} {models}")
     return 0
@@ -467,6 +579,7 @@ def _models_publish(args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def _rollout_start(args: argparse.Namespace, settings: HubSettings) -> int:
+    _name_broker(settings, "announcing the rollout")
     with _hub_store(settings) as service:
         rollout = _distribution(service).start(
             model=args.model, version=args.version, group=args.group,
@@ -477,6 +590,7 @@ def _rollout_start(args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def _rollout_rollback(args: argparse.Namespace, settings: HubSettings) -> int:
+    _name_broker(settings, "announcing the previous model")
     with _hub_store(settings) as service:
         again = _distribution(service).roll_back(args.rollout_id,
                                                  targets_key=args.targets_key)

@@ -221,7 +221,8 @@ class IngestWorker:
     def _accept(self, device_id: str, payload: bytes, kind: type[_Device],
                 what: str, *, max_bytes: int | None = None) -> _Device | None:
         """Decode a device's message; count and drop it if it is malformed, oversized,
-        claims another device, or comes from a device that was never provisioned."""
+        claims another device, or comes from a device that was never provisioned or was
+        revoked."""
         try:
             message = decode(payload, kind,
                              max_bytes=max_bytes or self.settings.max_message_bytes)
@@ -235,8 +236,9 @@ class IngestWorker:
             self._drop("spoofed-device",
                        f"{what} claims {message.device_id} on {device_id}'s topic")
             return None
-        if not self.store.device_exists(device_id=device_id):
-            self._drop("unknown-device", f"{what} from {device_id}")
+        standing = self.store.device_standing(device_id=device_id)
+        if standing != "active":
+            self._drop(f"{standing}-device", f"{what} from {device_id}")
             return None
         return message
 

@@ -55,6 +55,12 @@ class BrokerSettings:
                    username=settings.mqtt_username, password=settings.mqtt_password,
                    client_id=settings.mqtt_client_id or default_client_id(), tls=tls)
 
+    def describe(self) -> str:
+        """Which broker and user, for messages: ``mqtts://host:port as user 'hub'``."""
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        user = f"as user {self.username!r}" if self.username else "anonymously"
+        return f"{scheme}://{self.host}:{self.port} {user}"
+
     def context(self) -> ssl.SSLContext | None:
         """The TLS client context, or ``None`` without TLS.
 

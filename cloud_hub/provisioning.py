@@ -50,7 +50,14 @@ from typing import Any, Literal
 
 from cloud_hub.errors import BrokerUnavailableError, ProvisioningError, SettingsError
 from cloud_hub.mqtt import BrokerSettings
-from sync import TopicError, TopicLayout, check_name
+from sync import (
+    BrokerAddress,
+    EnrollmentBundle,
+    TopicError,
+    TopicLayout,
+    UpdateTrust,
+    check_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +250,34 @@ def rotate_device_commands(layout: TopicLayout, credentials: DeviceCredentials,
     old password stops working at once."""
     return (*revoke_device_commands(credentials.username),
             *add_device_commands(layout, credentials, group))
+
+
+def enrollment_bundle(*, credentials: DeviceCredentials, group: str, broker_url: str,
+                      prefix: str, ca_pem: str | None, hub_url: str,
+                      trusted_root: dict[str, object] | None) -> EnrollmentBundle:
+    """Everything a device needs to join, as :class:`~sync.EnrollmentBundle`.
+
+    Args:
+        credentials: The device's fresh MQTT credentials (its username is its id).
+        group: Its group.
+        broker_url: The broker as the device reaches it (``mqtts://host:port``).
+        prefix: The fleet's topic prefix.
+        ca_pem: The CA the device verifies the broker with; ``None``: its system CAs.
+        hub_url: The hub's public URL; its TUF repository is ``hub_url/tuf``.
+        trusted_root: The TUF root to start from, or ``None`` without signed updates.
+
+    Raises:
+        ProvisioningError: A value does not fit the bundle (the message names it).
+    """
+    try:
+        return EnrollmentBundle(
+            device_id=credentials.username, group=group, hub_url=hub_url,
+            broker=BrokerAddress(url=broker_url, ca_pem=ca_pem, username=credentials.username,
+                                 password=credentials.password, prefix=prefix),
+            updates=None if trusted_root is None else UpdateTrust(
+                url=f"{hub_url}/tuf", trusted_root=trusted_root))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ProvisioningError(f"cannot write the enrollment bundle: {exc}") from exc
 
 
 def password_entry(password: str, *, salt: bytes | None = None) -> dict[str, object]:

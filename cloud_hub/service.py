@@ -5,6 +5,7 @@ are queued to."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from cloud_hub.batching import (
     measure_batch_sizes,
 )
 from cloud_hub.distribution import ModelDistribution
-from cloud_hub.errors import DeviceExistsError, HubError, ProvisioningError
+from cloud_hub.errors import DeviceExistsError, HubError, ProvisioningError, SettingsError
 from cloud_hub.ingest import IngestWorker
 from cloud_hub.judge import EventJudge, Judge, load_hub_model
 from cloud_hub.metrics import HubMetrics
@@ -34,6 +35,7 @@ from cloud_hub.provisioning import (
     add_device_commands,
     batch_add_commands,
     check_device_id,
+    enrollment_bundle,
     new_credentials,
     repair_role_commands,
     revoke_device_commands,
@@ -45,7 +47,7 @@ from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, ut
 from cloud_hub.webhooks import WebhookConfig, WebhookSender, verdict_data
 from hardware import Selection
 from models import Model
-from sync import TopicError, TopicLayout, UpdateReport, check_name
+from sync import EnrollmentBundle, TopicError, TopicLayout, UpdateReport, check_name
 from sync.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -370,6 +372,31 @@ class HubService:
             log.error("could not delete %d broker clients after a failed registration: %s",
                       len(device_ids), exc)
 
+    def enrollment(self, credentials: DeviceCredentials, group: str) -> EnrollmentBundle:
+        """The enrollment bundle of a device just provisioned with ``credentials``: the
+        broker as devices reach it, its CA, the hub's URL and, when the hub has a TUF
+        repository, its current root.
+
+        Raises:
+            SettingsError: The CA file cannot be read.
+            ProvisioningError: A setting does not fit the bundle.
+        """
+        settings = self.settings
+        ca_file = settings.device_ca_file or settings.mqtt_ca_file
+        try:
+            ca_pem = ca_file.read_text() if ca_file is not None else None
+        except OSError as exc:
+            raise SettingsError(f"CLOUD_HUB_DEVICE_CA_FILE: cannot read {ca_file}: "
+                                f"{exc.strerror}") from exc
+        root_file = settings.repository_dir / "metadata" / "root.json"
+        trusted_root = None
+        if root_file.is_file():
+            trusted_root = json.loads(root_file.read_text())
+        return enrollment_bundle(
+            credentials=credentials, group=group, broker_url=settings.device_broker_url,
+            prefix=settings.mqtt_prefix, ca_pem=ca_pem, hub_url=settings.hub_public_url,
+            trusted_root=trusted_root)
+
     def revoke_device(self, device_id: str) -> None:
         """Take a device's broker access away: it is disconnected and cannot reconnect.
 
@@ -379,10 +406,9 @@ class HubService:
             NotFoundError: No such device.
             BrokerUnavailableError: The broker could not be reached.
         """
-        device = self.store.get_device(device_id=device_id)
+        self.store.get_device(device_id=device_id)  # NotFoundError for an unknown id
         self._control(revoke_device_commands(device_id))
-        self.store.add_device(device_id=device_id, group=device["group"],
-                              labels=device["labels"], credential_hash=None)
+        self.store.revoke_device(device_id=device_id, at=time.time())
         log.info("device %s revoked", device_id)
 
     def _control(self, commands: Sequence[Command]) -> None:

@@ -52,6 +52,17 @@ class HubSettings(BaseSettings):
         default=None, description="CA that signed the broker's certificate; default: system")
     mqtt_cert_file: Path | None = Field(default=None, description="client certificate (mTLS)")
     mqtt_key_file: Path | None = Field(default=None, description="its private key")
+    device_mqtt_url: str | None = Field(
+        default=None, pattern=r"^mqtts?://[^/]+$", description="the broker as devices reach "
+        "it, written into enrollment bundles (mqtts://hub.example.net:8883); default: "
+        "mqtt_host and mqtt_port, mqtts when mqtt_tls is on")
+    device_ca_file: Path | None = Field(
+        default=None, description="the CA devices verify the broker with, written into "
+        "enrollment bundles; default: mqtt_ca_file")
+    public_url: str | None = Field(
+        default=None, pattern=r"^https?://", description="the hub's URL as devices and "
+        "people reach it (https://hub.example.net), written into enrollment bundles with "
+        "its /tuf repository; default: http://http_host:http_port")
     broker_control: Literal["mosquitto-dynsec", "none"] = Field(
         default="mosquitto-dynsec", description="how devices are provisioned, rotated and "
         "revoked on the broker: through Mosquitto's dynamic security plugin, or not at all "
@@ -171,6 +182,17 @@ class HubSettings(BaseSettings):
         """:attr:`judge_labels` as a set (empty: any label confirms)."""
         return frozenset(label.strip() for label in self.judge_labels.split(",")
                          if label.strip())
+
+    @property
+    def device_broker_url(self) -> str:
+        """The broker's URL for devices (:attr:`device_mqtt_url` or its default)."""
+        scheme = "mqtts" if self.mqtt_tls else "mqtt"
+        return self.device_mqtt_url or f"{scheme}://{self.mqtt_host}:{self.mqtt_port}"
+
+    @property
+    def hub_public_url(self) -> str:
+        """The hub's URL for devices and people, without a trailing slash."""
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
     @property
     def repository_dir(self) -> Path:

@@ -36,6 +36,8 @@ from sync.rollout import FAILED_STEPS, Rollout
 
 log = logging.getLogger(__name__)
 
+DeviceStanding = Literal["active", "revoked", "unknown"]
+
 metadata = sa.MetaData()
 _Query = sa.Select[*tuple[Any, ...]]
 
@@ -57,6 +59,8 @@ devices = sa.Table(
     sa.Column("agent_version", sa.String(64), nullable=False, server_default=""),
     sa.Column("telemetry", sa.Text, nullable=True),  # the latest telemetry's values, JSON
     sa.Column("telemetry_at", sa.Float, nullable=True),
+    # When the device was revoked (NULL: it is not): its messages are refused.
+    sa.Column("revoked_at", sa.Float, nullable=True),
 )
 
 events = sa.Table(
@@ -228,8 +232,13 @@ def _add_columns(conn: Connection, table: sa.Table, columns: tuple[str, ...]) ->
             conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column}"))
 
 
+def _v8(conn: Connection) -> None:
+    # A revoked device stays in the registry (its events are kept), marked as revoked.
+    _add_columns(conn, devices, ("revoked_at FLOAT",))
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
@@ -508,7 +517,7 @@ class Store:
             conn.execute(statement.on_conflict_do_update(
                 index_elements=["id"],
                 set_={"group_name": group, "credential_hash": credential_hash,
-                      "labels": values["labels"]},
+                      "labels": values["labels"], "revoked_at": None},
             ))
         return self.get_device(device_id=device_id)
 
@@ -549,6 +558,23 @@ class Store:
             raise NotFoundError("device", device_id)
         return _device(row._mapping)
 
+    def revoke_device(self, *, device_id: str, at: float) -> None:
+        """Mark a device revoked: offline, no credentials, its messages refused from now
+        (until it is provisioned again)."""
+        with self._tx() as conn:
+            conn.execute(devices.update().where(devices.c.id == device_id).values(
+                revoked_at=at, online=False, credential_hash=None))
+
+    def device_standing(self, *, device_id: str) -> DeviceStanding:
+        """Whether the hub takes a device's messages: ``active``, ``revoked`` or
+        ``unknown`` (never provisioned)."""
+        with self._tx() as conn:
+            row = conn.execute(sa.select(devices.c.revoked_at)
+                               .where(devices.c.id == device_id)).first()
+        if row is None:
+            return "unknown"
+        return "active" if row[0] is None else "revoked"
+
     def device_exists(self, *, device_id: str) -> bool:
         """Whether a device was provisioned."""
         with self._tx() as conn:
@@ -580,7 +606,8 @@ class Store:
             sa.and_(devices.c.status_at == at, devices.c.status_seq <= seq),
         )
         with self._tx() as conn:
-            conn.execute(devices.update().where(devices.c.id == device_id).where(newer).values(
+            conn.execute(devices.update().where(devices.c.id == device_id).where(newer)
+                         .where(devices.c.revoked_at.is_(None)).values(
                 online=online, status_at=at, status_seq=seq, models=json.dumps(models),
                 backend=backend, last_seen=sa.func.coalesce(devices.c.last_seen, at),
                 updates_enabled=updates_enabled, agent_version=agent_version))
@@ -1061,6 +1088,7 @@ def _device(row: Any) -> dict[str, Any]:
     device["models"] = json.loads(device["models"])
     device["online"] = bool(device["online"])
     device["telemetry"] = json.loads(device["telemetry"]) if device["telemetry"] else {}
+    device["revoked"] = device["revoked_at"] is not None
     return device
 
 

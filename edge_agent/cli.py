@@ -23,12 +23,28 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from tomlkit.toml_document import TOMLDocument
+
 from edge_agent.agent import STATUS_FILE, EdgeAgent, store_model_loader
 from edge_agent.config import AgentConfig, file_problems, load_config
+from edge_agent.enrollment import (
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_STATE_DIR,
+    EnrolledPaths,
+    camera_site,
+    enroll,
+    read_bundle,
+    read_site,
+)
 from edge_agent.errors import ConfigError, EdgeAgentError, ListenError
 from edge_agent.footage import SampleFootage
 from edge_agent.images import read_image
 from edge_agent.sensors import train_anomaly_bundle
+from edge_agent.system_service import CONFIG_DIR as AGENT_CONFIG_DIR
+from edge_agent.system_service import CPU_QUOTA as AGENT_CPU_QUOTA
+from edge_agent.system_service import MEMORY_MAX as AGENT_MEMORY_MAX
+from edge_agent.system_service import STATE_DIR as AGENT_STATE_DIR
+from edge_agent.system_service import agent_service
 from hardware import (
     BackendPlan,
     HardwareError,
@@ -59,7 +75,18 @@ from models import (
     iou,
     quantize_detector,
 )
-from sync import add_log_options, configure_logging, share_options, version_line
+from sync import (
+    ServiceInstallError,
+    add_log_options,
+    configure_logging,
+    give_to_service,
+    install_service,
+    share_options,
+    start_service,
+    under,
+    uninstall_service,
+    version_line,
+)
 
 log = logging.getLogger("edge_agent")
 Handler = Callable[[argparse.Namespace], int]
@@ -205,6 +232,32 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
     status.set_defaults(handler=_status)
 
+    enroll = commands.add_parser(
+        "enroll", help="turn the hub's enrollment bundle into this device's configuration",
+        description="Writes agent.toml, ca.pem, root.json and mqtt-password (mode 0600) "
+        "into the configuration folder. The device's own settings (sources, policy, "
+        "actions) come from the agent.toml already there, --site-config, or --camera.")
+    _add_enroll_options(enroll)
+    enroll.set_defaults(handler=_enroll)
+
+    install = commands.add_parser(
+        "install-service", help="install the agent as a systemd service and enroll it",
+        description="Makes the edge-agent system user (systemd-sysusers), its folders "
+        "(/etc/edge-agent, /var/lib/edge-agent, /var/cache/edge-agent), the hardened "
+        "unit running this installation's edge-agent, the configuration from an "
+        "enrollment bundle; then enables and starts the service.")
+    _add_enroll_options(install, bundle_optional=True)
+    _add_service_options(install, memory_max=AGENT_MEMORY_MAX, cpu_quota=AGENT_CPU_QUOTA)
+    install.set_defaults(handler=_install_service)
+    uninstall = commands.add_parser(
+        "uninstall-service", help="stop and remove the agent's systemd service")
+    uninstall.add_argument("--root", type=Path, default=Path("/"),
+                           help="the root it was laid out under (default /)")
+    uninstall.add_argument("--purge", action="store_true",
+                           help="also delete its configuration, state (outbox, models) and "
+                           "cache")
+    uninstall.set_defaults(handler=_uninstall_service)
+
     config = commands.add_parser("config", help="check an agent configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True,
                                             metavar="ACTION")
@@ -232,6 +285,114 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
     share_options(parser, lambda sub: _add_common_options(sub, suppress=True))
     return parser
+
+
+def _add_enroll_options(parser: argparse.ArgumentParser, *,
+                        bundle_optional: bool = False) -> None:
+    """The options of ``enroll`` (``install-service`` takes them too, its bundle
+    optional: a reinstall keeps the configuration there)."""
+    if bundle_optional:
+        parser.add_argument("--bundle", type=Path, default=None, metavar="FILE",
+                            help="the enrollment bundle from `cloud-hub devices add ID "
+                            "--bundle FILE`; without it the configuration there is kept")
+    else:
+        parser.add_argument("bundle", type=Path, help="the enrollment bundle from "
+                            "`cloud-hub devices add ID --bundle FILE`")
+        parser.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR,
+                            help="where the configuration goes (default %(default)s)")
+        parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                            help="the agent's state folder, where the site configuration "
+                            "names none (default %(default)s)")
+    site = parser.add_mutually_exclusive_group()
+    site.add_argument("--site-config", type=Path, default=None, metavar="FILE",
+                      help="the device's own settings (sources, policy, actions) as TOML; "
+                      "default: the agent.toml already in the configuration folder")
+    site.add_argument("--camera", default=None, metavar="URL",
+                      help="one video source (a camera's stream or a video file) instead")
+    parser.add_argument("--model", default=DEMO_MODEL,
+                        help="the model of the --camera source (default %(default)s)")
+
+
+def _site(args: argparse.Namespace, paths: EnrolledPaths) -> TOMLDocument:
+    """The site configuration that enrollment completes."""
+    if args.site_config is not None:
+        return read_site(args.site_config)
+    if args.camera is not None:
+        return camera_site(args.camera, args.model)
+    if paths.config.is_file():
+        return read_site(paths.config)
+    raise ConfigError(f"{paths.config} does not exist yet: name this device's sources with "
+                      "--site-config FILE or --camera URL")
+
+
+def _add_service_options(parser: argparse.ArgumentParser, *, memory_max: str,
+                         cpu_quota: str) -> None:
+    parser.add_argument("--root", type=Path, default=Path("/"),
+                        help="lay the service out under this folder instead, every path "
+                        "pointing into it, and run no systemctl (tests, trying it out)")
+    parser.add_argument("--no-start", action="store_true",
+                        help="install, but do not enable or start the service")
+    parser.add_argument("--memory-max", default=memory_max,
+                        help="the unit's MemoryMax (default %(default)s)")
+    parser.add_argument("--cpu-quota", default=cpu_quota,
+                        help="the unit's CPUQuota (default %(default)s)")
+
+
+def _install_service(args: argparse.Namespace) -> int:
+    root: Path = args.root.resolve()
+    try:
+        service = agent_service(root=root, memory_max=args.memory_max,
+                                cpu_quota=args.cpu_quota)
+    except ValueError as exc:
+        raise ConfigError(f"--memory-max: {exc}") from exc
+    paths = EnrolledPaths(config_dir=under(root, AGENT_CONFIG_DIR),
+                          state_dir=under(root, AGENT_STATE_DIR))
+    if args.bundle is None and not paths.config.is_file():
+        raise ConfigError(f"{paths.config} does not exist: enroll the device with "
+                          "--bundle FILE (from `cloud-hub devices add ID --bundle FILE`)")
+    site = _site(args, paths) if args.bundle is not None else None
+    bundle = read_bundle(args.bundle) if args.bundle is not None else None
+    try:
+        done = install_service(service, root, start=False)
+        if bundle is not None and site is not None:
+            config = enroll(bundle, site, paths)
+            give_to_service(service, [paths.config, *_existing(paths.ca_file,
+                            paths.trusted_root)], root, writable=False)
+            give_to_service(service, [paths.password_file], root, writable=True)
+            done.append(f"enrolled {config.device.id} (group {config.device.group}): "
+                        f"{paths.config}")
+        if not args.no_start:
+            done += start_service(service, root)
+    except ServiceInstallError as exc:
+        raise EdgeAgentError(str(exc)) from exc
+    for line in done:
+        print(line)
+    return ExitCode.OK
+
+
+def _existing(*paths: Path) -> list[Path]:
+    return [path for path in paths if path.exists()]
+
+
+def _uninstall_service(args: argparse.Namespace) -> int:
+    root: Path = args.root.resolve()
+    try:
+        done = uninstall_service(agent_service(root=root), root, purge=args.purge)
+    except ServiceInstallError as exc:
+        raise EdgeAgentError(str(exc)) from exc
+    for line in done:
+        print(line)
+    return ExitCode.OK
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    paths = EnrolledPaths(config_dir=args.config_dir, state_dir=args.state_dir)
+    bundle = read_bundle(args.bundle)
+    config = enroll(bundle, _site(args, paths), paths)
+    print(f"enrolled {config.device.id} (group {config.device.group}) with the broker at "
+          f"{config.mqtt.host}:{config.mqtt.port}{' over TLS' if config.mqtt.tls else ''}; "
+          f"configuration in {paths.config}")
+    return ExitCode.OK
 
 
 def _add_common_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:

@@ -48,6 +48,9 @@ class MqttConfig(_Section):
     prefix: str = "fleet"
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = Field(
+        default=None, description="a file holding the password (readable by the agent's "
+        "user only), instead of password; EDGE_AGENT_MQTT_PASSWORD still wins")
     tls: bool = False
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -74,7 +77,24 @@ class MqttConfig(_Section):
             raise ValueError("reconnect_max_s must be at least reconnect_min_s")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password and password_file exclude each other")
         return self
+
+    def with_password_file_read(self, key: str) -> MqttConfig:
+        """This config with :attr:`password_file`'s contents as the password.
+
+        Raises:
+            ConfigError: The file cannot be read (``key`` names the setting).
+        """
+        if self.password_file is None or self.password is not None:
+            return self
+        try:
+            password = self.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{key} = '{self.password_file}': cannot read: {exc.strerror}",
+                              key=key) from exc
+        return self.model_copy(update={"password": password, "password_file": None})
 
 
 class OutboxConfig(_Section):
@@ -318,7 +338,8 @@ def parse_config(raw: dict[str, Any], *, origin: str = "config",
     environ = dict(os.environ) if environ is None else environ
     password = environ.get(PASSWORD_ENV)
     if password is not None:
-        raw = {**raw, "mqtt": {**raw.get("mqtt", {}), "password": password}}
+        raw = {**raw, "mqtt": {**raw.get("mqtt", {}), "password": password,
+                               "password_file": None}}
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -360,7 +381,8 @@ def file_problems(config: AgentConfig, *, origin: str = "config") -> list[str]:
         if s.broker is not None]
     for prefix, broker in brokers:
         named += [(f"{prefix}.ca_file", broker.ca_file), (f"{prefix}.cert_file",
-                   broker.cert_file), (f"{prefix}.key_file", broker.key_file)]
+                   broker.cert_file), (f"{prefix}.key_file", broker.key_file),
+                  (f"{prefix}.password_file", broker.password_file)]
     named.append(("updates.trusted_root", config.updates.trusted_root))
     problems = []
     for key, path in named:
@@ -387,4 +409,18 @@ def load_config(path: Path, *, environ: dict[str, str] | None = None) -> AgentCo
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(raw, origin=str(path), environ=environ)
+    return read_secrets(parse_config(raw, origin=str(path), environ=environ))
+
+
+def read_secrets(config: AgentConfig) -> AgentConfig:
+    """``config`` with every broker's ``password_file`` read into its password.
+
+    Raises:
+        ConfigError: A password file cannot be read.
+    """
+    sources = tuple(
+        source if source.broker is None else source.model_copy(update={
+            "broker": source.broker.with_password_file_read(f"sources.{i}.broker.password_file")})
+        for i, source in enumerate(config.sources))
+    return config.model_copy(update={
+        "mqtt": config.mqtt.with_password_file_read("mqtt.password_file"), "sources": sources})

@@ -8,7 +8,8 @@ Hierarchy::
     │   ├── OversizedMessageError   larger than the configured limit
     │   └── MalformedMessageError   not JSON, wrong schema, or a field missing or wrong
     ├── BrokerTlsError          the broker's TLS does not verify (never retried)
-    └── RolloutStateError       a rollout cannot be paused, resumed or cancelled as it is
+    ├── RolloutStateError       a rollout cannot be paused, resumed or cancelled as it is
+    └── ServiceInstallError     a step of installing a systemd service failed
 """
 
 from __future__ import annotations
@@ -72,3 +73,7 @@ class RolloutStateError(SyncError):
         self.status = status
         self.action = action
         super().__init__(f"cannot {action} rollout {rollout_id}: it is {status}")
+
+
+class ServiceInstallError(SyncError):
+    """A step of installing or removing a systemd service failed; the message names it."""
