@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -71,6 +72,7 @@ from models import (
     ModelZoo,
     PipWheelFetcher,
     default_store_path,
+    golden_input,
     import_model,
     iou,
     quantize_detector,
@@ -553,6 +555,7 @@ def _doctor(args: argparse.Namespace) -> int:
     if not plans:
         plans = [plan_for_runtime(profile, "tflite"), plan_for_runtime(profile, "onnx")]
     proofs: dict[str, Selection | str] = {}
+    latencies: dict[str, float] = {}
     failures = [f"{e.name}@{e.version}: {e.problem}" for e in entries if e.problem]
     configured: dict[str, Selection | str] = {}
     if args.config is not None:
@@ -580,7 +583,13 @@ def _doctor(args: argparse.Namespace) -> int:
                 proofs[entry.bundle.label] = str(exc)
                 failures.append(f"{entry.bundle.label}: {exc}")
                 continue
-            model.close()
+            try:
+                latencies[entry.bundle.label] = measure_latency_ms(model)
+            except ModelError as exc:
+                failures.append(f"{entry.bundle.label}: loads on {selection.chosen} but "
+                                f"does not run: {exc}")
+            finally:
+                model.close()
             proofs[entry.bundle.label] = selection
     if args.json:
         report: dict[str, Any] = {
@@ -591,7 +600,8 @@ def _doctor(args: argparse.Namespace) -> int:
         }
         if args.prove:
             report["proven"] = {
-                label: (proof.to_dict() if isinstance(proof, Selection) else {"error": proof})
+                label: ({**proof.to_dict(), "latency_ms": latencies.get(label)}
+                        if isinstance(proof, Selection) else {"error": proof})
                 for label, proof in proofs.items()
             }
         if args.config is not None:
@@ -600,6 +610,7 @@ def _doctor(args: argparse.Namespace) -> int:
                 for name, proof in configured.items()
             }
         report["failures"] = failures
+        report["verdict"] = _verdict(failures, latencies)
         print(json.dumps(report, indent=2))
         return ExitCode.MODEL_PROBLEM if failures else ExitCode.OK
     _print_hardware(profile)
@@ -611,7 +622,9 @@ def _doctor(args: argparse.Namespace) -> int:
         print("\n" + "\n".join(plan.lines()))
         proof = proofs.get(plan.model)
         if isinstance(proof, Selection):
-            print(f"  -> serves on {proof.chosen}")
+            latency = latencies.get(plan.model)
+            measured = f" ({latency:.1f} ms per inference)" if latency is not None else ""
+            print(f"  -> serves on {proof.chosen}{measured}")
             for skipped in proof.skipped:
                 print(f"     skipped {skipped.name}: {skipped.reason}")
         elif proof is not None:
@@ -623,8 +636,40 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"\n{len(failures)} model problem(s):")
         for failure in failures:
             print(f"  {failure}")
-        return ExitCode.MODEL_PROBLEM
-    return ExitCode.OK
+    print(f"\nverdict: {_verdict(failures, latencies)}")
+    return ExitCode.MODEL_PROBLEM if failures else ExitCode.OK
+
+
+LATENCY_RUNS = 5
+
+
+def measure_latency_ms(model: Model, runs: int = LATENCY_RUNS) -> float:
+    """The median time of ``runs`` inferences on the model's golden input, after one
+    warm-up (milliseconds).
+
+    Raises:
+        ModelError: The model does not run.
+    """
+    batch = golden_input(model.bundle)
+    model.infer_tensor(batch)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.infer_tensor(batch)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)
+
+
+def _verdict(failures: Sequence[str], latencies: dict[str, float]) -> str:
+    """The doctor's last line: whether every model is fit to serve."""
+    if failures:
+        return (f"NOT READY: {len(failures)} model problem(s) above (exit "
+                f"{int(ExitCode.MODEL_PROBLEM)})")
+    if not latencies:
+        return "OK: hardware probed (add --prove to load and time every stored model)"
+    slowest = max(latencies, key=latencies.__getitem__)
+    return (f"OK: {len(latencies)} model(s) load and run; slowest {slowest} at "
+            f"{latencies[slowest]:.1f} ms per inference")
 
 
 def _print_hardware(profile: HardwareProfile) -> None:

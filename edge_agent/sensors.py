@@ -27,7 +27,7 @@ from edge_agent.config import MqttConfig
 from edge_agent.errors import ConfigError, SampleDataError
 from edge_agent.mqtt import check_broker, new_client
 from edge_agent.sources import Source
-from models import Manifest, sha256_hex
+from models import ANOMALY_MODEL, Manifest, sha256_hex
 from models.features import WINDOW_STATS_V1, window_stats_v1
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def windows_of(values: npt.NDArray[np.float64], window: int = DEFAULT_WINDOW,
 
 
 def train_anomaly_bundle(
-    *, name: str = "sensor-anomaly", version: str = "1.0.0", window: int = DEFAULT_WINDOW,
+    *, name: str = ANOMALY_MODEL, version: str = "1.0.0", window: int = DEFAULT_WINDOW,
     days: int = 7, seed: int = 0,
 ) -> tuple[Manifest, bytes]:
     """Train the IsolationForest on normal readings and export it to ONNX.

@@ -41,6 +41,7 @@ from models.errors import (
     ZooFetchError,
 )
 from models.golden import Golden, golden_input, golden_outputs, smoke_test
+from models.hints import ANOMALY_MODEL, missing_model_hint
 from models.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageFormat,
@@ -70,6 +71,7 @@ from models.store import ModelStore, StoreEntry, default_store_path
 from models.zoo import ZOO, ModelZoo, PipWheelFetcher, WheelFetcher, WheelSource
 
 __all__ = [
+    "ANOMALY_MODEL",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "DETECTOR_FAMILIES",
     "MANIFEST_FILENAME",
@@ -134,6 +136,7 @@ __all__ = [
     "golden_outputs",
     "import_model",
     "iou",
+    "missing_model_hint",
     "open_bundle",
     "parse_manifest",
     "quantize_detector",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from models.bundle import ModelBundle, open_bundle, write_bundle
 from models.errors import BundleError, ModelNotFoundError
+from models.hints import missing_model_hint
 from models.manifest import MODEL_NAME_PATTERN, Manifest, semver_key
 
 STORE_ENV = "EDGE_AGENT_MODEL_STORE"
@@ -101,12 +102,15 @@ class ModelStore:
         folder = self.root / name
         versions = [p.name for p in folder.iterdir() if _visible_dir(p)] if folder.is_dir() else []
         if not versions:
+            # Imported here: the zoo is built on the store.
+            from models.zoo import ZOO
+
             known = sorted({e.name for e in self.entries()})
-            hint = f"the store has: {', '.join(known)}" if known else "the store is empty"
+            held = f"the store has: {', '.join(known)}" if known else "the store is empty"
             raise ModelNotFoundError(
                 reference,
-                f"no model named {name!r} in {self.root} ({hint}; "
-                f"try `edge-agent models pull {name}`)",
+                f"no model named {name!r} in {self.root} ({held}); "
+                + missing_model_hint(name, stored=known, zoo=ZOO),
             )
         if version:
             if version not in versions:

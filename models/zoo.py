@@ -34,6 +34,7 @@ from models.backends.litert import LiteRTBackend
 from models.backends.onnxrt import OnnxRuntimeBackend
 from models.bundle import ModelBundle, sha256_hex
 from models.errors import ModelError, ModelNotFoundError, ZooError, ZooFetchError
+from models.hints import missing_model_hint
 from models.importer import ImportRequest, import_bytes
 from models.manifest import MANIFEST_FILENAME, RUNTIME_SUFFIX, FileSpec, InputSpec, Manifest
 from models.store import ModelStore
@@ -280,9 +281,10 @@ class ModelZoo:
     def _entry(self, name: str) -> ZooModel:
         entry = ZOO.get(name)
         if entry is None:
+            stored = {e.name for e in self.store.entries()}
             raise ModelNotFoundError(
-                name, f"the zoo has no model {name!r}; it has {', '.join(self.names())}"
-            )
+                name, f"the zoo has no model {name!r}; it has {', '.join(self.names())}; "
+                + missing_model_hint(name, stored=stored, zoo=ZOO))
         return entry
 
     def fetch_file(self, name: str) -> bytes:

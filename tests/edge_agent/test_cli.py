@@ -90,6 +90,14 @@ def test_user_errors_are_one_line(zoo_store: ModelStore, photos: dict[str, Path]
         "no model named 'mobilenet'",
     )
     _assert_one_line_error(
+        _run(zoo_store.root, "infer", "blazeface-shrot", str(photos["astronaut"])),
+        "did you mean blazeface-short",
+    )
+    _assert_one_line_error(
+        _run(zoo_store.root, "infer", "sensor-anomaly", str(photos["astronaut"])),
+        "run `edge-agent models train-anomaly`",
+    )
+    _assert_one_line_error(
         _run(zoo_store.root, "infer", "blazeface-short", str(photos["astronaut"]),
              "--backend", "onnxruntime:cuda"),
         "backend 'onnxruntime:cuda' is not planned",
@@ -188,8 +196,16 @@ def test_doctor_prove_shows_what_serves(zoo_store: ModelStore) -> None:
     result = _run(zoo_store.root, "doctor", "--prove")
     assert result.returncode == 0, result.stderr
     assert "backend plan for blazeface-short@1.0.0" in result.stdout
-    assert "-> serves on litert:xnnpack" in result.stdout
-    assert "-> serves on onnxruntime:cpu" in result.stdout
+    assert "-> serves on litert:xnnpack (" in result.stdout
+    assert "-> serves on onnxruntime:cpu (" in result.stdout
+    # Each model's measured latency, and one verdict line last (issue 12).
+    measured = [line for line in result.stdout.splitlines() if "-> serves on" in line]
+    assert measured and all(line.endswith(" ms per inference)") for line in measured)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"verdict: OK: {len(measured)} model(s) load and run; slowest ")
+    report = json.loads(_run(zoo_store.root, "doctor", "--prove", "--json").stdout)
+    assert all(proof["latency_ms"] > 0 for proof in report["proven"].values())
+    assert report["verdict"].startswith("OK:")
 
 
 def test_demo_reports_what_it_found(zoo_store: ModelStore) -> None:
@@ -267,6 +283,8 @@ def test_doctor_exits_4_when_a_model_cannot_load(zoo_store: ModelStore, tmp_path
     tampered = _run(store, "doctor")
     assert tampered.returncode == 4, tampered.stdout + tampered.stderr
     assert "1 model problem(s)" in tampered.stdout
+    assert tampered.stdout.strip().splitlines()[-1] == (
+        "verdict: NOT READY: 1 model problem(s) above (exit 4)")
 
 
 def test_a_missing_ca_file_is_one_line_and_exit_78(zoo_store: ModelStore,
