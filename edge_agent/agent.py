@@ -13,10 +13,12 @@ them, starts the workers and supervises them. Every thread the agent starts, by 
     Takes a work item, first applies every verdict that has arrived (so no decision
     ignores one), then runs the gate, the model, the object tracker and the policy (one
     decision per tracked object), escalates, and runs the local fallback when a verdict
-    is late. Owns the serving models (an update's swap is done between two items), the
-    policy, the gates, the trackers and their track books, the pending verdicts, and the
-    decision journal (:mod:`edge_agent.journal`): its file, and its messages, handed to
-    the uplink to publish.
+    is late. For a source that replays footage (``await_verdicts``) it then waits for
+    that frame's verdicts before taking the next item. Owns the serving models (an
+    update's swap is done between two items), the policy, the gates, the trackers and
+    their track books, the pending verdicts, and the decision journal
+    (:mod:`edge_agent.journal`): its file, and its messages, handed to the uplink to
+    publish.
 ``uplink``
     Owns the outbox and the delivery window (:mod:`edge_agent.delivery.uplink`): commits,
     publishes, the hub's receipts and verdicts.
@@ -214,6 +216,7 @@ class EdgeAgent:
         self._gates: dict[str, MotionGate] = {}
         self._trackers: dict[str, ObjectTracker] = {}
         self._books: dict[str, TrackBook] = {}
+        self._awaiting_sources = frozenset(c.name for c in config.sources if c.await_verdicts)
         # Escalated motion: event id -> source and region.
         self._unexplained: dict[str, tuple[str, Region]] = {}
         self._journal = DecisionJournal(config.device.id)
@@ -529,6 +532,16 @@ class EdgeAgent:
                     self._process(item)
                 finally:
                     self._busy_since = None
+                if item.source in self._awaiting_sources:
+                    self._await_verdicts(item.source)
+            self._apply_fallbacks()
+
+    def _await_verdicts(self, source: str) -> None:
+        """Replay (``await_verdicts``): apply verdicts as they arrive until none of
+        ``source``'s escalations waits any more, each either judged or fallen back."""
+        while self._pending.waiting_for(source) and not self._pipeline_stop.is_set():
+            self._heartbeat = time.monotonic()
+            self._handle_intake(wait_s=0.1)
             self._apply_fallbacks()
 
     def _process(self, item: WorkItem) -> None:
@@ -714,12 +727,15 @@ class EdgeAgent:
         self.metrics.malformed.labels("verdict").inc()
         self._counters.malformed_verdicts += 1
 
-    def _handle_intake(self) -> None:
+    def _handle_intake(self, *, wait_s: float = 0.0) -> None:
+        """Apply every verdict (or undeliverable escalation) queued, waiting up to
+        ``wait_s`` for the first."""
         while True:
             try:
-                item = self._intake.get_nowait()
+                item = self._intake.get(timeout=wait_s) if wait_s else self._intake.get_nowait()
             except queue.Empty:
                 return
+            wait_s = 0.0
             if isinstance(item, Undeliverable):
                 entry = self._pending.give_up(item.event_id)
                 if entry is not None:
@@ -766,7 +782,7 @@ class EdgeAgent:
         state = book.verdict(verdict.event_id, confirmed, time.monotonic()) if book else None
         if state is not None:
             self._record(self._journal.verdict(
-                state, confirmed=confirmed, late=resolution.kind == "late",
+                state, verdict.event_id, confirmed=confirmed, late=resolution.kind == "late",
                 agrees=resolution.agrees, at=time.time()))
         labels = tuple(sorted({d.label for d in verdict.detections}))
         score = max((d.score for d in verdict.detections), default=None)

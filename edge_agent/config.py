@@ -192,6 +192,11 @@ class SourceConfig(_Section):
         default=DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="largest width x height of a "
         "folder's image or a stream's frame, read from its header before decoding")
     loop: bool = False
+    await_verdicts: bool = Field(
+        default=False, description="recorded footage only (a video file, a folder, the "
+        "sample): take the next frame only once the hub judged this frame's escalations "
+        "(or their fallback ran), as `bench cascade` does, so that a replay of footage "
+        "decides every frame with every verdict it asked for")
     topic: str | None = None
     window: int = Field(default=32, ge=2)
     features: tuple[str, ...] = ()
@@ -211,6 +216,12 @@ class SourceConfig(_Section):
             raise ValueError(f"a {self.kind} source needs url")
         if self.kind == "sensor" and not self.topic:
             raise ValueError("a sensor source needs topic")
+        live = self.kind == "sensor" or (
+            self.kind == "video" and self.url is not None
+            and ("://" in self.url or self.url.isdigit()))
+        if self.await_verdicts and live:
+            raise ValueError(f"await_verdicts: {self.url or self.topic!r} is live; only "
+                             "recorded footage (a video file, a folder, the sample) can wait")
         return self
 
 

@@ -63,6 +63,10 @@ class PendingVerdicts:
         self._pending[event_id] = entry
         return entry
 
+    def waiting_for(self, source: str) -> bool:
+        """Whether an escalation of ``source`` still waits for its verdict."""
+        return any(entry.source == source for entry in self._pending.values())
+
     def restore(self, entry: Pending, *, fell_back: bool) -> None:
         """Wait again for an escalation made before a restart (or remember its fallback).
 

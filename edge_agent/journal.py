@@ -74,10 +74,13 @@ class DecisionJournal:
         record.verdict, record.timing, record.fell_back, record.agrees = None, None, False, None
         return self._message("update", state, record, at)
 
-    def verdict(self, state: TrackState, *, confirmed: bool, late: bool,
+    def verdict(self, state: TrackState, event_id: str, *, confirmed: bool, late: bool,
                 agrees: bool | None, at: float) -> TrackEventMessage:
-        """The hub's verdict on ``state`` arrived (``late``: after the fallback ran)."""
+        """The hub's verdict on ``state``'s escalation ``event_id`` arrived (``late``:
+        after the fallback ran). It names its event even after the track ended."""
         record = self._record(state)
+        if record.event_id is None:  # the track ended (or the agent restarted) meanwhile
+            record.event_id = event_id
         record.verdict = confirmed
         record.timing = "late" if late else "on-time"
         record.agrees = agrees

@@ -68,6 +68,25 @@ def test_missing_and_unreadable(tmp_path: Path) -> None:
                       "sources": [{"name": "s", "kind": "video", "model": "m"}]}, environ={})
 
 
+@pytest.mark.parametrize(("source", "allowed"), [
+    ({"kind": "video", "url": "clip.avi"}, True),
+    ({"kind": "folder", "url": "frames"}, True),
+    ({"kind": "sample"}, True),
+    ({"kind": "video", "url": "rtsp://cam/stream"}, False),
+    ({"kind": "video", "url": "0"}, False),
+    ({"kind": "sensor", "topic": "plant/line-1"}, False),
+])
+def test_only_recorded_footage_can_await_verdicts(source: dict[str, str],
+                                                   allowed: bool) -> None:
+    raw = {"device": {"id": "c"}, "sources": [
+        {"name": "s", "model": "m", "await_verdicts": True, **source}]}
+    if allowed:
+        assert parse_config(raw, environ={}).sources[0].await_verdicts
+    else:
+        with pytest.raises(ConfigError, match="await_verdicts: .* is live"):
+            parse_config(raw, environ={})
+
+
 def test_packaged_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent.parent / "packaging" / "agent.example.toml"
     config = load_config(example, environ={PASSWORD_ENV: "secret"})

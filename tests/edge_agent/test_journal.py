@@ -49,8 +49,8 @@ class _Pipeline:
     def verdict(self, event_id: str, confirmed: bool, now: float) -> None:
         state = self.book.verdict(event_id, confirmed, now)
         assert state is not None
-        self.messages.append(self.journal.verdict(state, confirmed=confirmed, late=False,
-                                                  agrees=None, at=now))
+        self.messages.append(self.journal.verdict(state, event_id, confirmed=confirmed,
+                                                  late=False, agrees=None, at=now))
 
 
 def test_a_tracked_object_is_a_lifecycle_with_its_frames_decision_and_verdict() -> None:
@@ -94,6 +94,19 @@ def test_two_objects_have_two_lifecycles() -> None:
     assert len({m.track_id for m in new}) == 2
     escalated = [m for m in run.messages if m.step == "update" and m.event_id]
     assert len({m.event_id for m in escalated}) == 2
+
+
+def test_a_verdict_after_the_track_ended_names_its_event() -> None:
+    """The hub keeps an escalated track's lifecycle by its event ids: a verdict that
+    comes after the object left is one more step of it, and must say which event."""
+    run = _Pipeline()
+    run.see([_at(10)], 0.0)
+    for step in range(1, 5):
+        run.see([], 0.1 * step)  # gone: the track ends while its verdict is awaited
+    assert run.messages[-1].step == "end"
+    run.verdict("e1-0", True, 0.6)
+    late = run.messages[-1]
+    assert (late.step, late.event_id, late.verdict) == ("update", "e1-0", "confirmed")
 
 
 def test_the_file_rotates_by_size_and_keeps_its_backups(tmp_path: Path) -> None:
