@@ -45,15 +45,16 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud_hub import HubService, HubSettings
+from cloud_hub.judge import EventJudge
 from edge_agent.config import MotionConfig, PolicyConfig, TrackingConfig
 from edge_agent.escalation import frame_event
 from edge_agent.footage import BACKGROUNDS, SampleFootage
 from edge_agent.motion import MotionGate
-from edge_agent.policy import Decision, EscalationPolicy
+from edge_agent.policy import Action, Decision, DecisionReason, EscalationPolicy
 from edge_agent.tracking import ObjectTracker
 from edge_agent.tracks import TrackBook
 from hardware import load_model, plan_backends, probe_hardware
-from models import ModelStore, ModelZoo, default_store_path
+from models import Box, Model, ModelStore, ModelZoo, default_store_path
 from sync import EventIdFactory, EventMessage, ModelRef, decode, encode
 
 FPS = 25.0
@@ -200,6 +201,156 @@ def write_clip(footage: SampleFootage, stem: Path) -> None:
     print(f"wrote {video} and {truth_path}: {len(frames)} frames")
 
 
+@dataclass(frozen=True, slots=True)
+class TrackAnswer:
+    """The cascade's answer for one tracked object on one frame the detector ran on.
+
+    Attributes:
+        track_id: The tracker's id of the object.
+        box: Its detection's box on this frame (frame pixels), and ``score``.
+        action: The policy's decision (``local``, ``escalate``, ``drop``) and ``reason``.
+        positive: The answer for the object: the decision's own, or, for an escalation,
+            the hub's verdict.
+        event_id: The escalation made on this frame, if any.
+    """
+
+    track_id: int
+    box: Box
+    score: float
+    action: Action
+    reason: DecisionReason
+    positive: bool
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeFrame:
+    """What the cascade decided on one frame.
+
+    Attributes:
+        index: The frame's number in the footage.
+        inferred: The motion gate let the detector run (else the last answer holds).
+        tracks: One answer per tracked object the detector saw.
+        held: Tracks the detector missed that a confirmed verdict still holds.
+        motion: The answer on moving regions no detection explains (an escalation's
+            verdict, or a remembered confirmation), ``None`` when there was none.
+        answer: The cascade's answer: something of interest is in view.
+        edge_answer: The edge-only answer (an escalation decided by the edge model).
+    """
+
+    index: int
+    inferred: bool
+    tracks: tuple[TrackAnswer, ...]
+    held: tuple[int, ...]
+    motion: bool | None
+    answer: bool
+    edge_answer: bool
+
+
+class Cascade:
+    """The edge agent's pipeline over footage, the hub judging each escalation at once.
+
+    The motion gate, the model, the object tracker and the escalation policy as the agent
+    builds them; an escalation is encoded exactly as the agent sends it, decoded as the
+    hub receives it and judged by ``judge``, and its verdict is recorded on the track
+    before the next frame (the agent applies a verdict before the first frame taken after
+    it arrived). The policy's clock is the footage's: frame index / ``fps``.
+
+    Args:
+        edge_model: The edge detector (loaded).
+        judge: The hub's judge.
+        policy: The escalation policy (the bench uses the agent's defaults).
+        seed: The audit sample's seed.
+        fps: The footage's frame rate.
+    """
+
+    def __init__(self, edge_model: Model, judge: EventJudge, *, policy: PolicyConfig,
+                 seed: int, fps: float) -> None:
+        self.edge_model = edge_model
+        self.judge = judge
+        self.policy_config = policy
+        self.fps = fps
+        self.policy = EscalationPolicy(policy, random.Random(seed))
+        self.gate = MotionGate(MotionConfig())
+        self.tracker, self.book = ObjectTracker(TrackingConfig()), TrackBook("yard")
+        self.ids = EventIdFactory()
+        self.escalated = self.detector_calls = self.reused = 0
+        self.unexplained = self.unexplained_confirmed = self.uplink_bytes = 0
+        self.reasons: dict[str, int] = {}
+        # A frame the gate skips keeps the last answer (nothing moved): the answer of the
+        # objects last seen, not one held for an object the edge did not see.
+        self._carried = self._edge_answer = False
+
+    def step(self, frame: BenchFrame) -> CascadeFrame:
+        """Decide one frame (frames in order)."""
+        now = frame.index / self.fps
+        gated = self.gate.check(frame.image)
+        if not gated.infer:
+            return CascadeFrame(frame.index, False, (), (), None, self._carried,
+                                self._edge_answer)
+        self.detector_calls += 1
+        detections = self.edge_model.detect(frame.image)
+        height, width = frame.image.shape[:2]
+        observation = self.book.observe(frame.index,
+                                        self.tracker.update(detections, (width, height)))
+        decided = self.policy.decide_tracks("yard", observation, now)
+        self._edge_answer = any(d.positive for d in decided.decisions)
+        self.reused += sum(d.reason == "verdict-reused" for d in decided.decisions)
+        tracks = []
+        for decision in decided.decisions:
+            assert decision.track is not None
+            [detection] = decision.detections
+            if decision.action != "escalate":
+                tracks.append(TrackAnswer(decision.track.track_id, detection.box,
+                                          detection.score, decision.action,
+                                          decision.reason, decision.positive))
+                continue
+            event_id, confirmed = self._send(decision, frame.image, now)
+            tracks.append(TrackAnswer(decision.track.track_id, detection.box,
+                                      detection.score, decision.action, decision.reason,
+                                      confirmed, event_id))
+            # As the agent does when the verdict arrives: the track takes it.
+            assert decision.evidence is not None
+            self.book.escalated(decision.track, event_id, decision.evidence, now)
+            self.book.verdict(event_id, confirmed, now)
+        motion = self.policy.decide_motion("yard", gated.regions, detections, now,
+                                           (width, height))
+        motion_answer = None
+        if motion is not None and motion.action == "escalate":
+            assert motion.region is not None
+            self.unexplained += 1
+            motion_answer = self._send(motion, frame.image, now)[1]
+            self.unexplained_confirmed += motion_answer
+            self.policy.remember_motion("yard", motion.region, motion_answer, now)
+        elif motion is not None:
+            motion_answer = motion.positive
+        escalated_motion = motion is not None and motion.action == "escalate"
+        self._carried = (any(t.positive for t in tracks)
+                         or (escalated_motion and bool(motion_answer)))
+        # Held answers (a missed object's verdict, judged motion) hold only for the
+        # frame they were made on.
+        held = bool(decided.held) or (motion is not None and motion.positive)
+        return CascadeFrame(frame.index, True, tuple(tracks),
+                            tuple(s.track_id for s in decided.held), motion_answer,
+                            self._carried or held, self._edge_answer)
+
+    def _send(self, decision: Decision, image: npt.NDArray[np.uint8],
+              now: float) -> tuple[str, bool]:
+        """Escalate as the agent does; the event id and whether the hub confirmed."""
+        self.escalated += 1
+        self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
+        payload = encode(frame_event(
+            event_id=self.ids(), device_id="cam-1", source="yard", captured_at=now,
+            reason=decision.reason,  # type: ignore[arg-type]
+            priority=decision.priority, manifest=self.edge_model.manifest,
+            detections=decision.detections, image=image,
+            crop_max_bytes=self.policy_config.crop_max_bytes,
+            thumbnail_width=self.policy_config.thumbnail_width, region=decision.region))
+        self.uplink_bytes += len(payload)
+        received = decode(payload, EventMessage)
+        return received.event_id, self.judge.judge(received).outcome == "confirmed"
+
+
 def main(argv: list[str]) -> int:
     """Run the three systems over the footage and print the JSON line."""
     parser = argparse.ArgumentParser(prog="python -m bench cascade")
@@ -244,38 +395,12 @@ def main(argv: list[str]) -> int:
     hub.start()
     judge = hub.judge
     assert judge is not None
-    policy_config = PolicyConfig()
-    policy = EscalationPolicy(policy_config, random.Random(args.seed))
-    gate = MotionGate(MotionConfig())
-    tracker, book = ObjectTracker(TrackingConfig()), TrackBook("yard")
+    run = Cascade(edge_model, judge, policy=PolicyConfig(), seed=args.seed, fps=fps)
     ids = EventIdFactory()
     hub_only, cascade, edge_only = Score(), Score(), Score()
     segments: dict[str, dict[str, Score]] = {}
     cascade_fp_frames: list[int] = []  # where to look first
-    frames = escalated = detector_calls = reused = 0
-    unexplained = unexplained_confirmed = 0
-    stream_bytes = uplink_bytes = 0
-    reasons: dict[str, int] = {}
-    # A frame the gate skips keeps the last answer (nothing moved): the answer of the
-    # objects last seen, not one held for an object the edge did not see.
-    cascade_answer = cascade_carried = edge_answer = False
-
-    def send(decision: Decision, image: npt.NDArray[np.uint8], now: float) -> tuple[str, bool]:
-        """Escalate as the agent does; the event id and whether the hub confirmed."""
-        nonlocal escalated, uplink_bytes
-        escalated += 1
-        reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
-        payload = encode(frame_event(
-            event_id=ids(), device_id="cam-1", source="yard", captured_at=now,
-            reason=decision.reason,  # type: ignore[arg-type]
-            priority=decision.priority, manifest=edge_model.manifest,
-            detections=decision.detections, image=image,
-            crop_max_bytes=policy_config.crop_max_bytes,
-            thumbnail_width=policy_config.thumbnail_width, region=decision.region))
-        uplink_bytes += len(payload)
-        received = decode(payload, EventMessage)
-        return received.event_id, judge.judge(received).outcome == "confirmed"
-
+    frames = stream_bytes = 0
     try:
         for frame in frames_in:
             frames += 1
@@ -285,57 +410,24 @@ def main(argv: list[str]) -> int:
             hub_answer = judge.judge(_whole_frame_event(frame, jpeg, ids, fps)
                                      ).outcome == "confirmed"
             hub_only.add(truth_here, hub_answer)
-
-            now = frame.index / fps
-            gated = gate.check(frame.image)
-            if gated.infer:
-                detector_calls += 1
-                detections = edge_model.detect(frame.image)
-                height, width = frame.image.shape[:2]
-                observation = book.observe(frame.index,
-                                           tracker.update(detections, (width, height)))
-                decided = policy.decide_tracks("yard", observation, now)
-                edge_answer = any(d.positive for d in decided.decisions)
-                answers = [d.positive for d in decided.decisions if d.action != "escalate"]
-                reused += sum(d.reason == "verdict-reused" for d in decided.decisions)
-                for decision in decided.escalations:
-                    event_id, confirmed = send(decision, frame.image, now)
-                    answers.append(confirmed)
-                    # As the agent does when the verdict arrives: the track takes it.
-                    assert decision.track is not None
-                    assert decision.evidence is not None
-                    book.escalated(decision.track, event_id, decision.evidence, now)
-                    book.verdict(event_id, confirmed, now)
-                motion = policy.decide_motion("yard", gated.regions, detections, now,
-                                              (width, height))
-                if motion is not None and motion.action == "escalate":
-                    assert motion.region is not None
-                    unexplained += 1
-                    confirmed = send(motion, frame.image, now)[1]
-                    unexplained_confirmed += confirmed
-                    answers.append(confirmed)
-                    policy.remember_motion("yard", motion.region, confirmed, now)
-                cascade_carried = any(answers)
-                # Held answers (a missed object's verdict, judged motion) hold only for
-                # the frame they were made on.
-                held = bool(decided.held) or (motion is not None and motion.positive)
-                cascade_answer = cascade_carried or held
-            else:
-                cascade_answer = cascade_carried
-            cascade.add(truth_here, cascade_answer)
-            if cascade_answer and not truth_here:
+            decided = run.step(frame)
+            cascade.add(truth_here, decided.answer)
+            if decided.answer and not truth_here:
                 cascade_fp_frames.append(frame.index)
-            edge_only.add(truth_here, edge_answer)
+            edge_only.add(truth_here, decided.edge_answer)
             if frame.segment is not None:
                 scores = segments.setdefault(frame.segment, {
                     "hub-only": Score(), "cascade": Score(), "edge-only": Score()})
                 scores["hub-only"].add(truth_here, hub_answer)
-                scores["cascade"].add(truth_here, cascade_answer)
-                scores["edge-only"].add(truth_here, edge_answer)
+                scores["cascade"].add(truth_here, decided.answer)
+                scores["edge-only"].add(truth_here, decided.edge_answer)
     finally:
         hub.stop()
         edge_model.close()
         scratch.cleanup()
+    escalated, reasons, reused = run.escalated, run.reasons, run.reused
+    detector_calls, uplink_bytes = run.detector_calls, run.uplink_bytes
+    unexplained, unexplained_confirmed = run.unexplained, run.unexplained_confirmed
 
     hub_summary, cascade_summary = hub_only.summary(), cascade.summary()
     result: dict[str, Any] = {
