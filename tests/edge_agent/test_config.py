@@ -83,7 +83,7 @@ def test_only_recorded_footage_can_await_verdicts(source: dict[str, str],
     if allowed:
         assert parse_config(raw, environ={}).sources[0].await_verdicts
     else:
-        with pytest.raises(ConfigError, match="await_verdicts: .* is live"):
+        with pytest.raises(ConfigError, match=r"await_verdicts: .* is live"):
             parse_config(raw, environ={})
 
 
