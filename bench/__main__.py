@@ -6,11 +6,23 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from bench import batching, cascade, footprint, gate, overhead, provision, publish, scaleout, update
+from bench import (
+    batching,
+    cascade,
+    codec,
+    footprint,
+    gate,
+    overhead,
+    provision,
+    publish,
+    scaleout,
+    update,
+)
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "batching": batching.main,
     "cascade": cascade.main,
+    "codec": codec.main,
     "footprint": footprint.main,
     "gate": gate.main,
     "overhead": overhead.main,

@@ -4,8 +4,10 @@ Hierarchy::
 
     HubError                    anything the hub refuses
     ├── RetryLaterError         transient: try again later (a message stays unacknowledged)
-    │   └── StoreUnavailableError   (also a StoreError) database down, locked or disk full
+    │   ├── StoreUnavailableError   (also a StoreError) database down, locked or disk full
+    │   └── ImageStoreUnavailableError  (also an ImageStoreError) image storage failed
     ├── SettingsError           settings missing, wrong, or a placeholder secret in production
+    ├── ImageStoreError         an image too large, or a reference that is not one
     ├── StoreError              the database failed (permanently) or holds a newer schema
     │   ├── NotFoundError       no such device, event, model or token
     │   └── BadCursorError      a page cursor the hub did not issue
@@ -45,6 +47,14 @@ class StoreError(HubError):
 
 class StoreUnavailableError(StoreError, RetryLaterError):
     """The database cannot be used right now (unreachable, locked, disk full)."""
+
+
+class ImageStoreError(HubError):
+    """An image the image store refuses (too large), or a reference that is not one."""
+
+
+class ImageStoreUnavailableError(ImageStoreError, RetryLaterError):
+    """The image storage cannot be used right now (disk full, object store unreachable)."""
 
 
 class BadCursorError(StoreError):

@@ -22,6 +22,12 @@ from cloud_hub.batching import (
 )
 from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import DeviceExistsError, HubError, ProvisioningError, SettingsError
+from cloud_hub.images import (
+    FileImageStore,
+    ImageStore,
+    ObjectImageStore,
+    object_store_from_url,
+)
 from cloud_hub.ingest import IngestWorker
 from cloud_hub.judge import EventJudge, Judge, load_hub_model
 from cloud_hub.metrics import HubMetrics
@@ -55,6 +61,20 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL_S = 3600.0
 
 
+def image_store_for(settings: HubSettings) -> ImageStore:
+    """The image store the settings name (nothing is opened or written yet).
+
+    Raises:
+        ImageStoreError: Object storage without ``obstore``, or a bad URL.
+    """
+    if settings.image_store == "s3":
+        assert settings.image_store_url is not None  # the settings' validator checks it
+        store, prefix = object_store_from_url(settings.image_store_url)
+        return ObjectImageStore(store, prefix=prefix,
+                                max_image_bytes=settings.max_message_bytes)
+    return FileImageStore(settings.images_dir, max_image_bytes=settings.max_message_bytes)
+
+
 class HubService:
     """One hub process.
 
@@ -73,7 +93,7 @@ class HubService:
         self.refresher: RepositoryRefresher | None = None
         self.broker = BrokerSettings.from_settings(settings)
         self.metrics = HubMetrics(settings.metrics_top_devices)
-        self.store = Store(settings.effective_database_url)
+        self.store = Store(settings.effective_database_url, images=image_store_for(settings))
         self.metrics.watch_fleet(self.store.fleet_state)
         self.models: dict[str, tuple[Model, Selection]] = {}
         self.batchers: dict[str, MicroBatcher] = {}

@@ -100,6 +100,13 @@ class HubSettings(BaseSettings):
         "escalated or uploaded image, read from its header before it is decoded")
     public_metrics: bool = Field(
         default=False, description="serve /metrics without a token (it names device ids)")
+    image_store: Literal["file", "s3"] = Field(
+        default="file", description="where escalated images are kept (the database keeps "
+        "their sha256): files under image_dir, or S3-compatible object storage at "
+        "image_store_url (pip install obstore; credentials from AWS_* variables)")
+    image_dir: Path | None = Field(default=None, description="data_dir/images by default")
+    image_store_url: str | None = Field(
+        default=None, pattern=r"^s3://[^/]+(/.*)?$", description="s3://bucket[/prefix]")
     metrics_top_devices: int = Field(
         default=10, ge=0, le=10_000, description="devices with their own series on /metrics "
         "(the largest outbox backlogs); the rest count only in the fleet's totals, so "
@@ -146,6 +153,12 @@ class HubSettings(BaseSettings):
     rollout_offline_warning_s: float = Field(
         default=3600.0, gt=0, description="a rollout warns about a device it waits for "
         "that has been offline (not heard from) for longer than this")
+
+    @model_validator(mode="after")
+    def _object_store_needs_its_url(self) -> HubSettings:
+        if self.image_store == "s3" and not self.image_store_url:
+            raise ValueError("image_store s3 needs image_store_url (s3://bucket[/prefix])")
+        return self
 
     @model_validator(mode="after")
     def _tls_files_need_tls(self) -> HubSettings:
@@ -203,6 +216,11 @@ class HubSettings(BaseSettings):
     def signing_keys_dir(self) -> Path:
         """Where ``cloud-hub keys init`` writes the keys."""
         return self.keys_dir or self.data_dir / "keys"
+
+    @property
+    def images_dir(self) -> Path:
+        """Where the file image store keeps escalated images."""
+        return self.image_dir or self.data_dir / "images"
 
     @property
     def effective_database_url(self) -> str:

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cloud_hub.errors import BadCursorError, NotFoundError, StoreError, StoreUnavailableError
+from cloud_hub.images import ImageStore
 from sync import JournalStep, SightingPayload, TrackEventMessage
 from sync.errors import SyncError
 from sync.rollout import FAILED_STEPS, Rollout
@@ -76,8 +77,12 @@ events = sa.Table(
     sa.Column("edge_version", sa.String(64), nullable=False),
     sa.Column("edge_detections", sa.Text, nullable=False),
     sa.Column("anomaly_score", sa.Float, nullable=True),
+    # Images: a reference into the image store (sha256), or, in rows stored before
+    # schema 9 (and by a store without an image store), the bytes themselves.
     sa.Column("crop", sa.LargeBinary, nullable=True),
     sa.Column("thumbnail", sa.LargeBinary, nullable=True),
+    sa.Column("crop_ref", sa.String(64), nullable=True, index=True),
+    sa.Column("thumbnail_ref", sa.String(64), nullable=True, index=True),
     sa.Column("outcome", sa.String(16), nullable=True, index=True),
     sa.Column("hub_detections", sa.Text, nullable=True),
     sa.Column("hub_model", sa.String(64), nullable=True),
@@ -237,8 +242,18 @@ def _v8(conn: Connection) -> None:
     _add_columns(conn, devices, ("revoked_at FLOAT",))
 
 
+def _v9(conn: Connection) -> None:
+    # Images out of the database (issue 11): events reference them by sha256 in the
+    # image store; rows stored before keep their bytes, still served.
+    _add_columns(conn, events, ("crop_ref VARCHAR(64)", "thumbnail_ref VARCHAR(64)"))
+    for index in events.indexes:
+        if index.name in ("ix_events_crop_ref", "ix_events_thumbnail_ref"):
+            index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8))
+    (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8),
+    (9, _v9))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
@@ -407,10 +422,14 @@ class Store:
     Args:
         url: ``sqlite:///path`` or ``postgresql+psycopg://user@host/db``.
         connect_args: Passed to the driver (tests set a PostgreSQL ``search_path``).
+        images: Where escalated images go (the rows keep their references); ``None``:
+            in the rows themselves, as before schema 9.
     """
 
-    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None,
+                 images: ImageStore | None = None) -> None:
         self.url = url
+        self.images = images
         self._connect_args = connect_args or {}
         self._engine: Engine | None = None
 
@@ -629,7 +648,19 @@ class Store:
     # -- events ----------------------------------------------------------------------
 
     def add_event(self, **values: Any) -> bool:
-        """Store an escalation once; ``False`` if its id was already stored."""
+        """Store an escalation once; ``False`` if its id was already stored.
+
+        Its ``crop`` and ``thumbnail`` go to the image store first (when there is one),
+        the row keeping their references: a row never names an image not yet stored.
+
+        Raises:
+            ImageStoreUnavailableError: The image store failed (retry).
+            ImageStoreError: An image is larger than the image store takes.
+        """
+        if self.images is not None:
+            for column in ("crop", "thumbnail"):
+                data = values.pop(column, None)
+                values[f"{column}_ref"] = self.images.put(data) if data is not None else None
         with self._tx() as conn:
             # RETURNING, not rowcount: psycopg reports 1 for a skipped conflicting row.
             result = conn.execute(
@@ -662,16 +693,21 @@ class Store:
         return _event(row._mapping)
 
     def event_image(self, *, event_id: str, kind: str) -> bytes | None:
-        """An event's ``crop`` or ``thumbnail`` JPEG (``None`` if pruned or absent).
+        """An event's ``crop`` or ``thumbnail`` JPEG (``None`` if pruned or absent), from
+        the image store, or from the row itself if it was stored before schema 9.
 
         Raises:
             NotFoundError: No such event.
+            ImageStoreUnavailableError: The image store failed (retry).
         """
-        column = events.c.crop if kind == "crop" else events.c.thumbnail
+        blob, ref = ((events.c.crop, events.c.crop_ref) if kind == "crop"
+                     else (events.c.thumbnail, events.c.thumbnail_ref))
         with self._tx() as conn:
-            row = conn.execute(sa.select(column).where(events.c.id == event_id)).first()
+            row = conn.execute(sa.select(blob, ref).where(events.c.id == event_id)).first()
         if row is None:
             raise NotFoundError("event", event_id)
+        if row[1] is not None:
+            return self.images.get(row[1]) if self.images is not None else None
         return bytes(row[0]) if row[0] is not None else None
 
     def list_events(self, *, device_id: str | None = None, outcome: str | None = None,
@@ -748,11 +784,18 @@ class Store:
         Returns:
             ``(events whose images were pruned, events deleted)``.
         """
+        refs = events.c.crop_ref, events.c.thumbnail_ref
         with self._tx() as conn:
+            aged = sa.or_(events.c.received_at < images_before,
+                          events.c.received_at < events_before)
+            released = {ref for row in conn.execute(sa.select(*refs).where(aged))
+                        for ref in row if ref is not None}
             images = conn.execute(events.update().where(events.c.received_at < images_before)
                                   .where(sa.or_(events.c.crop.is_not(None),
-                                                events.c.thumbnail.is_not(None)))
-                                  .values(crop=None, thumbnail=None)).rowcount
+                                                events.c.thumbnail.is_not(None),
+                                                *(ref.is_not(None) for ref in refs)))
+                                  .values(crop=None, thumbnail=None, crop_ref=None,
+                                          thumbnail_ref=None)).rowcount
             deleted = conn.execute(events.delete()
                                    .where(events.c.received_at < events_before)).rowcount
             conn.execute(journal_steps.delete()
@@ -767,7 +810,20 @@ class Store:
                 conn.execute(journal_steps.delete()
                              .where(journal_steps.c.received_at < unescalated_before)
                              .where(~escalated.exists()))
+        self._forget_images(released)
         return int(images), int(deleted)
+
+    def _forget_images(self, released: set[str]) -> None:
+        """Delete released images that no row references any more (the same image may be
+        another event's too)."""
+        if self.images is None or not released:
+            return
+        with self._tx() as conn:
+            kept = {ref for column in (events.c.crop_ref, events.c.thumbnail_ref)
+                    for ref in conn.execute(sa.select(column).where(column.in_(released)))
+                    .scalars()}
+        for ref in released - kept:
+            self.images.delete(ref)
 
     # -- the decision journal --------------------------------------------------------
 
@@ -1073,9 +1129,11 @@ def _journal_record(row: Any) -> JournalRecord:
         agrees=None if row["agrees"] is None else bool(row["agrees"]))
 
 
-_EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail")] + [
-    (events.c.crop.is_not(None)).label("has_crop"),
-    (events.c.thumbnail.is_not(None)).label("has_thumbnail"),
+_EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail", "crop_ref",
+                                                        "thumbnail_ref")] + [
+    sa.or_(events.c.crop.is_not(None), events.c.crop_ref.is_not(None)).label("has_crop"),
+    sa.or_(events.c.thumbnail.is_not(None),
+           events.c.thumbnail_ref.is_not(None)).label("has_thumbnail"),
 ]
 
 

@@ -116,6 +116,7 @@ from sync import (
     VerdictMessage,
     decode,
     encode,
+    encode_event,
 )
 from sync.install import Step
 
@@ -678,7 +679,7 @@ class EdgeAgent:
         record = PendingRecord(event.event_id, event.source, decision.positive, boxes,
                                pending.deadline, self.outbox.clock.boot_id)
         item = OutboxItem(event.event_id, self.layout.events(self.config.device.id),
-                          encode(event), event.priority, time.time(), pending=record,
+                          encode_event(event), event.priority, time.time(), pending=record,
                           created_mono=now)
         while True:  # back-pressure: wait for the uplink rather than lose the event
             try:

@@ -36,6 +36,7 @@ from sync.errors import (
 from sync.ids import EventIdFactory, event_id_time_ms, is_event_id, uuid7_from
 from sync.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    EVENT_CONTENT_TYPE,
     MAX_RECEIPT_IDS,
     AnyMessage,
     DetectionPayload,
@@ -53,6 +54,8 @@ from sync.messages import (
     VerdictMessage,
     decode,
     encode,
+    encode_event,
+    is_framed_event,
     peek_schema,
 )
 from sync.system_service import (
@@ -73,6 +76,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEVICE_KINDS",
     "ENROLLMENT_SCHEMA",
+    "EVENT_CONTENT_TYPE",
     "MAX_RECEIPT_IDS",
     "VERSION",
     "AnyMessage",
@@ -117,10 +121,12 @@ __all__ = [
     "decode_enrollment",
     "encode",
     "encode_enrollment",
+    "encode_event",
     "event_id_time_ms",
     "give_to_service",
     "install_service",
     "is_event_id",
+    "is_framed_event",
     "memory_high",
     "peek_schema",
     "release",

@@ -1,15 +1,34 @@
 """Messages between agent and hub, and their codec: JSON, validated strictly, no I/O.
 
-Every message carries a ``schema`` tag (``event/1``, ``verdict/1`` …). Images travel as
-base64 inside the JSON: an escalation's crop and thumbnail are bounded JPEGs, so the
-simplicity is worth the third more bytes. Decoding checks the size first, then the JSON,
-then every field (no number may be infinite or NaN); any failure is one
-:class:`MessageError` naming the problem.
+Every message carries a ``schema`` tag (``event/1``, ``verdict/1`` …). Decoding checks
+the size first, then the JSON, then every field (no number may be infinite or NaN); any
+failure is one :class:`MessageError` naming the problem.
+
+An escalation's images travel as raw bytes, not base64 inside the JSON (a third more
+bytes, and the hub's CPU to undo it): :func:`encode_event` writes a *framed event*::
+
+    magic b"\x89EVT" | version 1 | flags (1: crop, 2: thumbnail) | 2 bytes zero
+    | header length, crop length, thumbnail length (3 x uint32, big-endian)
+    | header: the event's JSON without its images | crop JPEG | thumbnail JPEG
+
+The fixed 20-byte preamble states every length before anything is read; the lengths must
+add up to the payload exactly, the header is bounded (:data:`MAX_EVENT_HEADER_BYTES`) and
+validated as strictly as a JSON event, and may not carry images of its own. JSON cannot
+start with the magic's first byte, so :func:`decode` tells the two apart by the payload
+alone: old JSON events (from an outbox written before the upgrade) are still read.
+Publishers also say which it is in MQTT 5 properties (:data:`EVENT_CONTENT_TYPE`, or the
+UTF-8 payload format indicator for JSON), for brokers and bridges; the payload decides.
+Chosen over CBOR (``cbor2``) by measurement (``python -m bench codec``, a real 31.7 KB
+crop and thumbnail): the same bytes (32,142 against CBOR's 32,110; JSON with base64:
+42,736), encoding several times faster, decoding alike (both are mostly the message's
+validation), no new dependency, and the header keeps the strict JSON validation every
+other message goes through.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +39,12 @@ from sync.install import Step
 from sync.topics import check_name
 
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024
+EVENT_MAGIC = b"\x89EVT"
+EVENT_FRAME_VERSION = 1
+EVENT_CONTENT_TYPE = "application/vnd.cloud-hub.event+frame"
+MAX_EVENT_HEADER_BYTES = 256 * 1024  # detections, readings: the JSON part alone
+_PREAMBLE = struct.Struct(">4sBBxxIII")
+_CROP, _THUMBNAIL = 1, 2
 
 Score = Annotated[float, Field(ge=0.0, le=1.0)]
 Box = tuple[float, float, float, float]
@@ -288,12 +313,25 @@ def decode(
 ) -> _M:
     """Parse and validate ``payload`` as a ``kind`` message.
 
+    An :class:`EventMessage` is read from a framed event (:func:`encode_event`) or from
+    JSON alike; every other kind only from JSON.
+
     Raises:
         OversizedMessageError: ``payload`` is longer than ``max_bytes``.
-        MalformedMessageError: Not JSON, not an object, wrong schema tag, or a bad field.
+        MalformedMessageError: Not JSON, not an object, wrong schema tag, or a bad field;
+            a framed event whose lengths, flags or header are wrong.
     """
     if len(payload) > max_bytes:
         raise OversizedMessageError(len(payload), max_bytes)
+    if is_framed_event(payload):
+        if kind is not EventMessage:
+            raise MalformedMessageError(f"a framed event is not a {kind.__name__}")
+        framed: _M = _decode_framed_event(payload)  # type: ignore[assignment]
+        return framed
+    return _decode_json(payload, kind)
+
+
+def _decode_json(payload: bytes, kind: type[_M]) -> _M:
     try:
         return kind.model_validate_json(payload)
     except ValidationError as exc:
@@ -305,8 +343,59 @@ def decode(
         raise MalformedMessageError(f"bad {kind.__name__}: {detail}", field=field) from exc
 
 
+def encode_event(event: EventMessage) -> bytes:
+    """Serialise an escalation as a framed event: its JSON without images, then the
+    images' raw bytes (see the module's docstring)."""
+    header = event.model_dump_json(by_alias=True, exclude_none=True,
+                                   exclude={"crop_jpeg", "thumbnail_jpeg"}).encode()
+    crop, thumbnail = event.crop_jpeg, event.thumbnail_jpeg
+    flags = (_CROP if crop is not None else 0) | (_THUMBNAIL if thumbnail is not None else 0)
+    preamble = _PREAMBLE.pack(EVENT_MAGIC, EVENT_FRAME_VERSION, flags, len(header),
+                              len(crop or b""), len(thumbnail or b""))
+    return b"".join((preamble, header, crop or b"", thumbnail or b""))
+
+
+def is_framed_event(payload: bytes) -> bool:
+    """Whether ``payload`` is a framed event (else JSON, or nothing this codec writes)."""
+    return payload[:len(EVENT_MAGIC)] == EVENT_MAGIC
+
+
+def _decode_framed_event(payload: bytes) -> EventMessage:
+    """Read a framed event whose total size was checked; every length is checked
+    against the payload before it is used."""
+    if len(payload) < _PREAMBLE.size:
+        raise MalformedMessageError("framed event shorter than its preamble")
+    _, version, flags, header_size, crop_size, thumbnail_size = _PREAMBLE.unpack_from(payload)
+    if version != EVENT_FRAME_VERSION:
+        raise MalformedMessageError(f"framed event version {version}; this side reads "
+                                    f"{EVENT_FRAME_VERSION}")
+    if flags & ~(_CROP | _THUMBNAIL):
+        raise MalformedMessageError(f"framed event flags {flags:#x} name unknown parts")
+    if (crop_size and not flags & _CROP) or (thumbnail_size and not flags & _THUMBNAIL):
+        raise MalformedMessageError("framed event has bytes for an image it does not flag")
+    if header_size > MAX_EVENT_HEADER_BYTES:
+        raise MalformedMessageError(f"framed event header of {header_size} bytes exceeds "
+                                    f"{MAX_EVENT_HEADER_BYTES}")
+    if _PREAMBLE.size + header_size + crop_size + thumbnail_size != len(payload):
+        raise MalformedMessageError(
+            f"framed event parts ({header_size} + {crop_size} + {thumbnail_size} bytes) do "
+            f"not add up to its {len(payload) - _PREAMBLE.size} bytes")
+    start = _PREAMBLE.size + header_size
+    event = _decode_json(payload[_PREAMBLE.size:start], EventMessage)  # never a frame again
+    if event.crop_jpeg is not None or event.thumbnail_jpeg is not None:
+        raise MalformedMessageError("a framed event's images travel after its header, "
+                                    "not inside it", field="crop_jpeg")
+    return event.model_copy(update={
+        "crop_jpeg": payload[start:start + crop_size] if flags & _CROP else None,
+        "thumbnail_jpeg": payload[start + crop_size:] if flags & _THUMBNAIL else None,
+    })
+
+
 def peek_schema(payload: bytes) -> str | None:
-    """The ``schema`` tag of a JSON payload, or ``None`` if there is none."""
+    """The ``schema`` tag of a payload (a framed event's is ``event/1``), or ``None`` if
+    there is none."""
+    if is_framed_event(payload):
+        return "event/1"
     try:
         raw: Any = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import ssl
 import threading
 import time
@@ -19,7 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_hub.mosquitto import MosquittoBroker, free_port
-from sync import ReceiptMessage, encode
+from sync import EventMessage, MessageError, ReceiptMessage, decode, encode
 
 __all__ = ["Collector", "MosquittoBroker", "Pki", "free_port", "make_pki"]
 
@@ -27,10 +26,10 @@ __all__ = ["Collector", "MosquittoBroker", "Pki", "free_port", "make_pki"]
 def _send_receipt(client: mqtt.Client, topic: str, payload: bytes) -> None:
     """Confirm an escalation as the hub does once it has stored it."""
     try:
-        event = json.loads(payload)
-        device, event_id = event["device_id"], event["event_id"]
-    except (ValueError, KeyError, TypeError):
+        event = decode(payload, EventMessage)  # framed or JSON, as the hub reads it
+    except MessageError:
         return
+    device, event_id = event.device_id, event.event_id
     prefix = topic.rsplit("/", 2)[0]
     receipt = ReceiptMessage(device_id=device, event_ids=(event_id,), at=time.time())
     client.publish(f"{prefix}/{device}/verdicts", encode(receipt), qos=1)

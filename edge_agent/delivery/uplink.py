@@ -49,6 +49,7 @@ from edge_agent.delivery.window import DeliveryWindow, WindowLimits
 from edge_agent.errors import OutboxError, PublishError
 from edge_agent.mqtt import check_broker, new_client
 from sync import (
+    EVENT_CONTENT_TYPE,
     MessageError,
     ReceiptMessage,
     StatusMessage,
@@ -56,6 +57,7 @@ from sync import (
     VerdictMessage,
     decode,
     encode,
+    is_framed_event,
     peek_schema,
 )
 
@@ -79,11 +81,21 @@ Degraded = Literal["disk-full", "outbox-error"]
 
 class _PackedProperties(Properties):
     """PUBLISH properties packed once: paho packs them again for every message otherwise,
-    which costs as much as the rest of a publish."""
+    which costs as much as the rest of a publish.
 
-    def __init__(self, message_expiry_s: int) -> None:
+    Args:
+        framed: The payloads are framed events (their content type says so); else JSON
+            (the UTF-8 payload format indicator says so): an outbox written before the
+            upgrade still holds JSON events.
+    """
+
+    def __init__(self, message_expiry_s: int, *, framed: bool) -> None:
         super().__init__(PacketTypes.PUBLISH)
         self.MessageExpiryInterval = message_expiry_s
+        if framed:
+            self.ContentType = EVENT_CONTENT_TYPE
+        else:
+            self.PayloadFormatIndicator = 1
         # Properties refuses attributes that are not MQTT property names.
         object.__setattr__(self, "_packed", super().pack())
 
@@ -196,7 +208,8 @@ class Uplink:
         self._refusals_lock = threading.Lock()
         self._epoch = time.time()
         self._status_seq = 0
-        self._properties = _PackedProperties(config.message_expiry_s)
+        self._properties = {framed: _PackedProperties(config.message_expiry_s, framed=framed)
+                            for framed in (True, False)}
         self._degraded_until = 0.0
         self.degraded: Degraded | None = None
         self.error: BaseException | None = None
@@ -522,8 +535,8 @@ class Uplink:
             rows = self.outbox.after(self.window.cursor, plan.backlog)
             self.window.backlog_read(plan.backlog, len(rows))
             batch += [row for row in rows if not self.window.skip_in_backlog(row.seq)]
-        properties = self._properties
         for item in batch:
+            properties = self._properties[is_framed_event(item.payload)]
             info = client.publish(item.topic, item.payload, qos=1, properties=properties)
             # Not connected any more: paho keeps the message and sends it on reconnect.
             self.window.published(item.seq, item.event_id, item.cost, info.mid, now)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 from skimage import data
 
 from cloud_hub.service import HubService
+from cloud_hub.store import events as store_events
 from models import ModelStore
-from sync import TopicLayout, VerdictMessage, decode, encode, peek_schema
+from sync import TopicLayout, VerdictMessage, decode, encode, encode_event, peek_schema
 from tests.broker import Collector, MosquittoBroker
 from tests.cloud_hub.conftest import postgres_store_url
 from tests.cloud_hub.hub_helpers import face_event, hub_settings
@@ -82,12 +84,41 @@ def test_agent_and_hub_end_to_end(hub: HubService, broker: MosquittoBroker,
     assert all(e["hub_detections"] and e["hub_model"] == "blazeface-full-onnx"
                for e in confirmed)
     assert all(e["has_crop"] and e["has_thumbnail"] for e in events)
+    # The agent sent framed events; their images are files, the rows hold references.
+    crop = hub.store.event_image(event_id=events[0]["id"], kind="crop")
+    assert crop is not None and crop[:2] == b"\xff\xd8"
+    with hub.store.engine.connect() as conn:
+        rows = conn.execute(sa.select(store_events.c.crop, store_events.c.crop_ref)).all()
+    assert all(blob is None and ref for blob, ref in rows)
+    assert len([p for p in hub.settings.images_dir.rglob("*") if p.is_file()]) >= len(events)
     deadline = time.monotonic() + 10
     while hub.store.get_device(device_id="cam-e2e")["online"] and time.monotonic() < deadline:
         time.sleep(0.1)
     device = hub.store.get_device(device_id="cam-e2e")
     assert device["models"] == {"blazeface-short": "1.0.0"} and device["online"] is False
     assert device["backend"] == "litert:xnnpack"
+
+
+def test_old_json_and_framed_events_are_both_judged_and_their_images_served(
+    hub: HubService, broker: MosquittoBroker
+) -> None:
+    hub.provision_device("cam-mixed", "yard")
+    verdicts = Collector(broker.port, LAYOUT.verdicts("cam-mixed"))
+    publisher = _publisher(broker.port)
+    old, framed = (face_event("cam-mixed", data.astronaut()) for _ in range(2))
+    try:
+        publisher.publish(LAYOUT.events("cam-mixed"), encode(old), qos=1).wait_for_publish(5)
+        publisher.publish(LAYOUT.events("cam-mixed"), encode_event(framed),
+                          qos=1).wait_for_publish(5)
+        assert verdicts.wait_for(
+            lambda m: sum(peek_schema(p) == "verdict/1" for _, p in m) >= 2, 60)
+    finally:
+        publisher.disconnect()
+        verdicts.close()
+    for event in (old, framed):
+        assert hub.store.get_event(event_id=event.event_id)["outcome"] == "confirmed"
+        assert hub.store.event_image(event_id=event.event_id,
+                                     kind="thumbnail") == event.thumbnail_jpeg
 
 
 def test_duplicates_are_stored_once_and_answered_alike(

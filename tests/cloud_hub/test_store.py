@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from cloud_hub.errors import NotFoundError, StoreError
-from cloud_hub.store import SCHEMA_VERSION, Store, migrations_table, rollouts, totals_query
+from cloud_hub.images import FileImageStore
+from cloud_hub.store import (
+    SCHEMA_VERSION,
+    Store,
+    events,
+    migrations_table,
+    rollouts,
+    totals_query,
+)
 from sync.rollout import Rollout, on_report, start
 
 pytestmark = pytest.mark.integration
@@ -259,3 +269,70 @@ def test_rollouts_of_a_schema_2_database_get_their_revision(store: Store) -> Non
             assert conn.execute(sa.select(rollouts.c.revision)).scalar_one() == 1
     finally:
         upgraded.close()
+
+
+def _with_images(store: Store, root: Path) -> Store:
+    """The same database, opened as the hub opens it: images in a file image store."""
+    upgraded = Store(store.url, connect_args=store._connect_args,
+                     images=FileImageStore(root, max_image_bytes=1 << 20))
+    upgraded.open()
+    return upgraded
+
+
+def test_images_live_in_the_image_store_and_old_rows_are_still_served(
+    store: Store, tmp_path: Path,
+) -> None:
+    store.add_event(**_event("blob-row"))  # as before schema 7: bytes in the row
+    hub = _with_images(store, tmp_path / "images")
+    try:
+        hub.add_event(**_event("ref-row", crop=b"\xff\xd8new-crop"))
+        with hub.engine.connect() as conn:
+            row = conn.execute(sa.select(events.c.crop, events.c.crop_ref)
+                               .where(events.c.id == "ref-row")).one()
+        assert row[0] is None and row[1] == hashlib.sha256(b"\xff\xd8new-crop").hexdigest()
+        assert hub.event_image(event_id="ref-row", kind="crop") == b"\xff\xd8new-crop"
+        assert hub.event_image(event_id="blob-row", kind="crop") == b"\xff\xd8crop"
+        assert hub.get_event(event_id="ref-row")["has_thumbnail"]
+        assert "crop_ref" not in hub.get_event(event_id="ref-row")
+    finally:
+        hub.close()
+
+
+def test_retention_deletes_only_images_no_event_references(store: Store, tmp_path: Path) -> None:
+    hub = _with_images(store, tmp_path / "images")
+    images = hub.images
+    assert isinstance(images, FileImageStore)
+    try:
+        now = time.time()
+        hub.add_event(**_event("old", received_at=now - 10 * 86400, crop=b"\xff\xd8old"))
+        hub.add_event(**_event("new", received_at=now, crop=b"\xff\xd8new"))  # same thumb
+        old_crop, shared = (hashlib.sha256(b).hexdigest()
+                            for b in (b"\xff\xd8old", b"\xff\xd8thumb"))
+        assert hub.prune(images_before=now - 7 * 86400, events_before=now - 90 * 86400) == (
+            1, 0)
+        assert not images.path(old_crop).exists()
+        assert images.path(shared).exists()  # the newer event's thumbnail still
+        assert hub.event_image(event_id="new", kind="thumbnail") == b"\xff\xd8thumb"
+        hub.prune(images_before=now + 1, events_before=now - 90 * 86400)
+        assert not images.path(shared).exists()
+    finally:
+        hub.close()
+
+
+def test_a_schema_8_database_gets_image_references(store: Store, tmp_path: Path) -> None:
+    store.add_event(**_event("before"))
+    with store.engine.begin() as conn:  # back to schema 8: no reference columns
+        for name in ("ix_events_crop_ref", "ix_events_thumbnail_ref"):
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+        for column in ("crop_ref", "thumbnail_ref"):
+            conn.execute(sa.text(f"ALTER TABLE events DROP COLUMN {column}"))
+        conn.execute(migrations_table.delete().where(migrations_table.c.version == 9))
+    hub = _with_images(store, tmp_path / "images")
+    try:
+        assert hub.event_image(event_id="before", kind="thumbnail") == b"\xff\xd8thumb"
+        hub.add_event(**_event("after"))
+        assert hub.event_image(event_id="after", kind="thumbnail") == b"\xff\xd8thumb"
+        assert {i["name"] for i in sa.inspect(hub.engine).get_indexes("events")} >= {
+            "ix_events_crop_ref", "ix_events_thumbnail_ref"}
+    finally:
+        hub.close()

@@ -14,7 +14,7 @@ from cloud_hub.api.schemas import (
     JournalStepPublic,
     TrackPublic,
 )
-from cloud_hub.errors import BadCursorError, NotFoundError
+from cloud_hub.errors import BadCursorError, ImageStoreUnavailableError, NotFoundError
 from cloud_hub.journal import MAX_TIMELINE_STEPS
 from sync import EscalationReason
 
@@ -92,14 +92,17 @@ def get_timeline(event_id: str, service: ServiceDep) -> EventTimeline:
 
 
 @router.get("/{event_id}/{kind}.jpg", response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}}, **documented(404)})
+            responses={200: {"content": {"image/jpeg": {}}}, **documented(404, 503)})
 def get_image(event_id: str, kind: Literal["crop", "thumbnail"],
               service: ServiceDep) -> Response:
-    """The escalated crop or the frame thumbnail (404 once retention pruned it)."""
+    """The escalated crop or the frame thumbnail (404 once retention pruned it), from the
+    hub's image store (or, for an event stored before images left the database, its row)."""
     try:
         data = service.store.event_image(event_id=event_id, kind=kind)
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ImageStoreUnavailableError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
     if data is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"event {event_id} has no {kind}")
     return Response(data, media_type="image/jpeg",

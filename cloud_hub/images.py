@@ -1,0 +1,218 @@
+"""Where the hub keeps escalated images: a content-addressed store, the database holding
+only each image's reference (its sha256, hex).
+
+:class:`ImageStore` is the seam (``put``, ``get``, ``delete``); :class:`FileImageStore`
+keeps each image in a file named after its hash, in two levels of sharded folders
+(``ab/cd/abcd...``) so that no folder holds more than a few thousand files, written to a
+unique temporary name and renamed into place (atomic: a reader sees the whole image or
+none; two hubs writing the same image at once write the same bytes). The same image
+escalated twice is kept once. Images are bounded in size (``max_image_bytes``, the
+hub's message limit), readable by the hub's user only (face crops), and checked against
+their name when read back.
+
+:class:`ObjectImageStore` keeps them in S3-compatible object storage through
+``obstore`` (optional: ``pip install obstore``): one small wheel with no Python
+dependencies, where ``fsspec`` needs ``s3fs``, ``aiobotocore`` and ``aiohttp`` for the
+same three calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.errors import ImageStoreError, ImageStoreUnavailableError
+
+_REF = re.compile(r"^[0-9a-f]{64}$")
+
+
+def image_ref(data: bytes) -> str:
+    """The reference of an image: its sha256, lower-case hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_ref(ref: str) -> str:
+    """Return ``ref`` if it is a reference this store makes (never a path).
+
+    Raises:
+        ImageStoreError: It is not 64 lower-case hex digits.
+    """
+    if not _REF.match(ref):
+        raise ImageStoreError(f"{ref[:80]!r} is not an image reference (sha256, hex)")
+    return ref
+
+
+class ImageStore(ABC):
+    """Content-addressed images. ``put`` is a template method: it bounds the size and
+    names the image; subclasses only store and fetch bytes by name.
+
+    Args:
+        max_image_bytes: The largest image accepted.
+    """
+
+    def __init__(self, *, max_image_bytes: int) -> None:
+        self.max_image_bytes = max_image_bytes
+
+    def put(self, data: bytes) -> str:
+        """Keep ``data`` (once, whoever sends it again); return its reference.
+
+        Raises:
+            ImageStoreError: It is larger than ``max_image_bytes``.
+            ImageStoreUnavailableError: The storage failed (full, unreachable): retry.
+        """
+        if len(data) > self.max_image_bytes:
+            raise ImageStoreError(f"image of {len(data)} bytes exceeds the limit of "
+                                  f"{self.max_image_bytes} bytes")
+        ref = image_ref(data)
+        self._write(ref, data)
+        return ref
+
+    def get(self, ref: str) -> bytes | None:
+        """The image named ``ref``; ``None`` if it is gone (or no longer matches its name).
+
+        Raises:
+            ImageStoreError: ``ref`` is not a reference.
+            ImageStoreUnavailableError: The storage failed: retry.
+        """
+        data = self._read(check_ref(ref))
+        if data is None or image_ref(data) != ref:
+            return None
+        return data
+
+    def delete(self, ref: str) -> None:
+        """Forget the image named ``ref`` (nothing if it is gone).
+
+        Raises:
+            ImageStoreError: ``ref`` is not a reference.
+            ImageStoreUnavailableError: The storage failed: retry.
+        """
+        self._remove(check_ref(ref))
+
+    @abstractmethod
+    def _write(self, ref: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _read(self, ref: str) -> bytes | None: ...
+
+    @abstractmethod
+    def _remove(self, ref: str) -> None: ...
+
+
+class FileImageStore(ImageStore):
+    """Images as files under ``root`` (sharded by the hash's first four digits)."""
+
+    def __init__(self, root: Path, *, max_image_bytes: int) -> None:
+        super().__init__(max_image_bytes=max_image_bytes)
+        self.root = root
+
+    def path(self, ref: str) -> Path:
+        """Where the image named ``ref`` lives."""
+        return self.root / ref[:2] / ref[2:4] / ref
+
+    def _write(self, ref: str, data: bytes) -> None:
+        target = self.path(ref)
+        if target.exists():
+            return  # the same bytes, by their name
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A unique name per writer: concurrent writers never share a temporary file.
+            fd, partial = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())  # the event's row commits after this
+                Path(partial).replace(target)
+            except BaseException:
+                Path(partial).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise ImageStoreUnavailableError(f"cannot write image {ref[:12]}… under "
+                                             f"{self.root}: {exc.strerror}") from exc
+
+    def _read(self, ref: str) -> bytes | None:
+        try:
+            return self.path(ref).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ImageStoreUnavailableError(f"cannot read image {ref[:12]}…: "
+                                             f"{exc.strerror}") from exc
+
+    def _remove(self, ref: str) -> None:
+        try:
+            self.path(ref).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ImageStoreUnavailableError(f"cannot delete image {ref[:12]}…: "
+                                             f"{exc.strerror}") from exc
+
+
+class ObjectImageStore(ImageStore):
+    """Images as objects ``<prefix>/ab/cd/<sha256>`` in S3-compatible storage.
+
+    Args:
+        store: An ``obstore`` store (``obstore.store.S3Store`` and friends); built by
+            :func:`object_store_from_url` from the hub's settings.
+        prefix: Key prefix inside the bucket.
+    """
+
+    def __init__(self, store: Any, *, prefix: str = "", max_image_bytes: int) -> None:
+        super().__init__(max_image_bytes=max_image_bytes)
+        self._store = store
+        self._prefix = prefix.strip("/")
+
+    def key(self, ref: str) -> str:
+        """The object key of the image named ``ref``."""
+        name = f"{ref[:2]}/{ref[2:4]}/{ref}"
+        return f"{self._prefix}/{name}" if self._prefix else name
+
+    def _write(self, ref: str, data: bytes) -> None:
+        import obstore
+
+        try:
+            obstore.put(self._store, self.key(ref), data)
+        except Exception as exc:  # obstore raises its own tree; mapped here, once
+            raise ImageStoreUnavailableError(f"cannot write image {ref[:12]}…: {exc}") from exc
+
+    def _read(self, ref: str) -> bytes | None:
+        import obstore
+
+        try:
+            return bytes(obstore.get(self._store, self.key(ref)).bytes())
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # as above
+            raise ImageStoreUnavailableError(f"cannot read image {ref[:12]}…: {exc}") from exc
+
+    def _remove(self, ref: str) -> None:
+        import obstore
+
+        try:
+            obstore.delete(self._store, self.key(ref))
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # as above
+            raise ImageStoreUnavailableError(f"cannot delete image {ref[:12]}…: {exc}") from exc
+
+
+def object_store_from_url(url: str) -> tuple[Any, str]:
+    """An ``obstore`` store and key prefix for ``s3://bucket/prefix`` (credentials and
+    endpoint from the usual ``AWS_*`` environment variables).
+
+    Raises:
+        ImageStoreError: ``obstore`` is not installed, or the URL is not ``s3://``.
+    """
+    if not url.startswith("s3://"):
+        raise ImageStoreError(f"{url!r}: the object store URL must be s3://bucket[/prefix]")
+    try:
+        from obstore.store import S3Store
+    except ImportError as exc:
+        raise ImageStoreError("CLOUD_HUB_IMAGE_STORE=s3 needs obstore: pip install "
+                              "obstore") from exc
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    return S3Store(bucket), prefix

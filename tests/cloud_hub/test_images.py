@@ -1,0 +1,80 @@
+"""The content-addressed image store, on files (and through obstore's in-memory store, the
+adapter that S3 uses): named by sha256, sharded, written atomically, bounded, checked."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+from obstore.store import MemoryStore
+
+from cloud_hub.errors import ImageStoreError, RetryLaterError
+from cloud_hub.images import FileImageStore, ImageStore, ObjectImageStore
+
+pytestmark = pytest.mark.unit
+
+JPEG = b"\xff\xd8" + bytes(range(256)) * 20
+
+
+@pytest.fixture(params=["file", "object"])
+def images(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
+    if request.param == "file":
+        return FileImageStore(tmp_path / "images", max_image_bytes=64 * 1024)
+    return ObjectImageStore(MemoryStore(), prefix="hub/images", max_image_bytes=64 * 1024)
+
+
+def test_an_image_is_named_by_its_hash_kept_once_and_forgotten(images: ImageStore) -> None:
+    ref = images.put(JPEG)
+    assert ref == hashlib.sha256(JPEG).hexdigest()
+    assert images.put(JPEG) == ref
+    assert images.get(ref) == JPEG
+    images.delete(ref)
+    assert images.get(ref) is None
+    images.delete(ref)  # gone already: nothing
+
+
+@pytest.mark.parametrize("ref", ["../../etc/passwd", "ab", "A" * 64, "g" * 64, ""])
+def test_a_reference_is_never_a_path(images: ImageStore, ref: str) -> None:
+    with pytest.raises(ImageStoreError, match="not an image reference"):
+        images.get(ref)
+    with pytest.raises(ImageStoreError):
+        images.delete(ref)
+
+
+def test_images_are_bounded(images: ImageStore) -> None:
+    with pytest.raises(ImageStoreError, match="exceeds"):
+        images.put(bytes(64 * 1024 + 1))
+
+
+def test_files_are_sharded_private_and_whole(tmp_path: Path) -> None:
+    images = FileImageStore(tmp_path / "images", max_image_bytes=1 << 20)
+    ref = images.put(JPEG)
+    path = images.path(ref)
+    assert path == tmp_path / "images" / ref[:2] / ref[2:4] / ref
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == [ref]  # no temporary file left
+    path.write_bytes(JPEG[:-1])  # damaged on disk: not served as that image
+    assert images.get(ref) is None
+
+
+def test_writers_of_the_same_image_at_once_leave_it_whole(tmp_path: Path) -> None:
+    images = FileImageStore(tmp_path / "images", max_image_bytes=1 << 20)
+    data = bytes(range(256)) * 1000
+    threads = [threading.Thread(target=images.put, args=(data,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    ref = hashlib.sha256(data).hexdigest()
+    assert images.get(ref) == data
+    assert [p.name for p in images.path(ref).parent.iterdir()] == [ref]
+
+
+def test_a_full_disk_is_a_transient_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "images"
+    blocker.write_text("a file where the folder should be")
+    images = FileImageStore(blocker, max_image_bytes=1 << 20)
+    with pytest.raises(RetryLaterError):
+        images.put(JPEG)
