@@ -9,7 +9,8 @@ rendered for ``/`` and ``/opt/cloud-hub`` (a test keeps the two the same).
 Hardening (``systemd-analyze security`` at most 2.0), as the agent's
 (:mod:`edge_agent.system_service`) but with no devices at all (``PrivateDevices=yes``;
 a hub that judges on an NVIDIA GPU needs a drop-in that allows ``/dev/nvidia*``), and
-the same syscall allow-list, which ONNX Runtime, uvicorn and psycopg run under.
+the same syscall allow-list (``mbind`` and ``sched_setaffinity`` given back for ONNX
+Runtime; tests/test_syscall_filter.py runs its inference under the filter).
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ AmbientCapabilities=
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
+# ...but for two calls of @resources that ONNX Runtime make and die without: mbind on their
+# memory arenas, and sched_setaffinity on their own thread pool's threads.
+SystemCallFilter=mbind sched_setaffinity
 UMask=0077
 
 [Install]

@@ -12,10 +12,12 @@ capabilities, the file system read-only but for its state and cache folders, no 
 users' files or processes, a syscall allow-list, memory and CPU caps. What it keeps, and
 why:
 
-- ``SystemCallFilter=@system-service`` less ``@privileged @resources``: LiteRT (XNNPACK),
-  ONNX Runtime, OpenCV's video decoding and paho run under it (a test runs the agent's
-  inference under the same seccomp filter); a call outside it kills the process (SIGSYS)
-  and systemd restarts it, rather than letting it go on half-working.
+- ``SystemCallFilter=@system-service`` less ``@privileged @resources``, but for ``mbind``
+  and ``sched_setaffinity``, which both runtimes make (on their arenas and their own
+  threads) and die without: LiteRT (XNNPACK), ONNX Runtime, OpenCV's video decoding,
+  SQLite and paho run under it (tests/test_syscall_filter.py runs the agent under the
+  same seccomp filter); a call outside it kills the process (SIGSYS) and systemd
+  restarts it, rather than letting it go on half-working.
 - ``MemoryDenyWriteExecute=no``: runtimes and delegates may JIT-compile kernels.
 - ``PrivateDevices=no`` with ``DevicePolicy=closed``: cameras (``/dev/video*``), a Coral
   (``/dev/apex_*`` or USB) and Jetson GPUs, and nothing else.
@@ -103,6 +105,9 @@ AmbientCapabilities=
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
+# ...but for two calls of @resources that LiteRT and ONNX Runtime make and die without:
+# mbind on their memory arenas, and sched_setaffinity on their thread pool's threads.
+SystemCallFilter=mbind sched_setaffinity
 UMask=0077
 # Cameras (/dev/video*), Coral (/dev/apex_*, USB) and Jetson GPUs, nothing else.
 PrivateDevices=no
