@@ -55,7 +55,7 @@ from edge_agent.tracking import ObjectTracker
 from edge_agent.tracks import TrackBook
 from hardware import load_model, plan_backends, probe_hardware
 from models import Box, Model, ModelStore, ModelZoo, default_store_path
-from sync import EventIdFactory, EventMessage, ModelRef, decode, encode
+from sync import EventIdFactory, EventMessage, ModelRef, decode, encode, progress
 
 FPS = 25.0
 STREAM_JPEG_QUALITY = 85
@@ -401,26 +401,29 @@ def main(argv: list[str]) -> int:
     segments: dict[str, dict[str, Score]] = {}
     cascade_fp_frames: list[int] = []  # where to look first
     frames = stream_bytes = 0
+    total = None if args.video is not None else len(footage)
     try:
-        for frame in frames_in:
-            frames += 1
-            truth_here = frame.has_face
-            jpeg = _jpeg(frame.image)
-            stream_bytes += len(jpeg)
-            hub_answer = judge.judge(_whole_frame_event(frame, jpeg, ids, fps)
-                                     ).outcome == "confirmed"
-            hub_only.add(truth_here, hub_answer)
-            decided = run.step(frame)
-            cascade.add(truth_here, decided.answer)
-            if decided.answer and not truth_here:
-                cascade_fp_frames.append(frame.index)
-            edge_only.add(truth_here, decided.edge_answer)
-            if frame.segment is not None:
-                scores = segments.setdefault(frame.segment, {
-                    "hub-only": Score(), "cascade": Score(), "edge-only": Score()})
-                scores["hub-only"].add(truth_here, hub_answer)
-                scores["cascade"].add(truth_here, decided.answer)
-                scores["edge-only"].add(truth_here, decided.edge_answer)
+        with progress(f"cascade over {footage_name}", total=total) as advance:
+            for frame in frames_in:
+                advance(1)
+                frames += 1
+                truth_here = frame.has_face
+                jpeg = _jpeg(frame.image)
+                stream_bytes += len(jpeg)
+                hub_answer = judge.judge(_whole_frame_event(frame, jpeg, ids, fps)
+                                         ).outcome == "confirmed"
+                hub_only.add(truth_here, hub_answer)
+                decided = run.step(frame)
+                cascade.add(truth_here, decided.answer)
+                if decided.answer and not truth_here:
+                    cascade_fp_frames.append(frame.index)
+                edge_only.add(truth_here, decided.edge_answer)
+                if frame.segment is not None:
+                    scores = segments.setdefault(frame.segment, {
+                        "hub-only": Score(), "cascade": Score(), "edge-only": Score()})
+                    scores["hub-only"].add(truth_here, hub_answer)
+                    scores["cascade"].add(truth_here, decided.answer)
+                    scores["edge-only"].add(truth_here, decided.edge_answer)
     finally:
         hub.stop()
         edge_model.close()

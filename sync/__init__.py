@@ -1,8 +1,9 @@
 """What crosses between edge and hub: topic layout, message codec, event ids.
 
 Pure code, no I/O of its own (apart from ``sync/tls.py``, the MQTT clients' TLS that both
-sides share, and ``sync/cli_common.py``, the options and log set-up both command lines
-share): both the edge agent and the cloud hub import it, and it imports neither.
+sides share, ``sync/cli_common.py``, the options and log set-up both command lines
+share, and ``sync/progress.py``, their progress bars): both the edge agent and the cloud
+hub import it, and it imports neither.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from sync.messages import (
     is_framed_event,
     peek_schema,
 )
+from sync.progress import Advance, progress
 from sync.system_service import (
     ServiceFolder,
     SystemService,
@@ -79,6 +81,7 @@ __all__ = [
     "EVENT_CONTENT_TYPE",
     "MAX_RECEIPT_IDS",
     "VERSION",
+    "Advance",
     "AnyMessage",
     "BrokerAddress",
     "BrokerTlsError",
@@ -129,6 +132,7 @@ __all__ = [
     "is_framed_event",
     "memory_high",
     "peek_schema",
+    "progress",
     "release",
     "run_command",
     "share_options",

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Literal
 
+from sync.progress import quiet_progress
+
 DISTRIBUTION = "edge-cloud-runtime"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -90,6 +92,7 @@ def configure_logging(prog: str, args: argparse.Namespace) -> None:
     level_name: str = args.log_level or ("info" if args.verbose else "warning")
     handler = logging.StreamHandler(sys.stderr)
     if args.log_format == "json":
+        quiet_progress()  # stderr is a log of JSON lines: no bars among them
         handler.setFormatter(JsonLogFormatter())
     else:
         handler.setFormatter(logging.Formatter(f"{prog}: %(levelname)s: %(message)s"))
