@@ -17,7 +17,8 @@ The broker's authorization is Mosquitto's dynamic security plugin. Its rules are
   ``$CONTROL/dynamic-security/v1`` topic, which is how it provisions,
   rotates and revokes devices while the broker runs: no file rewrite, no restart. The
   plugin saves its own state, and a deleted or re-passworded client is disconnected at
-  once.
+  once. At start the hub adds to its own role any rule it lacks
+  (:func:`hub_role_commands`), so a broker set up by an older hub learns new topics.
 
 This module holds the rules as values (:class:`Role`, :class:`Acl`, :class:`Command`,
 :func:`dynsec_document`), pure, and one adapter, :class:`BrokerControl`, that sends
@@ -172,6 +173,16 @@ def hub_role(layout: TopicLayout, share_group: str) -> Role:
         *(Acl("publishClientReceive", topic) for topic in receives),
         *(Acl("publishClientSend", topic) for topic in sends),
     ))
+
+
+def hub_role_commands(layout: TopicLayout, share_group: str) -> tuple[Command, ...]:
+    """Give the hub's role every rule of :func:`hub_role`, adding those a broker set up by
+    an older hub lacks (its journal subscription, say); a rule already there is refused
+    by the plugin, harmlessly."""
+    role = hub_role(layout, share_group)
+    return tuple(Command("addRoleACL", {"rolename": role.name, "acltype": acl.kind,
+                                        "topic": acl.topic, "allow": acl.allow},
+                         tolerate_error=True) for acl in role.acls)
 
 
 def control_role() -> Role:

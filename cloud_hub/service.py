@@ -42,6 +42,7 @@ from cloud_hub.provisioning import (
     batch_add_commands,
     check_device_id,
     enrollment_bundle,
+    hub_role_commands,
     new_credentials,
     repair_role_commands,
     revoke_device_commands,
@@ -133,6 +134,17 @@ class HubService:
         if self.webhooks is not None:
             self.webhooks.submit("verdict", verdict_data(event))
 
+    def _complete_hub_role(self) -> None:
+        """Give the hub's broker role the rules of this version (before ingest subscribes):
+        a broker initialised by an older hub lacks, say, the journal's subscription."""
+        if self.settings.broker_control != "mosquitto-dynsec":
+            return
+        try:
+            BrokerControl(self.broker).run(hub_role_commands(
+                TopicLayout(self.settings.mqtt_prefix), self.settings.share_group))
+        except HubError as exc:  # unreachable now, or no broker-control: say so, go on
+            log.warning("could not check the hub's broker role for new rules: %s", exc)
+
     def _on_update_report(self, report: UpdateReport) -> None:
         if self.distribution is not None:
             self.distribution.report(report)
@@ -150,6 +162,7 @@ class HubService:
             self.webhooks.start()
         if self._want_ingest:
             self.broker.check()  # a wrong CA or host name stops the hub here, loudly
+            self._complete_hub_role()
         if self.judge is None:
             self.judge = self._model_judge()
         if self._want_ingest:

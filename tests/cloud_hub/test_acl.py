@@ -10,6 +10,7 @@ or silently replaces a device's password (8).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -429,3 +430,40 @@ def test_the_hub_keeps_a_devices_own_journal_and_nothing_it_claims_of_another(
     assert [(r.track.device_id, r.last_frame) for r in kept] == [("jr-a", 2)]
     assert fleet.hub.store.journal_of_event(event_id=others, device_id="jr-b",
                                             limit=10) == ([], False)
+
+
+def test_a_broker_set_up_before_the_journal_gets_the_hubs_rule_for_it(
+    tmp_path: Path, zoo_store: ModelStore,
+) -> None:
+    """A broker initialised by an older hub has no journal rule in the hub's role: the
+    hub adds the rules it lacks at start, so the journal is kept without a manual step."""
+    broker = MosquittoBroker(tmp_path / "broker", anonymous=False, limits=LIMITS)
+    document = json.loads(broker.dynsec_file.read_text())
+    for role in document["roles"]:
+        role["acls"] = [a for a in role["acls"] if "journal" not in a["topic"]]
+    broker.dynsec_file.write_text(json.dumps(document))
+    broker.start()
+    hub = HubService(hub_settings(tmp_path, zoo_store.root, mqtt_port=broker.port,
+                                  mqtt_username=broker.hub_username,
+                                  mqtt_password=broker.hub_password,
+                                  mqtt_client_id="hub-upgraded",
+                                  broker_control="mosquitto-dynsec", batch_autotune=False))
+    try:
+        hub.start()
+        assert hub.ingest is not None and hub.ingest.connected.wait(10)
+        _, credentials = hub.provision_device("old-a", "lobby")
+        event_id = EventIdFactory()()
+        step = TrackEventMessage(
+            device_id="old-a", step="update", source="door", track_id=1, at=5.0,
+            first_frame=1, last_frame=1, label="face", action="escalate",
+            reason="uncertain", positive=False, event_id=event_id, escalations=1)
+        device = Device(broker.port, "old-a", credentials.password)
+        try:
+            assert device.publish(LAYOUT.journal("old-a"), encode(step)) < 0x80
+        finally:
+            device.close()
+        assert wait_until(lambda: bool(hub.store.journal_of_event(
+            event_id=event_id, device_id="old-a", limit=10)[0]), timeout_s=60)
+    finally:
+        hub.stop()
+        broker.stop()
