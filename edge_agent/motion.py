@@ -58,8 +58,13 @@ class MotionGate:
         if self._background is None or self._background.shape != small.shape:
             self._background = small.copy()
             return self._open("first", 1.0)
-        delta = small - self._background
-        # Remove a global lighting change; every 4th pixel estimates the median well.
+        # Remove a global lighting change (dusk, a cloud, the camera's exposure): it
+        # scales every pixel, so the background is brought to the frame's brightness
+        # first, then what offset remains is taken off. Every 4th pixel estimates a
+        # median well.
+        gain = float(np.median(small[::2, ::2])) / max(
+            float(np.median(self._background[::2, ::2])), 1.0)
+        delta = small - self._background * np.float32(gain)
         delta -= np.float32(np.median(delta[::2, ::2]))
         moving = (np.abs(delta) > self.config.pixel_threshold).astype(np.uint8)
         changed = float(np.count_nonzero(moving)) / delta.size

@@ -2,11 +2,14 @@
 
 Every decision on a frame belongs to a track (:mod:`edge_agent.tracks`): each object in
 view gets its own decision, and two faces give two answers. A track is escalated once
-and again only when its evidence changes (its score band, its size by
-``size_change_ratio``) or its verdict lapses (``verdict_reuse_s``); while its escalation
-awaits the verdict it is never escalated again. The hub's verdict on a track decides that
-track's later frames, including frames on which the detector misses the object (the track
-coasts through flicker and short occlusions), until the track ends or the verdict lapses.
+and again only when its evidence changes in a way that could change the answer (a
+rejected track the edge is now sure of, or unsure of at another size; a confirmed one
+the edge is unsure of at another size, by ``size_change_ratio``) or its verdict lapses
+(``verdict_reuse_s``); while its escalation awaits the verdict it is never escalated
+again. The hub's verdict on a track decides that track's later frames, including frames
+on which the detector misses the object (the track coasts through flicker and short
+occlusions) and frames on which the rate limit keeps it from being asked again, until
+the track ends or the verdict lapses.
 
 Pure: values in, a decision out. Time is passed in; randomness (the audit sample) comes
 from an injected ``random.Random``.
@@ -26,6 +29,10 @@ from models import AnomalyScore, Detection
 from sync import EscalationReason
 
 Action = Literal["local", "escalate", "drop"]
+
+# A moving region is the one the hub judged on the last frame when they overlap this much
+# (an object moving a tenth of its width a frame keeps an IoU over 0.8).
+MOTION_MATCH_IOU = 0.3
 
 PRIORITY = {"suspicious": 8, "anomaly": 7, "uncertain": 5, "unexplained": 4, "audit": 1}
 
@@ -68,8 +75,10 @@ class Decision:
         action: ``local`` (decide here), ``escalate`` (send to the hub) or ``drop``.
         reason: Why: ``confident``, ``uncertain``, ``suspicious``, ``audit`` (a sample
             of confident tracks, once per track), ``anomaly``, ``normal``,
-            ``below-band``, ``rate-limited``, ``verdict-reused`` (the hub judged this
-            track and its evidence has not changed), ``awaiting-verdict`` (its
+            ``below-band``, ``rate-limited`` (no token to escalate: the track's
+            verdict answers while it holds, else the edge), ``verdict-reused`` (the
+            hub judged this track and nothing new could change its answer),
+            ``awaiting-verdict`` (its
             escalation waits for the verdict) or ``escalated-before`` (escalated with
             the same evidence; its verdict never came), ``unexplained`` (motion no
             detection explains, escalated as a crop of ``region``).
@@ -117,6 +126,7 @@ class _RegionVerdict:
     region: Region
     confirmed: bool
     at: float
+    area: float = 0.0  # of the region when last seen wholly in view
 
 
 class EscalationPolicy:
@@ -158,17 +168,21 @@ class EscalationPolicy:
         same = state.evidence is not None and state.evidence == evidence
         recent = (state.escalated_at is not None
                   and now - state.escalated_at < cfg.verdict_reuse_s)
-        # A fresh verdict decides the track unless it now shows the hub something new.
-        if state.verdict is not None and state.verdict_holds(now, cfg.verdict_reuse_s) and (
-                same or (evidence.band != "uncertain" and not suspicious)):
-            return local("verdict-reused", state.verdict)
+        holds = state.verdict_holds(now, cfg.verdict_reuse_s)
+        # A fresh verdict decides the track unless the track now shows the hub something
+        # new that could change the answer: a rejected track the edge is now sure of (or
+        # unsure of at another size), a confirmed one the edge is unsure of at another size.
+        agrees = evidence.band == "below" or (evidence.band == "confident" and state.verdict)
+        if holds and (same or (agrees and not suspicious)):
+            return local("verdict-reused", bool(state.verdict))
         if same and recent:
             return local("escalated-before", own)
         if suspicious:
             return self._escalate(source, "suspicious", detections, now, positive=True,
                                   track=state, evidence=evidence)
-        if evidence.band == "uncertain":
-            return self._escalate(source, "uncertain", detections, now, positive=False,
+        if evidence.band == "uncertain" or holds:  # holds: the hub rejected, the edge is sure
+            return self._escalate(source, "uncertain", detections, now,
+                                  positive=evidence.band == "confident",
                                   track=state, evidence=evidence)
         if evidence.band == "confident":
             if not state.audited:
@@ -187,10 +201,13 @@ class EscalationPolicy:
         source; ``None`` when every region is explained or the limit says no.
 
         A region that overlaps one the hub confirmed in the last ``verdict_reuse_s``
-        takes that verdict (``local``, ``verdict-reused``) instead, and the remembered
-        region follows it as it moves. With ``frame_size``, a region touching the frame's
-        border is not escalated: what is walking in is judged once it is in view (its
-        first sliver would show the hub nothing)."""
+        (intersection over union at least ``MOTION_MATCH_IOU``: the same object one frame
+        on, not something that touches it) takes that verdict (``local``,
+        ``verdict-reused``) instead, and the remembered region follows it as it moves.
+        With ``frame_size``, a region touching the frame's border is not escalated: what
+        is walking in is judged once it is in view (its first sliver would show the hub
+        nothing); a confirmed one walking out keeps its verdict while at least half of
+        its area in view remains."""
         cfg = self.config
         if not regions or cfg.unexplained_per_minute <= 0:
             return None
@@ -198,21 +215,26 @@ class EscalationPolicy:
         unexplained = [r for r in regions if not any(_overlap(r, box) for box in boxes)]
         if not unexplained:
             return None
-        if frame_size is not None:
-            width, height = frame_size
-            unexplained = [r for r in unexplained
-                           if r[0] > 0 and r[1] > 0 and r[2] < width and r[3] < height]
-            if not unexplained:
-                return None
         judged = [j for j in self._motion_verdicts.get(source, ())
                   if now - j.at < cfg.verdict_reuse_s]
         self._motion_verdicts[source] = judged
         for region in unexplained:
-            match = next((j for j in judged if _overlap(j.region, region)), None)
-            if match is not None:
-                match.region = region
-                return Decision("local", "verdict-reused", 0, (), match.confirmed,
-                                region=region)
+            match = next((j for j in judged if _iou(j.region, region) >= MOTION_MATCH_IOU),
+                         None)
+            if match is None:
+                continue
+            if frame_size is not None and _at_border(region, frame_size):
+                # Walking out: the verdict holds while at least half of it is in view.
+                if _area(region) < 0.5 * match.area:
+                    continue
+            else:
+                match.area = _area(region)
+            match.region = region
+            return Decision("local", "verdict-reused", 0, (), match.confirmed, region=region)
+        if frame_size is not None:
+            unexplained = [r for r in unexplained if not _at_border(r, frame_size)]
+            if not unexplained:
+                return None
         bucket = self._motion_buckets.setdefault(
             source, TokenBucket(cfg.unexplained_per_minute / 60.0, 1.0))
         if not bucket.take(now):
@@ -228,7 +250,7 @@ class EscalationPolicy:
         confirmation is remembered: a rejected region may yet grow into a face."""
         if confirmed and self.config.verdict_reuse_s > 0:
             self._motion_verdicts.setdefault(source, []).append(
-                _RegionVerdict(region, confirmed, now))
+                _RegionVerdict(region, confirmed, now, _area(region)))
 
     def decide_anomaly(self, source: str, score: AnomalyScore, now: float) -> Decision:
         """Decide for one sensor window's anomaly score."""
@@ -247,10 +269,30 @@ class EscalationPolicy:
         last = self._last_escalation.get(source)
         too_soon = last is not None and now - last < self.config.min_interval_s
         if too_soon or not bucket.take(now):
+            # No token: the hub's verdict on the track, while it holds, still answers.
+            if track is not None and track.verdict_holds(now, self.config.verdict_reuse_s):
+                positive = bool(track.verdict)
             return Decision("local", "rate-limited", 0, detections, positive, track, evidence)
         self._last_escalation[source] = now
         return Decision("escalate", reason, PRIORITY[reason], detections, positive, track,
                         evidence)
+
+
+def _area(region: Region) -> float:
+    return max(region[2] - region[0], 0.0) * max(region[3] - region[1], 0.0)
+
+
+def _at_border(region: Region, frame_size: tuple[int, int]) -> bool:
+    """Whether a region touches the frame's border (its object may be partly out)."""
+    width, height = frame_size
+    return region[0] <= 0 or region[1] <= 0 or region[2] >= width or region[3] >= height
+
+
+def _iou(a: Region, b: Region) -> float:
+    """Intersection over union of two boxes."""
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _overlap(a: Region, b: Region) -> bool:

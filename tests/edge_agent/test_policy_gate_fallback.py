@@ -84,3 +84,19 @@ def test_global_lighting_change_is_not_motion(drift: float) -> None:
     gate.check(scene)
     dimmer = np.clip(scene.astype(np.float32) * 1.0 + (drift - 1) * 40, 0, 255).astype(np.uint8)
     assert gate.check(dimmer).reason == "static"
+
+
+def test_a_dimmed_scene_is_not_motion_and_leaves_no_ghost() -> None:
+    # Dusk or a camera's exposure scales every pixel: on a scene with bright and dark
+    # parts that is a large difference in the bright ones, and no motion.
+    rng = np.random.default_rng(0)
+    scene = np.zeros((180, 320, 3), dtype=np.float32)
+    scene[:, :160] = 40.0
+    scene[:, 160:] = 220.0
+    scene += rng.normal(0, 2, scene.shape).astype(np.float32)
+    gate = MotionGate(MotionConfig(keyframe_interval=1000, hold_frames=0))
+    gate.check(scene.astype(np.uint8))
+    for _ in range(3):
+        gate.check(scene.astype(np.uint8))
+    for gain in (0.35, 0.35, 1.0, 1.0):  # dark for a while, then light again
+        assert gate.check(np.clip(scene * gain, 0, 255).astype(np.uint8)).reason == "static"

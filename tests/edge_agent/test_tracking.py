@@ -136,13 +136,41 @@ def test_a_track_is_escalated_again_only_when_its_evidence_changes() -> None:
     edge = _Edge(PolicyConfig(audit_sample_rate=0.0, verdict_reuse_s=10.0))
     edge.see([_at(10, size=40)], 0.0)
     edge.book.verdict("e1", False, 0.1)
-    # Same size, a higher score, and below the band: the rejection holds.
+    # Same size and band with a higher score, and below the band: the rejection holds.
     assert _reasons(edge.see([_at(12, 0.7, size=42)], 0.2)) == ["verdict-reused"]
-    assert _reasons(edge.see([_at(14, 0.9, size=42)], 0.3)) == ["verdict-reused"]
+    assert _reasons(edge.see([_at(14, 0.3, size=42)], 0.3)) == ["verdict-reused"]
     # It comes closer: twice the area is new evidence, so the hub is asked again.
     decided = edge.see([_at(16, 0.6, size=62)], 0.4)
     assert _reasons(decided) == ["uncertain"]
     assert edge.events == 2
+
+
+def test_a_rejected_track_the_edge_becomes_sure_of_is_asked_about_again() -> None:
+    # A face walking in is escalated while half of it shows, and rejected; a moment
+    # later the edge is sure of it. The rejection of a sliver does not decide the face.
+    edge = _Edge(PolicyConfig(audit_sample_rate=0.0, verdict_reuse_s=10.0))
+    edge.see([_at(10, 0.6)], 0.0)
+    edge.book.verdict("e1", False, 0.1)
+    sure = edge.see([_at(12, 0.9)], 0.2)
+    assert [(d.action, d.reason, d.positive) for d in sure.decisions] == [
+        ("escalate", "uncertain", True)]
+    # A confirmed track the edge is sure of needs no second opinion.
+    edge.book.verdict("e2", True, 0.3)
+    assert _reasons(edge.see([_at(14, 0.95)], 0.4)) == ["verdict-reused"]
+    assert edge.events == 2
+
+
+def test_a_rate_limited_track_answers_with_its_verdict_while_it_holds() -> None:
+    edge = _Edge(PolicyConfig(audit_sample_rate=0.0, max_escalations_per_minute=1,
+                              escalation_burst=1, verdict_reuse_s=5.0))
+    edge.see([_at(10, 0.6, size=40)], 0.0)
+    edge.book.verdict("e1", True, 0.1)
+    # Closer and still unsure: new evidence, but no token left; the hub's confirmation
+    # of this track still answers, not the edge's doubt.
+    closer = edge.see([_at(12, 0.6, size=62)], 0.2)
+    assert [(d.reason, d.positive) for d in closer.decisions] == [("rate-limited", True)]
+    assert closer.positive
+    assert edge.events == 1
 
 
 def test_after_a_fallback_the_same_evidence_is_not_escalated_again_until_it_lapses() -> None:
@@ -288,6 +316,32 @@ def test_a_judged_moving_region_takes_its_verdict_as_it_moves() -> None:
     lapsed = policy.decide_motion("door", [(150.0, 100.0, 190.0, 140.0)], [], 12.0)
     assert lapsed is not None
     assert lapsed.action == "escalate"
+
+
+def test_a_confirmed_region_walking_out_holds_while_half_of_it_is_in_view() -> None:
+    policy = EscalationPolicy(PolicyConfig(unexplained_per_minute=6, verdict_reuse_s=2.0))
+    size = (640, 360)
+    first = policy.decide_motion("door", [(480.0, 100.0, 580.0, 200.0)], [], 0.0, size)
+    assert first is not None
+    assert first.region is not None
+    policy.remember_motion("door", first.region, True, 0.0)
+    answers = []
+    for step, x in enumerate(range(500, 640, 20), start=1):  # 100 px wide, walking out
+        region = (float(x), 100.0, min(x + 100.0, 640.0), 200.0)
+        later = policy.decide_motion("door", [region], [], 0.1 * step, size)
+        answers.append(later is not None and later.positive)
+    # In view at 500 and 520; then 100, 80 and 60 px of it: held; 40 and 20: gone.
+    assert answers == [True, True, True, True, True, False, False]
+
+
+def test_a_confirmed_region_does_not_pass_to_motion_it_barely_touches() -> None:
+    policy = EscalationPolicy(PolicyConfig(unexplained_per_minute=0.001, verdict_reuse_s=2.0))
+    first = policy.decide_motion("door", [(100.0, 100.0, 200.0, 200.0)], [], 0.0)
+    assert first is not None
+    assert first.region is not None
+    policy.remember_motion("door", first.region, True, 0.0)
+    # Something large elsewhere whose corner touches the judged region: not that object.
+    assert policy.decide_motion("door", [(190.0, 190.0, 500.0, 350.0)], [], 0.1) is None
 
 
 def test_motion_at_the_border_waits_and_a_rejection_is_not_remembered() -> None:
