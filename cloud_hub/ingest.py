@@ -263,7 +263,7 @@ class IngestWorker:
             # Heard from: a rollout warns about devices it waits for that went quiet.
             self.store.touch_device(device_id=device_id, at=time.time())
             self.store.record_telemetry(device_id=device_id, at=telemetry.at,
-                                        values=telemetry.values)
+                                        values=telemetry.values, inputs=telemetry.inputs)
 
     def _update_report(self, device_id: str, payload: bytes) -> None:
         report = self._accept(device_id, payload, UpdateReport, "update report")

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud_hub.errors import BadCursorError, NotFoundError, StoreError, StoreUnavailableError
 from cloud_hub.images import ImageStore
-from sync import JournalStep, SightingPayload, TrackEventMessage
+from sync import InputHealth, JournalStep, SightingPayload, TrackEventMessage
 from sync.errors import SyncError
 from sync.rollout import FAILED_STEPS, Rollout
 
@@ -60,6 +60,8 @@ devices = sa.Table(
     sa.Column("agent_version", sa.String(64), nullable=False, server_default=""),
     sa.Column("telemetry", sa.Text, nullable=True),  # the latest telemetry's values, JSON
     sa.Column("telemetry_at", sa.Float, nullable=True),
+    # Each camera source's input health (sync.InputHealth as JSON), from that telemetry.
+    sa.Column("inputs", sa.Text, nullable=True),
     # When the device was revoked (NULL: it is not): its messages are refused.
     sa.Column("revoked_at", sa.Float, nullable=True),
 )
@@ -251,9 +253,15 @@ def _v9(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v10(conn: Connection) -> None:
+    # Each camera source's input health, typed (issue 10): a dark or frozen camera is
+    # seen at the hub, not only in the device's own metrics.
+    _add_columns(conn, devices, ("inputs TEXT",))
+
+
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
     (1, _v1), (2, _v2), (3, _v3), (4, _v4), (5, _v5), (6, _v6), (7, _v7), (8, _v8),
-    (9, _v9))
+    (9, _v9), (10, _v10))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 MIGRATION_ATTEMPTS = 5
 ROLLOUT_CAS_ATTEMPTS = 50
@@ -631,13 +639,20 @@ class Store:
                 backend=backend, last_seen=sa.func.coalesce(devices.c.last_seen, at),
                 updates_enabled=updates_enabled, agent_version=agent_version))
 
-    def record_telemetry(self, *, device_id: str, at: float,
-                         values: Mapping[str, float]) -> None:
-        """Keep a device's latest telemetry (backlog, input health), if newer."""
+    def record_telemetry(self, *, device_id: str, at: float, values: Mapping[str, float],
+                         inputs: Mapping[str, InputHealth] | None = None) -> None:
+        """Keep a device's latest telemetry (backlog, input health), if newer.
+
+        Args:
+            at: When the device took it (its clock).
+            inputs: Each camera source's input health (typed), if the device sent it.
+        """
+        document = json.dumps({name: health.model_dump(mode="json")
+                               for name, health in (inputs or {}).items()})
         with self._tx() as conn:
             conn.execute(devices.update().where(devices.c.id == device_id).where(sa.or_(
                 devices.c.telemetry_at.is_(None), devices.c.telemetry_at < at)).values(
-                telemetry=json.dumps(dict(values)), telemetry_at=at))
+                telemetry=json.dumps(dict(values)), telemetry_at=at, inputs=document))
 
     def touch_device(self, *, device_id: str, at: float) -> None:
         """Note that a device was heard from."""
@@ -1144,6 +1159,8 @@ def _device(row: Any) -> dict[str, Any]:
     device["group"] = device.pop("group_name")
     device["labels"] = json.loads(device["labels"])
     device["models"] = json.loads(device["models"])
+    device["inputs"] = {name: InputHealth.model_validate(health)
+                        for name, health in json.loads(device["inputs"] or "{}").items()}
     device["online"] = bool(device["online"])
     device["telemetry"] = json.loads(device["telemetry"]) if device["telemetry"] else {}
     device["revoked"] = device["revoked_at"] is not None

@@ -67,6 +67,7 @@ from edge_agent.escalation import frame_event, window_event
 from edge_agent.fallback import Pending, PendingVerdicts
 from edge_agent.footage import SampleFootage
 from edge_agent.home_assistant import HomeAssistantBridge
+from edge_agent.inputs import PROBLEMS, InputMonitor
 from edge_agent.journal import DecisionJournal, JournalFile
 from edge_agent.metrics import AgentMetrics
 from edge_agent.motion import MotionGate, Region
@@ -106,6 +107,7 @@ from models.features import FEATURE_SETS
 from sync import (
     EventIdFactory,
     EventMessage,
+    InputHealth,
     MessageError,
     ModelAnnouncement,
     StatusMessage,
@@ -218,6 +220,10 @@ class EdgeAgent:
         self._trackers: dict[str, ObjectTracker] = {}
         self._books: dict[str, TrackBook] = {}
         self._awaiting_sources = frozenset(c.name for c in config.sources if c.await_verdicts)
+        # Each camera source's picture (written by the pipeline, one immutable value per
+        # source, read by telemetry and the status file).
+        self._inputs: dict[str, InputMonitor] = {}
+        self.input_health: dict[str, InputHealth] = {}
         # Escalated motion: event id -> source and region.
         self._unexplained: dict[str, tuple[str, Region]] = {}
         self._journal = DecisionJournal(config.device.id)
@@ -440,6 +446,8 @@ class EdgeAgent:
             self._gates[cfg.name] = MotionGate(cfg.motion)
             self._trackers[cfg.name] = ObjectTracker(self.config.tracking)
             self._books[cfg.name] = TrackBook(cfg.name)
+            if cfg.kind != "sensor":
+                self._inputs[cfg.name] = InputMonitor()
 
     def _start_metrics_server(self) -> None:
         if self.config.metrics.port:
@@ -553,6 +561,7 @@ class EdgeAgent:
             self._process_window(item, model)
             return
         self.metrics.frames.labels(name).inc()
+        self._observe_input(name, item)
         gate = self._gates[name].check(item.image)
         if not gate.infer:
             self.metrics.gated.labels(name).inc()
@@ -609,6 +618,18 @@ class EdgeAgent:
             self._act("decision", name, tuple(det for d in decided_here for det in d.detections))
         if counted:  # after the decision's work, so that the shadow delays nothing
             health.run_shadow(detect, model)
+
+    def _observe_input(self, name: str, item: FrameItem) -> None:
+        """Measure the source's picture (brightness, contrast, sharpness, frozen)."""
+        health = self._inputs[name].observe(item.image)
+        self.input_health[name] = health
+        self.metrics.input_brightness.labels(name).set(health.brightness)
+        self.metrics.input_contrast.labels(name).set(health.contrast)
+        self.metrics.input_sharpness.labels(name).set(health.sharpness)
+        self.metrics.input_frozen_frames.labels(name).set(health.frozen_frames)
+        for problem in PROBLEMS:
+            self.metrics.input_problem.labels(name, problem).set(
+                1 if problem in health.problems else 0)
 
     def _process_window(self, item: ReadingWindow, model: Model) -> None:
         name = item.source
@@ -881,8 +902,14 @@ class EdgeAgent:
         for name, source in snapshot["sources"].items():
             values[f"frames.{name}"] = source["frames"]
             values[f"healthy.{name}"] = 1.0 if source["healthy"] else 0.0
+        for name, picture in self.input_health.items():  # as numbers too, for dashboards
+            values[f"brightness.{name}"] = picture.brightness
+            values[f"contrast.{name}"] = picture.contrast
+            values[f"sharpness.{name}"] = picture.sharpness
+            values[f"frozen_frames.{name}"] = picture.frozen_frames
         message = TelemetryMessage(device_id=self.config.device.id, at=time.time(),
-                                   values={k: float(v) for k, v in values.items()})
+                                   values={k: float(v) for k, v in values.items()},
+                                   inputs=dict(self.input_health))
         self.uplink.publish_side(self.layout.telemetry(self.config.device.id), encode(message))
 
     def _summary(self) -> str:
@@ -927,6 +954,9 @@ class EdgeAgent:
                 "reopens": health.reopens,
                 "finished": health.finished, "last_error": health.last_error,
             }
+            picture = self.input_health.get(name)
+            if picture is not None:
+                sources[name]["input"] = picture.model_dump(mode="json")
         return {
             "device_id": self.config.device.id, "running": running, "pid": os.getpid(),
             "version": VERSION, "started_at": self._started_at, "updated_at": time.time(),

@@ -88,6 +88,21 @@ class AgentMetrics:
                                registry=r)
         self.source_healthy = Gauge("edge_source_healthy", "1 while a source delivers",
                                     ["source"], registry=r)
+        self.input_brightness = Gauge(
+            "edge_input_brightness", "Mean luma of a camera source's latest frame (0-255)",
+            ["source"], registry=r)
+        self.input_contrast = Gauge(
+            "edge_input_contrast", "RMS contrast (luma standard deviation) of its latest frame",
+            ["source"], registry=r)
+        self.input_sharpness = Gauge(
+            "edge_input_sharpness", "Laplacian variance over luma variance of its latest "
+            "frame (blur lowers it, darkness does not)", ["source"], registry=r)
+        self.input_frozen_frames = Gauge(
+            "edge_input_frozen_frames", "Frames in a row identical to the one before",
+            ["source"], registry=r)
+        self.input_problem = Gauge(
+            "edge_input_problem", "1 while a camera source's picture has this problem "
+            "(dark, low-contrast, blurry, frozen)", ["source", "problem"], registry=r)
         self.build = Info("edge_build", "Versions of the agent and its runtimes", registry=r)
         self.build.info({"version": release(), "python": platform.python_version(),
                          "litert": _installed("ai-edge-litert"),

@@ -187,12 +187,35 @@ class StatusMessage(_DeviceMessage):
     model_config = ConfigDict(populate_by_name=True)
 
 
+InputProblem = Literal["dark", "low-contrast", "blurry", "frozen"]
+
+
+class InputHealth(_Message):
+    """How one camera's picture looks, by its latest frame (``edge_agent.inputs``).
+
+    Attributes:
+        brightness: Mean luma, 0-255.
+        contrast: Standard deviation of luma (RMS contrast), 0-255.
+        sharpness: Variance of the luma's Laplacian over the variance of luma: edges
+            against contrast, so darkness alone does not read as blur.
+        frozen_frames: Frames in a row identical to the one before (a stuck camera).
+        problems: What an operator should look at.
+    """
+
+    brightness: float = Field(ge=0, le=255)
+    contrast: float = Field(ge=0, le=255)
+    sharpness: float = Field(ge=0)
+    frozen_frames: int = Field(ge=0)
+    problems: tuple[InputProblem, ...] = Field(default=(), max_length=4)
+
+
 class TelemetryMessage(_DeviceMessage):
-    """A device's periodic counters and gauges."""
+    """A device's periodic counters and gauges, and the health of each camera source."""
 
     schema_: Literal["telemetry/1"] = Field(default="telemetry/1", alias="schema")
     at: float
     values: dict[str, float]
+    inputs: dict[str, InputHealth] = Field(default_factory=dict, max_length=256)
 
     model_config = ConfigDict(populate_by_name=True)
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloud_hub.provisioning import MAX_BATCH_DEVICES
-from sync import check_name
+from sync import InputHealth, check_name
 from sync.rollout import RolloutStatus
 
 #: Device ids and group names, as ``sync.check_name`` checks them (which also refuses
@@ -101,6 +101,9 @@ class DevicePublic(BaseModel):
         default_factory=dict, description="the device's latest telemetry: outbox backlog "
         "(outbox_events, outbox_bytes), per-source input health (name.source)")
     telemetry_at: float | None = None
+    inputs: dict[str, InputHealth] = Field(
+        default_factory=dict, description="each camera source's input health (brightness, "
+        "contrast, sharpness, frozen frames, problems) from the latest telemetry")
 
 
 class MqttCredentials(BaseModel):

@@ -4,7 +4,7 @@ metrics, and the hub exports the fleet's state (issue 12).
 
 A hub (ingest on a private broker) and an agent on the sample footage run together: the
 agent's telemetry reaches the hub's metrics as the device's backlog, its retained status
-as a device online.
+as a device online, and each camera's input health reaches the API's device data.
 """
 
 from __future__ import annotations
@@ -14,20 +14,24 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cloud_hub.api import create_app
+from cloud_hub.api.auth import hash_token
 from cloud_hub.service import HubService
 from models import ModelStore
 from sync.install import Step
 from sync.rollout import start
 from tests.broker import MosquittoBroker, free_port
-from tests.cloud_hub.hub_helpers import hub_settings
+from tests.cloud_hub.hub_helpers import SECRET, hub_settings
 from tests.edge_agent.agent_helpers import AgentThread, agent_config
 
 pytestmark = pytest.mark.integration
+
+VIEWER_TOKEN = "viewer-token-for-metrics-test"
 
 
 def _promtool(exposition: str) -> str:
@@ -47,9 +51,16 @@ def test_both_endpoints_pass_promtool_and_the_hub_shows_the_fleet(
     broker = MosquittoBroker(tmp_path / "broker")
     broker.start()
     try:
-        agent_page, hub_page = _run_hub_and_agent(broker, zoo_store, tmp_path)
+        agent_page, hub_page, device = _run_hub_and_agent(broker, zoo_store, tmp_path)
     finally:
         broker.stop()
+    # The sample footage's camera, as the hub's API shows it: in daylight, not frozen.
+    yard = device["inputs"]["yard"]
+    assert yard["brightness"] > 50 and yard["contrast"] > 12 and yard["sharpness"] > 0.02
+    assert yard["problems"] == [] and yard["frozen_frames"] == 0
+    assert device["telemetry"]["brightness.yard"] == yard["brightness"]
+    assert 'edge_input_brightness{source="yard"}' in agent_page
+    assert 'edge_input_problem{problem="dark",source="yard"} 0.0' in agent_page
     assert _promtool(agent_page) == ""
     assert _promtool(hub_page) == ""
     assert "# TYPE edge_mqtt_reconnects_total counter" in agent_page
@@ -66,8 +77,9 @@ def test_both_endpoints_pass_promtool_and_the_hub_shows_the_fleet(
 
 
 def _run_hub_and_agent(broker: MosquittoBroker, zoo_store: ModelStore,
-                       tmp_path: Path) -> tuple[str, str]:
-    """Both /metrics pages once the hub has seen the agent online and its telemetry."""
+                       tmp_path: Path) -> tuple[str, str, dict[str, Any]]:
+    """Both /metrics pages once the hub has seen the agent online and its telemetry, and
+    the device as the API shows it."""
     service = HubService(hub_settings(tmp_path, zoo_store.root, mqtt_port=broker.port,
                                       public_metrics=True))
     metrics_port = free_port()
@@ -77,6 +89,8 @@ def _run_hub_and_agent(broker: MosquittoBroker, zoo_store: ModelStore,
     with TestClient(create_app(service)) as client:
         for device in ("cam-test", "cam-idle"):
             service.store.add_device(device_id=device, group="lobby")
+        service.store.add_token(name="viewer", role="viewer",
+                                token_hash=hash_token(SECRET, VIEWER_TOKEN))
         service.store.add_rollout(rollout=start(
             rollout_id="r-metrics", model="blazeface-short", version="1.0.1", group="lobby",
             devices=["cam-test", "cam-idle"], canary_percent=50))
@@ -89,8 +103,11 @@ def _run_hub_and_agent(broker: MosquittoBroker, zoo_store: ModelStore,
             deadline = time.monotonic() + 30
             while True:
                 hub_page = client.get("/metrics").text
+                device = client.get("/v1/devices/cam-test",
+                                    headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}).json()
                 if ('hub_device_outbox_events{device="cam-test"}' in hub_page
-                        and 'hub_devices{group="lobby",state="online"} 1.0' in hub_page):
+                        and 'hub_devices{group="lobby",state="online"} 1.0' in hub_page
+                        and device.get("inputs")):
                     break
                 assert time.monotonic() < deadline, hub_page
                 time.sleep(0.1)
@@ -98,7 +115,7 @@ def _run_hub_and_agent(broker: MosquittoBroker, zoo_store: ModelStore,
                 agent_page = page.read().decode()
         finally:
             assert agent.finish() == 0
-    return agent_page, hub_page
+    return agent_page, hub_page, device
 
 
 def test_promtool_finds_a_counter_without_total() -> None:

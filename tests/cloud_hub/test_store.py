@@ -20,6 +20,7 @@ from cloud_hub.store import (
     rollouts,
     totals_query,
 )
+from sync import InputHealth
 from sync.rollout import Rollout, on_report, start
 
 pytestmark = pytest.mark.integration
@@ -68,6 +69,20 @@ def test_devices_and_status(store: Store) -> None:
     assert device["labels"] == {"site": "a"} and "credential_hash" not in device
     with pytest.raises(NotFoundError, match="no device 'nope'"):
         store.get_device(device_id="nope")
+
+
+def test_input_health_is_stored_per_source_and_an_older_report_loses(store: Store) -> None:
+    store.add_device(device_id="cam-1", group="lobby")
+    assert store.get_device(device_id="cam-1")["inputs"] == {}
+    dark = InputHealth(brightness=12.5, contrast=6.0, sharpness=0.4, frozen_frames=0,
+                       problems=("dark", "low-contrast"))
+    store.record_telemetry(device_id="cam-1", at=20.0, values={"frames.door": 9.0},
+                           inputs={"door": dark})
+    stale = InputHealth(brightness=120.0, contrast=60.0, sharpness=0.4, frozen_frames=0)
+    store.record_telemetry(device_id="cam-1", at=10.0, values={}, inputs={"door": stale})
+    device = store.get_device(device_id="cam-1")
+    assert device["inputs"] == {"door": dark}
+    assert device["telemetry_at"] == 20.0
 
 
 def test_events_are_stored_once_and_verdicts_once(store: Store) -> None:
