@@ -76,7 +76,8 @@ class Decision:
         reason: Why: ``confident``, ``uncertain``, ``suspicious``, ``audit`` (a sample
             of confident tracks, once per track), ``anomaly``, ``normal``,
             ``below-band``, ``rate-limited`` (no token to escalate: the track's
-            verdict answers while it holds, else the edge), ``verdict-reused`` (the
+            verdict answers while it holds, unless the edge is confident of its new
+            evidence; else the edge), ``verdict-reused`` (the
             hub judged this track and nothing new could change its answer),
             ``awaiting-verdict`` (its
             escalation waits for the verdict) or ``escalated-before`` (escalated with
@@ -269,8 +270,11 @@ class EscalationPolicy:
         last = self._last_escalation.get(source)
         too_soon = last is not None and now - last < self.config.min_interval_s
         if too_soon or not bucket.take(now):
-            # No token: the hub's verdict on the track, while it holds, still answers.
-            if track is not None and track.verdict_holds(now, self.config.verdict_reuse_s):
+            # No token: the hub's verdict on the track, while it holds, still answers,
+            # unless the edge is sure of what the hub has not seen (a rejected sliver that
+            # is now a whole face).
+            if (track is not None and track.verdict_holds(now, self.config.verdict_reuse_s)
+                    and not (evidence is not None and evidence.band == "confident")):
                 positive = bool(track.verdict)
             return Decision("local", "rate-limited", 0, detections, positive, track, evidence)
         self._last_escalation[source] = now

@@ -439,3 +439,20 @@ def test_two_faces_in_view_are_two_tracks_with_two_decisions_in_the_journal(
     first = min(two)
     decided = {m.track_id: m for m in journal if m.step == "new"}
     assert tracks_on[first] <= set(decided)  # each of them decided on its own
+    # No object is escalated again before its verdict (or its fallback) came: the file
+    # holds each track's steps in the order the pipeline took them.
+    escalated = answered = 0
+    waiting: dict[int, bool] = {}
+    counts: dict[int, int] = {}
+    for message in journal:
+        if message.escalations > counts.get(message.track_id, 0):
+            assert not waiting.get(message.track_id), (
+                f"track {message.track_id} escalated again on frame {message.last_frame} "
+                "before its verdict")
+            waiting[message.track_id] = True
+            counts[message.track_id] = message.escalations
+            escalated += 1
+        elif waiting.get(message.track_id) and (message.verdict or message.fell_back):
+            waiting[message.track_id] = False
+            answered += 1
+    assert escalated >= answered > 0

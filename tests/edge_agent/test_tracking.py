@@ -160,16 +160,25 @@ def test_a_rejected_track_the_edge_becomes_sure_of_is_asked_about_again() -> Non
     assert edge.events == 2
 
 
-def test_a_rate_limited_track_answers_with_its_verdict_while_it_holds() -> None:
+@pytest.mark.parametrize(("verdict", "later", "answer"), [
+    # Closer and still unsure: new evidence, but no token left; the hub's confirmation
+    # of this track still answers, not the edge's doubt.
+    (True, _at(12, 0.6, size=62), True),
+    # A rejected track the edge is now sure of, at a new size: the hub judged something
+    # else, so with no token left the edge's own answer stands.
+    (False, _at(12, 0.9, size=62), True),
+    # A rejected track the edge is unsure of at a new size: the rejection answers.
+    (False, _at(12, 0.6, size=62), False),
+])
+def test_a_rate_limited_track_answers_with_its_verdict_while_it_holds(
+        verdict: bool, later: Detection, answer: bool) -> None:
     edge = _Edge(PolicyConfig(audit_sample_rate=0.0, max_escalations_per_minute=1,
                               escalation_burst=1, verdict_reuse_s=5.0))
     edge.see([_at(10, 0.6, size=40)], 0.0)
-    edge.book.verdict("e1", True, 0.1)
-    # Closer and still unsure: new evidence, but no token left; the hub's confirmation
-    # of this track still answers, not the edge's doubt.
-    closer = edge.see([_at(12, 0.6, size=62)], 0.2)
-    assert [(d.reason, d.positive) for d in closer.decisions] == [("rate-limited", True)]
-    assert closer.positive
+    edge.book.verdict("e1", verdict, 0.1)
+    decided = edge.see([later], 0.2)
+    assert [(d.reason, d.positive) for d in decided.decisions] == [("rate-limited", answer)]
+    assert decided.positive is answer
     assert edge.events == 1
 
 
