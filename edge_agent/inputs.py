@@ -34,7 +34,7 @@ import numpy.typing as npt
 from sync import InputHealth, InputProblem
 
 MEASURE_WIDTH = 320
-DARK_BRIGHTNESS = 50.0
+DARK_BRIGHTNESS = 40.0
 LOW_CONTRAST = 12.0
 BLURRY_SHARPNESS = 0.02
 FROZEN_MAX_DIFF = 0.5

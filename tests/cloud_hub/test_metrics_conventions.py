@@ -56,7 +56,7 @@ def test_both_endpoints_pass_promtool_and_the_hub_shows_the_fleet(
         broker.stop()
     # The sample footage's camera, as the hub's API shows it: in daylight, not frozen.
     yard = device["inputs"]["yard"]
-    assert yard["brightness"] > 50 and yard["contrast"] > 12 and yard["sharpness"] > 0.02
+    assert yard["brightness"] > 40 and yard["contrast"] > 12 and yard["sharpness"] > 0.02
     assert yard["problems"] == [] and yard["frozen_frames"] == 0
     assert device["telemetry"]["brightness.yard"] == yard["brightness"]
     assert 'edge_input_brightness{source="yard"}' in agent_page
