@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Installed beside the project with --no-deps on every agent install, a device's too (see
 # the recipe below and packaging/arm64/emulated-root).
-AGENT_NO_DEPS := norfair==2.3.0
+AGENT_NO_DEPS := norfair==2.3.0 filterpy==1.4.5
 
 .PHONY: setup mosquitto chromium promtool checkov arm64-tools demo test test-arm64 bench
 
@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@# norfair (the edge's object tracker) pins numpy < 2 in its metadata only; it runs on
-	@# numpy 2 (tests/edge_agent/test_tracking.py), and its real dependencies (scipy,
-	@# filterpy, rich) are in pyproject's dependencies. Without --no-deps pip would
-	@# downgrade numpy under everything else.
+	@# numpy 2 (tests/edge_agent/test_tracking.py). Without --no-deps pip would downgrade
+	@# numpy under everything else. filterpy (its Kalman filter) names matplotlib, which
+	@# only its plotting helpers import: --no-deps keeps 95 MB off every device. Their real
+	@# dependencies (numpy, scipy, rich) are in pyproject's dependencies.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(AGENT_NO_DEPS)
 	touch $(STAMP)
 

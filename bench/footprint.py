@@ -89,11 +89,21 @@ def _largest(venv: Path, count: int = 6) -> dict[str, float]:
             sorted(sizes.items(), key=lambda item: -item[1])[:count]}
 
 
+def _no_deps() -> list[str]:
+    """What every agent install adds with ``--no-deps`` (the Makefile's AGENT_NO_DEPS)."""
+    found = re.search(r"^AGENT_NO_DEPS := (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    if found is None:
+        raise RuntimeError("the Makefile names no AGENT_NO_DEPS")
+    return found.group(1).split()
+
+
 def _agent_venv(folder: Path) -> Path:
-    """A fresh venv with the agent alone (the project without extras)."""
+    """A fresh venv with the agent alone (the project without extras), as a device has it:
+    the project, then the tracker's packages with ``--no-deps``."""
     subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
     pip = [str(folder / "bin" / "python"), "-m", "pip", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "install", str(ROOT)], check=True)
+    subprocess.run([*pip, "install", "--no-deps", *_no_deps()], check=True)
     return folder
 
 

@@ -53,6 +53,8 @@ After=network-online.target mosquitto.service
 Type=notify
 NotifyAccess=main
 ExecStart={program} run --config {config}
+# Optional: EDGE_AGENT_MQTT_PASSWORD=... for a configuration without mqtt.password_file.
+EnvironmentFile=-{secrets}
 Environment=EDGE_AGENT_MODEL_STORE={state}/models
 Environment=XDG_CACHE_HOME={cache}
 # The agent pings every WatchdogSec/2 while its pipeline moves; a wedged accelerator or
@@ -128,6 +130,7 @@ def agent_unit(*, program: Path, root: Path = Path("/"), memory_max: str = MEMOR
     """The unit's text for an agent installed under ``root``, run by ``program``."""
     return UNIT_TEMPLATE.format(
         program=program, config=under(root, CONFIG_DIR) / "agent.toml",
+        secrets=under(root, CONFIG_DIR) / "secrets.env",
         state=under(root, STATE_DIR), cache=under(root, CACHE_DIR),
         memory_max=memory_max, memory_high=memory_high(memory_max), cpu_quota=cpu_quota)
 

@@ -74,7 +74,8 @@ def cloud_hub(settings: dict[str, str], *args: str) -> subprocess.CompletedProce
 
 
 def unit_process(unit: Path, folder: Path) -> ManagedProcess:
-    """The service as systemd would start it: ``ExecStart=`` with ``Environment=``."""
+    """The service as systemd would start it: ``ExecStart=`` with ``Environment=`` and
+    ``EnvironmentFile=`` (a ``-`` one may be missing)."""
     command: list[str] = []
     env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1"}
     if "PYTHONPATH" in os.environ:  # a checkout run without installing it
@@ -86,6 +87,10 @@ def unit_process(unit: Path, folder: Path) -> ManagedProcess:
         elif key == "Environment":
             name, _, setting = value.partition("=")
             env[name] = setting
+        elif key == "EnvironmentFile" and Path(value.removeprefix("-")).exists():
+            for assignment in Path(value.removeprefix("-")).read_text().splitlines():
+                name, _, setting = assignment.partition("=")
+                env[name.strip()] = setting.strip()
     assert command, f"no ExecStart in {unit}"
     return ManagedProcess("agent", command, env, folder)
 

@@ -27,9 +27,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
 AGENT_PACKAGES = ("sync", "models", "hardware", "edge_agent")
 NEVER_ON_A_DEVICE = ("cloud_hub", "bench")
-# Installed beside the project with --no-deps (its metadata's numpy < 2 pin is not
-# real; see edge_agent/tracking.py and the Makefile): part of every agent install.
-ALSO_INSTALLED = ("norfair",)
+# Installed beside the project with --no-deps (norfair's numpy < 2 pin is not real,
+# filterpy's matplotlib is for plots; see the Makefile): part of every agent install.
+ALSO_INSTALLED = ("norfair", "filterpy")
 
 _IMPORT_EVERYTHING = """
 import importlib, importlib.abc, json, pkgutil, sys
