@@ -1,7 +1,8 @@
 """Webhooks from a hub to a real HTTP receiver on this machine (issue 12): the receiver
 checks every signature as a third party would (HMAC-SHA256 over ``<t>.<body>``, in
 constant time), fails the first attempt, and takes the second, which carries the same
-delivery id. The hub sends on a rollout's change of status."""
+delivery id. The hub sends on a rollout's change of status, and on each verdict of an
+escalation that came through its broker."""
 
 from __future__ import annotations
 
@@ -15,11 +16,17 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from skimage import data
 
 from cloud_hub.service import HubService
+from models import ModelStore
+from sync import TopicLayout, encode
 from sync.rollout import start
-from tests.cloud_hub.hub_helpers import hub_settings
+from tests.broker import MosquittoBroker
+from tests.cloud_hub.hub_helpers import face_event, hub_settings
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +104,35 @@ def test_a_rollout_change_reaches_the_receiver_signed_after_a_failed_attempt(
     assert (sent["data"]["previous_status"], sent["data"]["status"]) == ("running", "paused")
     assert service.metrics.webhooks.deliveries.labels("delivered")._value.get() == 1
     assert service.metrics.webhooks.retries._value.get() == 1
+
+
+def test_a_verdict_reaches_the_receiver(tmp_path: Path, zoo_store: ModelStore,
+                                        receiver: tuple[str, queue.Queue[_Attempt]]) -> None:
+    url, attempts = receiver
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    service = HubService(hub_settings(
+        tmp_path, zoo_store.root, mqtt_port=broker.port, batch_autotune=False,
+        webhook_url=url, webhook_secret=SECRET, webhook_events="verdict",
+        webhook_backoff_min_s=0.05))
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    try:
+        service.start()
+        assert service.ingest is not None and service.ingest.connected.wait(30)
+        service.provision_device("cam-hook", "yard")
+        event = face_event("cam-hook", data.astronaut())
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        publisher.publish(TopicLayout().events("cam-hook"), encode(event),
+                          qos=1).wait_for_publish(10)
+        first, second = attempts.get(timeout=120), attempts.get(timeout=30)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        service.stop()
+        broker.stop()
+    assert first.valid and second.valid and first.headers["X-Hub-Event"] == "verdict"
+    sent = json.loads(second.body)["data"]
+    assert sent["event_id"] == event.event_id and sent["device_id"] == "cam-hook"
+    assert sent["outcome"] == "confirmed" and sent["detections"]
+    assert sent["hub_model"] == "blazeface-full-onnx"
