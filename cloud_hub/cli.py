@@ -606,6 +606,9 @@ def _rollout_rollback(args: argparse.Namespace, settings: HubSettings) -> int:
 
 
 def _rollout_command(args: argparse.Namespace, settings: HubSettings) -> int:
+    if args.rollout_action != "pause":
+        # Cancelling narrows the group's announcement, resuming may start a wave.
+        _name_broker(settings, f"announcing the {args.rollout_action}")
     with _hub_store(settings) as service:
         distribution = _distribution(service)
         try:
@@ -618,10 +621,7 @@ def _rollout_command(args: argparse.Namespace, settings: HubSettings) -> int:
         except RolloutStateError as exc:
             raise HubError(str(exc)) from exc
         warnings = warnings_now(service.store, settings, rollout)
-    # Cancelling narrows the group's announcement, resuming may start a wave: both publish.
-    note = "" if args.rollout_action == "pause" else (
-        f" (announced on the broker at {settings.mqtt_host}:{settings.mqtt_port})")
-    print(f"rollout {rollout.id}: {rollout.status}{note}")
+    print(f"rollout {rollout.id}: {rollout.status}")
     for warning in warnings:
         print(f"  warning: {warning}")
     return 0

@@ -719,6 +719,12 @@ def _infer(args: argparse.Namespace) -> int:
             marks = model.landmarks(image)
             result["landmarks"] = {"presence": marks.presence, "present": marks.present,
                                    "points": [list(p) for p in marks.points]}
+            if not marks.present:
+                result["hint"] = (
+                    f"{model.bundle.label} reads a face crop (a face filling the image, as "
+                    "the hub gives it after its detector), not a whole photo: find the face "
+                    f"first (edge-agent infer {DEMO_MODEL} {args.image}) and give it the "
+                    "crop")
         elif task == "classifier":
             verdict = model.classify(image)
             result["classification"] = {"label": verdict.label, "score": verdict.score}
@@ -744,6 +750,8 @@ def _infer(args: argparse.Namespace) -> int:
     elif "landmarks" in result:
         marks_dict = result["landmarks"]
         print(f"presence {marks_dict['presence']:.3f}, {len(marks_dict['points'])} points")
+        if "hint" in result:
+            print(f"  (no face found: {result['hint']})")
     else:
         print(f"{result['classification']['label']} {result['classification']['score']:.3f}")
     return 0

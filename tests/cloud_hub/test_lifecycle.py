@@ -143,7 +143,11 @@ def test_a_rollout_to_devices_with_updates_off_warns_in_api_and_cli(
     assert main(["rollout", "pause", "r-stuck"]) == 0
     capsys.readouterr()
     assert main(["rollout", "resume", "r-stuck"]) == 0
-    assert "rollout r-stuck: running" in capsys.readouterr().out
+    resumed = capsys.readouterr()
+    assert "rollout r-stuck: running" in resumed.out
+    # A command that may publish names the broker it uses (on stderr: stdout is data).
+    assert resumed.err == ("cloud-hub: announcing the resume on the broker at "
+                           "mqtt://127.0.0.1:1883 anonymously\n")
 
 
 def test_tokens_list_and_revoke_from_the_cli(

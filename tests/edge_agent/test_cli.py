@@ -378,3 +378,21 @@ def test_infer_with_an_onnx_backend_serves_the_conversion(zoo_store: ModelStore,
         _run(store, "infer", "blazeface-short", str(photos["astronaut"]), "--backend",
              "onnxruntime:cpu"),
         "edge-agent models convert blazeface-short --to onnx")
+
+
+def test_the_landmark_model_on_a_whole_photo_says_it_wants_a_face_crop(
+        zoo_store: ModelStore, photos: dict[str, Path], tmp_path: Path,
+        astronaut: npt.NDArray[np.uint8]) -> None:
+    """Issue 12: presence 0.002 on a whole photo, and no word that it wants a face crop."""
+    whole = _run(zoo_store.root, "infer", "face-landmark", str(photos["astronaut"]))
+    assert whole.returncode == 0, whole.stderr
+    assert "(no face found: face-landmark@1.0.0 reads a face crop" in whole.stdout
+    assert "edge-agent infer blazeface-short" in whole.stdout
+    left, top, right, bottom = (int(v) for v in ASTRONAUT_FACE)
+    pad = (right - left) // 4
+    crop = tmp_path / "face.png"
+    cv2.imwrite(str(crop), cv2.cvtColor(
+        astronaut[top - pad:bottom + pad, left - pad:right + pad], cv2.COLOR_RGB2BGR))
+    face = json.loads(_run(zoo_store.root, "infer", "face-landmark", str(crop),
+                           "--json").stdout)
+    assert face["landmarks"]["present"] is True and "hint" not in face
