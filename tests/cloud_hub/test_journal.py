@@ -126,9 +126,9 @@ def test_an_unescalated_track_is_forgotten_and_retention_drops_what_is_left(
         assert conn.execute(sa.select(sa.func.count()).select_from(journal_steps)).scalar() == 0
 
 
-def test_a_schema_5_database_gets_the_journal_and_frame_sizes(store: Store) -> None:
+def test_a_database_from_before_the_journal_gets_it_and_frame_sizes(store: Store) -> None:
     store.add_event(**_event_row("0190a000-0000-7000-8000-0000000000bb"))
-    with store.engine.begin() as conn:  # back to schema 5
+    with store.engine.begin() as conn:  # back to before migration 6
         conn.execute(sa.text("DROP TABLE journal_steps"))
         conn.execute(sa.text("ALTER TABLE events DROP COLUMN frame_width"))
         conn.execute(sa.text("ALTER TABLE events DROP COLUMN frame_height"))
