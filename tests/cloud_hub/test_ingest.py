@@ -17,7 +17,15 @@ from skimage import data
 from cloud_hub.service import HubService
 from cloud_hub.store import events as store_events
 from models import ModelStore
-from sync import TopicLayout, VerdictMessage, decode, encode, encode_event, peek_schema
+from sync import (
+    StatusMessage,
+    TopicLayout,
+    VerdictMessage,
+    decode,
+    encode,
+    encode_event,
+    peek_schema,
+)
 from tests.broker import Collector, MosquittoBroker
 from tests.cloud_hub.conftest import postgres_store_url
 from tests.cloud_hub.hub_helpers import face_event, hub_settings
@@ -252,3 +260,34 @@ def test_a_full_database_disk_leaves_escalations_unacknowledged_until_it_recover
             service.stop()
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
+
+
+def test_a_revoked_device_is_refused_and_listed_as_revoked(hub: HubService,
+                                                          broker: MosquittoBroker) -> None:
+    """Whatever still reaches the hub from a revoked device (in flight, or on a broker the
+    hub does not control) is dropped: no event, no verdict, never online again."""
+    hub.provision_device("cam-gone", "yard")
+    hub.provision_device("cam-kept", "yard")
+    hub.revoke_device("cam-gone")
+    verdicts = Collector(broker.port, LAYOUT.all_devices("verdicts"))
+    publisher = _publisher(broker.port)
+    late = face_event("cam-gone", data.astronaut())
+    sentinel = face_event("cam-kept", data.astronaut())
+    online = StatusMessage(device_id="cam-gone", state="online", at=time.time())
+    try:
+        for target, payload in [(LAYOUT.status("cam-gone"), encode(online)),
+                                (LAYOUT.events("cam-gone"), encode(late)),
+                                (LAYOUT.events("cam-kept"), encode(sentinel))]:
+            publisher.publish(target, payload, qos=1).wait_for_publish(5)
+        assert verdicts.wait_for(lambda m: any(
+            peek_schema(p) == "verdict/1"
+            and decode(p, VerdictMessage).event_id == sentinel.event_id for _, p in m), 30)
+    finally:
+        publisher.disconnect()
+        verdicts.close()
+    assert _dropped(hub, "revoked-device") == 2
+    device = hub.store.get_device(device_id="cam-gone")
+    assert device["revoked"] and not device["online"]
+    assert [e["id"] for e in hub.store.list_events().items] == [sentinel.event_id]
+    hub.provision_device("cam-gone", "yard", rotate=True)  # brought back
+    assert not hub.store.get_device(device_id="cam-gone")["revoked"]
