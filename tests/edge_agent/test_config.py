@@ -92,6 +92,10 @@ def test_packaged_example_config_is_valid() -> None:
     config = load_config(example, environ={PASSWORD_ENV: "secret"})
     assert [s.kind for s in config.sources] == ["video", "sensor"]
     assert config.mqtt.password == "secret"
+    # Issue 12: its Home Assistant action published on the hub's broker, which refused
+    # every message; Home Assistant now gets MQTT discovery on the local broker.
+    assert config.home_assistant.enabled and config.home_assistant.broker.host == "127.0.0.1"
+    assert not any(action.kind == "mqtt" for action in config.actions)
 
 
 def test_systemd_unit_has_the_promised_settings() -> None:
