@@ -70,9 +70,10 @@ OPEN_ROLE = "open-to-anonymous"
 OPEN_GROUP = "anonymous"
 PBKDF2_ITERATIONS = 101  # what mosquitto_ctrl writes; the plugin reads it per client
 CONTROL_TIMEOUT_S = 10.0
-# One control message stays well under any broker's packet limit (the hub's own broker
-# accepts its message limit plus headroom); the plugin answers each message in one.
-CONTROL_MESSAGE_MAX_BYTES = 64 * 1024
+# One control message stays well under any broker's packet limit, and small enough that
+# the plugin answers it (all its commands, in one response) well within the timeout even
+# on a broker holding many devices, where each command costs a rewrite of its state.
+CONTROL_MESSAGE_MAX_BYTES = 16 * 1024
 MAX_BATCH_DEVICES = 10_000
 DEFAULT_ACL_ACCESS: Mapping[str, bool] = {
     "publishClientSend": False, "publishClientReceive": False,
