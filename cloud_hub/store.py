@@ -386,6 +386,8 @@ class DeviceHealth:
         telemetry: The latest telemetry's values (outbox backlog, per-source input
             health as ``name.source``), sent at ``telemetry_at``.
         last_error: The device's latest failed update, if any.
+        inputs: Each camera source's input health, typed, from that telemetry.
+        revoked: The device was revoked: its messages are refused.
     """
 
     id: str
@@ -398,6 +400,8 @@ class DeviceHealth:
     telemetry: tuple[tuple[str, float], ...]
     telemetry_at: float | None
     last_error: UpdateFailure | None
+    inputs: tuple[tuple[str, InputHealth], ...] = ()
+    revoked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1040,6 +1044,9 @@ class Store:
             backend=r.backend,
             telemetry=tuple(sorted(json.loads(r.telemetry).items())) if r.telemetry else (),
             telemetry_at=r.telemetry_at, last_error=failed.get(r.id),
+            inputs=tuple(sorted((name, InputHealth.model_validate(health))
+                                for name, health in json.loads(r.inputs or "{}").items())),
+            revoked=r.revoked_at is not None,
         ) for r in rows]
 
     def rollout_steps(self, *, rollout_id: str) -> list[DeviceStep]:

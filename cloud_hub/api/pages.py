@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 from cloud_hub.store import DeviceHealth, DeviceStep, EventTotals, JournalRecord
 from cloud_hub.updates import RoleExpiry
+from sync import InputHealth
 from sync.rollout import Rollout
 
 esc = html.escape
@@ -239,7 +240,7 @@ def fleet_table(devices: Sequence[DeviceHealth], totals: EventTotals) -> str:
 
 def _device_row(device: DeviceHealth, escalations: int) -> str:
     telemetry = dict(device.telemetry)
-    state = "online" if device.online else "offline"
+    state = "revoked" if device.revoked else "online" if device.online else "offline"
     backlog = "-"
     if "outbox_events" in telemetry:
         backlog = (f"<span class='backlog'>{telemetry['outbox_events']:.0f}</span> events, "
@@ -255,27 +256,43 @@ def _device_row(device: DeviceHealth, escalations: int) -> str:
     return (f"<tr class='device' data-device='{esc(device.id)}'>"
             f"<td><a href='{link}'>{esc(device.id)}</a></td><td>{esc(device.group)}</td>"
             f"<td class='{state}'>{state}</td><td>{when(device.last_seen)}</td>"
-            f"<td class='inputs'>{input_health(device.telemetry)}</td>"
+            f"<td class='inputs'>{input_health(device.telemetry, device.inputs)}</td>"
             f"<td>{backlog}</td><td class='agent'>{esc(device.agent_version) or '-'}</td>"
             f"<td class='models'>{esc(models)}</td><td>{esc(device.backend) or '-'}</td>"
             f"<td>{escalations}</td><td class='last-error'>{error}</td></tr>")
 
 
-def input_health(telemetry: Iterable[tuple[str, float]]) -> str:
-    """Each input source's health from the telemetry's ``name.source`` values: ``healthy``
-    as ok or failing, every other measure (frames, brightness, blur ...) as a number."""
+def input_health(telemetry: Iterable[tuple[str, float]],
+                 inputs: Iterable[tuple[str, InputHealth]] = ()) -> str:
+    """Each camera source's health: the problems the device names (dark, low contrast,
+    blurry, frozen) first, then ``healthy`` as ok or failing and every other measure of
+    the telemetry's ``name.source`` values (frames, brightness, contrast ...) as a number."""
     sources: dict[str, dict[str, float]] = {}
     for key, value in telemetry:
         measure, dot, source = key.partition(".")
         if dot and source:
             sources.setdefault(source, {})[measure] = value
+    typed = dict(inputs)
+    for source, health in typed.items():
+        measures = sources.setdefault(source, {})
+        for measure, value in (("brightness", health.brightness),
+                               ("contrast", health.contrast),
+                               ("sharpness", health.sharpness),
+                               ("frozen_frames", float(health.frozen_frames))):
+            measures.setdefault(measure, value)
     if not sources:
         return "-"
     parts = []
     for source, measures in sorted(sources.items()):
         healthy = measures.pop("healthy", None)
-        state = ("" if healthy is None else
-                 " <span class='ok'>ok</span>" if healthy else " <span class='bad'>failing</span>")
+        problems = typed[source].problems if source in typed else ()
+        if problems:
+            state = "".join(f" <span class='bad problem'>{esc(p)}</span>" for p in problems)
+        elif healthy is not None:
+            state = (" <span class='ok'>ok</span>" if healthy
+                     else " <span class='bad'>failing</span>")
+        else:
+            state = ""
         details = ", ".join(f"{esc(k)} {_number(v)}" for k, v in sorted(measures.items()))
         parts.append(f"<div class='input' data-source='{esc(source)}'><b>{esc(source)}</b>"
                      f"{state}{f' <small>{details}</small>' if details else ''}</div>")
@@ -584,7 +601,8 @@ h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.5rem; }
 table { border-collapse: collapse; } td, th { padding: .3rem .7rem;
   border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
 .online, .ok, .committed, .confirmed { color: #17803d; }
-.offline, .bad, .error, .due, .rejected, .halted, .rolled-back, .refused { color: #b42318; }
+.offline, .revoked, .bad, .error, .due, .rejected, .halted, .rolled-back,
+.refused { color: #b42318; }
 .pending, .paused, .waiting { color: #8a6d00; }
 .events { display: flex; flex-wrap: wrap; gap: .8rem; }
 .event { border: 1px solid #ddd; border-radius: 6px; padding: .5rem; width: 220px;

@@ -32,6 +32,7 @@ from cloud_hub.service import HubService
 from cloud_hub.store import Store
 from models import ModelStore
 from sync import (
+    InputHealth,
     SightingPayload,
     StatusMessage,
     TelemetryMessage,
@@ -152,7 +153,10 @@ def test_dashboard_for_a_fleet(served_hub: tuple[HubService, int, MosquittoBroke
                            agent_version="9.8.7", updates_enabled=False)
     telemetry = TelemetryMessage(device_id="cam-dash", at=now, values={
         "outbox_events": 7.0, "outbox_bytes": 4096.0, "healthy.door": 1.0,
-        "frames.door": 120.0})
+        "frames.door": 120.0, "healthy.yard": 1.0}, inputs={
+        "door": InputHealth(brightness=140.0, contrast=60.0, sharpness=3.0, frozen_frames=0),
+        "yard": InputHealth(brightness=14.0, contrast=4.0, sharpness=0.2, frozen_frames=0,
+                            problems=("dark",))})
     # The thumbnail is half the frame's size: boxes (in frame pixels) must still land on
     # the face.
     frame = data.astronaut()
@@ -196,7 +200,10 @@ def _check_fleet(page: Page) -> None:
     assert row.locator("td.agent").inner_text() == "9.8.7"
     assert "blazeface-short 1.0.0" in row.locator("td.models").inner_text()
     assert row.locator(".backlog").inner_text() == "7"
-    assert "door ok" in row.locator(".input[data-source='door']").inner_text()
+    door = row.locator(".input[data-source='door']").inner_text()
+    assert door.startswith("door ok") and "brightness 140" in door
+    yard = row.locator(".input[data-source='yard']")
+    assert yard.locator(".problem").all_inner_texts() == ["dark"]
     other = page.locator("tr.device[data-device='cam-two']")
     assert other.locator("td.offline").inner_text() == "offline"
     assert "refused" in other.locator("td.last-error").inner_text()

@@ -10,10 +10,13 @@ from cloud_hub.api.pages import (
     EventFilter,
     EventView,
     event_figure,
+    fleet_table,
     input_health,
     parse_utc_input,
 )
 from cloud_hub.api.routes.dashboard import _filters, _safe_next
+from cloud_hub.store import DeviceHealth, EventTotals
+from sync import InputHealth
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +42,18 @@ def test_input_health_groups_measures_by_source() -> None:
     assert "data-source='yard'" in yard and "failing" in yard and "frames 12" in yard
     assert "outbox" not in markup
     assert input_health((("outbox_events", 3.0),)) == "-"
+    # The device's own verdict on a camera comes first; its numbers fill in what the
+    # telemetry's values lack.
+    dark = InputHealth(brightness=12.0, contrast=3.0, sharpness=0.5, frozen_frames=0,
+                       problems=("dark", "low-contrast"))
+    markup = input_health((("healthy.door", 1.0), ("brightness.door", 12.0)),
+                          (("door", dark), ("yard", InputHealth(
+                              brightness=120.0, contrast=50.0, sharpness=2.0,
+                              frozen_frames=40, problems=("frozen",)))))
+    door, yard = markup.split("</div>")[:2]
+    assert "<span class='bad problem'>dark</span>" in door and ">ok<" not in door
+    assert "brightness 12," in door and "contrast 3," in door
+    assert "<span class='bad problem'>frozen</span>" in yard and "frozen_frames 40" in yard
 
 
 def test_boxes_are_drawn_in_the_frames_coordinates() -> None:
@@ -70,3 +85,11 @@ def test_sign_in_goes_on_only_to_a_dashboard_page() -> None:
     assert _safe_next("/dashboard/events?device=a") == "/dashboard/events?device=a"
     for elsewhere in ("https://evil.example/", "//evil.example/dashboard", "/v1/devices"):
         assert _safe_next(elsewhere) == "/dashboard"
+
+
+def test_a_revoked_device_shows_as_revoked() -> None:
+    device = DeviceHealth(id="cam-9", group="lobby", online=False, last_seen=None,
+                          agent_version="", models=(), backend="", telemetry=(),
+                          telemetry_at=None, last_error=None, revoked=True)
+    row = fleet_table([device], EventTotals((), (), None))
+    assert "<td class='revoked'>revoked</td>" in row and "never" in row
