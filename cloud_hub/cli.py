@@ -284,11 +284,12 @@ def _devices_add(args: argparse.Namespace, settings: HubSettings) -> int:
     if args.from_file is not None:
         return _devices_add_many(args, settings)
     with _hub_store(settings) as service:
+        material = service.enrollment_material() if args.bundle is not None else None
         device, credentials = service.provision_device(args.device_id, args.group,
                                                        rotate=args.rotate)
-        if args.bundle is not None:
-            bundle = service.enrollment(credentials, device["group"])
-            write_private(args.bundle, encode_enrollment(bundle).decode())
+        if material is not None:
+            write_private(args.bundle, encode_enrollment(
+                material.bundle(credentials, device["group"])).decode())
     if args.json:
         print(json.dumps({"device": device, "username": credentials.username,
                           "password": credentials.password,
@@ -328,16 +329,17 @@ def _devices_add_many(args: argparse.Namespace, settings: HubSettings) -> int:
         raise HubError(f"--from {args.from_file}: {exc}") from exc
     specs = parse_device_list(text)
     with _hub_store(settings) as service:
+        material = service.enrollment_material() if args.bundle is not None else None
         with progress(f"registering {len(specs)} device(s)", total=len(specs)) as advance:
             outcomes = service.provision_devices(specs, advance=advance)
-        if args.bundle is not None:  # a folder: one bundle per device registered now
+        if material is not None:  # --bundle is a folder: one per device registered now
             made = [o for o in outcomes if o.credentials is not None]
             with progress(f"writing {len(made)} enrollment bundle(s)",
                           total=len(made)) as advance:
                 for outcome in made:
                     assert outcome.credentials is not None
                     write_private(args.bundle / f"{outcome.device_id}.json", encode_enrollment(
-                        service.enrollment(outcome.credentials, outcome.group)).decode())
+                        material.bundle(outcome.credentials, outcome.group)).decode())
                     advance(1)
     failed = sum(outcome.status == "failed" for outcome in outcomes)
     if args.json:
@@ -465,7 +467,9 @@ def _devices_list(args: argparse.Namespace, settings: HubSettings) -> int:
     with _hub_store(settings) as service:
         devices = service.store.list_devices()
     if args.json:
-        print(json.dumps({"devices": devices}))
+        # A device's input health is a typed model: in JSON, as the API gives it.
+        print(json.dumps({"devices": devices},
+                         default=lambda value: value.model_dump(mode="json")))
         return 0
     for device in devices:
         state = "revoked" if device["revoked"] else (

@@ -264,32 +264,47 @@ def rotate_device_commands(layout: TopicLayout, credentials: DeviceCredentials,
             *add_device_commands(layout, credentials, group))
 
 
-def enrollment_bundle(*, credentials: DeviceCredentials, group: str, broker_url: str,
-                      prefix: str, ca_pem: str | None, hub_url: str,
-                      trusted_root: dict[str, object] | None) -> EnrollmentBundle:
-    """Everything a device needs to join, as :class:`~sync.EnrollmentBundle`.
+@dataclass(frozen=True, slots=True)
+class EnrollmentMaterial:
+    """What every device's enrollment bundle shares, read once and checked before any
+    device is provisioned (so a bad setting never leaves a device without its bundle).
 
-    Args:
-        credentials: The device's fresh MQTT credentials (its username is its id).
-        group: Its group.
-        broker_url: The broker as the device reaches it (``mqtts://host:port``).
+    Attributes:
+        broker_url: The broker as devices reach it (``mqtts://host:port``).
         prefix: The fleet's topic prefix.
-        ca_pem: The CA the device verifies the broker with; ``None``: its system CAs.
+        ca_pem: The CA devices verify the broker with; ``None``: their system CAs.
         hub_url: The hub's public URL; its TUF repository is ``hub_url/tuf``.
         trusted_root: The TUF root to start from, or ``None`` without signed updates.
 
     Raises:
-        ProvisioningError: A value does not fit the bundle (the message names it).
+        ProvisioningError: A value does not fit a bundle (the message names it).
     """
-    try:
-        return EnrollmentBundle(
-            device_id=credentials.username, group=group, hub_url=hub_url,
-            broker=BrokerAddress(url=broker_url, ca_pem=ca_pem, username=credentials.username,
-                                 password=credentials.password, prefix=prefix),
-            updates=None if trusted_root is None else UpdateTrust(
-                url=f"{hub_url}/tuf", trusted_root=trusted_root))
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ProvisioningError(f"cannot write the enrollment bundle: {exc}") from exc
+
+    broker_url: str
+    prefix: str
+    ca_pem: str | None
+    hub_url: str
+    trusted_root: dict[str, object] | None
+
+    def __post_init__(self) -> None:
+        self.bundle(DeviceCredentials("check", "check"), "check")
+
+    def bundle(self, credentials: DeviceCredentials, group: str) -> EnrollmentBundle:
+        """The bundle of the device with ``credentials`` (its username is its id).
+
+        Raises:
+            ProvisioningError: The id or group does not fit a bundle.
+        """
+        try:
+            return EnrollmentBundle(
+                device_id=credentials.username, group=group, hub_url=self.hub_url,
+                broker=BrokerAddress(url=self.broker_url, ca_pem=self.ca_pem,
+                                     username=credentials.username,
+                                     password=credentials.password, prefix=self.prefix),
+                updates=None if self.trusted_root is None else UpdateTrust(
+                    url=f"{self.hub_url}/tuf", trusted_root=self.trusted_root))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise ProvisioningError(f"cannot write the enrollment bundle: {exc}") from exc
 
 
 def password_entry(password: str, *, salt: bytes | None = None) -> dict[str, object]:

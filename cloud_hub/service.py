@@ -37,11 +37,11 @@ from cloud_hub.provisioning import (
     Command,
     DeviceCredentials,
     DeviceSpec,
+    EnrollmentMaterial,
     ProvisionOutcome,
     add_device_commands,
     batch_add_commands,
     check_device_id,
-    enrollment_bundle,
     hub_role_commands,
     new_credentials,
     repair_role_commands,
@@ -54,7 +54,7 @@ from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, ut
 from cloud_hub.webhooks import WebhookConfig, WebhookSender, verdict_data
 from hardware import Selection
 from models import Model
-from sync import Advance, EnrollmentBundle, TopicError, TopicLayout, UpdateReport, check_name
+from sync import Advance, TopicError, TopicLayout, UpdateReport, check_name
 from sync.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -417,14 +417,14 @@ class HubService:
             log.error("could not delete %d broker clients after a failed registration: %s",
                       len(device_ids), exc)
 
-    def enrollment(self, credentials: DeviceCredentials, group: str) -> EnrollmentBundle:
-        """The enrollment bundle of a device just provisioned with ``credentials``: the
-        broker as devices reach it, its CA, the hub's URL and, when the hub has a TUF
+    def enrollment_material(self) -> EnrollmentMaterial:
+        """What enrollment bundles hold besides each device's id, group and credentials:
+        the broker as devices reach it, its CA, the hub's URL and, when the hub has a TUF
         repository, its current root.
 
         Raises:
             SettingsError: The CA file cannot be read.
-            ProvisioningError: A setting does not fit the bundle.
+            ProvisioningError: A setting does not fit a bundle.
         """
         settings = self.settings
         ca_file = settings.device_ca_file or settings.mqtt_ca_file
@@ -434,13 +434,10 @@ class HubService:
             raise SettingsError(f"CLOUD_HUB_DEVICE_CA_FILE: cannot read {ca_file}: "
                                 f"{exc.strerror}") from exc
         root_file = settings.repository_dir / "metadata" / "root.json"
-        trusted_root = None
-        if root_file.is_file():
-            trusted_root = json.loads(root_file.read_text())
-        return enrollment_bundle(
-            credentials=credentials, group=group, broker_url=settings.device_broker_url,
-            prefix=settings.mqtt_prefix, ca_pem=ca_pem, hub_url=settings.hub_public_url,
-            trusted_root=trusted_root)
+        trusted_root = json.loads(root_file.read_text()) if root_file.is_file() else None
+        return EnrollmentMaterial(
+            broker_url=settings.device_broker_url, prefix=settings.mqtt_prefix,
+            ca_pem=ca_pem, hub_url=settings.hub_public_url, trusted_root=trusted_root)
 
     def revoke_device(self, device_id: str) -> None:
         """Take a device's broker access away: it is disconnected and cannot reconnect.

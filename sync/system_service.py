@@ -28,7 +28,7 @@ from pathlib import Path
 from sync.errors import ServiceInstallError
 
 Run = Callable[[Sequence[str]], None]
-SYSUSERS_DIR = Path("/usr/lib/sysusers.d")
+SYSUSERS_DIR = Path("/etc/sysusers.d")  # the administrator's, not the package manager's
 UNIT_DIR = Path("/etc/systemd/system")
 
 

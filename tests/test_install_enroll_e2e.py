@@ -178,6 +178,7 @@ def test_enroll_install_start_online_revoke_refused(
         assert connect_code(pki, DEVICE, password, tls_broker.port) in NOT_AUTHORIZED
         # The hub lists it as revoked (and offline), and takes no status of it any more.
         listed = cloud_hub(settings, "devices", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
         device = {d["id"]: d for d in json.loads(listed.stdout)["devices"]}[DEVICE]
         assert device["revoked"] and not device["online"]
         assert store.device_standing(device_id=DEVICE) == "revoked"

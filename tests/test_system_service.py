@@ -87,13 +87,13 @@ def test_install_under_a_root_makes_user_folders_and_unit_and_no_systemctl(
     service = agent_service(root=tmp_path, program=BIN / "edge-agent")
     commands = laid_out(tmp_path, service)
     assert commands == [["systemd-sysusers", f"--root={tmp_path}",
-                         str(tmp_path / "usr/lib/sysusers.d/edge-agent.conf")]]
+                         str(tmp_path / "etc/sysusers.d/edge-agent.conf")]]
     unit = (tmp_path / "etc/systemd/system/edge-agent.service").read_text()
     assert f"--config {tmp_path}/etc/edge-agent/agent.toml" in unit
     for folder, mode in (("etc/edge-agent", 0o750), ("var/lib/edge-agent", 0o750),
                          ("var/cache/edge-agent", 0o750)):
         assert (tmp_path / folder).stat().st_mode & 0o777 == mode
-    sysusers = (tmp_path / "usr/lib/sysusers.d/edge-agent.conf").read_text()
+    sysusers = (tmp_path / "etc/sysusers.d/edge-agent.conf").read_text()
     assert sysusers.startswith('u edge-agent - "Edge inference agent"')
     assert "m edge-agent video" in sysusers
 
