@@ -55,7 +55,7 @@ from edge_agent.tracking import ObjectTracker
 from edge_agent.tracks import TrackBook
 from hardware import load_model, plan_backends, probe_hardware
 from models import Box, Model, ModelStore, ModelZoo, default_store_path
-from sync import EventIdFactory, EventMessage, ModelRef, decode, encode, progress
+from sync import EventIdFactory, EventMessage, ModelRef, decode, encode_event, progress
 
 FPS = 25.0
 STREAM_JPEG_QUALITY = 85
@@ -339,7 +339,7 @@ class Cascade:
         """Escalate as the agent does; the event id and whether the hub confirmed."""
         self.escalated += 1
         self.reasons[decision.reason] = self.reasons.get(decision.reason, 0) + 1
-        payload = encode(frame_event(
+        payload = encode_event(frame_event(
             event_id=self.ids(), device_id="cam-1", source="yard", captured_at=now,
             reason=decision.reason,  # type: ignore[arg-type]
             priority=decision.priority, manifest=self.edge_model.manifest,

@@ -837,12 +837,15 @@ class Store:
         another event's too)."""
         if self.images is None or not released:
             return
-        with self._tx() as conn:
-            kept = {ref for column in (events.c.crop_ref, events.c.thumbnail_ref)
-                    for ref in conn.execute(sa.select(column).where(column.in_(released)))
-                    .scalars()}
-        for ref in released - kept:
-            self.images.delete(ref)
+        ordered = sorted(released)
+        for start in range(0, len(ordered), 500):  # an hour of a large fleet: bound the IN
+            chunk = ordered[start:start + 500]
+            with self._tx() as conn:
+                kept = {ref for column in (events.c.crop_ref, events.c.thumbnail_ref)
+                        for ref in conn.execute(sa.select(column).where(column.in_(chunk)))
+                        .scalars()}
+            for ref in set(chunk) - kept:
+                self.images.delete(ref)
 
     # -- the decision journal --------------------------------------------------------
 
