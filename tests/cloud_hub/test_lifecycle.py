@@ -18,6 +18,7 @@ from cloud_hub.distribution import ModelDistribution
 from cloud_hub.service import HubService
 from sync import ModelAnnouncement, UpdateReport, decode
 from sync.rollout import start
+from tests.broker import Collector, MosquittoBroker
 from tests.cloud_hub.hub_helpers import SECRET, hub_settings
 
 pytestmark = pytest.mark.integration
@@ -166,3 +167,36 @@ def test_tokens_list_and_revoke_from_the_cli(
     assert client.get("/v1/devices", headers=_as(VIEWER)).status_code == 401
     assert main(["tokens", "revoke", str(watcher["id"])]) == 1
     assert f"no token '{watcher['id']}'" in capsys.readouterr().err
+
+
+def test_rollout_start_and_cancel_from_the_cli_name_the_broker_and_announce_on_it(
+        hub: tuple[TestClient, HubService, list[ModelAnnouncement]],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.start()
+    announcements = Collector(broker.port, "fleet/v1/groups/lobby/models", receipts=False)
+    try:
+        monkeypatch.setenv("CLOUD_HUB_DATA_DIR", str(tmp_path / "hub"))
+        monkeypatch.setenv("CLOUD_HUB_SECRET_KEY", SECRET)
+        monkeypatch.setenv("CLOUD_HUB_BROKER_CONTROL", "none")
+        monkeypatch.setenv("CLOUD_HUB_MQTT_PORT", str(broker.port))
+        assert main(["rollout", "start", "m", "1.1.0", "--group", "lobby",
+                     "--canary", "50"]) == 0
+        started = capsys.readouterr()
+        assert f"on the broker at mqtt://127.0.0.1:{broker.port}" in started.err
+        rollout_id = started.out.split()[1].rstrip(":")
+        assert main(["rollout", "cancel", rollout_id, "--reason", "wrong build"]) == 0
+        cancelled = capsys.readouterr()
+        assert f"rollout {rollout_id}: cancelled" in cancelled.out
+        assert f"announcing the cancel on the broker at mqtt://127.0.0.1:{broker.port}" in (
+            cancelled.err)
+        # The group's retained announcement now names no device: nobody else installs.
+        assert announcements.wait_for(lambda m: len(m) >= 2, 30)
+        first, last = (decode(payload, ModelAnnouncement)
+                       for _, payload in (announcements.messages[0],
+                                          announcements.messages[-1]))
+        assert len(first.devices or ()) == 2 and last.devices == ()
+    finally:
+        announcements.close()
+        broker.stop()
