@@ -13,8 +13,9 @@ Each page holds named fragments (see :mod:`cloud_hub.api.pages`); ``/dashboard/s
 is a server-sent event stream that polls the store every :data:`POLL_S` seconds and sends
 the fragments whose markup changed. It polls the database rather than listening to this
 process's ingest so that events judged by any replica show. A stream ends after
-:data:`STREAM_LIFETIME_S` and the browser reconnects (``retry``): a hub that shuts down
-waits for no stream, and a revoked token stops being served.
+:data:`STREAM_LIFETIME_S` and the browser reconnects (``retry``): uvicorn, shutting
+down, waits for open responses, so it waits at most that long for a stream, and a revoked
+token stops being served.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from sync.rollout import Rollout
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
 POLL_S = 1.0
-STREAM_LIFETIME_S = 30.0
+STREAM_LIFETIME_S = 15.0
 RETRY_MS = 1000
 LATEST_EVENTS = 24
 OVERVIEW_ROLLOUTS = 5
