@@ -51,6 +51,7 @@ from sync import (
     VerdictMessage,
     decode,
     encode,
+    is_framed_event,
 )
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,9 @@ class IngestWorker:
         event = self._accept(device_id, payload, EventMessage, "event")
         if event is None:
             return
+        # JSON events come from outboxes written before the framed format: when this
+        # stays flat, every device has upgraded.
+        self.metrics.event_formats.labels("frame" if is_framed_event(payload) else "json").inc()
         received_at = time.time()
         self.store.touch_device(device_id=device_id, at=received_at)
         new = self.store.add_event(

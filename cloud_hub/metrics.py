@@ -176,6 +176,10 @@ class HubMetrics:
         self.backlogs = DeviceBacklogs(top_devices)
         r.register(self.backlogs)
         self.ingested = Counter("hub_events_ingested", "Escalations accepted", registry=r)
+        self.event_formats = Counter(
+            "hub_event_formats", "Escalations received, by wire format (frame: images as "
+            "raw bytes; json: base64 inside JSON, from agents or outboxes before it)",
+            ["format"], registry=r)
         self.journal_steps = Counter("hub_journal_steps", "Decision journal steps kept",
                                      registry=r)
         self.dropped = Counter("hub_messages_dropped", "Messages refused, by reason",

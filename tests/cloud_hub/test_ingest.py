@@ -123,6 +123,9 @@ def test_old_json_and_framed_events_are_both_judged_and_their_images_served(
     finally:
         publisher.disconnect()
         verdicts.close()
+    for kind in ("frame", "json"):
+        assert hub.metrics.registry.get_sample_value("hub_event_formats_total",
+                                                     {"format": kind}) == 1.0
     for event in (old, framed):
         assert hub.store.get_event(event_id=event.event_id)["outcome"] == "confirmed"
         assert hub.store.event_image(event_id=event.event_id,
