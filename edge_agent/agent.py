@@ -902,14 +902,15 @@ class EdgeAgent:
         for name, source in snapshot["sources"].items():
             values[f"frames.{name}"] = source["frames"]
             values[f"healthy.{name}"] = 1.0 if source["healthy"] else 0.0
-        for name, picture in self.input_health.items():  # as numbers too, for dashboards
+        inputs = dict(self.input_health)  # one copy: the pipeline may add a source's first
+        for name, picture in inputs.items():  # as numbers too, for dashboards
             values[f"brightness.{name}"] = picture.brightness
             values[f"contrast.{name}"] = picture.contrast
             values[f"sharpness.{name}"] = picture.sharpness
             values[f"frozen_frames.{name}"] = picture.frozen_frames
         message = TelemetryMessage(device_id=self.config.device.id, at=time.time(),
                                    values={k: float(v) for k, v in values.items()},
-                                   inputs=dict(self.input_health))
+                                   inputs=inputs)
         self.uplink.publish_side(self.layout.telemetry(self.config.device.id), encode(message))
 
     def _summary(self) -> str:

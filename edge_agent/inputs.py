@@ -54,10 +54,13 @@ class FrameMeasures:
 
 
 def grey_copy(image: npt.NDArray[np.uint8]) -> Grey:
-    """A grey copy of an RGB (or grey) frame, at most ``MEASURE_WIDTH`` wide."""
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    step = max(1, -(-grey.shape[1] // MEASURE_WIDTH))
-    return np.ascontiguousarray(grey[::step, ::step])
+    """A grey copy of an RGB (or grey) frame, at most ``MEASURE_WIDTH`` wide (subsampled
+    first, so that a large frame costs no more than a small one)."""
+    step = max(1, -(-image.shape[1] // MEASURE_WIDTH))
+    small = np.ascontiguousarray(image[::step, ::step])
+    if small.ndim == 3:
+        return np.asarray(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+    return small
 
 
 def measure(grey: Grey) -> FrameMeasures:
