@@ -16,19 +16,15 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlencode
 
 from cloud_hub.store import DeviceHealth, DeviceStep, EventTotals, JournalRecord
 from cloud_hub.updates import RoleExpiry
-from sync import InputHealth
+from sync import EscalationReason, InputHealth
 from sync.rollout import Rollout
 
 esc = html.escape
-
-#: Telemetry values a device sends about its outbox (the rest, ``name.source``, are per
-#: input source: frames, health, and whatever input health the agent measures).
-BACKLOG_KEYS = ("outbox_events", "outbox_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +345,7 @@ def signing_table(expiries: Sequence[RoleExpiry] | str, now: datetime) -> str:
 
 # -- events --------------------------------------------------------------------------
 
-REASONS = ("uncertain", "suspicious", "audit", "anomaly", "unexplained")
+REASONS: tuple[str, ...] = get_args(EscalationReason)
 VERDICTS = ("confirmed", "rejected", "pending")
 
 
