@@ -411,12 +411,17 @@ def pager(chosen: EventFilter, *, next_cursor: str | None, paged: bool) -> str:
 
 # -- one event -----------------------------------------------------------------------
 
-def event_detail(event: EventView) -> str:
-    """An event's image with the edge's and the hub's boxes drawn, and its facts."""
-    return f"<div class='detail'>{event_figure(event)}{_facts(event)}</div>"
+#: The most boxes of the event's track drawn on its frame (a long track's are sampled).
+MAX_TRACK_BOXES = 120
 
 
-def event_figure(event: EventView) -> str:
+def event_detail(event: EventView, steps: Sequence[JournalRecord] = ()) -> str:
+    """An event's image with its boxes drawn (the edge's, the hub's, and where its
+    tracked object was seen, from the journal ``steps``), and its facts."""
+    return f"<div class='detail'>{event_figure(event, steps)}{_facts(event)}</div>"
+
+
+def event_figure(event: EventView, steps: Sequence[JournalRecord] = ()) -> str:
     """The thumbnail (the whole frame) with every box drawn over it; the crop alone when
     there is no thumbnail (its place in the frame is not kept, so no boxes)."""
     if event.has_thumbnail:
@@ -426,15 +431,23 @@ def event_figure(event: EventView) -> str:
                 "crop.jpg'><figcaption>crop</figcaption></figure>")
     else:
         return "<p>No image is kept for this event (retention prunes images first).</p>"
-    boxes = "".join(_rect(b, "edge") for b in event.edge_boxes) + "".join(
+    sightings = [s for step in steps for s in step.sightings]
+    if len(sightings) > MAX_TRACK_BOXES:
+        stride = len(sightings) / MAX_TRACK_BOXES
+        sightings = [sightings[int(i * stride)] for i in range(MAX_TRACK_BOXES)]
+    # The track's path first, under the event's own boxes.
+    boxes = "".join(_rect(Box(*s.box, score=s.score, label=f"frame {s.frame}"), "track")
+                    for s in sightings)
+    boxes += "".join(_rect(b, "edge") for b in event.edge_boxes) + "".join(
         _rect(b, "hub") for b in event.hub_boxes)
     # Without the frame's size (older events), the script sizes the overlay to the image.
     view = (f" viewBox='0 0 {event.frame_size[0]} {event.frame_size[1]}'"
             if event.frame_size else " data-fit='image'")
+    track_key = " <span class='key track'>track</span>" if sightings else ""
     return (f"<figure class='frame'><img id='frame-image' alt='frame' src='{src}'>"
             f"<svg class='boxes' preserveAspectRatio='none'{view}>{boxes}</svg>"
             "<figcaption><span class='key edge'>edge</span> "
-            "<span class='key hub'>hub</span></figcaption></figure>")
+            f"<span class='key hub'>hub</span>{track_key}</figcaption></figure>")
 
 
 def _rect(box: Box, kind: str) -> str:
@@ -614,7 +627,8 @@ figure.frame svg.boxes { position: absolute; left: 0; top: 0; width: 100%; heigh
   pointer-events: none; }
 rect.box { fill: none; stroke-width: 3; vector-effect: non-scaling-stroke; }
 rect.box.edge { stroke: #ff00ff; } rect.box.hub { stroke: #00e0ff; }
-.key.edge { color: #c000c0; } .key.hub { color: #0090b0; }
+rect.box.track { stroke: #facc15; stroke-width: 1; stroke-opacity: .8; }
+.key.edge { color: #c000c0; } .key.hub { color: #0090b0; } .key.track { color: #a16207; }
 .timeline li { margin: .3rem 0; } .timeline .step-name { font-weight: bold; }
 .timeline .this-event { background: #fdf4ff; }
 .warnings { color: #b42318; margin: .3rem 0; padding-left: 1.2rem; }

@@ -292,6 +292,8 @@ def _check_event_detail(page: Page, store: Store, base: str, event_id: str) -> N
                                                  frames=(13,), verdict="confirmed"),
                            received_at=time.time())
     page.locator("#timeline li.step[data-step='end']").wait_for()
+    # Where the track was seen, frame by frame, drawn on the frame too (frames 10-13).
+    assert figure.locator("rect.box.track").count() == 4
 
 
 def _check_rollouts(page: Page, base: str) -> None:

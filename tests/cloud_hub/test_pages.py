@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cloud_hub.api.pages import (
+    MAX_TRACK_BOXES,
     EventFilter,
     EventView,
     event_figure,
@@ -15,8 +16,8 @@ from cloud_hub.api.pages import (
     parse_utc_input,
 )
 from cloud_hub.api.routes.dashboard import _filters, _safe_next
-from cloud_hub.store import DeviceHealth, EventTotals
-from sync import InputHealth
+from cloud_hub.store import DeviceHealth, EventTotals, JournalRecord, TrackKey
+from sync import InputHealth, SightingPayload
 
 pytestmark = pytest.mark.unit
 
@@ -65,6 +66,21 @@ def test_boxes_are_drawn_in_the_frames_coordinates() -> None:
         _row(frame_size=None)))
     assert "rect" not in event_figure(EventView.from_row(
         _row(has_thumbnail=False, has_crop=True)))
+    # The tracked object's sightings from its journal, sampled on a long track.
+    steps = [_record(frames=range(i * 100, i * 100 + 100)) for i in range(3)]
+    figure = event_figure(EventView.from_row(_row()), steps)
+    assert figure.count("class='box track'") == MAX_TRACK_BOXES
+    assert "<title>track: frame 0 0.70</title>" in figure
+
+
+def _record(frames: range) -> JournalRecord:
+    return JournalRecord(
+        id=1, track=TrackKey("cam-1", "door", 3, 0), step="update", at=1.0, received_at=1.0,
+        last_frame=frames[-1], label="face", action="local", reason="uncertain",
+        positive=True, sightings=tuple(SightingPayload(frame=f, box=(1, 2, 3, 4), score=0.7)
+                                       for f in frames),
+        event_id="e1", escalations=1, verdict=None, verdict_timing=None, fell_back=False,
+        agrees=None)
 
 
 def test_filters_round_trip_through_the_query() -> None:

@@ -282,7 +282,7 @@ def _event_fragments(service: HubService, event_id: str) -> dict[str, str]:
         return {"event-detail": "<p>This event was deleted.</p>", "timeline": ""}
     steps, truncated = service.store.journal_of_event(
         event_id=event.id, device_id=event.device_id, limit=MAX_TIMELINE_STEPS)
-    return {"event-detail": pages.event_detail(event),
+    return {"event-detail": pages.event_detail(event, steps),
             "timeline": pages.timeline(event, steps, truncated=truncated)}
 
 
