@@ -177,7 +177,10 @@ def enroll(bundle: EnrollmentBundle, site: TOMLDocument, paths: EnrolledPaths) -
     Raises:
         ConfigError: The resulting configuration is invalid; every problem is listed.
     """
-    paths.config_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        paths.config_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{paths.config_dir}: cannot create: {exc.strerror}") from exc
     _write(paths.password_file, bundle.broker.password + "\n", 0o600)
     if bundle.broker.ca_pem is not None:
         _write(paths.ca_file, bundle.broker.ca_pem, 0o644)
@@ -194,11 +197,18 @@ def enroll(bundle: EnrollmentBundle, site: TOMLDocument, paths: EnrolledPaths) -
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    """Write ``text`` atomically with ``mode`` (the mode is set before any byte lands)."""
+    """Write ``text`` atomically with ``mode`` (the mode is set before any byte lands).
+
+    Raises:
+        ConfigError: The file cannot be written (not root for /etc, say).
+    """
     partial = path.with_name(f".{path.name}.partial")
-    partial.unlink(missing_ok=True)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    partial.chmod(mode)  # the umask may have taken bits away
-    partial.replace(path)
+    try:
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        partial.chmod(mode)  # the umask may have taken bits away
+        partial.replace(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write: {exc.strerror}") from exc

@@ -17,6 +17,7 @@ This is one of the few modules of the package that touch files and processes (wi
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sync.errors import ServiceInstallError
 
@@ -115,6 +117,20 @@ def run_command(command: Sequence[str]) -> None:
                                   f"{(exc.stderr or exc.stdout).strip()}") from exc
 
 
+def _os_errors(step: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    """Turn a file error of ``step`` into :class:`ServiceInstallError`, naming the path
+    (on ``/`` the commonest is not being root)."""
+    @functools.wraps(step)
+    def wrapped(*args: Any, **kwargs: Any) -> list[str]:
+        try:
+            return step(*args, **kwargs)
+        except OSError as exc:
+            raise ServiceInstallError(f"{exc.filename or 'a file'}: {exc.strerror} (installing "
+                                      "a service on / needs root)") from exc
+    return wrapped
+
+
+@_os_errors
 def install_service(service: SystemService, root: Path, *, start: bool = True,
                     run: Run = run_command) -> list[str]:
     """Make the user, the folders and the unit; on a real system, enable and start it.
@@ -184,6 +200,7 @@ def give_to_service(service: SystemService, paths: Sequence[Path], root: Path, *
         os.chown(path, uid if writable else 0, gid)
 
 
+@_os_errors
 def uninstall_service(service: SystemService, root: Path, *, purge: bool = False,
                       run: Run = run_command) -> list[str]:
     """Stop and remove the unit; with ``purge``, its folders too. The user stays (a

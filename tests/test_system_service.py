@@ -15,7 +15,7 @@ import pytest
 
 from cloud_hub.system_service import hub_service
 from edge_agent.system_service import agent_service
-from sync import SystemService, install_service, uninstall_service
+from sync import ServiceInstallError, SystemService, install_service, uninstall_service
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +120,11 @@ def test_hub_install_service_cli_lays_out_settings(tmp_path: Path) -> None:
     assert "CLOUD_HUB_MODE=production" in settings.read_text()
     assert "cloud-hub:" in (tmp_path / "etc/passwd").read_text()
     assert (tmp_path / "etc/systemd/system/cloud-hub.service").exists()
+
+
+def test_a_file_error_is_one_install_error_naming_the_path(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    with pytest.raises(ServiceInstallError, match="not-a-folder"):
+        install_service(agent_service(root=blocked, program=BIN / "edge-agent"), blocked,
+                        run=lambda command: None)
