@@ -120,17 +120,20 @@ def hub_service(*, root: Path = Path("/"), program: Path | None = None,
 
 def first_settings(*, root: Path = Path("/")) -> str:
     """A settings file for a new hub: production mode, a fresh secret key, the data
-    folder; the broker's lines are for the operator to fill in (docs/deployment.md)."""
+    folder, and the hub's own broker user with a fresh password (``cloud-hub broker
+    init`` writes that user into the broker); where the broker is, is for the operator
+    to fill in (docs/deployment.md)."""
     return (
         "# cloud-hub settings (CLOUD_HUB_* lines); see docs/deployment.md\n"
         "CLOUD_HUB_MODE=production\n"
         f"CLOUD_HUB_SECRET_KEY={secrets.token_urlsafe(32)}\n"
         f"CLOUD_HUB_DATA_DIR={under(root, STATE_DIR)}\n"
+        "CLOUD_HUB_MQTT_USERNAME=hub\n"
+        f"CLOUD_HUB_MQTT_PASSWORD={secrets.token_urlsafe(24)}\n"
         "# CLOUD_HUB_PUBLIC_URL=https://hub.example.net\n"
         "# CLOUD_HUB_MQTT_HOST=hub.example.net\n"
         "# CLOUD_HUB_MQTT_PORT=8883\n"
         "# CLOUD_HUB_MQTT_TLS=true\n"
         "# CLOUD_HUB_MQTT_CA_FILE=/etc/cloud-hub/ca.pem\n"
-        "# CLOUD_HUB_MQTT_USERNAME=hub\n"
-        "# CLOUD_HUB_MQTT_PASSWORD=...\n"
+        "# CLOUD_HUB_DEVICE_MQTT_URL=mqtts://hub.example.net:8883\n"
     )

@@ -5,6 +5,7 @@ rated 3.5 with no syscall filter, no memory or CPU limit, and nothing installed 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -118,6 +119,13 @@ def test_hub_install_service_cli_lays_out_settings(tmp_path: Path) -> None:
     settings = tmp_path / "etc/cloud-hub/hub.env"
     assert settings.stat().st_mode & 0o777 == 0o640
     assert "CLOUD_HUB_MODE=production" in settings.read_text()
+    # The hub's broker user, for `cloud-hub broker init` to write into the broker.
+    broker_init = subprocess.run(
+        [str(BIN / "cloud-hub"), "--settings", str(settings), "broker", "init",
+         str(tmp_path / "mosquitto")], capture_output=True, text=True, check=False)
+    assert broker_init.returncode == 0, broker_init.stderr
+    clients = json.loads((tmp_path / "mosquitto/dynamic-security.json").read_text())["clients"]
+    assert [client["username"] for client in clients] == ["hub"]
     assert "cloud-hub:" in (tmp_path / "etc/passwd").read_text()
     assert (tmp_path / "etc/systemd/system/cloud-hub.service").exists()
 
