@@ -245,5 +245,7 @@ class HomeAssistantBridge:
 
     def _publish(self, topic: str, payload: bytes) -> None:
         assert self._client is not None
-        # Not connected: paho queues it; on reconnect everything is published again.
-        self._client.publish(topic, payload, qos=1, retain=True)
+        # Not connected: nothing is queued (paho's queue has no bound, and crops are large);
+        # the latest of every state is published again when the connection comes back.
+        if self._client.is_connected():
+            self._client.publish(topic, payload, qos=1, retain=True)

@@ -96,6 +96,7 @@ def test_the_agent_appears_in_home_assistant_with_its_states(
         retained = home.wait(lambda r: set(_configs(r)) == OBJECTS
                              and (f"edge-agent/{NODE}/face_present", b"ON") in home.seen
                              and f"edge-agent/{NODE}/latest_crop" in r
+                             and f"edge-agent/{NODE}/backlog" in r
                              and int(r.get(f"edge-agent/{NODE}/escalations", b"0")) > 0)
         assert retained[f"edge-agent/{NODE}/availability"] == b"online"
     finally:
@@ -131,3 +132,4 @@ def test_discovery_names_a_node_home_assistant_accepts(device_id: str, node: str
     messages = discovery_messages(HomeAssistantConfig(enabled=True), device_id, "1.0")
     assert {m.topic for m in messages} == {
         f"homeassistant/{c}/{node}/{o}/config" for c, o in OBJECTS}
+
