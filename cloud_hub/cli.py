@@ -594,8 +594,11 @@ def _rollout_start(args: argparse.Namespace, settings: HubSettings) -> int:
         rollout = _distribution(service).start(
             model=args.model, version=args.version, group=args.group,
             canary_percent=args.canary, max_failure_share=args.max_failure_share)
+        warnings = warnings_now(service.store, settings, rollout)
     print(f"rollout {rollout.id}: {rollout.model} {rollout.version} to {rollout.group}, "
           f"canaries {', '.join(rollout.waves[0]) if rollout.waves else '-'}")
+    for warning in warnings:  # a rollout that cannot progress says so from the start
+        print(f"  warning: {warning}")
     return 0
 
 

@@ -173,6 +173,7 @@ def test_rollout_start_and_cancel_from_the_cli_name_the_broker_and_announce_on_i
         hub: tuple[TestClient, HubService, list[ModelAnnouncement]],
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _, service, _ = hub
     broker = MosquittoBroker(tmp_path / "broker")
     broker.start()
     announcements = Collector(broker.port, "fleet/v1/groups/lobby/models", receipts=False)
@@ -181,9 +182,12 @@ def test_rollout_start_and_cancel_from_the_cli_name_the_broker_and_announce_on_i
         monkeypatch.setenv("CLOUD_HUB_SECRET_KEY", SECRET)
         monkeypatch.setenv("CLOUD_HUB_BROKER_CONTROL", "none")
         monkeypatch.setenv("CLOUD_HUB_MQTT_PORT", str(broker.port))
+        service.store.record_status(device_id="cam-3", online=True, at=3.0, models={},
+                                    backend="", updates_enabled=False)
         assert main(["rollout", "start", "m", "1.1.0", "--group", "lobby",
                      "--canary", "50"]) == 0
         started = capsys.readouterr()
+        assert "  warning: updates are turned off on 1 device(s) (cam-3)" in started.out
         assert f"on the broker at mqtt://127.0.0.1:{broker.port}" in started.err
         rollout_id = started.out.split()[1].rstrip(":")
         assert main(["rollout", "cancel", rollout_id, "--reason", "wrong build"]) == 0
