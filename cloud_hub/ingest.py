@@ -2,15 +2,29 @@
 
 Escalations arrive through an MQTT 5 shared subscription (``$share/<group>/...``), so
 that several hub processes split the load. paho acknowledges nothing by itself
-(``manual_ack``): a message is acknowledged only after it was handled, so a hub that dies
+(``manual_ack``): a message is acknowledged only after it was stored, so a hub that dies
 mid-way gets it redelivered. The store inserts each event id once; a redelivered event is
 answered with the verdict already recorded. Bad input (malformed, oversized, unknown
 device, a device writing under another's id, a device re-sending another's event id) is
 counted, logged and dropped. Devices' decision journals arrive the same way (QoS 0): the
 steps of escalated tracks are kept for the events' timelines (:mod:`cloud_hub.journal`).
 
-paho's network thread only queues messages; ``ingest-<n>`` worker threads handle them,
-so that their detector requests meet in the micro-batcher.
+Threads, and what each owns:
+
+* paho's network thread only puts each message on the inbound queue and returns: it
+  never blocks, so the hub keeps answering the broker's keepalives and sending verdicts
+  whatever the load. The queue needs no bound of its own for QoS 1 messages: the broker
+  sends at most ``mqtt_receive_maximum`` unacknowledged (MQTT 5 Receive Maximum), and the
+  hub acknowledges only what it stored. QoS 0 telemetry beyond that is dropped (counted).
+* ``intake-<n>`` threads decode, check and store each message (the escalations waiting
+  together in one transaction: one sync to disk for many), acknowledge it, and offer
+  each stored escalation to the admission queue (:mod:`cloud_hub.admission`), answering
+  ``busy`` at once for an event it sheds (the queue is full at that priority and device
+  share, or the event could not be judged within its device's verdict timeout).
+* ``judge-<n>`` threads take the next event from the admission queue (by priority, in
+  turn across devices), judge it, record the verdict and send it; their detector requests
+  meet in the micro-batcher. The admission queue is theirs; intake threads reach it only
+  through :class:`_Admission`, under its lock.
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -28,14 +43,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud_hub.admission import AdmissionLimits, AdmissionQueue, Shed, Ticket, priority_of
 from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError, RetryLaterError
 from cloud_hub.journal import JOURNAL_MAX_BYTES, DeviceRate, check_step, never_escalated
-from cloud_hub.judge import EventJudge
+from cloud_hub.judge import EventJudge, Judgement
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.mqtt import BrokerSettings, default_client_id
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import Store, TrackKey
 from sync import (
+    BusyMessage,
     DetectionPayload,
     EventMessage,
     MessageError,
@@ -56,20 +73,81 @@ from sync import (
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 256
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 10.0
+INTAKE_BATCH = 64  # messages whose escalations are stored in one transaction, at most
+MIN_RETRY_AFTER_S = 1.0  # the shortest slow-down a busy answer asks of a device
 _Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, UpdateReport,
                   TrackEventMessage)
 
 
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A stored escalation waiting for judgement."""
+
+    event: EventMessage
+    arrived_at: float
+
+
+class _Admission:
+    """The admission queue with its lock and the judge threads' wake-up."""
+
+    def __init__(self, limits: AdmissionLimits, metrics: HubMetrics) -> None:
+        self.queue: AdmissionQueue[_Stored] = AdmissionQueue(limits)
+        self._ready = threading.Condition()
+        self._metrics = metrics
+        self._closed = False
+
+    def offer(self, ticket: Ticket[_Stored], now: float) -> list[Shed[_Stored]]:
+        with self._ready:
+            shed = self.queue.offer(ticket, now)
+            if not any(s.ticket is ticket for s in shed):
+                self._metrics.admitted.inc()
+                self._ready.notify()
+            self._metrics.admission_depth.set(len(self.queue))
+        return shed
+
+    def take(self, clock: Callable[[], float]) -> tuple[Ticket[_Stored] | None,
+                                                        list[Shed[_Stored]]]:
+        """Wait for the next event to judge; ``(None, shed)`` once closed."""
+        with self._ready:
+            while True:
+                if self._closed:
+                    return None, []
+                ticket, shed = self.queue.take(clock())
+                self._metrics.admission_depth.set(len(self.queue))
+                if ticket is not None or shed:
+                    return ticket, shed
+                self._ready.wait()
+
+    def judged(self, seconds: float) -> None:
+        with self._ready:
+            self.queue.judged(seconds)
+
+    def retry_after_s(self) -> float:
+        """How long the queue takes to drain at the current pace (at least a second)."""
+        with self._ready:
+            queue, limits = self.queue, self.queue.limits
+            return max(MIN_RETRY_AFTER_S, len(queue) * queue.service_s / limits.workers)
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
 class IngestWorker:
-    """One hub process's share of the fleet's escalations."""
+    """One hub process's share of the fleet's escalations.
+
+    Args:
+        clock: Wall-clock seconds (events' deadlines; tests may pass their own).
+    """
 
     def __init__(self, settings: HubSettings, store: Store, judge: EventJudge,
                  metrics: HubMetrics,
                  on_update_report: Callable[[UpdateReport], None] | None = None,
-                 on_verdict: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_verdict: Callable[[dict[str, Any]], None] | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._on_update_report = on_update_report
         self._on_verdict = on_verdict
@@ -78,49 +156,70 @@ class IngestWorker:
         self.metrics = metrics
         self.layout = TopicLayout(settings.mqtt_prefix)
         self.name = settings.mqtt_client_id or default_client_id()
+        self._clock = clock
         self._stopping = threading.Event()
-        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue(QUEUE_SIZE)
+        # Bounded by the broker (Receive Maximum) for QoS 1; see the module docstring.
+        self._inbound: queue.Queue[tuple[mqtt.MQTTMessage, float] | None] = queue.Queue()
+        self._admission = _Admission(AdmissionLimits(
+            capacity=settings.admission_capacity, workers=settings.ingest_workers),
+            metrics)
         self._threads: list[threading.Thread] = []
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.handled = 0
         self._journal_rate = DeviceRate(settings.journal_steps_per_minute,
                                         settings.journal_burst)
-        self._journal_rate_lock = threading.Lock()  # the ingest-<n> workers share it
+        self._journal_rate_lock = threading.Lock()  # the intake-<n> threads share it
 
     def start(self) -> None:
-        """Connect, subscribe, start the worker threads."""
+        """Connect, subscribe, start the intake and judge threads."""
         client = BrokerSettings.from_settings(self.settings).client(self.name, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.reconnect_delay_set(1, 30)
+        client.max_inflight_messages_set(self.settings.mqtt_max_inflight)
+        client.max_queued_messages_set(0)  # verdicts wait in paho, never refused
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 3600
+        properties.ReceiveMaximum = self.settings.mqtt_receive_maximum
         client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30,
                              clean_start=False, properties=properties)
         self._client = client
+        for index in range(self.settings.intake_workers):
+            self._spawn(self._intake, f"intake-{index}")
         for index in range(self.settings.ingest_workers):
-            thread = threading.Thread(target=self._work, name=f"ingest-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(self._judging, f"judge-{index}")
         client.loop_start()
 
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
     def stop(self) -> None:
-        """Disconnect, then let the workers finish what they hold.
+        """Disconnect, then let the threads finish what they hold.
 
         A message whose store write is still being retried stays unacknowledged: the
         broker delivers it again when this replica (same client id) or another returns.
+        An event stored but not yet judged is judged when its device sends it again
+        (it does, until it hears a receipt or a verdict).
         """
         self._stopping.set()
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
-        for _ in self._threads:
-            self._queue.put(None)
+        for _ in range(self.settings.intake_workers):
+            self._inbound.put(None)
+        self._admission.close()
         for thread in self._threads:
             thread.join(30)
         self._threads.clear()
+
+    @property
+    def admission(self) -> AdmissionQueue[_Stored]:
+        """The admission queue (read its counters; the judge threads own it)."""
+        return self._admission.queue
 
     # -- paho's thread ---------------------------------------------------------------
 
@@ -129,6 +228,14 @@ class IngestWorker:
         if reason.is_failure:
             log.error("broker refused the hub's connection: %s", reason)
             return
+        # paho does not honour the broker's Receive Maximum (and cannot change its own
+        # limit once connected): more verdicts in flight than the broker takes is a
+        # protocol error, so say which setting to lower.
+        broker_maximum = getattr(properties, "ReceiveMaximum", None)
+        if broker_maximum and int(broker_maximum) < self.settings.mqtt_max_inflight:
+            log.warning("the broker takes %d messages in flight, CLOUD_HUB_MQTT_MAX_INFLIGHT "
+                        "is %d: lower it to %d (or raise Mosquitto's max_inflight_messages)",
+                        broker_maximum, self.settings.mqtt_max_inflight, broker_maximum)
         client.subscribe(self.layout.shared(self.settings.share_group, "events"), qos=1)
         client.subscribe(self.layout.all_devices("status"), qos=1)
         client.subscribe(self.layout.all_devices("telemetry"), qos=0)  # every replica: metrics
@@ -143,29 +250,103 @@ class IngestWorker:
                        reason: ReasonCode, properties: Properties | None) -> None:
         self.connected.clear()
         self.metrics.connected.set(0)
+        if not self._stopping.is_set():
+            self.metrics.disconnects.inc()
+            log.warning("%s lost the broker: %s", self.name, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
-        try:
-            if message.qos == 0:  # nothing to redeliver it: never hold paho up for one
-                self._queue.put_nowait(message)
+        if message.qos == 0 and self._inbound.qsize() >= self.settings.mqtt_receive_maximum:
+            self.metrics.dropped.labels("hub-busy").inc()  # telemetry: the next one follows
+            return
+        # When it arrived: its device's verdict timeout runs from here, however long it
+        # then waits to be stored.
+        self._inbound.put_nowait((message, self._clock()))
+
+    # -- intake threads --------------------------------------------------------------
+
+    def _intake(self) -> None:
+        while (first := self._inbound.get()) is not None:
+            batch, stopping = [first], False
+            while len(batch) < INTAKE_BATCH:  # what is already waiting joins, no more
+                try:
+                    item = self._inbound.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._take(batch)
+            if stopping:
+                return
+
+    def _take(self, batch: list[tuple[mqtt.MQTTMessage, float]]) -> None:
+        """Handle a batch of messages: its escalations stored in one transaction, the
+        rest one by one; each acknowledged once stored (or refused for good)."""
+        escalations: list[tuple[mqtt.MQTTMessage, EventMessage, float]] = []
+        for message, arrived_at in batch:
+            topic, payload = message.topic, bytes(message.payload)
+            try:
+                address = self.layout.parse(topic)
+            except TopicError:
+                address = None  # handle() counts it
+            if address is not None and address.kind == "events":
+                event = self._accept_event(address.name, payload)
+                if event is not None:
+                    escalations.append((message, event, arrived_at))
+                    continue
+                done = True
             else:
-                self._queue.put(message, timeout=10)
-        except queue.Full:
-            # Not acknowledged: the broker delivers it again after a reconnect.
-            self.metrics.dropped.labels("hub-busy").inc()
-            log.warning("ingest queue full; left %s unacknowledged", message.topic)
+                done = self._handle_until_done(topic, payload, arrived_at)
+            self._acknowledge(message, done)
+        if escalations:
+            done = self._store_until_done([(e, at) for _, e, at in escalations])
+            for message, _, _ in escalations:
+                self._acknowledge(message, done)
 
-    # -- worker threads --------------------------------------------------------------
+    def _acknowledge(self, message: mqtt.MQTTMessage, done: bool) -> None:
+        if done and message.qos > 0 and self._client is not None:
+            self._client.ack(message.mid, message.qos)
+        self.handled += 1
 
-    def _work(self) -> None:
-        while (message := self._queue.get()) is not None:
-            done = self._handle_until_done(message.topic, bytes(message.payload))
-            if done and message.qos > 0 and self._client is not None:
-                self._client.ack(message.mid, message.qos)
-            self.handled += 1
+    def _store_until_done(self, escalations: list[tuple[EventMessage, float]]) -> bool:
+        """Store escalations together, retrying a store that is down (as
+        :meth:`_handle_until_done` does); whether they may be acknowledged. A batch the
+        store refuses for good is stored one by one, so that one bad row costs only
+        itself."""
+        attempt = 0
+        while True:
+            try:
+                self._store_events(escalations)
+                return True
+            except RetryLaterError as exc:
+                attempt += 1
+                if self._back_off(attempt, f"{len(escalations)} escalation(s)", exc):
+                    return False
+            except HubError as exc:
+                if len(escalations) == 1:
+                    self.metrics.dropped.labels("hub-error").inc()
+                    log.error("could not store event %s: %s", escalations[0][0].event_id,
+                              exc)
+                    return True
+                each = [self._store_until_done([one]) for one in escalations]  # all of them
+                return all(each)
+            except Exception:  # a thread must outlive any one batch
+                self.metrics.dropped.labels("internal-error").inc()
+                log.exception("failed on %d escalation(s)", len(escalations))
+                return True
 
-    def _handle_until_done(self, topic: str, payload: bytes) -> bool:
+    def _back_off(self, attempt: int, what: str, exc: Exception) -> bool:
+        """Count a transient store failure and wait before the next attempt, longer each
+        time; whether the hub is stopping meanwhile (then give up, unacknowledged)."""
+        self.metrics.retries.labels("store-unavailable").inc()
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(attempt, 10))
+        log.warning("cannot store %s yet (attempt %d, next in %.1f s): %s", what, attempt,
+                    delay, exc)
+        return self._stopping.wait(delay)
+
+    def _handle_until_done(self, topic: str, payload: bytes, arrived_at: float) -> bool:
         """Handle one message, retrying transient failures (the store is down or full)
         with backoff; whether it may be acknowledged.
 
@@ -176,27 +357,27 @@ class IngestWorker:
         attempt = 0
         while True:
             try:
-                self.handle(topic, payload)
+                self.handle(topic, payload, arrived_at)
                 return True
             except RetryLaterError as exc:
                 attempt += 1
-                self.metrics.retries.labels("store-unavailable").inc()
-                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(attempt, 10))
-                log.warning("cannot store a message on %s yet (attempt %d, next in %.1f s):"
-                            " %s", topic, attempt, delay, exc)
-                if self._stopping.wait(delay):
+                if self._back_off(attempt, f"a message on {topic}", exc):
                     return False
             except HubError as exc:
                 self.metrics.dropped.labels("hub-error").inc()
                 log.error("could not handle a message on %s: %s", topic, exc)
                 return True
-            except Exception:  # a worker must outlive any one message
+            except Exception:  # a thread must outlive any one message
                 self.metrics.dropped.labels("internal-error").inc()
                 log.exception("failed on a message on %s", topic)
                 return True
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Handle one message; never raises for bad input (it is counted instead)."""
+    def handle(self, topic: str, payload: bytes, arrived_at: float | None = None) -> None:
+        """Handle one message; never raises for bad input (it is counted instead).
+
+        An escalation is stored and offered for judgement (or answered ``busy``); the
+        judge threads judge it. ``arrived_at``: when it reached the hub (default now).
+        """
         try:
             address = self.layout.parse(topic)
         except TopicError as exc:
@@ -205,7 +386,8 @@ class IngestWorker:
         if address.kind == "status":
             self._status(address.name, payload)
         elif address.kind == "events":
-            self._event(address.name, payload)
+            self._event(address.name, payload,
+                        self._clock() if arrived_at is None else arrived_at)
         elif address.kind == "updates":
             self._update_report(address.name, payload)
         elif address.kind == "telemetry":
@@ -311,64 +493,151 @@ class IngestWorker:
             raise HubError("the ingest worker is not started")
         self._client.publish(topic, payload, qos=1, retain=retain)
 
-    def _event(self, device_id: str, payload: bytes) -> None:
+    def _event(self, device_id: str, payload: bytes, arrived_at: float) -> None:
+        event = self._accept_event(device_id, payload)
+        if event is not None:
+            self._store_events([(event, arrived_at)])
+
+    def _accept_event(self, device_id: str, payload: bytes) -> EventMessage | None:
         event = self._accept(device_id, payload, EventMessage, "event")
-        if event is None:
+        if event is not None:
+            # JSON events come from outboxes written before the framed format: when this
+            # stays flat, every device has upgraded.
+            self.metrics.event_formats.labels(
+                "frame" if is_framed_event(payload) else "json").inc()
+        return event
+
+    def _store_events(self, escalations: list[tuple[EventMessage, float]]) -> None:
+        """Store accepted escalations in one transaction; admit the new ones, answer
+        redelivered ones.
+
+        Raises:
+            RetryLaterError: The store is down: nothing was stored.
+            HubError: The store refused them for good.
+        """
+        received_at = self._clock()
+        new = self.store.add_events(
+            [self._row(event, received_at) for event, _ in escalations],
+            seen={event.device_id: received_at for event, _ in escalations})
+        for event, arrived_at in escalations:
+            if event.event_id in new:
+                new.discard(event.event_id)  # the same event twice in one batch: once
+                self.metrics.ingested.inc()
+                self._admit(event, arrived_at)
+            else:
+                self._redelivered(event, arrived_at)
+
+    @staticmethod
+    def _row(event: EventMessage, received_at: float) -> dict[str, Any]:
+        return {
+            "id": event.event_id, "device_id": event.device_id, "source": event.source,
+            "reason": event.reason, "priority": event.priority,
+            "captured_at": event.captured_at, "received_at": received_at,
+            "edge_model": event.model.name, "edge_version": event.model.version,
+            "edge_detections": json.dumps([d.model_dump(mode="json")
+                                           for d in event.detections]),
+            "anomaly_score": event.anomaly_score, "crop": event.crop_jpeg,
+            "thumbnail": event.thumbnail_jpeg, **_frame_size(event),
+        }
+
+    def _redelivered(self, event: EventMessage, arrived_at: float) -> None:
+        """An escalation whose id is stored: answer with its verdict, or say it is stored
+        and judge it (again, if whoever held it died)."""
+        device_id = event.device_id
+        stored = self.store.get_event(event_id=event.event_id)
+        if stored["device_id"] != device_id:
+            # An event id belongs to the device that sent it first: another device
+            # re-sending it must not hear (or make its owner hear) that verdict.
+            self._drop("replayed-event-id", f"{device_id} re-sent event "
+                       f"{event.event_id} of {stored['device_id']}")
             return
-        # JSON events come from outboxes written before the framed format: when this
-        # stays flat, every device has upgraded.
-        self.metrics.event_formats.labels("frame" if is_framed_event(payload) else "json").inc()
-        received_at = time.time()
-        self.store.touch_device(device_id=device_id, at=received_at)
-        new = self.store.add_event(
-            id=event.event_id, device_id=device_id, source=event.source,
-            reason=event.reason, priority=event.priority, captured_at=event.captured_at,
-            received_at=received_at, edge_model=event.model.name,
-            edge_version=event.model.version,
-            edge_detections=json.dumps([d.model_dump(mode="json") for d in event.detections]),
-            anomaly_score=event.anomaly_score, crop=event.crop_jpeg,
-            thumbnail=event.thumbnail_jpeg, **_frame_size(event),
-        )
-        if new:
-            self.metrics.ingested.inc()
-        else:
-            stored = self.store.get_event(event_id=event.event_id)
-            if stored["device_id"] != device_id:
-                # An event id belongs to the device that sent it first: another device
-                # re-sending it must not hear (or make its owner hear) that verdict.
-                self._drop("replayed-event-id", f"{device_id} re-sent event "
-                           f"{event.event_id} of {stored['device_id']}")
+        self.metrics.dedup_hits.inc()
+        if stored["outcome"] is not None:
+            self._send(stored)
+            return
+        # Another worker or replica holds it (or died judging it): say it is safe here,
+        # so the device stops sending it, and judge it if nobody has.
+        self._send_receipt(device_id, event.event_id)
+        self._admit(event, arrived_at)
+
+    def _admit(self, event: EventMessage, arrived_at: float) -> None:
+        """Offer a stored escalation for judgement; answer ``busy`` for what is shed."""
+        timeout_s = event.verdict_timeout_s or self.settings.default_verdict_timeout_s
+        # Waited in the outbox past its timeout: the device has decided it already.
+        late = arrived_at - event.captured_at > timeout_s
+        ticket = Ticket(event.device_id, priority_of(event.reason, late=late),
+                        None if late else arrived_at + timeout_s,
+                        _Stored(event, arrived_at))
+        for shed in self._admission.offer(ticket, self._clock()):
+            self._send_busy(shed)
+
+    # -- judge threads ---------------------------------------------------------------
+
+    def _judging(self) -> None:
+        while True:
+            ticket, shed = self._admission.take(self._clock)
+            for item in shed:
+                self._send_busy(item)
+            if ticket is None:
+                if not shed:
+                    return  # closed
+                continue
+            try:
+                self._judge_until_done(ticket.item.event)
+            except Exception:  # a thread must outlive any one event
+                self.metrics.dropped.labels("internal-error").inc()
+                log.exception("failed judging event %s", ticket.item.event.event_id)
+
+    def _judge_until_done(self, event: EventMessage) -> None:
+        """Judge, record and send, retrying a store that is down; an event left unjudged
+        when the hub stops is judged when its device sends it again."""
+        started = time.perf_counter()
+        judgement = self._judgement(event)
+        self._admission.judged(time.perf_counter() - started)
+        attempt = 0
+        while True:
+            try:
+                self.store.set_verdict(
+                    event_id=event.event_id, outcome=judgement.outcome,
+                    detections=[d.model_dump(mode="json") for d in judgement.detections],
+                    model=judgement.model, version=judgement.version,
+                    inference_ms=judgement.inference_ms, decided_at=time.time(),
+                    handled_by=self.name,
+                )
+                self._send(self.store.get_event(event_id=event.event_id))
                 return
-            self.metrics.dedup_hits.inc()
-            if stored["outcome"] is not None:
-                self._send(stored)
+            except NotFoundError:
+                log.warning("event %s was pruned before its verdict went out", event.event_id)
                 return
-            # Another worker or replica holds it (or died judging it): say it is safe here,
-            # so the device stops sending it, and judge it if nobody has.
-            self._send_receipt(device_id, event.event_id)
+            except RetryLaterError as exc:
+                attempt += 1
+                if self._back_off(attempt, f"the verdict of {event.event_id}", exc):
+                    return
+
+    def _judgement(self, event: EventMessage) -> Judgement:
         started = time.perf_counter()
         try:
             judgement = self.judge.judge(event)
-            outcome, detections = judgement.outcome, judgement.detections
-            model, version, inference_ms = (judgement.model, judgement.version,
-                                            judgement.inference_ms)
         except JudgeError as exc:
             if isinstance(exc, BadImageError):
                 self.metrics.images_refused.labels(exc.reason, "ingest").inc()
             self._drop("bad-image", f"event {event.event_id}: {exc}")
-            outcome, detections, inference_ms = "rejected", (), 0.0
-            model, version = self.judge.model_name, "unjudged"
+            judgement = Judgement("rejected", (), self.judge.model_name,
+                                  "unjudged", 0.0)
         self.metrics.inference.observe(time.perf_counter() - started)
-        self.store.set_verdict(
-            event_id=event.event_id, outcome=outcome,
-            detections=[d.model_dump(mode="json") for d in detections], model=model,
-            version=version, inference_ms=inference_ms, decided_at=time.time(),
-            handled_by=self.name,
-        )
-        try:
-            self._send(self.store.get_event(event_id=event.event_id))
-        except NotFoundError:
-            log.warning("event %s was pruned before its verdict went out", event.event_id)
+        return judgement
+
+    def _send_busy(self, shed: Shed[_Stored]) -> None:
+        event = shed.ticket.item.event
+        busy = BusyMessage(event_id=event.event_id, device_id=event.device_id,
+                           reason=shed.reason, retry_after_s=self._admission.retry_after_s(),
+                           at=time.time())
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.CorrelationData = event.event_id.encode()
+        assert self._client is not None
+        self._client.publish(self.layout.verdicts(event.device_id), encode(busy), qos=1,
+                             properties=properties)
+        self.metrics.shed.labels(shed.reason).inc()
 
     def _send_receipt(self, device_id: str, event_id: str) -> None:
         receipt = ReceiptMessage(device_id=device_id, event_ids=(event_id,), at=time.time())

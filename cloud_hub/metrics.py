@@ -186,6 +186,18 @@ class HubMetrics:
                                ["reason"], registry=r)
         self.dedup_hits = Counter("hub_dedup_hits", "Redelivered escalations answered again",
                                   registry=r)
+        self.admission_depth = Gauge(
+            "hub_admission_queue_depth",
+            "Stored escalations waiting for judgement (scale the hub out on it)",
+            registry=r)
+        self.admitted = Counter("hub_events_admitted", "Escalations admitted for judgement",
+                                registry=r)
+        self.shed = Counter("hub_events_shed",
+                            "Escalations stored but answered busy, not judged, by reason",
+                            ["reason"], registry=r)
+        self.disconnects = Counter("hub_mqtt_disconnects",
+                                   "Times the broker session was lost while running",
+                                   registry=r)
         self.verdicts = Counter("hub_verdicts", "Verdicts sent", ["outcome"], registry=r)
         self.receipts = Counter("hub_receipts", "Receipts sent for stored, unjudged events",
                                 registry=r)

@@ -68,18 +68,26 @@ class BrokerLimits:
             in-flight window) before the broker drops more. Devices resend what the hub
             did not acknowledge end to end, so a drop here delays, never loses.
         max_queued_bytes: The same, in payload bytes.
-        max_inflight_messages: QoS 1 messages in flight to one client at a time.
+        max_inflight_messages: QoS 1 messages in flight to one client at a time, and
+            the Receive Maximum the broker announces to MQTT 5 clients (how many of its
+            QoS 1 messages one client may have in flight to the broker). The hub is one
+            client carrying every device's verdicts, so it is sized for a fleet.
+        max_connections: Clients connected at once (``-1``: no limit but the process's
+            file descriptors).
     """
 
     max_packet_size_bytes: int = DEFAULT_MAX_MESSAGE_BYTES + PACKET_HEADROOM_BYTES
     max_queued_messages: int = 1000
     max_queued_bytes: int = 64 * 1024 * 1024
-    max_inflight_messages: int = 20
+    max_inflight_messages: int = 1000
+    max_connections: int = -1
 
     def __post_init__(self) -> None:
         if self.max_packet_size_bytes < 20:
             raise ValueError(f"max_packet_size_bytes must be at least 20, "
                              f"got {self.max_packet_size_bytes}")
+        if self.max_connections < -1:
+            raise ValueError(f"max_connections must be -1 or more, got {self.max_connections}")
         for name in ("max_queued_messages", "max_queued_bytes", "max_inflight_messages"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -89,7 +97,8 @@ class BrokerLimits:
         return [f"max_packet_size {self.max_packet_size_bytes}",
                 f"max_queued_messages {self.max_queued_messages}",
                 f"max_queued_bytes {self.max_queued_bytes}",
-                f"max_inflight_messages {self.max_inflight_messages}"]
+                f"max_inflight_messages {self.max_inflight_messages}",
+                f"max_connections {self.max_connections}"]
 
 
 # Deep queues for test brokers whose stand-in subscribers let thousands of messages wait.

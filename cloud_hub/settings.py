@@ -67,7 +67,25 @@ class HubSettings(BaseSettings):
         default="mosquitto-dynsec", description="how devices are provisioned, rotated and "
         "revoked on the broker: through Mosquitto's dynamic security plugin, or not at all "
         "(another broker, e.g. EMQX, managed by the operator; see docs/deployment.md)")
-    ingest_workers: int = Field(default=4, ge=1, le=64)
+    ingest_workers: int = Field(default=4, ge=1, le=64,
+                                description="judge threads taking from the admission queue")
+    intake_workers: int = Field(
+        default=2, ge=1, le=64, description="threads that store and acknowledge incoming "
+        "messages and admit escalations (or answer busy)")
+    admission_capacity: int = Field(
+        default=256, ge=1, le=1_000_000, description="escalations waiting for judgement; "
+        "beyond it, or when one cannot be judged within its device's verdict timeout, the "
+        "hub answers busy at once (by priority, fair across devices)")
+    default_verdict_timeout_s: float = Field(
+        default=10.0, gt=0, description="a device's verdict timeout when its escalation "
+        "does not say (agents send theirs)")
+    mqtt_receive_maximum: int = Field(
+        default=1000, ge=1, le=65535, description="MQTT 5 Receive Maximum: QoS 1 messages "
+        "the broker may send the hub before it acknowledges them (it acknowledges once "
+        "stored); size it for the fleet's bursts")
+    mqtt_max_inflight: int = Field(
+        default=1000, ge=1, le=65535, description="verdicts in flight to the broker at once "
+        "(capped by the broker's own Receive Maximum, Mosquitto's max_inflight_messages)")
     max_message_bytes: int = Field(default=512 * 1024, ge=1024)
 
     model_store: Path | None = None

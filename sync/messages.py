@@ -109,6 +109,9 @@ class EventMessage(_EventBound):
         thumbnail_jpeg: The whole frame, small, JPEG.
         anomaly_score: The edge anomaly model's score, for sensor windows.
         readings: The sensor window that was scored.
+        verdict_timeout_s: How long the device waits for this verdict before it decides
+            locally (its fallback timeout). The hub answers ``busy`` at once rather than
+            judge an event it cannot judge in time; absent: the hub assumes its default.
     """
 
     schema_: Literal["event/1"] = Field(default="event/1", alias="schema")
@@ -124,6 +127,7 @@ class EventMessage(_EventBound):
     thumbnail_jpeg: bytes | None = None
     anomaly_score: float | None = None
     readings: tuple[float, ...] = Field(default=(), max_length=4096)
+    verdict_timeout_s: float | None = Field(default=None, gt=0, le=86400)
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -137,6 +141,32 @@ class VerdictMessage(_EventBound):
     model: ModelRef
     inference_ms: float = Field(ge=0.0)
     decided_at: float
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+BusyReason = Literal["queue-full", "deadline"]
+
+
+class BusyMessage(_EventBound):
+    """The hub's answer that it stored an escalation but will not judge it in time.
+
+    A variant of the verdict, sent on the device's verdicts topic instead of one: the hub
+    has the event (as a receipt says), and the device should decide locally now rather
+    than wait out its timeout, and publish more slowly for a while.
+
+    Attributes:
+        reason: ``queue-full`` (the hub's admission queue had no room for it, at its
+            priority and the device's share) or ``deadline`` (it would not be judged
+            within the device's ``verdict_timeout_s``).
+        retry_after_s: A hint: how long the device should publish more slowly.
+        at: When the hub decided (its clock).
+    """
+
+    schema_: Literal["busy/1"] = Field(default="busy/1", alias="schema")
+    reason: BusyReason
+    retry_after_s: float = Field(default=1.0, ge=0.0, le=3600.0)
+    at: float
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -321,7 +351,7 @@ class TrackEventMessage(_DeviceMessage):
         return check_name(value, "source name")
 
 
-AnyMessage = (EventMessage | VerdictMessage | ReceiptMessage | StatusMessage
+AnyMessage = (EventMessage | VerdictMessage | BusyMessage | ReceiptMessage | StatusMessage
               | TelemetryMessage | ModelAnnouncement | UpdateReport | TrackEventMessage)
 _M = TypeVar("_M", bound=_Message)
 

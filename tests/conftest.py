@@ -1,7 +1,9 @@
-"""Shared fixtures: the real zoo models, pulled once per session, and real photographs."""
+"""Shared fixtures: the real zoo models, pulled once per session, real photographs, and a
+private broker per test."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,19 @@ import pytest
 from skimage import data
 
 from models import ModelBundle, ModelStore, ModelZoo
+from tests.broker import MosquittoBroker
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ASTRONAUT_FACE = (178.0, 82.0, 271.0, 174.0)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A private Mosquitto on a free port, restartable by the test."""
+    instance = MosquittoBroker(tmp_path / "broker")
+    instance.start()
+    yield instance
+    instance.stop()
 
 
 @pytest.fixture(scope="session")

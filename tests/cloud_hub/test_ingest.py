@@ -36,14 +36,6 @@ pytestmark = pytest.mark.integration
 LAYOUT = TopicLayout()
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    instance = MosquittoBroker(tmp_path / "broker")
-    instance.start()
-    yield instance
-    instance.stop()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def hub(request: pytest.FixtureRequest, tmp_path: Path, broker: MosquittoBroker,
         zoo_store: ModelStore) -> Iterator[HubService]:

@@ -1,0 +1,235 @@
+"""Admission to judging: which stored escalations the hub judges next, and which it sheds.
+
+Pure: no threads, no clock (time is passed in), no I/O. The ingest worker stores each
+escalation first, then offers it here; its judge threads take the next one to judge.
+An escalation that is not admitted, or that could no longer be judged within its
+device's verdict timeout, is *shed*: the hub answers ``busy`` at once and the device
+decides locally now, instead of both waiting out the timeout.
+
+Order (:meth:`AdmissionQueue.take`):
+
+1. **Priority class** first, strictly: ``suspicious`` (and sensor ``anomaly`` windows)
+   before ``uncertain`` (and ``unexplained`` motion) before ``audit``, and before
+   ``late`` events (ones that waited longer than their timeout in the device's outbox:
+   the device has decided them already, a verdict only reconciles).
+2. **Fair across devices** within a class: the devices with waiting events take turns
+   (round robin), each device's own events in arrival order. A device flooding the hub
+   delays another device's event by at most one judgement per device waiting, however
+   many of its own it has queued.
+
+Admission (:meth:`AdmissionQueue.offer`) is bounded by ``capacity``. When the queue is
+full, a new event displaces the newest event of the *largest* device in the *lowest*
+class present, if that class is lower than the new event's, or the same class and that
+device holds at least two more events than the new event's device (max-min fair
+shares); otherwise the new event is shed. An event whose estimated wait (the events
+ahead of it in this order, at the measured judging time per event and the number of
+judge threads) would end past its deadline is shed at once; one whose deadline passes
+while it waits is shed when its turn comes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from sync import BusyReason, EscalationReason
+
+PriorityClass = Literal["urgent", "normal", "audit", "late"]
+CLASSES: tuple[PriorityClass, ...] = ("urgent", "normal", "audit", "late")
+CLASS_OF_REASON: dict[EscalationReason, PriorityClass] = {
+    "suspicious": "urgent", "anomaly": "urgent",
+    "uncertain": "normal", "unexplained": "normal",
+    "audit": "audit",
+}
+_RANK = {name: rank for rank, name in enumerate(CLASSES)}
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionLimits:
+    """How much may wait, and how judging time is estimated.
+
+    Attributes:
+        capacity: Events waiting to be judged, all devices together.
+        workers: Judge threads taking from the queue (waits are divided among them).
+        service_s: First estimate of the time to judge one event, until measured.
+        smoothing: Weight of each new measurement in the running estimate (0-1].
+        margin_s: Answer this long before a device's deadline (the verdict's trip back).
+    """
+
+    capacity: int = 256
+    workers: int = 1
+    service_s: float = 0.05
+    smoothing: float = 0.1
+    margin_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {self.capacity}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.service_s <= 0:
+            raise ValueError(f"service_s must be positive, got {self.service_s}")
+        if not 0 < self.smoothing <= 1:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
+        if self.margin_s < 0:
+            raise ValueError(f"margin_s must not be negative, got {self.margin_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket(Generic[_T]):
+    """One stored escalation waiting for judgement.
+
+    Attributes:
+        device_id: Whose it is (the fairness key).
+        priority: Its class.
+        deadline: When its device stops waiting (the caller's clock); ``None``: never.
+        item: What the caller needs to judge it (opaque here).
+    """
+
+    device_id: str
+    priority: PriorityClass
+    deadline: float | None
+    item: _T
+
+
+@dataclass(frozen=True, slots=True)
+class Shed(Generic[_T]):
+    """An event the hub will not judge now, and why (answered ``busy``)."""
+
+    ticket: Ticket[_T]
+    reason: BusyReason
+
+
+@dataclass(slots=True)
+class _Class(Generic[_T]):
+    """One priority class: each device's events in arrival order, devices in turn."""
+
+    by_device: OrderedDict[str, deque[Ticket[_T]]] = field(default_factory=OrderedDict)
+    size: int = 0
+
+    def push(self, ticket: Ticket[_T]) -> None:
+        self.by_device.setdefault(ticket.device_id, deque()).append(ticket)
+        self.size += 1
+
+    def pop_next(self) -> Ticket[_T]:
+        """The first device's oldest event; that device goes to the back of the turn."""
+        device_id, events = next(iter(self.by_device.items()))
+        ticket = events.popleft()
+        if events:
+            self.by_device.move_to_end(device_id)
+        else:
+            del self.by_device[device_id]
+        self.size -= 1
+        return ticket
+
+    def pop_newest_of(self, device_id: str) -> Ticket[_T]:
+        events = self.by_device[device_id]
+        ticket = events.pop()
+        if not events:
+            del self.by_device[device_id]
+        self.size -= 1
+        return ticket
+
+    def largest(self) -> tuple[str, int]:
+        """The device with the most events here, and how many (first in turn on ties)."""
+        device_id = max(self.by_device, key=lambda d: len(self.by_device[d]))
+        return device_id, len(self.by_device[device_id])
+
+    def count(self, device_id: str) -> int:
+        events = self.by_device.get(device_id)
+        return len(events) if events is not None else 0
+
+    def ahead_of(self, device_id: str, position: int) -> int:
+        """Events taken before a device's ``position``-th (1-based) event in round robin."""
+        return sum(min(len(events), position) for other, events in self.by_device.items()
+                   if other != device_id) + position - 1
+
+
+class AdmissionQueue(Generic[_T]):
+    """The bounded, prioritised, per-device fair queue in front of the judge threads.
+
+    One owner at a time: the caller serialises calls (the ingest worker holds a lock).
+    """
+
+    def __init__(self, limits: AdmissionLimits) -> None:
+        self.limits = limits
+        self.service_s = limits.service_s
+        self._classes: dict[PriorityClass, _Class[_T]] = {name: _Class() for name in CLASSES}
+        self.admitted = 0
+        self.shed: dict[BusyReason, int] = {"queue-full": 0, "deadline": 0}
+
+    def __len__(self) -> int:
+        return sum(c.size for c in self._classes.values())
+
+    def depth(self, priority: PriorityClass) -> int:
+        """Events of one class waiting."""
+        return self._classes[priority].size
+
+    def offer(self, ticket: Ticket[_T], now: float) -> list[Shed[_T]]:
+        """Admit ``ticket`` if it can be judged in time and there is room (displacing a
+        lower or over-share event if need be).
+
+        Returns:
+            What is shed now: ``ticket`` itself, or the event it displaced, or nothing.
+        """
+        rank = _RANK[ticket.priority]
+        if ticket.deadline is not None and (
+                now + self._estimated_wait(ticket) + self.service_s + self.limits.margin_s
+                > ticket.deadline):
+            return self._shed(ticket, "deadline")
+        shed: list[Shed[_T]] = []
+        if len(self) >= self.limits.capacity:
+            victim_class = next(c for c in reversed(CLASSES) if self._classes[c].size)
+            queue = self._classes[victim_class]
+            device_id, count = queue.largest()
+            if _RANK[victim_class] > rank or (
+                    _RANK[victim_class] == rank and count >= queue.count(ticket.device_id) + 2):
+                shed = self._shed(queue.pop_newest_of(device_id), "queue-full")
+            else:
+                return self._shed(ticket, "queue-full")
+        self._classes[ticket.priority].push(ticket)
+        self.admitted += 1
+        return shed
+
+    def take(self, now: float) -> tuple[Ticket[_T] | None, list[Shed[_T]]]:
+        """The next event to judge, and those whose deadline passed while they waited.
+
+        Returns:
+            ``(ticket or None when nothing is waiting, shed events)``.
+        """
+        expired: list[Shed[_T]] = []
+        for name in CLASSES:
+            queue = self._classes[name]
+            while queue.size:
+                ticket = queue.pop_next()
+                if ticket.deadline is not None and (
+                        now + self.service_s + self.limits.margin_s > ticket.deadline):
+                    expired += self._shed(ticket, "deadline")
+                    continue
+                return ticket, expired
+        return None, expired
+
+    def judged(self, seconds: float) -> None:
+        """One event took ``seconds`` to judge: update the running estimate."""
+        weight = self.limits.smoothing
+        self.service_s = max(1e-4, (1 - weight) * self.service_s + weight * seconds)
+
+    def _estimated_wait(self, ticket: Ticket[_T]) -> float:
+        rank = _RANK[ticket.priority]
+        higher = sum(self._classes[c].size for c in CLASSES[:rank])
+        queue = self._classes[ticket.priority]
+        ahead = higher + queue.ahead_of(ticket.device_id, queue.count(ticket.device_id) + 1)
+        return ahead * self.service_s / self.limits.workers
+
+    def _shed(self, ticket: Ticket[_T], reason: BusyReason) -> list[Shed[_T]]:
+        self.shed[reason] += 1
+        return [Shed(ticket, reason)]
+
+
+def priority_of(reason: EscalationReason, *, late: bool) -> PriorityClass:
+    """An escalation's class: by its reason, or ``late`` when its device has already
+    decided it locally (it waited in the outbox longer than its verdict timeout)."""
+    return "late" if late else CLASS_OF_REASON[reason]

@@ -1,0 +1,109 @@
+"""The admission queue: priority, fairness across devices, bounds and deadlines (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud_hub.admission import AdmissionLimits, AdmissionQueue, Ticket, priority_of
+
+pytestmark = pytest.mark.unit
+
+
+def _ticket(device: str, n: int, priority: str = "normal",
+            deadline: float | None = None) -> Ticket[str]:
+    return Ticket(device, priority, deadline, f"{device}-{n}")  # type: ignore[arg-type]
+
+
+def _drain(queue: AdmissionQueue[str], now: float = 0.0) -> list[str]:
+    taken = []
+    while (ticket := queue.take(now)[0]) is not None:
+        taken.append(ticket.item)
+    return taken
+
+
+def test_higher_classes_are_judged_first_whatever_the_arrival_order() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=10))
+    for n, priority in enumerate(["late", "audit", "normal", "urgent", "audit", "urgent"]):
+        assert queue.offer(_ticket("cam", n, priority), now=0.0) == []
+    assert _drain(queue) == ["cam-3", "cam-5", "cam-2", "cam-1", "cam-4", "cam-0"]
+
+
+def test_devices_take_turns_so_a_flood_delays_another_device_by_one_event() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=100))
+    for n in range(50):
+        queue.offer(_ticket("flood", n), now=0.0)
+    queue.offer(_ticket("quiet", 0), now=0.0)
+    queue.offer(_ticket("other", 0), now=0.0)
+    order = _drain(queue)
+    assert order.index("quiet-0") <= 1 and order.index("other-0") <= 2
+    assert [item for item in order if item.startswith("flood")] == [
+        f"flood-{n}" for n in range(50)]  # each device's own events in arrival order
+
+
+def test_a_full_queue_displaces_the_flooding_device_not_the_newcomer() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=4))
+    for n in range(4):
+        assert queue.offer(_ticket("flood", n), now=0.0) == []
+    shed = queue.offer(_ticket("flood", 4), now=0.0)
+    assert [(s.ticket.item, s.reason) for s in shed] == [("flood-4", "queue-full")]
+    shed = queue.offer(_ticket("quiet", 0), now=0.0)
+    assert [(s.ticket.item, s.reason) for s in shed] == [("flood-3", "queue-full")]
+    shed = queue.offer(_ticket("quiet", 1), now=0.0)
+    assert [s.ticket.item for s in shed] == ["flood-2"]
+    # Now two each: a third of quiet's would be over its share.
+    assert [s.ticket.item for s in queue.offer(_ticket("quiet", 2), now=0.0)] == ["quiet-2"]
+    assert sorted(_drain(queue)) == ["flood-0", "flood-1", "quiet-0", "quiet-1"]
+    assert queue.admitted == 6 and queue.shed == {"queue-full": 4, "deadline": 0}
+
+
+def test_a_full_queue_sheds_lower_classes_for_higher_ones() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=2))
+    queue.offer(_ticket("a", 0, "audit"), now=0.0)
+    queue.offer(_ticket("b", 0, "urgent"), now=0.0)
+    assert [s.ticket.item for s in queue.offer(_ticket("a", 1, "urgent"), now=0.0)] == ["a-0"]
+    # Nothing lower left: a normal event does not displace an urgent one.
+    assert [s.ticket.item for s in queue.offer(_ticket("c", 0, "normal"), now=0.0)] == ["c-0"]
+    assert _drain(queue) == ["b-0", "a-1"]
+
+
+def test_an_event_that_cannot_be_judged_before_its_deadline_is_shed_at_once() -> None:
+    limits = AdmissionLimits(capacity=100, workers=2, service_s=1.0, margin_s=0.0)
+    queue: AdmissionQueue[str] = AdmissionQueue(limits)
+    for n in range(6):  # six ahead, two workers: three seconds of waiting
+        queue.offer(_ticket(f"d{n}", 0), now=0.0)
+    shed = queue.offer(_ticket("late-comer", 0, deadline=3.5), now=0.0)
+    assert [(s.ticket.item, s.reason) for s in shed] == [("late-comer-0", "deadline")]
+    assert queue.offer(_ticket("in-time", 0, deadline=4.5), now=0.0) == []
+    # An urgent event jumps the queue, so its wait is short.
+    assert queue.offer(_ticket("alarm", 0, "urgent", deadline=1.5), now=0.0) == []
+
+
+def test_events_whose_deadline_passed_while_waiting_are_shed_when_their_turn_comes() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(
+        AdmissionLimits(capacity=10, service_s=1.0, margin_s=0.0))
+    queue.offer(_ticket("a", 0, deadline=10.0), now=0.0)
+    queue.offer(_ticket("b", 0, deadline=20.0), now=0.0)
+    ticket, shed = queue.take(now=9.5)
+    assert ticket is not None and ticket.item == "b-0"
+    assert [(s.ticket.item, s.reason) for s in shed] == [("a-0", "deadline")]
+    assert queue.take(now=9.5) == (None, [])
+
+
+def test_the_judging_time_estimate_follows_measurements() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(service_s=0.05, smoothing=0.5))
+    queue.judged(0.25)
+    assert queue.service_s == pytest.approx(0.15)
+
+
+def test_priority_follows_the_reason_unless_the_device_decided_already() -> None:
+    assert priority_of("suspicious", late=False) == "urgent"
+    assert priority_of("uncertain", late=False) == "normal"
+    assert priority_of("audit", late=False) == "audit"
+    assert priority_of("suspicious", late=True) == "late"
+
+
+@pytest.mark.parametrize(("field", "value"), [("capacity", 0), ("workers", 0), ("service_s", 0.0),
+                                          ("smoothing", 0.0), ("margin_s", -1.0)])
+def test_limits_refuse_nonsense(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        AdmissionLimits(**{field: value})  # type: ignore[arg-type]

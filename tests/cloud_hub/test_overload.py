@@ -1,0 +1,119 @@
+"""The hub under overload, on a real Mosquitto: a flooding device hears ``busy`` at once
+while another device's event is still judged, and every event is stored and answered.
+
+The hub's judge is made slow deterministically: it holds the first event it judges until
+the test opens its gate, so the admission queue fills however fast this machine is.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_hub.ingest import IngestWorker
+from cloud_hub.judge import Judgement
+from cloud_hub.metrics import HubMetrics
+from cloud_hub.store import Store
+from sync import BusyMessage, EventMessage, TopicLayout, VerdictMessage, decode, encode, peek_schema
+from tests.broker import Collector, MosquittoBroker
+from tests.cloud_hub.hub_helpers import face_event, hub_settings
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+LAYOUT = TopicLayout()
+FLOOD = 20
+CAPACITY = 4
+HANG_GUARD_S = 60.0
+
+
+class GatedJudge:
+    """Holds the first event it judges until :attr:`gate` is set; records the order."""
+
+    model_name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.holding = threading.Event()
+        self.order: list[str] = []
+
+    def judge(self, event: EventMessage) -> Judgement:
+        self.holding.set()
+        assert self.gate.wait(HANG_GUARD_S), "the test never opened the gate"
+        self.order.append(event.event_id)
+        return Judgement("rejected", (), "gated", "1", 1.0)
+
+
+def test_a_flooding_device_hears_busy_while_another_device_is_judged(
+        tmp_path: Path, broker: MosquittoBroker, astronaut: object) -> None:
+    settings = hub_settings(tmp_path, tmp_path / "no-models", mqtt_port=broker.port,
+                            mqtt_client_id="hub-overload", ingest_workers=1,
+                            admission_capacity=CAPACITY)
+    settings.data_dir.mkdir(parents=True)
+    store = Store(settings.effective_database_url)
+    store.open()
+    for device in ("flood", "quiet"):
+        store.add_device(device_id=device, group="yard", labels=None, credential_hash=None)
+    metrics, judge = HubMetrics(), GatedJudge()
+    worker = IngestWorker(settings, store, judge, metrics)
+    answers = Collector(broker.port, LAYOUT.all_devices("verdicts"), receipts=False)
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    worker.start()
+    try:
+        assert worker.connected.wait(10)
+        flood = [face_event("flood", astronaut) for _ in range(FLOOD)]  # type: ignore[arg-type]
+        for event in flood:
+            sender.publish(LAYOUT.events("flood"), encode(event), qos=1)
+        # Everything the flooder sent is stored and admitted or shed, with one event held
+        # by the judge: the queue is full.
+        assert wait_until(lambda: worker.handled == FLOOD and judge.holding.is_set(),
+                          timeout_s=HANG_GUARD_S)
+        assert len(worker.admission) == CAPACITY
+        quiet = face_event("quiet", astronaut, reason="uncertain")  # type: ignore[arg-type]
+        sender.publish(LAYOUT.events("quiet"), encode(quiet), qos=1)
+        assert wait_until(lambda: worker.handled == FLOOD + 1, timeout_s=HANG_GUARD_S)
+        judge.gate.set()
+
+        def answered(messages: list[tuple[str, bytes]]) -> bool:
+            return len(messages) >= FLOOD + 1
+
+        assert answers.wait_for(answered, HANG_GUARD_S)
+        verdicts: dict[str, list[str]] = {}
+        for _topic, payload in answers.messages:
+            schema = peek_schema(payload)
+            if schema == "busy/1":
+                busy = decode(payload, BusyMessage)
+                assert busy.reason == "queue-full" and busy.retry_after_s > 0
+                verdicts.setdefault(busy.event_id, []).append("busy")
+            else:
+                verdict = decode(payload, VerdictMessage)
+                verdicts.setdefault(verdict.event_id, []).append(verdict.outcome)
+        sent = {e.event_id for e in flood} | {quiet.event_id}
+        assert set(verdicts) == sent  # every event answered, busy or judged
+        duplicates = sum(len(v) - 1 for v in verdicts.values())
+        assert duplicates <= 0.01 * len(sent)
+        assert verdicts[quiet.event_id] == ["rejected"]  # judged, not shed
+        busy_flood = [e.event_id for e in flood if verdicts[e.event_id] == ["busy"]]
+        assert len(busy_flood) >= FLOOD - CAPACITY - 1
+        # The quiet device waited for one of the flooder's queued events at most.
+        assert judge.order.index(quiet.event_id) <= 2, judge.order
+        stored = store.list_events(limit=100).items
+        assert {e["id"] for e in stored} == sent  # every event stored, shed or judged
+        assert metrics.registry.get_sample_value("hub_events_shed_total",
+                                                 {"reason": "queue-full"}) == len(busy_flood)
+        assert metrics.registry.get_sample_value("hub_admission_queue_depth") == 0
+        assert metrics.registry.get_sample_value("hub_mqtt_disconnects_total") == 0
+        assert worker.connected.is_set()
+    finally:
+        judge.gate.set()
+        worker.stop()
+        sender.loop_stop()
+        sender.disconnect()
+        answers.close()
+        store.close()
