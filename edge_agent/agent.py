@@ -105,6 +105,7 @@ from models import (
 )
 from models.features import FEATURE_SETS
 from sync import (
+    BusyMessage,
     EventIdFactory,
     EventMessage,
     InputHealth,
@@ -142,7 +143,7 @@ class Undeliverable:
     reason: str
 
 
-Intake = VerdictMessage | Undeliverable
+Intake = VerdictMessage | BusyMessage | Undeliverable
 
 
 @dataclass(slots=True)
@@ -280,7 +281,8 @@ class EdgeAgent:
         self.uplink = Uplink(
             device_id=self.config.device.id, config=self.config.mqtt, outbox=self.outbox,
             layout=self.layout, status=self._status_message, on_verdict=self._take_verdict,
-            on_malformed=self._malformed_verdict, on_message=self._on_message,
+            on_busy=self._put_intake, on_malformed=self._malformed_verdict,
+            on_message=self._on_message,
             subscriptions=subscriptions, on_drop=self._undeliverable, rng=self._rng,
         )
         self.uplink.start()
@@ -593,6 +595,7 @@ class EdgeAgent:
                 detections=decision.detections, image=item.image,
                 crop_max_bytes=self.config.policy.crop_max_bytes,
                 thumbnail_width=self.config.policy.thumbnail_width,
+                verdict_timeout_s=self.config.fallback.verdict_timeout_s,
             )
             self._escalate(event, decision)
             book.escalated(decision.track, event.event_id, decision.evidence, now)
@@ -607,6 +610,7 @@ class EdgeAgent:
                 priority=motion.priority, manifest=model.manifest, detections=(),
                 image=item.image, crop_max_bytes=self.config.policy.crop_max_bytes,
                 thumbnail_width=self.config.policy.thumbnail_width, region=motion.region,
+                verdict_timeout_s=self.config.fallback.verdict_timeout_s,
             )
             self._escalate(event, motion)
             assert motion.region is not None
@@ -653,6 +657,7 @@ class EdgeAgent:
                 event_id=self._ids(), device_id=self.config.device.id, source=name,
                 captured_at=item.captured_at, priority=decision.priority,
                 manifest=model.manifest, values=item.values, score=anomaly.score,
+                verdict_timeout_s=self.config.fallback.verdict_timeout_s,
             ), decision)
         if counted:
             health.run_shadow(score, model)
@@ -762,6 +767,14 @@ class EdgeAgent:
                 entry = self._pending.give_up(item.event_id)
                 if entry is not None:
                     self._fall_back(entry, f"undeliverable ({item.reason})")
+                continue
+            if isinstance(item, BusyMessage):
+                # The hub stored it but will not judge it in time: decide now, not at
+                # the timeout.
+                self.metrics.busy.labels(item.reason).inc()
+                entry = self._pending.give_up(item.event_id)
+                if entry is not None:
+                    self._fall_back(entry, f"hub busy ({item.reason})")
                 continue
             self._apply_verdict(item)
 

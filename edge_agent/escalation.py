@@ -52,9 +52,11 @@ def frame_event(
     reason: EscalationReason, priority: int, manifest: Manifest,
     detections: Sequence[Detection], image: npt.NDArray[np.uint8],
     crop_max_bytes: int, thumbnail_width: int, region: Box | None = None,
+    verdict_timeout_s: float | None = None,
 ) -> EventMessage:
     """The escalation of one frame: detections, crop around them (or around ``region``,
-    motion no detection explains), and a thumbnail."""
+    motion no detection explains), and a thumbnail; ``verdict_timeout_s`` tells the hub
+    how long the device waits for the verdict."""
     height, width = image.shape[:2]
     box = None
     if detections:
@@ -81,12 +83,14 @@ def frame_event(
         crop_box=tuple(float(v) for v in box) if box else None,  # type: ignore[arg-type]
         crop_jpeg=crop,
         thumbnail_jpeg=bounded_jpeg(np.asarray(small, dtype=np.uint8), crop_max_bytes),
+        verdict_timeout_s=verdict_timeout_s,
     )
 
 
 def window_event(
     *, event_id: str, device_id: str, source: str, captured_at: float, priority: int,
     manifest: Manifest, values: npt.NDArray[np.floating], score: float,
+    verdict_timeout_s: float | None = None,
 ) -> EventMessage:
     """The escalation of one anomalous sensor window."""
     return EventMessage(
@@ -94,4 +98,5 @@ def window_event(
         reason="anomaly", priority=priority,
         model=ModelRef(name=manifest.name, version=manifest.version),
         anomaly_score=score, readings=tuple(float(v) for v in values),
+        verdict_timeout_s=verdict_timeout_s,
     )

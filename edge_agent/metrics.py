@@ -57,8 +57,11 @@ class AgentMetrics:
             "edge_unexplained_verdicts", "Verdicts on escalated motion no detection explained "
             "(their yield: confirmed / all)", ["source", "outcome"], registry=r)
         self.fallbacks = Counter("edge_local_fallbacks",
-                                 "Escalations decided locally after the verdict deadline",
-                                 registry=r)
+                                 "Escalations decided locally: no verdict by the deadline, "
+                                 "undeliverable, or the hub answered busy", registry=r)
+        self.busy = Counter("edge_hub_busy", "Escalations the hub stored but answered busy "
+                            "(decided locally at once), by the hub's reason", ["reason"],
+                            registry=r)
         self.dropped = Counter("edge_dropped", "Events or messages dropped, by reason",
                                ["reason"], registry=r)
         self.malformed = Counter("edge_malformed_messages",

@@ -50,6 +50,7 @@ from edge_agent.errors import OutboxError, PublishError
 from edge_agent.mqtt import check_broker, new_client
 from sync import (
     EVENT_CONTENT_TYPE,
+    BusyMessage,
     MessageError,
     ReceiptMessage,
     StatusMessage,
@@ -121,6 +122,7 @@ class UplinkCounters:
     unconfirmed: int = 0
     confirmed: int = 0
     republished: int = 0
+    busy: int = 0
     degraded: Degraded | None = None
 
 
@@ -134,6 +136,9 @@ class Uplink:
         layout: Topic layout.
         status: Builds this device's status message (``online``/``offline``).
         on_verdict: Called in the uplink thread with each verdict for this device.
+        on_busy: Called in the uplink thread with each ``busy`` answer: the hub stored the
+            event but will not judge it in time (the caller decides it locally now); the
+            window also publishes more slowly for the time the hub asks.
         on_malformed: Called in the uplink thread with ``(topic, reason)`` for a message
             on the verdicts topic that is not a valid receipt or verdict for this device.
         on_message: Called from paho's thread with ``(topic, payload)`` for messages on
@@ -154,6 +159,7 @@ class Uplink:
         layout: TopicLayout,
         status: Callable[[ConnectionState], StatusMessage],
         on_verdict: Callable[[VerdictMessage], None] | None = None,
+        on_busy: Callable[[BusyMessage], None] | None = None,
         on_malformed: Callable[[str, str], None] | None = None,
         on_message: Callable[[str, bytes], None] | None = None,
         subscriptions: tuple[str, ...] = (),
@@ -168,6 +174,7 @@ class Uplink:
         self.layout = layout
         self._status = status
         self._on_verdict = on_verdict
+        self._on_busy = on_busy
         self._on_malformed = on_malformed
         self._on_message = on_message
         self._verdict_topic = layout.verdicts(device_id)
@@ -214,7 +221,7 @@ class Uplink:
         self.degraded: Degraded | None = None
         self.error: BaseException | None = None
         self.published = self.acknowledged = self.refused = self.reconnects = 0
-        self.dropped = self.confirmed = self.republished = 0
+        self.dropped = self.confirmed = self.republished = self.busy = 0
 
     # -- public ----------------------------------------------------------------------
 
@@ -285,7 +292,8 @@ class Uplink:
             reconnects=self.reconnects, inflight=self.window.inflight,
             outbox_depth=self.outbox.count, outbox_bytes=self.outbox.stored_bytes,
             dropped=self.dropped, unconfirmed=self.window.unconfirmed,
-            confirmed=self.confirmed, republished=self.republished, degraded=self.degraded,
+            confirmed=self.confirmed, republished=self.republished, busy=self.busy,
+            degraded=self.degraded,
         )
 
     def publish_side(self, topic: str, payload: bytes, *, qos: int = 0,
@@ -476,7 +484,8 @@ class Uplink:
                         ", ".join(f"{n} {reason}" for reason, n in refused.items()))
 
     def _take_incoming(self) -> None:
-        """Receipts and verdicts from the hub: confirm their events; pass verdicts on."""
+        """Receipts, verdicts and busy answers from the hub: confirm their events; pass
+        verdicts and busy answers on."""
         confirmed: list[str] = []
         while self._incoming:
             payload = self._incoming.popleft()
@@ -486,6 +495,15 @@ class Uplink:
                     receipt = decode(payload, ReceiptMessage, max_bytes=MAX_VERDICT_BYTES)
                     self._check_device(receipt.device_id)
                     confirmed += receipt.event_ids
+                    continue
+                if schema == "busy/1":
+                    busy = decode(payload, BusyMessage, max_bytes=MAX_VERDICT_BYTES)
+                    self._check_device(busy.device_id)
+                    confirmed.append(busy.event_id)  # stored at the hub, as a receipt says
+                    self.window.busy(self._clock(), busy.retry_after_s)
+                    self.busy += 1
+                    if self._on_busy is not None:
+                        self._on_busy(busy)
                     continue
                 verdict = decode(payload, VerdictMessage, max_bytes=MAX_VERDICT_BYTES)
                 self._check_device(verdict.device_id)

@@ -20,6 +20,11 @@ drains at the configured rate from its first second) and serves, in order: retri
 are due, live events (just stored, in memory, within their verdict timeout), then the
 backlog read from the database, oldest first. At most ``max_unconfirmed`` escalations
 are out at once.
+
+The hub's ``busy`` answers slow the pace (:meth:`DeliveryWindow.busy`): each halves the
+rate, down to ``min_rate_per_s``, and holds it for the time the hub asks; after that
+the rate doubles every ``recovery_s`` back up to ``rate_per_s``. A returning device thus
+drains its backlog as fast as the hub takes it, not at its configured burst.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class WindowLimits:
         retry_max_s: Longest backoff.
         live_memory: Live events kept in memory for publishing; beyond it they wait in
             the database with the backlog.
+        min_rate_per_s: The slowest the hub's ``busy`` answers make the pace.
+        recovery_s: Once the hub's asked slow-down has passed, the rate doubles every
+            this many seconds until it is back at ``rate_per_s``.
     """
 
     max_inflight: int = 100
@@ -53,6 +61,8 @@ class WindowLimits:
     retry_first_s: float = 1.0
     retry_max_s: float = 300.0
     live_memory: int = 4096
+    min_rate_per_s: float = 1.0
+    recovery_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1 or self.max_unconfirmed < self.max_inflight:
@@ -61,11 +71,12 @@ class WindowLimits:
             raise ValueError("rate_per_s, burst_s and receipt_timeout_s must be positive")
         if not 0 < self.retry_first_s <= self.retry_max_s:
             raise ValueError("need 0 < retry_first_s <= retry_max_s")
+        if not 0 < self.min_rate_per_s <= self.rate_per_s or self.recovery_s <= 0:
+            raise ValueError("need 0 < min_rate_per_s <= rate_per_s and recovery_s > 0")
 
-    @property
-    def bucket(self) -> float:
-        """Tokens the bucket holds when full."""
-        return max(1.0, self.rate_per_s * self.burst_s)
+    def bucket(self, rate_per_s: float) -> float:
+        """Tokens the bucket holds when full, at ``rate_per_s``."""
+        return max(1.0, rate_per_s * self.burst_s)
 
 
 @dataclass(slots=True)
@@ -114,6 +125,8 @@ class DeliveryWindow:
     _live_set: set[int] = field(default_factory=set)
     _tokens: float = 1.0
     _tokens_at: float | None = None
+    _rate: float | None = None  # the pace now (None: the configured rate)
+    _slow_until: float = 0.0
 
     # -- what the caller tells the window --------------------------------------------
 
@@ -192,6 +205,18 @@ class DeliveryWindow:
                     self._by_mid.pop(entry.mid, None)
             self._live_set.discard(seq)
 
+    def busy(self, now: float, retry_after_s: float) -> None:
+        """The hub answered ``busy``: halve the pace and hold it for ``retry_after_s``."""
+        self._refill(now)
+        self._rate = max(self.limits.min_rate_per_s, self.rate_per_s / 2)
+        self._slow_until = max(self._slow_until, now + retry_after_s)
+        self._tokens = min(self._tokens, self.limits.bucket(self._rate))
+
+    @property
+    def rate_per_s(self) -> float:
+        """The publishing pace now: the configured rate, or less after ``busy`` answers."""
+        return self.limits.rate_per_s if self._rate is None else self._rate
+
     def tick(self, now: float) -> None:
         """Move events whose deadline passed (no PUBACK, no receipt) to the retry queue."""
         while self._timers and self._timers[0][0] <= now:
@@ -244,7 +269,7 @@ class DeliveryWindow:
         if self._timers:
             waits.append(max(0.0, self._timers[0][0] - now))
         if (self._retry or self._live or self.backlog) and self._tokens < 1:
-            waits.append((1 - self._tokens) / self.limits.rate_per_s)
+            waits.append((1 - self._tokens) / self.rate_per_s)
         return min(waits) if waits else None
 
     @property
@@ -266,9 +291,16 @@ class DeliveryWindow:
 
     def _refill(self, now: float) -> None:
         if self._tokens_at is None:  # a full bucket to start: burst_s of the rate, no more
-            self._tokens_at, self._tokens = now, self.limits.bucket
-        self._tokens = min(self.limits.bucket,
-                           self._tokens + (now - self._tokens_at) * self.limits.rate_per_s)
+            self._tokens_at, self._tokens = now, self.limits.bucket(self.rate_per_s)
+        rate = self.rate_per_s
+        self._tokens = min(self.limits.bucket(rate),
+                           self._tokens + (now - self._tokens_at) * rate)
+        if self._rate is not None and now > self._slow_until:
+            # Recover from the later of the last refill and the end of the slow-down.
+            since = now - max(self._tokens_at, self._slow_until)
+            self._rate *= 2 ** (since / self.limits.recovery_s)
+            if self._rate >= self.limits.rate_per_s:
+                self._rate = None
         self._tokens_at = now
 
     def _backoff(self, attempts: int) -> float:

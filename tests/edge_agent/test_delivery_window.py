@@ -35,6 +35,40 @@ def test_the_drain_is_paced_from_its_first_second() -> None:
     assert 18 <= sent <= 23  # 20/s, the bucket holds 2: never a burst of hundreds
 
 
+def _drained(window: DeliveryWindow, start: float, end: float, sent: int) -> int:
+    """Publish whatever the window allows every 10 ms from ``start`` to ``end``."""
+    now = start
+    while now < end:
+        for _ in range(window.plan(now, connected=True).backlog):
+            sent += 1
+            window.published(sent, f"e{sent}", 1, mid=sent, now=now)
+            window.puback(sent, ok=True, now=now)
+            window.confirm([f"e{sent}"])
+        now += 0.01
+    return sent
+
+
+def test_busy_answers_slow_the_drain_for_the_time_the_hub_asks_then_it_recovers() -> None:
+    window = _window(rate_per_s=40.0, max_inflight=1000, max_unconfirmed=5000,
+                     min_rate_per_s=5.0, recovery_s=1.0)
+    window.backlog = True
+    sent = _drained(window, 0.0, 1.0, 0)
+    assert 38 <= sent <= 45
+    window.busy(1.0, retry_after_s=2.0)
+    assert window.rate_per_s == 20.0
+    window.busy(1.0, retry_after_s=2.0)
+    window.busy(1.0, retry_after_s=2.0)
+    assert window.rate_per_s == 5.0  # halved per answer, never below the floor
+    before = sent
+    sent = _drained(window, 1.0, 3.0, sent)
+    assert 8 <= sent - before <= 12  # 5/s for the two seconds the hub asked
+    sent = _drained(window, 3.0, 6.5, sent)
+    assert window.rate_per_s == 40.0  # doubled every second from 5/s: back in full after 3 s
+    before = sent
+    sent = _drained(window, 6.5, 7.5, sent)
+    assert 38 <= sent - before <= 42
+
+
 def test_live_events_go_before_the_backlog() -> None:
     window = _window()
     window.backlog = True

@@ -17,7 +17,7 @@ import pytest
 from edge_agent.config import MqttConfig, OutboxConfig
 from edge_agent.delivery.outbox import Outbox
 from edge_agent.delivery.uplink import Uplink
-from sync import StatusMessage, TopicLayout, decode
+from sync import BusyMessage, StatusMessage, TopicLayout, decode, encode
 from tests.broker import Collector, MosquittoBroker
 from tests.edge_agent.helpers import event_id, event_item
 
@@ -211,3 +211,41 @@ def test_an_event_nobody_subscribed_to_stays_until_the_hub_confirms_it(
         hub.close()
     finally:
         uplink.stop()
+
+
+def test_busy_answers_confirm_their_events_reach_the_caller_and_slow_the_drain(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A hub that stored the events but will not judge them answers busy/1: the device
+    deletes them from its outbox (as on a receipt), hears each busy answer, and publishes
+    more slowly for the time the hub asked."""
+    heard: list[BusyMessage] = []
+    uplink = Uplink(
+        device_id="cam-1", config=MqttConfig.model_validate(
+            {"port": broker.port, "drain_rate_per_s": 1000}),
+        outbox=Outbox(tmp_path / "cam-1.sqlite3", OutboxConfig()), layout=LAYOUT,
+        status=lambda state: StatusMessage(device_id="cam-1", state=state, at=time.time()),
+        on_busy=heard.append,
+    )
+
+    def answer_busy(topic: str, payload: bytes) -> None:
+        if topic.endswith("/events"):
+            event = json.loads(payload)
+            busy = BusyMessage(event_id=event["event_id"], device_id=event["device_id"],
+                               reason="queue-full", retry_after_s=60.0, at=time.time())
+            hub.client.publish(LAYOUT.verdicts("cam-1"), encode(busy), qos=1)
+
+    hub = Collector(broker.port, LAYOUT.all_devices("events"), receipts=False,
+                    on_message=answer_busy)
+    uplink.start()
+    try:
+        for i in range(20):
+            uplink.submit(event_item(LAYOUT, "cam-1", i))
+        assert uplink.wait_idle(30), uplink.counters()
+        counters = uplink.counters()
+        assert counters.outbox_depth == 0 and counters.busy == 20
+        assert {b.event_id for b in heard} == {event_id(i) for i in range(20)}
+        assert uplink.window.rate_per_s < 1000  # still within the 60 s the hub asked
+    finally:
+        uplink.stop()
+        hub.close()
