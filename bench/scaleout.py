@@ -73,17 +73,20 @@ class Replica:
             chosen at each start).
         folder: For its log (appended across restarts) and data directory.
         cost_ms: The judge's cost per event.
+        command: Python's arguments instead of :mod:`bench.replica`'s (the real hub:
+            ``("-m", "cloud_hub", "serve")``; ``cost_ms`` is then unused).
     """
 
     def __init__(self, name: str, settings: Mapping[str, str], folder: Path,
-                 cost_ms: float) -> None:
+                 cost_ms: float, *, command: Sequence[str] | None = None) -> None:
         self.name = name
         self.env = {key: value for key, value in os.environ.items()
                     if not key.startswith("CLOUD_HUB_")}
         self.env.update({f"CLOUD_HUB_{key.upper()}": value for key, value in {
             **settings, "mqtt_client_id": name, "data_dir": str(folder / name),
         }.items()})
-        self.command = [sys.executable, "-m", "bench.replica", "--cost-ms", str(cost_ms)]
+        self.command = [sys.executable, *(command or (
+            "-m", "bench.replica", "--cost-ms", str(cost_ms)))]
         self.log = folder / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.http_port = 0

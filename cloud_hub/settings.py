@@ -84,8 +84,8 @@ class HubSettings(BaseSettings):
         "the broker may send the hub before it acknowledges them (it acknowledges once "
         "stored); size it for the fleet's bursts")
     mqtt_max_inflight: int = Field(
-        default=1000, ge=1, le=65535, description="verdicts in flight to the broker at once "
-        "(capped by the broker's own Receive Maximum, Mosquitto's max_inflight_messages)")
+        default=1000, ge=1, le=65535, description="verdicts in flight to the broker at once; "
+        "at most the broker's Receive Maximum (Mosquitto's max_inflight_messages)")
     max_message_bytes: int = Field(default=512 * 1024, ge=1024)
 
     model_store: Path | None = None

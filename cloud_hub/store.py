@@ -669,24 +669,52 @@ class Store:
     def add_event(self, **values: Any) -> bool:
         """Store an escalation once; ``False`` if its id was already stored.
 
-        Its ``crop`` and ``thumbnail`` go to the image store first (when there is one),
-        the row keeping their references: a row never names an image not yet stored.
+        Raises:
+            ImageStoreUnavailableError: The image store failed (retry).
+            ImageStoreError: An image is larger than the image store takes.
+        """
+        return bool(self.add_events([values]))
+
+    def add_events(self, rows: Sequence[Mapping[str, Any]], *,
+                   seen: Mapping[str, float] | None = None) -> set[str]:
+        """Store escalations in one transaction (one commit, one sync to disk), each id
+        once, and note when their devices were heard from (``seen``: device id to time).
+
+        Their ``crop`` and ``thumbnail`` go to the image store first (when there is one),
+        the rows keeping their references: a row never names an image not yet stored.
+
+        Returns:
+            The ids that were new (the others were already stored).
 
         Raises:
             ImageStoreUnavailableError: The image store failed (retry).
             ImageStoreError: An image is larger than the image store takes.
         """
         if self.images is not None:
-            for column in ("crop", "thumbnail"):
-                data = values.pop(column, None)
-                values[f"{column}_ref"] = self.images.put(data) if data is not None else None
+            rows = [self._with_image_refs(values) for values in rows]
+        new: set[str] = set()
         with self._tx() as conn:
-            # RETURNING, not rowcount: psycopg reports 1 for a skipped conflicting row.
-            result = conn.execute(
-                self._insert_ignore(events).values(**values).on_conflict_do_nothing(
-                    index_elements=["id"]).returning(events.c.id)
-            )
-            return result.first() is not None
+            for values in rows:
+                # RETURNING, not rowcount: psycopg reports 1 for a skipped conflicting row.
+                row = conn.execute(
+                    self._insert_ignore(events).values(**values).on_conflict_do_nothing(
+                        index_elements=["id"]).returning(events.c.id)
+                ).first()
+                if row is not None:
+                    new.add(row[0])
+            for device_id, at in (seen or {}).items():
+                conn.execute(devices.update().where(devices.c.id == device_id)
+                             .values(last_seen=at))
+        return new
+
+    def _with_image_refs(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A row's images put in the image store, the row naming them instead."""
+        assert self.images is not None
+        row = dict(values)
+        for column in ("crop", "thumbnail"):
+            data = row.pop(column, None)
+            row[f"{column}_ref"] = self.images.put(data) if data is not None else None
+        return row
 
     def set_verdict(self, *, event_id: str, outcome: str, detections: list[dict[str, Any]],
                     model: str, version: str, inference_ms: float, decided_at: float,

@@ -1,0 +1,560 @@
+"""A thousand cameras against one hub: ``python -m bench fleet``.
+
+One run starts a private Mosquitto (dynamic security, as in production) and one real hub
+(``python -m cloud_hub serve``: the models, SQLite, the MQTT ingest), provisions ``N``
+devices (each its own credentials and role on the broker, and its row in the hub's
+registry), connects them (each its own MQTT 5 connection, client id = device id, driven
+by one ``fleet-loop`` thread through paho's external-loop calls), and then:
+
+1. **bare**: before the hub starts, the same work the hub does per escalation, in this
+   process: decode the event's JSON and judge it with the hub's own judge (models,
+   micro-batcher, ``CLOUD_HUB_INGEST_WORKERS`` threads); no MQTT, no store.
+2. **steps**: offered rates doubling from ``--start-eps`` until a step fails, then
+   ``--refine`` bisections. A step passes when the p95 of capture-to-verdict latency is
+   under 1 s, at most 1 % of its events were answered ``busy``, and no backlog grew (99 %
+   of its events answered within a second of its end). ``saturation_eps`` is the
+   highest passing rate.
+3. **overload**: 3x the saturation rate for ``--overload-s``, two thirds of it from one
+   flooding device: the p95 of admitted (judged) events, the share answered ``busy``,
+   and the worst p50 of any other device (its answers, verdict or busy).
+
+Every escalation is a real one (the astronaut photograph's face crop and thumbnail as
+JPEG, the size the agent sends), with the device's 10 s verdict timeout. Afterwards the
+JSON says whether every event was stored once and answered (``lost``, ``unanswered``,
+``duplicates``), how often the broker dropped the hub (``hub_disconnects``), and bytes
+per event on the wire (event and answer) and in the store.
+
+Provisioning uses the broker's control API in batches (one message per 200 devices) and
+one registry row per device; ``provision_s`` is the time of both.
+
+Last line: JSON with ``saturation_eps``, ``bare_eps``, ``ratio`` (target >= 0.8),
+``overload``, ``provision_s``, ``bytes_per_event``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import selectors
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
+from skimage import data
+
+from bench.scaleout import Replica, wait_ready
+from cloud_hub import HubService, HubSettings
+from cloud_hub.mosquitto import BrokerLimits, MosquittoBroker
+from cloud_hub.mqtt import BrokerSettings
+from cloud_hub.provisioning import BrokerControl, add_device_commands, new_credentials
+from cloud_hub.store import Store
+from sync import (
+    DetectionPayload,
+    EventIdFactory,
+    EventMessage,
+    ModelRef,
+    TopicLayout,
+    decode,
+    encode,
+    peek_schema,
+)
+
+log = logging.getLogger(__name__)
+
+LAYOUT = TopicLayout()
+SECRET = "fleet-bench-secret-key-0123456789abcdef"
+VERDICT_TIMEOUT_S = 10.0
+PROVISION_BATCH = 200
+P95_LIMIT_S = 1.0
+SHED_LIMIT = 0.01
+ANSWERED_LIMIT = 0.99
+CAPTURED_PLACEHOLDER = 1111111111.5
+FD_PER_DEVICE = 2  # the device's socket here, its connection in the broker
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's open-file limit (inherited by the broker) towards ``needed``;
+    returns the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    return soft
+
+
+def escalation_template() -> bytes:
+    """One encoded escalation (face crop and thumbnail of the astronaut photograph), with
+    placeholders for its ids and capture time."""
+    image = data.astronaut()
+
+    def jpeg(pixels: np.ndarray[Any, Any], quality: int) -> bytes:
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, quality])
+        assert ok
+        return bytes(encoded.tobytes())
+
+    crop = (130, 30, 320, 230)
+    thumbnail = cv2.resize(image, (320, 320), interpolation=cv2.INTER_AREA)
+    event = EventMessage(
+        event_id="00000000-0000-7000-8000-000000000000", device_id="placeholder-device",
+        source="door", captured_at=CAPTURED_PLACEHOLDER, reason="uncertain", priority=5,
+        model=ModelRef(name="blazeface-short", version="1.0.0"),
+        detections=(DetectionPayload(box=(178, 82, 271, 174), score=0.7, label="face"),),
+        frame_size=(image.shape[1], image.shape[0]),
+        crop_box=tuple(float(v) for v in crop),  # type: ignore[arg-type]
+        crop_jpeg=jpeg(np.ascontiguousarray(image[crop[1]:crop[3], crop[0]:crop[2]]), 85),
+        thumbnail_jpeg=jpeg(thumbnail, 80), verdict_timeout_s=VERDICT_TIMEOUT_S)
+    return encode(event)
+
+
+def make_event(template: bytes, event_id: str, device_id: str, captured_at: float) -> bytes:
+    """The template with this event's ids and capture time."""
+    return (template.replace(b"00000000-0000-7000-8000-000000000000", event_id.encode())
+            .replace(b"placeholder-device", device_id.encode())
+            .replace(repr(CAPTURED_PLACEHOLDER).encode(), f"{captured_at:.6f}".encode()))
+
+
+@dataclass(slots=True)
+class Sent:
+    """One escalation a simulated device published, and what it heard back."""
+
+    device: int
+    at: float  # monotonic
+    answers: list[tuple[str, float]] = field(default_factory=list)  # (schema, monotonic)
+
+    def first(self, schema: str | None = None) -> float | None:
+        """Seconds to the first answer (of ``schema``, if given)."""
+        times = [t for s, t in self.answers if schema is None or s == schema]
+        return min(times) - self.at if times else None
+
+
+class DeviceFleet:
+    """``N`` simulated devices, each its own MQTT 5 connection, driven by one thread.
+
+    The ``fleet-loop`` thread owns every paho client (paho's external loop: ``loop_read``
+    when a socket is readable, ``loop_write`` when paho has bytes to send, ``loop_misc``
+    each second) and publishes the schedule it is given; other threads only read the
+    records, under :attr:`lock`.
+    """
+
+    def __init__(self, port: int, credentials: Sequence[tuple[str, str]],
+                 template: bytes) -> None:
+        self.port = port
+        self.ids = [device for device, _ in credentials]
+        self.credentials = list(credentials)
+        self.template = template
+        self.lock = threading.Lock()
+        self.sent: dict[str, Sent] = {}
+        self.answer_bytes = 0
+        self.answers = 0
+        self.event_bytes = 0
+        self._clients: list[mqtt.Client] = []
+        self._selector = selectors.DefaultSelector()
+        self._writers: set[int] = set()
+        self._schedule: list[tuple[float, int]] = []
+        self._next = 0
+        self._new_ids = EventIdFactory()
+        self._subscribed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def connect(self, timeout_s: float) -> float:
+        """Connect and subscribe every device; returns the seconds it took.
+
+        Raises:
+            RuntimeError: Not all were subscribed within ``timeout_s``.
+        """
+        started = time.monotonic()
+        for index, (device_id, password) in enumerate(self.credentials):
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
+                                 protocol=mqtt.MQTTv5, userdata=index)
+            client.username_pw_set(device_id, password)
+            client.max_inflight_messages_set(1000)
+            client.on_connect = self._on_connect
+            client.on_subscribe = self._on_subscribe
+            client.on_message = self._on_message
+            client.on_socket_register_write = self._want_write
+            client.on_socket_unregister_write = self._wrote
+            client.connect("127.0.0.1", self.port, keepalive=60)
+            sock = client.socket()
+            assert sock is not None
+            self._selector.register(sock, selectors.EVENT_READ, index)
+            self._clients.append(client)
+            self._writers.add(index)
+            self._turn(0.0)
+        while self._subscribed < len(self._clients):
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"{self._subscribed} of {len(self._clients)} devices "
+                                   f"subscribed within {timeout_s} s")
+            self._turn(0.05)
+        elapsed = time.monotonic() - started
+        self._thread = threading.Thread(target=self._loop, name="fleet-loop", daemon=True)
+        self._thread.start()
+        return elapsed
+
+    def offer(self, rate_eps: float, duration_s: float, *, flood_share: float = 0.0) -> None:
+        """Publish at ``rate_eps`` for ``duration_s``, the devices taking turns; with
+        ``flood_share``, that share of the events comes from the first device."""
+        count = int(rate_eps * duration_s)
+        start = time.monotonic() + 0.05
+        first_other = 1 if flood_share > 0 else 0
+        others = len(self.ids) - first_other
+        schedule, turn = [], 0
+        for k in range(count):
+            if int((k + 1) * flood_share) > int(k * flood_share):
+                device = 0
+            else:
+                device = first_other + turn % others
+                turn += 1
+            schedule.append((start + k / rate_eps, device))
+        with self.lock:
+            self._schedule, self._next = schedule, 0
+
+    def close(self) -> None:
+        """Stop the loop and disconnect every device."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        for client in self._clients:
+            client.disconnect()
+            client.loop_write()
+
+    # -- the fleet-loop thread -------------------------------------------------------
+
+    def _loop(self) -> None:
+        last_misc = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self.lock:
+                due = []
+                while self._next < len(self._schedule) and self._schedule[self._next][0] <= now:
+                    due.append(self._schedule[self._next][1])
+                    self._next += 1
+                upcoming = (self._schedule[self._next][0] if self._next < len(self._schedule)
+                            else now + 0.05)
+            for device in due:
+                self._publish(device)
+            if now - last_misc >= 1.0:
+                for client in self._clients:
+                    client.loop_misc()
+                last_misc = now
+            self._turn(max(0.0, min(0.05, upcoming - time.monotonic())))
+
+    def _publish(self, device: int) -> None:
+        device_id = self.ids[device]
+        event_id = self._new_ids()
+        payload = make_event(self.template, event_id, device_id, time.time())
+        with self.lock:
+            self.sent[event_id] = Sent(device, time.monotonic())
+            self.event_bytes += len(payload)
+        self._clients[device].publish(LAYOUT.events(device_id), payload, qos=1)
+
+    def _turn(self, timeout_s: float) -> None:
+        for index in list(self._writers):
+            self._clients[index].loop_write()
+        for key, _ in self._selector.select(timeout_s):
+            self._clients[key.data].loop_read()
+
+    def _want_write(self, client: mqtt.Client, userdata: int, sock: object) -> None:
+        self._writers.add(userdata)
+
+    def _wrote(self, client: mqtt.Client, userdata: int, sock: object) -> None:
+        self._writers.discard(userdata)
+
+    def _on_connect(self, client: mqtt.Client, userdata: int, flags: object,
+                    reason: Any, properties: object) -> None:
+        if reason.is_failure:
+            log.error("device %s refused: %s", self.ids[userdata], reason)
+            return
+        client.subscribe(LAYOUT.verdicts(self.ids[userdata]), qos=1)
+
+    def _on_subscribe(self, *_: object) -> None:
+        self._subscribed += 1
+
+    def _on_message(self, client: mqtt.Client, userdata: int,
+                    message: mqtt.MQTTMessage) -> None:
+        payload = bytes(message.payload)
+        schema = peek_schema(payload) or "?"
+        event_id = json.loads(payload).get("event_id")
+        now = time.monotonic()
+        with self.lock:
+            self.answers += 1
+            self.answer_bytes += len(payload)
+            record = self.sent.get(event_id) if isinstance(event_id, str) else None
+            if record is not None and schema != "receipt/1":
+                record.answers.append((schema, now))
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One offered rate's figures."""
+
+    rate_eps: float
+    sent: int
+    p95_s: float | None
+    shed_share: float
+    answered_share: float
+    queue_depth: float
+
+    @property
+    def passed(self) -> bool:
+        """p95 verdict latency under 1 s, under 1 % busy, no backlog left growing."""
+        return (self.p95_s is not None and self.p95_s < P95_LIMIT_S
+                and self.shed_share <= SHED_LIMIT and self.answered_share >= ANSWERED_LIMIT)
+
+    def to_json(self) -> dict[str, Any]:
+        """For the report."""
+        return {"rate_eps": round(self.rate_eps, 1), "sent": self.sent,
+                "p95_s": None if self.p95_s is None else round(self.p95_s, 3),
+                "shed_share": round(self.shed_share, 4),
+                "answered_share": round(self.answered_share, 4),
+                "queue_depth": self.queue_depth, "passed": self.passed}
+
+
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The hub's ``/metrics`` samples, by name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def run_step(fleet: DeviceFleet, hub: Replica, rate_eps: float, duration_s: float,
+             *, grace_s: float = 1.0, flood_share: float = 0.0) -> tuple[StepResult,
+                                                                        list[Sent]]:
+    """Offer one rate; its figures once ``grace_s`` after its last event has passed."""
+    before = set(fleet.sent)
+    fleet.offer(rate_eps, duration_s, flood_share=flood_share)
+    time.sleep(duration_s + 0.05 + grace_s)
+    depth = scrape(hub.http_port).get("hub_admission_queue_depth{}", 0.0)
+    with fleet.lock:
+        records = [r for k, r in fleet.sent.items() if k not in before]
+        verdicts = [t for r in records if (t := r.first("verdict/1")) is not None]
+        shed = sum(1 for r in records if r.first("busy/1") is not None)
+        answered = sum(1 for r in records if r.answers)
+    total = max(1, len(records))
+    return StepResult(rate_eps, len(records), _quantile(verdicts, 0.95), shed / total,
+                      answered / total, depth), records
+
+
+def measure_bare(settings_env: dict[str, str], template: bytes, seconds: float,
+                 workers: int) -> float:
+    """Decode and judge escalations in this process with the hub's own judge, from
+    ``workers`` threads, for ``seconds``; events per second."""
+    settings = HubSettings.model_validate(
+        {k.removeprefix("CLOUD_HUB_").lower(): v for k, v in settings_env.items()})
+    service = HubService(settings, ingest=False)
+    service.start()
+    judge = service.judge
+    assert judge is not None
+    payload = make_event(template, "01890000-0000-7000-8000-000000000000", "bare-device",
+                         time.time())
+    done = [0] * workers
+    stop = threading.Event()
+
+    def work(slot: int) -> None:
+        while not stop.is_set():
+            judge.judge(decode(payload, EventMessage, max_bytes=settings.max_message_bytes))
+            done[slot] += 1
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"bare-{k}", daemon=True)
+               for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # warm-up
+    first, started = sum(done), time.monotonic()
+    time.sleep(seconds)
+    rate = (sum(done) - first) / (time.monotonic() - started)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    service.stop()
+    return rate
+
+
+def provision(broker: MosquittoBroker, database_url: str,
+              device_ids: Sequence[str]) -> tuple[list[tuple[str, str]], float]:
+    """Give each device credentials and a role on the broker (control API, in batches)
+    and a row in the hub's registry; ``(credentials, seconds)``."""
+    started = time.monotonic()
+    control = BrokerControl(BrokerSettings(host="127.0.0.1", port=broker.port,
+                                           username=broker.hub_username,
+                                           password=broker.hub_password,
+                                           client_id="hub-fleet-bench"), timeout_s=120)
+    credentials = [new_credentials(device_id) for device_id in device_ids]
+    for start in range(0, len(credentials), PROVISION_BATCH):
+        control.run([command for c in credentials[start:start + PROVISION_BATCH]
+                     for command in add_device_commands(LAYOUT, c, "fleet")])
+    store = Store(database_url)
+    store.open()
+    try:
+        for c in credentials:
+            store.add_device(device_id=c.username, group="fleet",
+                             credential_hash=c.fingerprint)
+    finally:
+        store.close()
+    return [(c.username, c.password) for c in credentials], time.monotonic() - started
+
+
+def overload_figures(records: Sequence[Sent]) -> dict[str, Any]:
+    """The overload phase: admitted p95, shed share, the others' worst p50."""
+    admitted = [t for r in records if (t := r.first("verdict/1")) is not None]
+    shed = [r for r in records if r.first("busy/1") is not None]
+    by_device: dict[int, list[float]] = defaultdict(list)
+    for r in records:
+        if r.device != 0 and (t := r.first()) is not None:
+            by_device[r.device].append(t)
+    flood = [r for r in records if r.device == 0]
+    others = [r for r in records if r.device != 0]
+    p95 = _quantile(admitted, 0.95)
+    return {
+        "sent": len(records),
+        "admitted_p95_s": None if p95 is None else round(p95, 3),
+        "shed_share": round(len(shed) / max(1, len(records)), 4),
+        "flood_shed_share": round(sum(1 for r in flood if r.first("busy/1") is not None)
+                                  / max(1, len(flood)), 4),
+        "others_shed_share": round(sum(1 for r in others if r.first("busy/1") is not None)
+                                   / max(1, len(others)), 4),
+        "worst_other_device_p50_s": round(max(
+            (statistics.median(v) for v in by_device.values()), default=0.0), 3),
+        "answered_within_timeout": round(sum(
+            1 for r in records if (t := r.first()) is not None and t <= VERDICT_TIMEOUT_S)
+            / max(1, len(records)), 4),
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Run the fleet benchmark; print the figures, the last line as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench fleet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--step-s", type=float, default=10.0, help="seconds per offered rate")
+    parser.add_argument("--start-eps", type=float, default=10.0)
+    parser.add_argument("--max-eps", type=float, default=2000.0)
+    parser.add_argument("--refine", type=int, default=2, help="bisections after the doubling")
+    parser.add_argument("--overload-s", type=float, default=15.0)
+    parser.add_argument("--bare-s", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="CLOUD_HUB_INGEST_WORKERS (judge threads); default the hub's")
+    parser.add_argument("--keep", type=Path, default=None, help="work in this folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    fd_limit = raise_fd_limit(args.devices * FD_PER_DEVICE + 1024)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    broker = MosquittoBroker(folder / "broker", anonymous=False, limits=BrokerLimits(
+        max_queued_messages=100_000, max_queued_bytes=1024 ** 3))
+    database = folder / "hub" / "hub.sqlite3"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"secret_key": SECRET, "mqtt_port": str(broker.port),
+                "mqtt_username": broker.hub_username, "mqtt_password": broker.hub_password,
+                "database_url": f"sqlite:///{database}", "public_metrics": "true",
+                "landmark_model": "face-landmark"}
+    if args.workers is not None:
+        settings["ingest_workers"] = str(args.workers)
+    workers = args.workers or HubSettings(secret_key=SECRET).ingest_workers
+    template = escalation_template()
+    bare_env = {f"CLOUD_HUB_{k.upper()}": v for k, v in settings.items()
+                if k not in ("database_url",)}
+    bare_env["CLOUD_HUB_DATA_DIR"] = str(folder / "bare")
+    bare_eps = measure_bare(bare_env, template, args.bare_s, workers)
+    print(f"bare: {bare_eps:.1f} events/s ({workers} threads)", flush=True)
+    hub = Replica("hub-fleet", settings, folder, cost_ms=0.0,
+                  command=("-m", "cloud_hub", "serve"))
+    fleet: DeviceFleet | None = None
+    broker.start()
+    try:
+        device_ids = [f"cam-{k:05d}" for k in range(args.devices)]
+        credentials, provision_s = provision(broker, f"sqlite:///{database}", device_ids)
+        print(f"provisioned {args.devices} devices in {provision_s:.1f} s", flush=True)
+        hub.start()
+        wait_ready([hub], timeout_s=300)
+        fleet = DeviceFleet(broker.port, credentials, template)
+        connect_s = fleet.connect(timeout_s=120)
+        print(f"connected {args.devices} devices in {connect_s:.1f} s "
+              f"(open files limit {fd_limit})", flush=True)
+        steps: list[StepResult] = []
+        good, bad = 0.0, None
+        rate = args.start_eps
+        while rate <= args.max_eps:
+            result, _ = run_step(fleet, hub, rate, args.step_s)
+            steps.append(result)
+            print(json.dumps(result.to_json()), flush=True)
+            if not result.passed:
+                bad = rate
+                break
+            good, rate = rate, rate * 2
+        for _ in range(args.refine if bad is not None else 0):
+            time.sleep(args.step_s / 2)  # let the last failing step's backlog clear
+            assert bad is not None
+            rate = (good + bad) / 2
+            result, _ = run_step(fleet, hub, rate, args.step_s)
+            steps.append(result)
+            print(json.dumps(result.to_json()), flush=True)
+            good, bad = (rate, bad) if result.passed else (good, rate)
+        time.sleep(args.step_s / 2)
+        overload_rate = 3 * max(good, args.start_eps)
+        _, records = run_step(fleet, hub, overload_rate, args.overload_s,
+                              grace_s=VERDICT_TIMEOUT_S + 2, flood_share=2 / 3)
+        overload = {"rate_eps": overload_rate, **overload_figures(records)}
+        print(json.dumps({"overload": overload}), flush=True)
+        metrics = scrape(hub.http_port)
+        with fleet.lock:
+            sent = dict(fleet.sent)
+            event_bytes, answer_bytes, answers = (fleet.event_bytes, fleet.answer_bytes,
+                                                  fleet.answers)
+        with sqlite3.connect(database) as db:
+            stored = {row[0] for row in db.execute("SELECT id FROM events")}
+        db_bytes = sum(p.stat().st_size for p in database.parent.glob("hub.sqlite3*"))
+        duplicates = sum(max(0, len(r.answers) - 1) for r in sent.values())
+        report = {
+            "devices": args.devices, "provision_s": round(provision_s, 2),
+            "connect_s": round(connect_s, 2),
+            "saturation_eps": good, "bare_eps": round(bare_eps, 1),
+            "ratio": round(good / bare_eps, 3) if bare_eps else None,
+            "overload": overload,
+            "bytes_per_event": {
+                "event_wire": round(event_bytes / max(1, len(sent))),
+                "answer_wire": round(answer_bytes / max(1, answers)),
+                "stored": round(db_bytes / max(1, len(stored))),
+            },
+            "events": len(sent), "lost": len(set(sent) - stored),
+            "unanswered": sum(1 for r in sent.values() if not r.answers),
+            "duplicates": duplicates,
+            "hub_disconnects": metrics.get("hub_mqtt_disconnects_total{}", 0.0),
+            "steps": [s.to_json() for s in steps],
+        }
+    finally:
+        if fleet is not None:
+            fleet.close()
+        hub.stop()
+        broker.stop()
+    print(json.dumps(report))
+    return 0
