@@ -24,8 +24,9 @@ JSON says whether every event was stored once and answered (``lost``, ``unanswer
 ``duplicates``), how often the broker dropped the hub (``hub_disconnects``), and bytes
 per event on the wire (event and answer) and in the store.
 
-Provisioning uses the broker's control API in batches (one message per 200 devices) and
-one registry row per device; ``provision_s`` is the time of both.
+Provisioning is the hub's bulk provisioning (``cloud-hub devices add --from FILE``:
+the broker's control API, many commands per message, and one transaction);
+``provision_s`` is its time.
 
 Last line: JSON with ``saturation_eps``, ``bare_eps``, ``ratio`` (target >= 0.8),
 ``overload``, ``provision_s``, ``bytes_per_event``.
@@ -60,9 +61,7 @@ from skimage import data
 from bench.scaleout import Replica, wait_ready
 from cloud_hub import HubService, HubSettings
 from cloud_hub.mosquitto import BrokerLimits, MosquittoBroker
-from cloud_hub.mqtt import BrokerSettings
-from cloud_hub.provisioning import BrokerControl, add_device_commands, new_credentials
-from cloud_hub.store import Store
+from cloud_hub.provisioning import DeviceSpec
 from sync import (
     DetectionPayload,
     EventIdFactory,
@@ -79,7 +78,6 @@ log = logging.getLogger(__name__)
 LAYOUT = TopicLayout()
 SECRET = "fleet-bench-secret-key-0123456789abcdef"
 VERDICT_TIMEOUT_S = 10.0
-PROVISION_BATCH = 200
 P95_LIMIT_S = 1.0
 SHED_LIMIT = 0.01
 ANSWERED_LIMIT = 0.99
@@ -399,28 +397,24 @@ def measure_bare(settings_env: dict[str, str], template: bytes, seconds: float,
     return rate
 
 
-def provision(broker: MosquittoBroker, database_url: str,
+def provision(broker: MosquittoBroker, settings: HubSettings,
               device_ids: Sequence[str]) -> tuple[list[tuple[str, str]], float]:
-    """Give each device credentials and a role on the broker (control API, in batches)
-    and a row in the hub's registry; ``(credentials, seconds)``."""
-    started = time.monotonic()
-    control = BrokerControl(BrokerSettings(host="127.0.0.1", port=broker.port,
-                                           username=broker.hub_username,
-                                           password=broker.hub_password,
-                                           client_id="hub-fleet-bench"), timeout_s=120)
-    credentials = [new_credentials(device_id) for device_id in device_ids]
-    for start in range(0, len(credentials), PROVISION_BATCH):
-        control.run([command for c in credentials[start:start + PROVISION_BATCH]
-                     for command in add_device_commands(LAYOUT, c, "fleet")])
-    store = Store(database_url)
-    store.open()
+    """Bulk-provision the devices as ``cloud-hub devices add --from FILE`` does (their
+    clients and roles through the broker's control API, many commands per message; their
+    rows in one transaction); ``(credentials, seconds)``."""
+    service = HubService(settings, ingest=False)
+    service.open_store()
     try:
-        for c in credentials:
-            store.add_device(device_id=c.username, group="fleet",
-                             credential_hash=c.fingerprint)
+        started = time.monotonic()
+        outcomes = service.provision_devices([DeviceSpec(d, "fleet") for d in device_ids])
+        elapsed = time.monotonic() - started
     finally:
-        store.close()
-    return [(c.username, c.password) for c in credentials], time.monotonic() - started
+        service.store.close()
+    credentials = [(o.credentials.username, o.credentials.password)
+                   for o in outcomes if o.credentials is not None]
+    if len(credentials) != len(device_ids):
+        raise RuntimeError(f"provisioned {len(credentials)} of {len(device_ids)} devices")
+    return credentials, elapsed
 
 
 def overload_figures(records: Sequence[Sent]) -> dict[str, Any]:
@@ -492,7 +486,9 @@ def main(argv: list[str]) -> int:
     broker.start()
     try:
         device_ids = [f"cam-{k:05d}" for k in range(args.devices)]
-        credentials, provision_s = provision(broker, f"sqlite:///{database}", device_ids)
+        credentials, provision_s = provision(broker, HubSettings.model_validate(
+            {**settings, "data_dir": str(folder / "hub-fleet"), "mqtt_client_id": "hub-fleet",
+             "broker_control": "mosquitto-dynsec"}), device_ids)
         print(f"provisioned {args.devices} devices in {provision_s:.1f} s", flush=True)
         hub.start()
         wait_ready([hub], timeout_s=300)

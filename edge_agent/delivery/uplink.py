@@ -552,7 +552,13 @@ class Uplink:
         if plan.backlog:
             rows = self.outbox.after(self.window.cursor, plan.backlog)
             self.window.backlog_read(plan.backlog, len(rows))
-            batch += [row for row in rows if not self.window.skip_in_backlog(row.seq)]
+            # Not again what this turn publishes already (live events are out of the live
+            # set but not yet published), nor a row the hub confirmed that waits for the
+            # next batch of deletes.
+            taken = {item.seq for item in batch} | {seq for seq, _ in self._acked}
+            confirmed_ids = set(self._confirmed_ids)
+            batch += [row for row in rows if not self.window.skip_in_backlog(row.seq)
+                      and row.seq not in taken and row.event_id not in confirmed_ids]
         for item in batch:
             properties = self._properties[is_framed_event(item.payload)]
             info = client.publish(item.topic, item.payload, qos=1, properties=properties)
