@@ -69,7 +69,7 @@ from sync import (
     ModelRef,
     TopicLayout,
     decode,
-    encode,
+    encode_event,
     peek_schema,
 )
 
@@ -81,7 +81,9 @@ VERDICT_TIMEOUT_S = 10.0
 P95_LIMIT_S = 1.0
 SHED_LIMIT = 0.01
 ANSWERED_LIMIT = 0.99
-CAPTURED_PLACEHOLDER = 1111111111.5
+CAPTURED_PLACEHOLDER = 1111111111.123456  # as wide as any time this century, to 1 us
+DEVICE_PLACEHOLDER = "cam-zzzzz"  # as wide as the devices' ids
+EVENT_ID_PLACEHOLDER = "00000000-0000-7000-8000-000000000000"
 FD_PER_DEVICE = 2  # the device's socket here, its connection in the broker
 
 
@@ -97,8 +99,9 @@ def raise_fd_limit(needed: int) -> int:
 
 
 def escalation_template() -> bytes:
-    """One encoded escalation (face crop and thumbnail of the astronaut photograph), with
-    placeholders for its ids and capture time."""
+    """One escalation as the agent sends it (a framed event: face crop and thumbnail of
+    the astronaut photograph as raw JPEG), with placeholders for its ids and capture
+    time."""
     image = data.astronaut()
 
     def jpeg(pixels: np.ndarray[Any, Any], quality: int) -> bytes:
@@ -110,7 +113,7 @@ def escalation_template() -> bytes:
     crop = (130, 30, 320, 230)
     thumbnail = cv2.resize(image, (320, 320), interpolation=cv2.INTER_AREA)
     event = EventMessage(
-        event_id="00000000-0000-7000-8000-000000000000", device_id="placeholder-device",
+        event_id=EVENT_ID_PLACEHOLDER, device_id=DEVICE_PLACEHOLDER,
         source="door", captured_at=CAPTURED_PLACEHOLDER, reason="uncertain", priority=5,
         model=ModelRef(name="blazeface-short", version="1.0.0"),
         detections=(DetectionPayload(box=(178, 82, 271, 174), score=0.7, label="face"),),
@@ -118,14 +121,19 @@ def escalation_template() -> bytes:
         crop_box=tuple(float(v) for v in crop),  # type: ignore[arg-type]
         crop_jpeg=jpeg(np.ascontiguousarray(image[crop[1]:crop[3], crop[0]:crop[2]]), 85),
         thumbnail_jpeg=jpeg(thumbnail, 80), verdict_timeout_s=VERDICT_TIMEOUT_S)
-    return encode(event)
+    return encode_event(event)
 
 
 def make_event(template: bytes, event_id: str, device_id: str, captured_at: float) -> bytes:
-    """The template with this event's ids and capture time."""
-    return (template.replace(b"00000000-0000-7000-8000-000000000000", event_id.encode())
-            .replace(b"placeholder-device", device_id.encode())
-            .replace(repr(CAPTURED_PLACEHOLDER).encode(), f"{captured_at:.6f}".encode()))
+    """The template with this event's ids and capture time (each as wide as its
+    placeholder, so that the frame's lengths hold)."""
+    captured = f"{captured_at:.6f}"
+    if len(device_id) != len(DEVICE_PLACEHOLDER) or len(captured) != len(
+            repr(CAPTURED_PLACEHOLDER)):
+        raise ValueError(f"{device_id!r} or {captured} is not as wide as its placeholder")
+    return (template.replace(EVENT_ID_PLACEHOLDER.encode(), event_id.encode())
+            .replace(DEVICE_PLACEHOLDER.encode(), device_id.encode())
+            .replace(repr(CAPTURED_PLACEHOLDER).encode(), captured.encode()))
 
 
 @dataclass(slots=True)
@@ -372,7 +380,7 @@ def measure_bare(settings_env: dict[str, str], template: bytes, seconds: float,
     service.start()
     judge = service.judge
     assert judge is not None
-    payload = make_event(template, "01890000-0000-7000-8000-000000000000", "bare-device",
+    payload = make_event(template, "01890000-0000-7000-8000-000000000000", "cam-bare0",
                          time.time())
     done = [0] * workers
     stop = threading.Event()

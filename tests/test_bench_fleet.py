@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.fleet import Sent, escalation_template, make_event, overload_figures
-from sync import EventIdFactory, EventMessage, decode
+from sync import EventIdFactory, EventMessage, decode, is_framed_event
 
 pytestmark = pytest.mark.unit
 
@@ -14,6 +14,7 @@ def test_each_escalation_is_a_valid_event_with_its_own_ids_and_time() -> None:
     template = escalation_template()
     event_id = EventIdFactory()()
     event = decode(make_event(template, event_id, "cam-00042", 1764400000.25), EventMessage)
+    assert is_framed_event(make_event(template, event_id, "cam-00042", 1764400000.25))
     assert (event.event_id, event.device_id, event.captured_at) == (
         event_id, "cam-00042", 1764400000.25)
     assert event.crop_jpeg and event.thumbnail_jpeg and event.verdict_timeout_s == 10.0
