@@ -510,8 +510,11 @@ def _journal_step(step: JournalRecord, event_id: str) -> str:
     if step.sightings:
         first, last = step.sightings[0], step.sightings[-1]
         best = max(s.score for s in step.sightings)
-        frames = (f"<small>frames {first.frame}-{last.frame}, {len(step.sightings)} "
-                  f"sightings, best {best:.2f}</small>")
+        span = (f"frame {first.frame}" if first.frame == last.frame
+                else f"frames {first.frame}-{last.frame}")
+        count = len(step.sightings)
+        frames = (f"<small>{span}, {count} sighting{'s' if count > 1 else ''}, "
+                  f"best {best:.2f}</small>")
     this = " this-event" if step.event_id == event_id else ""
     return (f"<li class='step {step.step}{this}' data-step='{step.step}'>{when(step.at)} "
             f"<span class='step-name'>{step.step}</span> {esc(step.label)} "
@@ -613,7 +616,7 @@ table { border-collapse: collapse; } td, th { padding: .3rem .7rem;
 .offline, .revoked, .bad, .error, .due, .rejected, .halted, .rolled-back,
 .refused { color: #b42318; }
 .pending, .paused, .waiting { color: #8a6d00; }
-.events { display: flex; flex-wrap: wrap; gap: .8rem; }
+.events { display: flex; flex-wrap: wrap; gap: .8rem; align-items: flex-start; }
 .event { border: 1px solid #ddd; border-radius: 6px; padding: .5rem; width: 220px;
   color: inherit; text-decoration: none; }
 .event img { width: 100%; border-radius: 4px; background: #eee; }

@@ -14,6 +14,7 @@ from cloud_hub.api.pages import (
     fleet_table,
     input_health,
     parse_utc_input,
+    timeline,
 )
 from cloud_hub.api.routes.dashboard import _filters, _safe_next
 from cloud_hub.store import DeviceHealth, EventTotals, JournalRecord, TrackKey
@@ -109,3 +110,12 @@ def test_a_revoked_device_shows_as_revoked() -> None:
                           telemetry_at=None, last_error=None, revoked=True)
     row = fleet_table([device], EventTotals((), (), None))
     assert "<td class='revoked'>revoked</td>" in row and "never" in row
+
+
+def test_the_timeline_words_each_journal_step() -> None:
+    event = EventView.from_row(_row())
+    one = _record(frames=range(10, 11))
+    markup = timeline(event, [one, _record(frames=range(11, 13))], truncated=True)
+    assert "frame 10, 1 sighting," in markup and "frames 11-12, 2 sightings" in markup
+    assert markup.count("this-event") == 2 and "more steps than are shown" in markup
+    assert "No journal step names this event" in timeline(event, [], truncated=False)
