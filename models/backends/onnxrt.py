@@ -44,7 +44,9 @@ def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise BackendUnavailableError("onnxruntime", f"not installed: {exc}") from exc
+        raise BackendUnavailableError(
+            "onnxruntime", f"not installed ({exc}): pip install 'edge-cloud-runtime[onnx]'",
+        ) from exc
     return onnxruntime
 
 

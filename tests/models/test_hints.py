@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
-from models import ANOMALY_MODEL, missing_model_hint
+from models import ANOMALY_MODEL, BackendUnavailableError, missing_model_hint
+from models.backends import import_onnxruntime
 
 pytestmark = pytest.mark.unit
 
@@ -39,3 +42,10 @@ def test_pull_is_suggested_only_for_what_the_zoo_has() -> None:
         "it is blazeface-short converted to ONNX: `edge-agent models convert blazeface-short`")
     unknown = _hint("resnet")
     assert "pull" not in unknown and unknown.startswith("models you can get: ")
+
+
+def test_an_onnx_model_without_onnx_runtime_names_the_extra(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as an agent-only install has it
+    with pytest.raises(BackendUnavailableError, match=r"edge-cloud-runtime\[onnx\]"):
+        import_onnxruntime()
