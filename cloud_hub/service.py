@@ -386,7 +386,7 @@ class HubService:
         answers = control.execute([command for spec in new for command in batch_add_commands(
             layout, credentials[spec.device_id], spec.group)])
         refused: dict[str, str | None] = {}
-        repairs: list[Command] = []
+        repaired: list[DeviceSpec] = []
         for spec, role_error, client_error in zip(new, answers[0::2], answers[1::2],
                                                   strict=True):
             if client_error is not None:
@@ -394,13 +394,18 @@ class HubService:
             elif role_error is not None:
                 # The role was there already (an earlier, interrupted try, or a concurrent
                 # call for another group): the client is ours, so its rules are too.
-                repairs += repair_role_commands(layout, spec.device_id, spec.group)
-        if repairs:
+                repaired.append(spec)
+        if repaired:
+            repairs = [command for spec in repaired for command in repair_role_commands(
+                layout, credentials[spec.device_id], spec.group)]
             try:
-                control.run(repairs)
+                again = control.execute(repairs)
             except HubError:
                 self._delete_clients([s.device_id for s in new if s.device_id not in refused])
                 raise
+            for spec, client_error in zip(repaired, again[3::4], strict=True):
+                if client_error is not None:  # another call took the name meanwhile
+                    refused[spec.device_id] = f"the broker refused it: {client_error}"
         if refused:
             # Refused because it is registered now (a concurrent call won), or not?
             ids = list(refused)

@@ -25,6 +25,7 @@ from cloud_hub.provisioning import (
     hub_role,
     parse_device_list,
     password_entry,
+    repair_role_commands,
     revoke_device_commands,
     rotate_device_commands,
 )
@@ -154,3 +155,12 @@ def test_commands_go_many_to_a_message_each_under_the_limit() -> None:
     assert sum(count for _, count in messages) == 400
     sent = [c for payload, _ in messages for c in json.loads(payload)["commands"]]
     assert sent == commands  # in order, none lost
+
+
+def test_a_repair_deletes_the_client_before_its_role_and_makes_both_anew() -> None:
+    """Mosquitto 2.0.11 crashed when a role a client held was deleted under concurrent
+    control traffic: the client goes first."""
+    commands = repair_role_commands(LAYOUT, DeviceCredentials("cam-1", "pw"), "lobby")
+    assert [c.name for c in commands] == ["deleteClient", "deleteRole", "createRole",
+                                          "createClient"]
+    assert commands[3].fields["password"] == "pw" and not commands[3].tolerate_error
