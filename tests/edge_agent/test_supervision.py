@@ -60,11 +60,11 @@ def test_the_running_threads_are_exactly_the_documented_ones(
         process.terminate()
         process.wait(30)
     # Fill in the placeholders for this configuration: one sample source, metrics and
-    # an action on, no sensor source, signed updates off.
+    # an action on, no sensor source, signed updates and Home Assistant off.
     expected = set()
     for template in templates:
         name = (template.replace("<name>", "yard").replace("<device id>", "cam-test"))
-        if template.startswith("sensor:") or template == "updater":
+        if template.startswith("sensor:") or template in ("updater", "home-assistant"):
             continue
         expected.add(name)
     assert set(status["threads"]) == expected  # type: ignore[arg-type]
