@@ -6,8 +6,9 @@ with :class:`~bench.replica.FixedCostJudge`, one judge slot of ``--cost-ms`` per
 so one replica does at most ``1000 / cost_ms`` events a second whatever the cores), each
 with its own stable client id (``hub-r<R>-<i>``), on one database. ``--devices``
 simulated devices (each its own MQTT 5 connection, client id = device id) escalate
-``--events`` sensor windows between them at once; a round's events per second are its
-events divided by the time from the first publish to the last verdict a device received.
+``--events`` sensor windows between them at once, ``--bursts`` times; a replica count's
+events per second are a burst's events divided by the time from its first publish to
+the last verdict a device received, in the median burst.
 
 Per round the JSON also has each replica's share of the events (``handled_by`` in the
 store) and the round's judge slots: the largest share, the number of judgements one
@@ -15,8 +16,13 @@ after another that the round needed. The check is the same as the test's
 (``tests/cloud_hub/test_scale_out.py``): nothing lost (every event stored, every device
 got its verdicts), nothing stored twice.
 
+The devices declare a long verdict timeout (:data:`VERDICT_TIMEOUT_S`), so that the hub
+admits every event instead of answering ``busy`` for those it could not judge within a
+device's usual 10 s: this is a measure of judging capacity, not of overload.
+
 Last line: JSON with ``eps`` by replica count, ``ratio`` (eps over the one-replica eps of
-the same run; 2 and 4 ideally), ``judge_slots``, ``lost`` and ``stored_twice``.
+the same run; 2 and 4 ideally), ``judge_slots``, ``busy`` (answered busy: 0 expected),
+``lost`` and ``stored_twice``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,10 +52,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_hub import Store
 from cloud_hub.mosquitto import MosquittoBroker, free_port
 from sync import (
+    BusyMessage,
     EventIdFactory,
     EventMessage,
     MessageError,
     ModelRef,
+    ReceiptMessage,
     TopicLayout,
     VerdictMessage,
     decode,
@@ -60,6 +69,9 @@ LAYOUT = TopicLayout()
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SECRET = "scale-out-bench-secret-key-0123456789"
 READY_TIMEOUT_S = 120.0
+# The simulated devices wait this long for a verdict, so that a round measures how fast
+# the replicas judge, not how the hub sheds what it cannot judge in time (bench fleet).
+VERDICT_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 
 
@@ -153,10 +165,12 @@ def wait_ready(replicas: Sequence[Replica], timeout_s: float = READY_TIMEOUT_S) 
 
 class Fleet:
     """Simulated devices: each its own MQTT 5 connection (client id = device id) that
-    escalates sensor windows and keeps the verdicts it receives.
+    escalates sensor windows and keeps the verdicts and receipts it receives.
 
-    paho's callbacks only record a verdict's arrival (under a lock); the caller waits on
-    :meth:`wait_answered`.
+    paho's callbacks only record an answer's arrival (under a lock); the caller waits on
+    :meth:`wait_answered`, and resends what nobody answered (:meth:`resend_unanswered`)
+    as an agent does: a hub acknowledges an escalation once it is stored, so one that a
+    replica stored and then died holding is judged when its device sends it again.
     """
 
     def __init__(self, port: int, device_ids: Sequence[str]) -> None:
@@ -167,7 +181,10 @@ class Fleet:
         self._answered = threading.Condition()
         self.first_verdict_at: dict[str, float] = {}
         self.verdicts_received: Counter[str] = Counter()
+        self.receipted: set[str] = set()
+        self.busy: set[str] = set()
         self.sent_by: dict[str, str] = {}
+        self._payloads: dict[str, bytes] = {}
 
     def connect(self, timeout_s: float = 30.0) -> None:
         """Connect every device and subscribe it to its verdicts.
@@ -194,10 +211,26 @@ class Fleet:
         try:
             verdict = decode(bytes(message.payload), VerdictMessage)
         except MessageError:
-            return  # a receipt: stored, not yet judged
+            self._other_answer(bytes(message.payload))
+            return
         with self._answered:
             self.verdicts_received[verdict.event_id] += 1
             self.first_verdict_at.setdefault(verdict.event_id, time.monotonic())
+            self._answered.notify_all()
+
+    def _other_answer(self, payload: bytes) -> None:
+        """A receipt (stored, not judged yet: the device stops resending it) or busy (the
+        hub will not judge it in time: the device decides now)."""
+        with self._answered:
+            try:
+                self.receipted.update(decode(payload, ReceiptMessage).event_ids)
+                return
+            except MessageError:
+                pass
+            try:
+                self.busy.add(decode(payload, BusyMessage).event_id)
+            except MessageError:
+                return
             self._answered.notify_all()
 
     def escalate(self, count: int) -> list[str]:
@@ -210,22 +243,40 @@ class Fleet:
                 captured_at=time.time(), reason="anomaly", priority=5,
                 model=ModelRef(name="sensor-anomaly", version="1.0.0"),
                 anomaly_score=-0.05 if index % 3 == 0 else 0.02,
+                verdict_timeout_s=VERDICT_TIMEOUT_S,
                 readings=tuple(float(k % 7) for k in range(60)))
             self.sent_by[event.event_id] = device_id
-            self._clients[device_id].publish(LAYOUT.events(device_id), encode(event), qos=1)
+            self._payloads[event.event_id] = encode(event)
+            self._publish(event.event_id)
             ids.append(event.event_id)
         return ids
 
-    def wait_answered(self, ids: Sequence[str], timeout_s: float) -> bool:
-        """Whether every event of ``ids`` got a verdict within ``timeout_s``."""
+    def _publish(self, event_id: str) -> None:
+        device_id = self.sent_by[event_id]
+        self._clients[device_id].publish(LAYOUT.events(device_id), self._payloads[event_id],
+                                         qos=1)
+
+    def resend_unanswered(self, ids: Sequence[str]) -> int:
+        """Publish again each event of ``ids`` that has neither a verdict nor a receipt;
+        how many."""
         with self._answered:
-            return self._answered.wait_for(
-                lambda: all(i in self.first_verdict_at for i in ids), timeout_s)
+            again = [i for i in self._unanswered(ids) if i not in self.receipted]
+        for event_id in again:
+            self._publish(event_id)
+        return len(again)
+
+    def wait_answered(self, ids: Sequence[str], timeout_s: float) -> bool:
+        """Whether every event of ``ids`` got a verdict, or busy, within ``timeout_s``."""
+        with self._answered:
+            return self._answered.wait_for(lambda: not self._unanswered(ids), timeout_s)
 
     def unanswered(self, ids: Sequence[str]) -> list[str]:
-        """The events of ``ids`` whose device has no verdict for them yet."""
+        """The events of ``ids`` whose device has neither a verdict nor busy for them."""
         with self._answered:
-            return [i for i in ids if i not in self.first_verdict_at]
+            return self._unanswered(ids)
+
+    def _unanswered(self, ids: Sequence[str]) -> list[str]:
+        return [i for i in ids if i not in self.first_verdict_at and i not in self.busy]
 
     def close(self) -> None:
         """Disconnect every device."""
@@ -289,7 +340,9 @@ class ScaleOutRig:
     def add_replicas(self, count: int, *, prefix: str = "hub-") -> list[Replica]:
         """Start ``count`` more replicas (named ``<prefix><n>``) and wait until ready."""
         settings = {"database_url": self.database_url, "mqtt_port": str(self.broker.port),
-                    "secret_key": SECRET, "ingest_workers": "4"}
+                    "secret_key": SECRET, "ingest_workers": "4",
+                    # Nothing to provision here: no broker control to check at start.
+                    "broker_control": "none"}
         added = [Replica(f"{prefix}{len(self.replicas) + i}", settings, self.folder,
                          self.cost_ms) for i in range(count)]
         for replica in added:
@@ -359,7 +412,9 @@ class Round:
     replicas: int
     events: int
     seconds: float
+    bursts_s: tuple[float, ...]
     shares: Shares
+    busy: int
     lost: int
 
     @property
@@ -369,21 +424,28 @@ class Round:
 
 
 def measure(folder: Path, database_url: str, *, replicas: int, events: int, devices: int,
-            cost_ms: float) -> Round:
-    """One round: a fresh broker and ``replicas`` replicas, ``events`` escalated at once."""
+            cost_ms: float, bursts: int) -> Round:
+    """One round: a fresh broker and ``replicas`` replicas, then ``bursts`` bursts of
+    ``events`` escalated at once; the round's time is the median burst's (a loaded
+    machine stalls a burst now and then)."""
     rig = ScaleOutRig(folder, database_url, devices=devices, cost_ms=cost_ms)
     try:
         rig.start()
         rig.add_replicas(replicas, prefix=f"hub-r{replicas}-")
         rig.warm_up()
-        started = time.monotonic()
-        ids = rig.fleet.escalate(events)
-        answered = rig.fleet.wait_answered(ids, max(120.0, 4 * events * cost_ms / 1e3))
-        finished = max((rig.fleet.first_verdict_at.get(i, time.monotonic()) for i in ids),
-                       default=started)
-        shares = rig.shares(ids)
-        lost = len(rig.fleet.unanswered(ids)) if not answered else events - shares.stored
-        return Round(replicas, events, finished - started, shares, lost)
+        seconds, every_id = [], []
+        for _ in range(bursts):
+            started = time.monotonic()
+            ids = rig.fleet.escalate(events)
+            rig.fleet.wait_answered(ids, max(120.0, 4 * events * cost_ms / 1e3))
+            seconds.append(max((rig.fleet.first_verdict_at.get(i, time.monotonic())
+                                for i in ids), default=started) - started)
+            every_id += ids
+        shares = rig.shares(every_id)
+        unanswered = rig.fleet.unanswered(every_id)
+        return Round(replicas, events, statistics.median(seconds), tuple(seconds), shares,
+                     busy=len(rig.fleet.busy.intersection(every_id)),
+                     lost=max(len(unanswered), len(every_id) - shares.stored))
     finally:
         rig.close()
 
@@ -392,7 +454,8 @@ def main(argv: list[str]) -> int:
     """Run the benchmark; print one progress line per round and the JSON last."""
     parser = argparse.ArgumentParser(prog="python -m bench scaleout", description=__doc__)
     parser.add_argument("--replicas", default="1,2,4", help="replica counts, comma-separated")
-    parser.add_argument("--events", type=int, default=240, help="events per round")
+    parser.add_argument("--events", type=int, default=240, help="events per burst")
+    parser.add_argument("--bursts", type=int, default=3, help="bursts per replica count")
     parser.add_argument("--devices", type=int, default=20, help="simulated devices")
     parser.add_argument("--cost-ms", type=float, default=50.0, help="judge cost per event")
     parser.add_argument("--postgres", default=POSTGRES_ADMIN_URL,
@@ -404,18 +467,22 @@ def main(argv: list[str]) -> int:
             scratch_database(args.postgres) as database_url:
         for count in counts:
             result = measure(Path(scratch) / f"r{count}", database_url, replicas=count,
-                             events=args.events, devices=args.devices, cost_ms=args.cost_ms)
+                             events=args.events, devices=args.devices, cost_ms=args.cost_ms,
+                             bursts=args.bursts)
             rounds.append(result)
-            print(f"{count} replica(s): {result.eps:.1f} events/s, shares "
+            print(f"{count} replica(s): {result.eps:.1f} events/s (bursts "
+                  f"{', '.join(f'{b:.1f}' for b in result.bursts_s)} s), shares "
                   f"{sorted(result.shares.by_replica.values(), reverse=True)}, "
-                  f"lost {result.lost}", flush=True)
+                  f"busy {result.busy}, lost {result.lost}", flush=True)
     baseline = rounds[0].eps
     print(json.dumps({
-        "cost_ms": args.cost_ms, "events": args.events, "devices": args.devices,
+        "cost_ms": args.cost_ms, "events": args.events, "bursts": args.bursts,
+        "devices": args.devices,
         "ideal_eps_per_replica": round(1000 / args.cost_ms, 1),
         "eps": {str(r.replicas): round(r.eps, 1) for r in rounds},
         "ratio": {str(r.replicas): round(r.eps / baseline, 2) for r in rounds},
         "judge_slots": {str(r.replicas): r.shares.judge_slots for r in rounds},
+        "busy": sum(r.busy for r in rounds),
         "lost": sum(r.lost for r in rounds),
         "stored_twice": sum(r.shares.stored_twice for r in rounds),
     }))

@@ -693,8 +693,11 @@ class Store:
         if self.images is not None:
             rows = [self._with_image_refs(values) for values in rows]
         new: set[str] = set()
+        # Rows and devices in id order: replicas storing batches at once then take their
+        # row locks in one order and wait for each other instead of deadlocking
+        # (PostgreSQL breaks a deadlock after a second, and the batch is retried).
         with self._tx() as conn:
-            for values in rows:
+            for values in sorted(rows, key=lambda values: str(values["id"])):
                 # RETURNING, not rowcount: psycopg reports 1 for a skipped conflicting row.
                 row = conn.execute(
                     self._insert_ignore(events).values(**values).on_conflict_do_nothing(
@@ -702,7 +705,7 @@ class Store:
                 ).first()
                 if row is not None:
                     new.add(row[0])
-            for device_id, at in (seen or {}).items():
+            for device_id, at in sorted((seen or {}).items()):
                 conn.execute(devices.update().where(devices.c.id == device_id)
                              .values(last_seen=at))
         return new

@@ -220,6 +220,7 @@ def test_a_burst_needs_fewer_judge_slots_with_each_replica_added(
             assert rig.fleet.wait_answered(ids, 120), f"{len(rig.fleet.unanswered(ids))} unanswered"
             shares = rig.shares(ids)
             assert (shares.stored, shares.stored_twice) == (SCALE_EVENTS, 0)
+            assert not rig.fleet.busy, "the simulated devices wait long enough to be judged"
             assert set(shares.by_replica) == {r.name for r in rig.replicas}, shares.by_replica
             assert shares.judge_slots <= SCALE_EVENTS / replicas * 1.25, shares.by_replica
             slots[replicas] = shares.judge_slots
@@ -231,7 +232,8 @@ def test_a_burst_needs_fewer_judge_slots_with_each_replica_added(
 def test_a_replica_killed_mid_stream_loses_nothing(tmp_path: Path, postgres_schema: str) -> None:
     """``kill -9`` of one of three replicas with events in hand, more events while it is
     down, and its return under the same client id (as a pod's container restarts under
-    the pod's name): every event stored once, every device has all its verdicts."""
+    the pod's name); the devices resend what nobody answered, as agents do: every event
+    stored once, every device has all its verdicts."""
     rig = ScaleOutRig(tmp_path, postgres_store_url(postgres_schema), devices=6, cost_ms=50)
     try:
         rig.start()
@@ -241,19 +243,28 @@ def test_a_replica_killed_mid_stream_loses_nothing(tmp_path: Path, postgres_sche
         before = rig.fleet.escalate(60)  # 20 each: a second of judging per replica
         assert wait_until(lambda: rig.shares(before).by_replica.get(victim.name, 0) >= 2,
                           timeout_s=60, interval_s=0.05), "the victim judged nothing"
-        victim.kill()  # with most of its 20 in hand, unacknowledged
+        victim.kill()  # with most of its 20 stored and acknowledged, not judged
         after = rig.fleet.escalate(60)
         assert wait_until(lambda: len(rig.fleet.unanswered(after)) <= len(after) // 3,
                           timeout_s=60), "the surviving replicas did not answer theirs"
-        # The broker kept the dead replica's share in its session: it comes back for it.
+        # The broker kept the dead replica's share of `after` in its session: it comes
+        # back for it. What it had stored and not judged, its devices send again.
         victim.start()
         wait_ready([victim])
         ids = before + after
-        assert rig.fleet.wait_answered(ids, 120), f"{len(rig.fleet.unanswered(ids))} unanswered"
+
+        def answered() -> bool:
+            if rig.fleet.wait_answered(ids, 5):
+                return True
+            rig.fleet.resend_unanswered(ids)
+            return False
+
+        assert wait_until(answered, timeout_s=120, interval_s=0), (
+            f"{len(rig.fleet.unanswered(ids))} unanswered")
         shares = rig.shares(ids)
         assert (shares.stored, shares.stored_twice) == (len(ids), 0)
-        assert rig.shares(after).by_replica.get(victim.name, 0) > 0
-        answered = {rig.fleet.sent_by[i] for i in ids if rig.fleet.verdicts_received[i]}
-        assert answered == set(rig.fleet.device_ids)
+        assert not rig.fleet.busy.intersection(ids)
+        answered_devices = {rig.fleet.sent_by[i] for i in ids if rig.fleet.verdicts_received[i]}
+        assert answered_devices == set(rig.fleet.device_ids)
     finally:
         rig.close()
