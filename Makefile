@@ -93,7 +93,7 @@ checkov: .venv-checkov/bin/checkov
 
 .venv-checkov/bin/checkov:
 	$(PYTHON) -m venv .venv-checkov
-	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check 'checkov>=3.2'
+	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check 'checkov==3.3.30'
 
 test: setup chromium promtool checkov
 	$(BIN)/ruff check .
