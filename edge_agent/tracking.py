@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from norfair.tracker import Detection as NorfairDetection
-from norfair.tracker import Tracker
+
+if TYPE_CHECKING:
+    from norfair.tracker import Tracker
 
 from edge_agent.config import TrackingConfig
 from models import Detection
@@ -60,8 +62,13 @@ class ObjectTracker:
     """Tracks one source's detections from frame to frame; not thread-safe (one owner)."""
 
     def __init__(self, config: TrackingConfig) -> None:
+        # Imported here, not at the top: norfair imports filterpy and with it scipy.stats
+        # (half a second on a Pi, 5 s under qemu), which every `edge-agent` command that
+        # never tracks (doctor, infer, models, enroll) would otherwise pay at start.
+        from norfair.tracker import Tracker
+
         self.config = config
-        self._tracker = Tracker(
+        self._tracker: Tracker = Tracker(
             distance_function="iou", distance_threshold=1.0 - config.min_iou,
             hit_counter_max=config.max_missed_frames, initialization_delay=0,
         )
@@ -71,6 +78,8 @@ class ObjectTracker:
                frame_size: tuple[int, int] | None = None) -> TrackUpdate:
         """Match one detector run's detections to the tracks (``frame_size``: width and
         height, to tell a missed object from one walking out of view)."""
+        from norfair.tracker import Detection as NorfairDetection
+
         candidates = [
             NorfairDetection(np.array([[d.box[0], d.box[1]], [d.box[2], d.box[3]]],
                                       dtype=np.float64),

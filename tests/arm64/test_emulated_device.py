@@ -286,7 +286,11 @@ def test_run_escalates_to_the_x86_hub_and_gets_verdicts(device: EmulatedDevice,
     device.path("/etc/edge-agent").mkdir(parents=True, exist_ok=True)
     device.path("/etc/edge-agent/agent.toml").write_text(_agent_config(hub))
     device.path("/var/lib/edge-agent/heard.jsonl").unlink(missing_ok=True)
-    device.agent("models", "pull", "blazeface-short")
+    # test_pull_and_infer_match_x86 pulled it (and proves the pull); pulled again only
+    # when this test runs alone, since every emulated command costs seconds of imports.
+    if not [entry for entry in ModelStore(device.path(STORE)).entries()
+            if entry.name == "blazeface-short" and entry.bundle is not None]:
+        device.agent("models", "pull", "blazeface-short")
     hub.wait_ready()
     started = time.monotonic()
     run = device.run(
