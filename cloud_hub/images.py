@@ -1,14 +1,40 @@
 """Where the hub keeps escalated images: a content-addressed store, the database holding
 only each image's reference (its sha256, hex).
 
-:class:`ImageStore` is the seam (``put``, ``get``, ``delete``); :class:`FileImageStore`
-keeps each image in a file named after its hash, in two levels of sharded folders
-(``ab/cd/abcd...``) so that no folder holds more than a few thousand files, written to a
-unique temporary name and renamed into place (atomic: a reader sees the whole image or
-none; two hubs writing the same image at once write the same bytes). The same image
-escalated twice is kept once. Images are bounded in size (``max_image_bytes``, the
-hub's message limit), readable by the hub's user only (face crops), and checked against
-their name when read back.
+:class:`ImageStore` is the seam (``put``, ``get``, ``delete``, ``delete_if_idle``);
+:class:`FileImageStore` keeps each image in a file named after its hash, in two levels
+of sharded folders (``ab/cd/abcd...``) so that no folder holds more than a few thousand
+files, written to a unique temporary name and renamed into place (atomic: a reader sees
+the whole image or none; two hubs writing the same image at once write the same bytes).
+The same image escalated twice is kept once. Images are bounded in size
+(``max_image_bytes``, the hub's message limit), readable by the hub's user only (face
+crops), and checked against their name when read back.
+
+Deleting an image races with storing it again: the same bytes escalated anew find the
+image there and reference it, while retention, having found no reference, deletes it.
+Three things close that (nothing acknowledged is ever lost):
+
+* ``put`` always touches the image, even one already there: a file's mtime is set to
+  now (``os.utime``; if the file is gone by then it is written anew), an object is
+  written again (its ``last_modified`` is now). The event's row commits after ``put``.
+* Retention deletes only with :meth:`ImageStore.delete_if_idle`: an image untouched
+  since ``idle_before``, which the hub sets :data:`IMAGE_GRACE_S` before now, far above
+  any ingest's put-to-commit time (one transaction attempt; a retry puts again). An image
+  touched by a put whose row is not yet committed is therefore never idle.
+* Inside one hub, the store re-checks references and deletes under a gate that every
+  put-to-commit holds shared (:class:`cloud_hub.store.Store`): no put is between its
+  touch and its commit while retention decides.
+
+Across replicas sharing a store only the first two hold. On files they suffice:
+:class:`FileImageStore` first renames an idle image to a tombstone (atomic), then reads
+the tombstone's mtime: a put that touched it before the rename shows (the image is put
+back; a reader in that instant finds it missing, once), a put after the rename finds no
+file and writes it again. On S3 a put landing between retention's ``HEAD`` and its
+``DELETE`` (S3 has no delete conditional on modification time) is still lost: a window
+of one round trip, for an image identical to one unreferenced for
+``image_retention_days`` and untouched for the grace period, put by any replica's
+ingest. Keep bucket versioning on, where that matters: such a delete is then
+recoverable.
 
 :class:`ObjectImageStore` keeps them in S3-compatible object storage through
 ``obstore`` (optional: ``pip install obstore``): one small wheel with no Python
@@ -22,6 +48,7 @@ import hashlib
 import os
 import re
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -29,6 +56,10 @@ from typing import Any
 from cloud_hub.errors import ImageStoreError, ImageStoreUnavailableError
 
 _REF = re.compile(r"^[0-9a-f]{64}$")
+
+IMAGE_GRACE_S = 3600.0
+"""How long an image stays after its last put before retention may delete it (when no
+event references it): far above the seconds from a put to its event's commit."""
 
 
 def image_ref(data: bytes) -> str:
@@ -93,6 +124,16 @@ class ImageStore(ABC):
         """
         self._remove(check_ref(ref))
 
+    def delete_if_idle(self, ref: str, *, idle_before: float) -> bool:
+        """Forget the image named ``ref`` only if no put touched it since ``idle_before``
+        (seconds since the epoch); whether it was deleted (``False`` if gone already).
+
+        Raises:
+            ImageStoreError: ``ref`` is not a reference.
+            ImageStoreUnavailableError: The storage failed: retry.
+        """
+        return self._remove_if_idle(check_ref(ref), idle_before)
+
     @abstractmethod
     def _write(self, ref: str, data: bytes) -> None: ...
 
@@ -101,6 +142,9 @@ class ImageStore(ABC):
 
     @abstractmethod
     def _remove(self, ref: str) -> None: ...
+
+    @abstractmethod
+    def _remove_if_idle(self, ref: str, idle_before: float) -> bool: ...
 
 
 class FileImageStore(ImageStore):
@@ -116,8 +160,14 @@ class FileImageStore(ImageStore):
 
     def _write(self, ref: str, data: bytes) -> None:
         target = self.path(ref)
-        if target.exists():
-            return  # the same bytes, by their name
+        try:
+            os.utime(target)  # the same bytes, by their name: touched, so retention waits
+            return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ImageStoreUnavailableError(f"cannot touch image {ref[:12]}… under "
+                                             f"{self.root}: {exc.strerror}") from exc
         try:
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # A unique name per writer: concurrent writers never share a temporary file.
@@ -147,6 +197,28 @@ class FileImageStore(ImageStore):
     def _remove(self, ref: str) -> None:
         try:
             self.path(ref).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ImageStoreUnavailableError(f"cannot delete image {ref[:12]}…: "
+                                             f"{exc.strerror}") from exc
+
+    def _remove_if_idle(self, ref: str, idle_before: float) -> bool:
+        target = self.path(ref)
+        # Renamed away first (atomic): a put from now on finds no file and writes it
+        # again; one that touched it before the rename shows in the tombstone's mtime.
+        tombstone = target.with_name(f".doomed-{uuid.uuid4().hex}")
+        try:
+            target.rename(tombstone)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ImageStoreUnavailableError(f"cannot delete image {ref[:12]}…: "
+                                             f"{exc.strerror}") from exc
+        try:
+            if tombstone.stat().st_mtime >= idle_before:
+                tombstone.replace(target)  # put since: kept (a rewrite has the same bytes)
+                return False
+            tombstone.unlink()
+            return True
         except OSError as exc:
             raise ImageStoreUnavailableError(f"cannot delete image {ref[:12]}…: "
                                              f"{exc.strerror}") from exc
@@ -198,6 +270,20 @@ class ObjectImageStore(ImageStore):
             return
         except Exception as exc:  # as above
             raise ImageStoreUnavailableError(f"cannot delete image {ref[:12]}…: {exc}") from exc
+
+    def _remove_if_idle(self, ref: str, idle_before: float) -> bool:
+        import obstore
+
+        try:
+            meta = obstore.head(self._store, self.key(ref))
+        except FileNotFoundError:
+            return False
+        except Exception as exc:  # as above
+            raise ImageStoreUnavailableError(f"cannot delete image {ref[:12]}…: {exc}") from exc
+        if meta["last_modified"].timestamp() >= idle_before:
+            return False  # written again since: a new event may be about to reference it
+        self._remove(ref)  # no conditional delete on S3: see the module's docstring
+        return True
 
 
 def object_store_from_url(url: str) -> tuple[Any, str]:

@@ -23,6 +23,7 @@ from cloud_hub.batching import (
 from cloud_hub.distribution import ModelDistribution
 from cloud_hub.errors import DeviceExistsError, HubError, ProvisioningError, SettingsError
 from cloud_hub.images import (
+    IMAGE_GRACE_S,
     FileImageStore,
     ImageStore,
     ObjectImageStore,
@@ -469,6 +470,7 @@ class HubService:
                 images, events = self.store.prune(
                     images_before=now - self.settings.image_retention_days * 86400,
                     events_before=now - self.settings.event_retention_days * 86400,
+                    images_idle_before=now - IMAGE_GRACE_S,
                     unescalated_before=now - self.settings.journal_unescalated_keep_s,
                 )
             except HubError as exc:

@@ -10,6 +10,10 @@ atomically in the database, never under a process-local lock: a rollout carries 
 ``revision``, and :meth:`Store.update_rollout` writes a new state only where the
 revision is still the one it read (compare-and-set, the same on SQLite and PostgreSQL),
 reading again and re-applying the change when another hub won.
+
+The one process-local lock, :class:`_ImageGate`, orders one hub's own image puts and
+retention's image deletes (see :mod:`cloud_hub.images`); across hubs, an image's
+put-refreshed age is what keeps retention from deleting it under a new event.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import base64
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -428,6 +433,45 @@ def totals_query(since: float) -> _Query:
             .group_by(outcome, events.c.device_id))
 
 
+class _ImageGate:
+    """Puts (each from its first image put to its rows' commit) hold it shared, several
+    at once; retention holds it alone while it re-checks references and deletes, so that
+    no put of this hub sits between touching an image and committing the row that names
+    it. Retention waiting keeps new puts out (a stream of puts never starves it)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._putting = 0
+        self._deleting = False
+
+    @contextmanager
+    def putting(self) -> Iterator[None]:
+        """Hold it shared, from the images' put to the rows' commit."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._deleting)
+            self._putting += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._putting -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def deleting(self) -> Iterator[None]:
+        """Hold it alone, from the re-check of references to the last delete."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._deleting)
+            self._deleting = True
+            self._changed.wait_for(lambda: self._putting == 0)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._deleting = False
+                self._changed.notify_all()
+
+
 class Store:
     """The database. Thread-safe: SQLAlchemy pools a connection per thread.
 
@@ -442,6 +486,7 @@ class Store:
                  images: ImageStore | None = None) -> None:
         self.url = url
         self.images = images
+        self._image_gate = _ImageGate()
         self._connect_args = connect_args or {}
         self._engine: Engine | None = None
 
@@ -681,7 +726,8 @@ class Store:
         once, and note when their devices were heard from (``seen``: device id to time).
 
         Their ``crop`` and ``thumbnail`` go to the image store first (when there is one),
-        the rows keeping their references: a row never names an image not yet stored.
+        the rows keeping their references: a row never names an image not yet stored,
+        and retention (:meth:`prune`) deletes none of them before the rows commit.
 
         Returns:
             The ids that were new (the others were already stored).
@@ -690,6 +736,11 @@ class Store:
             ImageStoreUnavailableError: The image store failed (retry).
             ImageStoreError: An image is larger than the image store takes.
         """
+        with self._image_gate.putting():
+            return self._add_events(rows, seen)
+
+    def _add_events(self, rows: Sequence[Mapping[str, Any]],
+                    seen: Mapping[str, float] | None) -> set[str]:
         if self.images is not None:
             rows = [self._with_image_refs(values) for values in rows]
         new: set[str] = set()
@@ -822,12 +873,18 @@ class Store:
                            by_device=tuple(sorted(by_device.items())),
                            mean_verdict_latency_s=latency_s / judged if judged else None)
 
-    def prune(self, *, images_before: float, events_before: float,
+    def prune(self, *, images_before: float, events_before: float, images_idle_before: float,
               unescalated_before: float | None = None) -> tuple[int, int]:
         """Retention: drop images of older events first, then whole old events, and the
         journal steps as old as those events.
 
         Args:
+            images_before: Drop the images of events received before this.
+            events_before: Drop the events received before this.
+            images_idle_before: Delete a released image from the image store only if no
+                event references it and no put touched it since this (now less
+                :data:`cloud_hub.images.IMAGE_GRACE_S`: a put whose event is not
+                committed yet touched it less long ago).
             unescalated_before: Also drop journal steps received before this of tracks
                 never escalated (their end step, which would have removed them, was lost).
 
@@ -860,23 +917,26 @@ class Store:
                 conn.execute(journal_steps.delete()
                              .where(journal_steps.c.received_at < unescalated_before)
                              .where(~escalated.exists()))
-        self._forget_images(released)
+        self._forget_images(released, idle_before=images_idle_before)
         return int(images), int(deleted)
 
-    def _forget_images(self, released: set[str]) -> None:
+    def _forget_images(self, released: set[str], *, idle_before: float) -> None:
         """Delete released images that no row references any more (the same image may be
-        another event's too)."""
+        another event's too) and that no put touched since ``idle_before`` (the same image
+        may be a new event's, its row not committed yet: on another hub, or on this one
+        before the gate was taken)."""
         if self.images is None or not released:
             return
         ordered = sorted(released)
         for start in range(0, len(ordered), 500):  # an hour of a large fleet: bound the IN
             chunk = ordered[start:start + 500]
-            with self._tx() as conn:
-                kept = {ref for column in (events.c.crop_ref, events.c.thumbnail_ref)
-                        for ref in conn.execute(sa.select(column).where(column.in_(chunk)))
-                        .scalars()}
-            for ref in set(chunk) - kept:
-                self.images.delete(ref)
+            with self._image_gate.deleting():
+                with self._tx() as conn:
+                    kept = {ref for column in (events.c.crop_ref, events.c.thumbnail_ref)
+                            for ref in conn.execute(sa.select(column)
+                                                    .where(column.in_(chunk))).scalars()}
+                for ref in sorted(set(chunk) - kept):
+                    self.images.delete_if_idle(ref, idle_before=idle_before)
 
     # -- the decision journal --------------------------------------------------------
 

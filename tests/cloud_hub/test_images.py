@@ -4,7 +4,9 @@ adapter that S3 uses): named by sha256, sharded, written atomically, bounded, ch
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,26 @@ def test_an_image_is_named_by_its_hash_kept_once_and_forgotten(images: ImageStor
     images.delete(ref)
     assert images.get(ref) is None
     images.delete(ref)  # gone already: nothing
+
+
+def test_only_an_image_idle_since_the_cutoff_is_deleted(images: ImageStore) -> None:
+    ref = images.put(JPEG)
+    assert not images.delete_if_idle(ref, idle_before=time.time() - 3600)  # just put
+    assert images.get(ref) == JPEG
+    assert images.delete_if_idle(ref, idle_before=time.time() + 3600)
+    assert images.get(ref) is None
+    assert not images.delete_if_idle(ref, idle_before=time.time() + 3600)  # gone already
+
+
+def test_a_put_of_an_image_already_there_touches_it(tmp_path: Path) -> None:
+    images = FileImageStore(tmp_path / "images", max_image_bytes=1 << 20)
+    ref = images.put(JPEG)
+    path = images.path(ref)
+    os.utime(path, (1000.0, 1000.0))  # put long ago
+    images.put(JPEG)  # again: now it is a new event's too
+    assert path.stat().st_mtime > 2000.0
+    assert not images.delete_if_idle(ref, idle_before=2000.0)
+    assert [p.name for p in path.parent.iterdir()] == [ref]  # put back, no tombstone left
 
 
 @pytest.mark.parametrize("ref", ["../../etc/passwd", "ab", "A" * 64, "g" * 64, ""])

@@ -117,11 +117,11 @@ def test_an_unescalated_track_is_forgotten_and_retention_drops_what_is_left(
                            received_at=now - 7200)
     store.add_event(**_event_row("0190a000-0000-7000-8000-0000000000aa"))
     store.prune(images_before=now - 86400, events_before=now - 86400,
-                unescalated_before=now - 3600)
+                images_idle_before=now, unescalated_before=now - 3600)
     with store.engine.connect() as conn:
         left = conn.execute(sa.select(journal_steps.c.track_id).distinct()).scalars().all()
     assert left == [3]  # the stale unescalated track 9 is gone, the escalated one stays
-    store.prune(images_before=now + 1, events_before=now + 1)
+    store.prune(images_before=now + 1, events_before=now + 1, images_idle_before=now)
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(journal_steps)).scalar() == 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from cloud_hub.errors import NotFoundError, StoreError
-from cloud_hub.images import FileImageStore
+from cloud_hub.images import IMAGE_GRACE_S, FileImageStore
 from cloud_hub.store import (
     SCHEMA_VERSION,
     Store,
@@ -127,7 +129,7 @@ def test_retention_prunes_images_before_metadata(store: Store) -> None:
     store.add_event(**_event("middle", received_at=now - 10 * 86400))
     store.add_event(**_event("new", received_at=now))
     pruned, deleted = store.prune(images_before=now - 7 * 86400,
-                                  events_before=now - 90 * 86400)
+                                  events_before=now - 90 * 86400, images_idle_before=now)
     assert (pruned, deleted) == (2, 1)
     middle = store.get_event(event_id="middle")
     assert not middle["has_crop"] and store.event_image(event_id="middle", kind="crop") is None
@@ -323,13 +325,44 @@ def test_retention_deletes_only_images_no_event_references(store: Store, tmp_pat
         hub.add_event(**_event("new", received_at=now, crop=b"\xff\xd8new"))  # same thumb
         old_crop, shared = (hashlib.sha256(b).hexdigest()
                             for b in (b"\xff\xd8old", b"\xff\xd8thumb"))
-        assert hub.prune(images_before=now - 7 * 86400, events_before=now - 90 * 86400) == (
-            1, 0)
+        assert hub.prune(images_before=now - 7 * 86400, events_before=now - 90 * 86400,
+                         images_idle_before=now + 1) == (1, 0)  # every file idle
         assert not images.path(old_crop).exists()
         assert images.path(shared).exists()  # the newer event's thumbnail still
         assert hub.event_image(event_id="new", kind="thumbnail") == b"\xff\xd8thumb"
-        hub.prune(images_before=now + 1, events_before=now - 90 * 86400)
+        hub.prune(images_before=now + 1, events_before=now - 90 * 86400,
+                  images_idle_before=now + 1)
         assert not images.path(shared).exists()
+    finally:
+        hub.close()
+
+
+def test_retention_never_deletes_an_image_a_new_event_is_about_to_reference(
+        store: Store, tmp_path: Path) -> None:
+    """The race, its steps called in the bad order: ingest puts an image already there
+    (the same bytes as an old event's), retention finds no committed reference to it and
+    deletes, ingest then commits the row naming it. The put's touch keeps it."""
+    hub = _with_images(store, tmp_path / "images")
+    images = hub.images
+    assert isinstance(images, FileImageStore)
+    try:
+        now = time.time()
+        crop = b"\xff\xd8same-bytes"
+        hub.add_event(**_event("old", received_at=now - 10 * 86400, crop=crop,
+                               thumbnail=None))
+        ref = hashlib.sha256(crop).hexdigest()
+        os.utime(images.path(ref), (now - 10 * 86400, now - 10 * 86400))  # put back then
+        assert images.put(crop) == ref  # ingest's first step: the file is there
+        assert hub.prune(images_before=now - 7 * 86400, events_before=now - 90 * 86400,
+                         images_idle_before=now - IMAGE_GRACE_S) == (1, 0)
+        with hub.engine.begin() as conn:  # ingest's second step: the row commits
+            conn.execute(events.insert().values(
+                **_event("new", received_at=now, crop=None, thumbnail=None, crop_ref=ref)))
+        assert hub.event_image(event_id="new", kind="crop") == crop
+        assert [p.name for p in images.path(ref).parent.iterdir()] == [ref]  # no tombstone
+        hub.prune(images_before=now + 1, events_before=now - 90 * 86400,
+                  images_idle_before=now - IMAGE_GRACE_S)
+        assert images.path(ref).exists()  # unreferenced now, but put less than the grace ago
     finally:
         hub.close()
 
@@ -350,4 +383,47 @@ def test_a_schema_8_database_gets_image_references(store: Store, tmp_path: Path)
         assert {i["name"] for i in sa.inspect(hub.engine).get_indexes("events")} >= {
             "ix_events_crop_ref", "ix_events_thumbnail_ref"}
     finally:
+        hub.close()
+
+
+def test_retention_waits_for_a_put_of_this_hub_to_commit(store: Store, tmp_path: Path) -> None:
+    """The race inside one hub, with no grace period to help (every image idle): ingest
+    is held between its put and its commit while retention starts; retention must wait
+    at the gate rather than find no reference and delete."""
+    put_done, may_commit = threading.Event(), threading.Event()
+
+    class HeldImages(FileImageStore):
+        def _write(self, ref: str, data: bytes) -> None:
+            super()._write(ref, data)
+            if threading.current_thread().name == "ingest":
+                put_done.set()
+                assert may_commit.wait(30)  # hang guard only
+
+    hub = Store(store.url, connect_args=store._connect_args,
+                images=HeldImages(tmp_path / "images", max_image_bytes=1 << 20))
+    hub.open()
+    try:
+        now = time.time()
+        crop = b"\xff\xd8same-bytes"
+        hub.add_event(**_event("old", received_at=now - 10 * 86400, crop=crop,
+                               thumbnail=None))
+        ingest = threading.Thread(name="ingest", target=lambda: hub.add_event(
+            **_event("new", received_at=now, crop=crop, thumbnail=None)))
+        retention = threading.Thread(name="retention", target=lambda: hub.prune(
+            images_before=now - 7 * 86400, events_before=now - 90 * 86400,
+            images_idle_before=now + 3600))
+        ingest.start()
+        assert put_done.wait(30)
+        retention.start()
+        deadline = time.monotonic() + 30  # hang guard only
+        while retention.is_alive() and not hub._image_gate._deleting:  # finished or waiting
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        may_commit.set()
+        ingest.join(30)
+        retention.join(30)
+        assert not ingest.is_alive() and not retention.is_alive()
+        assert hub.event_image(event_id="new", kind="crop") == crop
+    finally:
+        may_commit.set()
         hub.close()
