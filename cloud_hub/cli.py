@@ -391,7 +391,11 @@ def _broker_init(args: argparse.Namespace, settings: HubSettings) -> int:
     if dynsec_file.exists():
         raise HubError(f"{dynsec_file} exists; the broker's plugin owns it now (it holds "
                        "the provisioned devices): change it through cloud-hub devices")
-    tls = ListenerTls(args.tls_ca, args.tls_cert, args.tls_key,
+    for path in tls_files:
+        if path is not None and not path.is_file():
+            raise SettingsError(f"{path}: no such file")
+    # Absolute: the broker reads them from its own working directory (systemd's is /).
+    tls = ListenerTls(args.tls_ca.resolve(), args.tls_cert.resolve(), args.tls_key.resolve(),
                       require_certificate=args.require_client_cert) if all(tls_files) else None
     write_private(dynsec_file, json.dumps(dynsec_document(
         TopicLayout(settings.mqtt_prefix), hub_username=settings.mqtt_username,
@@ -399,7 +403,7 @@ def _broker_init(args: argparse.Namespace, settings: HubSettings) -> int:
     config = args.folder / "mosquitto.conf"
     config.write_text(config_text(
         port=args.port or settings.mqtt_port, bind=args.bind, dynsec_file=dynsec_file.resolve(),
-        plugin=find_dynsec_plugin(), tls=tls, persistence_dir=args.persistence,
+        plugin=find_dynsec_plugin(), tls=tls, persistence_dir=args.persistence.resolve(),
         limits=BrokerLimits(max_packet_size_bytes=settings.max_message_bytes
                             + PACKET_HEADROOM_BYTES)))
     print(f"wrote {config} and {dynsec_file} (readable by its owner only: give it to the "
