@@ -120,7 +120,12 @@ def test_doctor_reports_aarch64_and_an_arm_plan(device: EmulatedDevice) -> None:
     assert hardware["emulated_on"] == (None if host in ("aarch64", "arm64") else host)
     assert runtimes["tflite"] == "ai_edge_litert"
     assert runtimes["onnxruntime_providers"] == []  # ONNX Runtime is the `onnx` extra
-    assert plans and all(names for names in plans.values())
+    # The TFLite models run on LiteRT; ONNX models have no candidate, and doctor says why.
+    assert plans["any tflite model"][-1] == "litert:cpu"
+    assert plans["any onnx model"] == []
+    onnx_plan = next(plan for plan in report["plans"] if plan["model"] == "any onnx model")
+    assert any("onnxruntime is not installed" in excluded["reason"]
+               for excluded in onnx_plan["excluded"]), onnx_plan
     text = json.dumps(report["plans"]).lower() + " ".join(hardware["cpu_features"])
     assert not [word for word in X86_ONLY if word in text], text
 
