@@ -370,6 +370,18 @@ def run_step(fleet: DeviceFleet, hub: Replica, rate_eps: float, duration_s: floa
                       answered / total, depth), records
 
 
+def settle(fleet: DeviceFleet, hub: Replica, timeout_s: float = 60.0) -> None:
+    """Wait until the hub's admission queue is empty and every event sent is answered
+    (at most ``timeout_s``), so that a step does not inherit the last one's backlog."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with fleet.lock:
+            waiting = sum(1 for r in fleet.sent.values() if not r.answers)
+        if not waiting and scrape(hub.http_port).get("hub_admission_queue_depth{}", 0) == 0:
+            return
+        time.sleep(0.5)
+
+
 def measure_bare(settings_env: dict[str, str], template: bytes, seconds: float,
                  workers: int) -> float:
     """Decode and judge escalations in this process with the hub's own judge, from
@@ -516,14 +528,14 @@ def main(argv: list[str]) -> int:
                 break
             good, rate = rate, rate * 2
         for _ in range(args.refine if bad is not None else 0):
-            time.sleep(args.step_s / 2)  # let the last failing step's backlog clear
+            settle(fleet, hub)  # the failing step's backlog cleared first
             assert bad is not None
             rate = (good + bad) / 2
             result, _ = run_step(fleet, hub, rate, args.step_s)
             steps.append(result)
             print(json.dumps(result.to_json()), flush=True)
             good, bad = (rate, bad) if result.passed else (good, rate)
-        time.sleep(args.step_s / 2)
+        settle(fleet, hub)
         overload_rate = 3 * max(good, args.start_eps)
         _, records = run_step(fleet, hub, overload_rate, args.overload_s,
                               grace_s=VERDICT_TIMEOUT_S + 2, flood_share=2 / 3)
@@ -537,6 +549,8 @@ def main(argv: list[str]) -> int:
         with sqlite3.connect(database) as db:
             stored = {row[0] for row in db.execute("SELECT id FROM events")}
         db_bytes = sum(p.stat().st_size for p in database.parent.glob("hub.sqlite3*"))
+        image_bytes = sum(p.stat().st_size for p in (folder / "hub-fleet").rglob("*")
+                          if p.is_file() and "images" in p.parts)
         duplicates = sum(max(0, len(r.answers) - 1) for r in sent.values())
         report = {
             "devices": args.devices, "provision_s": round(provision_s, 2),
@@ -547,7 +561,8 @@ def main(argv: list[str]) -> int:
             "bytes_per_event": {
                 "event_wire": round(event_bytes / max(1, len(sent))),
                 "answer_wire": round(answer_bytes / max(1, answers)),
-                "stored": round(db_bytes / max(1, len(stored))),
+                "stored_row": round(db_bytes / max(1, len(stored))),
+                "stored_images": round(image_bytes / max(1, len(stored))),
             },
             "events": len(sent), "lost": len(set(sent) - stored),
             "unanswered": sum(1 for r in sent.values() if not r.answers),

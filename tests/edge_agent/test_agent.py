@@ -23,6 +23,7 @@ from bench.cascade import load_truth, write_clip
 from edge_agent.footage import SampleFootage
 from models import ModelStore
 from sync import (
+    BusyMessage,
     EventMessage,
     ModelRef,
     TelemetryMessage,
@@ -134,6 +135,54 @@ def test_run_escalates_uncertain_faces_and_reconciles_verdicts(
                  if t == LAYOUT.journal("cam-test")]
     assert published
     assert all(m in journal for m in published)
+
+
+class BusyHub:
+    """Stands in for an overloaded hub: stores nothing, answers every escalation busy."""
+
+    def __init__(self, port: int) -> None:
+        self.answered: list[EventMessage] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        if not topic.endswith("/events"):
+            return
+        event = decode(payload, EventMessage)
+        busy = BusyMessage(event_id=event.event_id, device_id=event.device_id,
+                           reason="queue-full", retry_after_s=5.0, at=time.time())
+        self.answered.append(event)
+        self.client.publish(LAYOUT.verdicts(event.device_id), encode(busy), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_a_busy_hub_makes_the_agent_decide_at_once_not_at_its_timeout(
+    broker: MosquittoBroker, zoo_store: ModelStore, tmp_path: Path
+) -> None:
+    """With a verdict timeout longer than the whole run, every fallback comes from a busy
+    answer; each escalation tells the hub that timeout, and leaves the outbox."""
+    hub = BusyHub(broker.port)
+    collector = Collector(broker.port, LAYOUT.all_devices("events"), on_message=hub,
+                          receipts=False)
+    config = write_config(tmp_path / "agent.toml", agent_config(
+        tmp_path, broker.port, zoo_store.root, fallback={"verdict_timeout_s": 3600.0}))
+    process = agent_process(config, "--exit-when-done")
+    try:
+        _, errors = process.communicate(timeout=120)
+    finally:
+        process.kill()
+        hub.close()
+        collector.close()
+    assert process.returncode == 0, errors.decode()[-2000:]
+    status = read_status(tmp_path / "state")
+    assert status["escalations"] >= 2 and status["verdicts"] == 0
+    assert status["fallbacks"] == status["escalations"]
+    assert status["outbox"]["events"] == 0
+    assert {e.verdict_timeout_s for e in hub.answered} == {3600.0}
 
 
 def test_sigterm_finishes_in_flight_work_and_exits_cleanly(
