@@ -25,6 +25,9 @@ Threads, and what each owns:
   turn across devices), judge it, record the verdict and send it; their detector requests
   meet in the micro-batcher. The admission queue is theirs; intake threads reach it only
   through :class:`_Admission`, under its lock.
+* the ``verdict-writer`` thread records what the judge threads hand it through a bounded
+  queue, all that waits in one transaction (one sync to disk for many), then sends each
+  verdict as stored.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from cloud_hub.judge import EventJudge, Judgement
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.mqtt import BrokerSettings, default_client_id
 from cloud_hub.settings import HubSettings
-from cloud_hub.store import Store, TrackKey
+from cloud_hub.store import NewVerdict, Store, TrackKey
 from sync import (
     BusyMessage,
     DetectionPayload,
@@ -75,6 +78,8 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 10.0
+VERDICT_BATCH = 64  # verdicts recorded in one transaction, at most
+VERDICT_QUEUE = 1024  # judged, not yet recorded: judge threads wait beyond it
 INTAKE_BATCH = 64  # messages whose escalations are stored in one transaction, at most
 MIN_RETRY_AFTER_S = 1.0  # the shortest slow-down a busy answer asks of a device
 _Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, UpdateReport,
@@ -87,6 +92,25 @@ class _Stored:
 
     event: EventMessage
     arrived_at: float
+
+
+_Item = TypeVar("_Item")
+
+
+def _waiting(source: queue.Queue[_Item | None], first: _Item,
+             limit: int) -> tuple[list[_Item], bool]:
+    """``first`` and what already waits behind it in ``source`` (no waiting for more), up
+    to ``limit`` items; and whether the stop sentinel (``None``) was among them."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            item = source.get_nowait()
+        except queue.Empty:
+            return batch, False
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
 
 
 class _Admission:
@@ -164,6 +188,8 @@ class IngestWorker:
             capacity=settings.admission_capacity, workers=settings.ingest_workers),
             metrics)
         self._threads: list[threading.Thread] = []
+        self._verdicts: queue.Queue[NewVerdict | None] = queue.Queue(VERDICT_QUEUE)
+        self._writer: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
         self.handled = 0
@@ -190,6 +216,9 @@ class IngestWorker:
             self._spawn(self._intake, f"intake-{index}")
         for index in range(self.settings.ingest_workers):
             self._spawn(self._judging, f"judge-{index}")
+        self._writer = threading.Thread(target=self._write_verdicts, name="verdict-writer",
+                                        daemon=True)
+        self._writer.start()
         client.loop_start()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -215,6 +244,10 @@ class IngestWorker:
         for thread in self._threads:
             thread.join(30)
         self._threads.clear()
+        self._verdicts.put(None)  # after the judge threads: what they judged is recorded
+        if self._writer is not None:
+            self._writer.join(30)
+            self._writer = None
 
     @property
     def admission(self) -> AdmissionQueue[_Stored]:
@@ -267,16 +300,7 @@ class IngestWorker:
 
     def _intake(self) -> None:
         while (first := self._inbound.get()) is not None:
-            batch, stopping = [first], False
-            while len(batch) < INTAKE_BATCH:  # what is already waiting joins, no more
-                try:
-                    item = self._inbound.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
+            batch, stopping = _waiting(self._inbound, first, INTAKE_BATCH)
             self._take(batch)
             if stopping:
                 return
@@ -589,30 +613,47 @@ class IngestWorker:
                 log.exception("failed judging event %s", ticket.item.event.event_id)
 
     def _judge_until_done(self, event: EventMessage) -> None:
-        """Judge, record and send, retrying a store that is down; an event left unjudged
-        when the hub stops is judged when its device sends it again."""
+        """Judge, then hand the verdict to the verdict writer (an event left unjudged or
+        unrecorded when the hub stops is judged when its device sends it again)."""
         started = time.perf_counter()
         judgement = self._judgement(event)
         self._admission.judged(time.perf_counter() - started)
+        self._verdicts.put(NewVerdict(
+            event.event_id, judgement.outcome,
+            [d.model_dump(mode="json") for d in judgement.detections], judgement.model,
+            judgement.version, judgement.inference_ms, time.time(), self.name))
+
+    # -- the verdict-writer thread ---------------------------------------------------
+
+    def _write_verdicts(self) -> None:
+        while (first := self._verdicts.get()) is not None:
+            batch, stopping = _waiting(self._verdicts, first, VERDICT_BATCH)
+            try:
+                self._record_and_send(batch)
+            except Exception:  # the thread must outlive any one batch
+                self.metrics.dropped.labels("internal-error").inc()
+                log.exception("failed recording %d verdict(s)", len(batch))
+            if stopping:
+                return
+
+    def _record_and_send(self, batch: list[NewVerdict]) -> None:
+        """Record verdicts in one transaction (retrying a store that is down), then send
+        each as stored (another replica's may have been first)."""
         attempt = 0
         while True:
             try:
-                self.store.set_verdict(
-                    event_id=event.event_id, outcome=judgement.outcome,
-                    detections=[d.model_dump(mode="json") for d in judgement.detections],
-                    model=judgement.model, version=judgement.version,
-                    inference_ms=judgement.inference_ms, decided_at=time.time(),
-                    handled_by=self.name,
-                )
-                self._send(self.store.get_event(event_id=event.event_id))
-                return
-            except NotFoundError:
-                log.warning("event %s was pruned before its verdict went out", event.event_id)
-                return
+                self.store.set_verdicts(batch)
+                break
             except RetryLaterError as exc:
                 attempt += 1
-                if self._back_off(attempt, f"the verdict of {event.event_id}", exc):
+                if self._back_off(attempt, f"{len(batch)} verdict(s)", exc):
                     return
+        for verdict in batch:
+            try:
+                self._send(self.store.get_event(event_id=verdict.event_id))
+            except NotFoundError:
+                log.warning("event %s was pruned before its verdict went out",
+                            verdict.event_id)
 
     def _judgement(self, event: EventMessage) -> Judgement:
         started = time.perf_counter()

@@ -472,6 +472,20 @@ class _ImageGate:
                 self._changed.notify_all()
 
 
+@dataclass(frozen=True, slots=True)
+class NewVerdict:
+    """A verdict to record (:meth:`Store.set_verdicts`)."""
+
+    event_id: str
+    outcome: str
+    detections: list[dict[str, Any]]
+    model: str
+    version: str
+    inference_ms: float
+    decided_at: float
+    handled_by: str
+
+
 class Store:
     """The database. Thread-safe: SQLAlchemy pools a connection per thread.
 
@@ -774,12 +788,21 @@ class Store:
                     model: str, version: str, inference_ms: float, decided_at: float,
                     handled_by: str) -> None:
         """Record the hub's verdict for an event (the first one wins)."""
+        self.set_verdicts([NewVerdict(event_id, outcome, detections, model, version,
+                                      inference_ms, decided_at, handled_by)])
+
+    def set_verdicts(self, verdicts: Sequence[NewVerdict]) -> None:
+        """Record verdicts in one transaction (one commit, one sync to disk); for each
+        event the first verdict recorded wins."""
         with self._tx() as conn:
-            conn.execute(events.update().where(events.c.id == event_id)
-                         .where(events.c.outcome.is_(None)).values(
-                outcome=outcome, hub_detections=json.dumps(detections), hub_model=model,
-                hub_version=version, inference_ms=inference_ms, decided_at=decided_at,
-                handled_by=handled_by))
+            # In id order, as add_events: replicas' batches wait for, not deadlock on,
+            # each other's row locks.
+            for v in sorted(verdicts, key=lambda v: v.event_id):
+                conn.execute(events.update().where(events.c.id == v.event_id)
+                             .where(events.c.outcome.is_(None)).values(
+                    outcome=v.outcome, hub_detections=json.dumps(v.detections),
+                    hub_model=v.model, hub_version=v.version, inference_ms=v.inference_ms,
+                    decided_at=v.decided_at, handled_by=v.handled_by))
 
     def get_event(self, *, event_id: str) -> dict[str, Any]:
         """One event, without its images.
