@@ -2,8 +2,10 @@
 
 Escalations arrive through an MQTT 5 shared subscription (``$share/<group>/...``), so
 that several hub processes split the load. paho acknowledges nothing by itself
-(``manual_ack``): a message is acknowledged only after it was stored, so a hub that dies
-mid-way gets it redelivered. The store inserts each event id once; a redelivered event is
+(``manual_ack``): a message is acknowledged only after it was stored, and an escalation
+only once it was answered (its verdict recorded and sent, or ``busy``), so that the
+broker delivers again whatever a hub that died held, to it when it returns under its
+client id or to another replica. The store inserts each event id once; a redelivered event is
 answered with the verdict already recorded. Bad input (malformed, oversized, unknown
 device, a device writing under another's id, a device re-sending another's event id) is
 counted, logged and dropped. Devices' decision journals arrive the same way (QoS 0): the
@@ -14,20 +16,20 @@ Threads, and what each owns:
 * paho's network thread only puts each message on the inbound queue and returns: it
   never blocks, so the hub keeps answering the broker's keepalives and sending verdicts
   whatever the load. The queue needs no bound of its own for QoS 1 messages: the broker
-  sends at most ``mqtt_receive_maximum`` unacknowledged (MQTT 5 Receive Maximum), and the
-  hub acknowledges only what it stored. QoS 0 telemetry beyond that is dropped (counted).
+  sends at most ``mqtt_receive_maximum`` unacknowledged (MQTT 5 Receive Maximum; more
+  than the admission queue holds). QoS 0 telemetry beyond that is dropped (counted).
 * ``intake-<n>`` threads decode, check and store each message (the escalations waiting
-  together in one transaction: one sync to disk for many), acknowledge it, and offer
+  together in one transaction: one sync to disk for many), and offer
   each stored escalation to the admission queue (:mod:`cloud_hub.admission`), answering
   ``busy`` at once for an event it sheds (the queue is full at that priority and device
   share, or the event could not be judged within its device's verdict timeout).
 * ``judge-<n>`` threads take the next event from the admission queue (by priority, in
-  turn across devices), judge it, record the verdict and send it; their detector requests
+  turn across devices) and judge it; their detector requests
   meet in the micro-batcher. The admission queue is theirs; intake threads reach it only
   through :class:`_Admission`, under its lock.
 * the ``verdict-writer`` thread records what the judge threads hand it through a bounded
   queue, all that waits in one transaction (one sync to disk for many), then sends each
-  verdict as stored.
+  verdict as stored and acknowledges its event's message.
 """
 
 from __future__ import annotations
@@ -88,10 +90,12 @@ _Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, Upda
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
-    """A stored escalation waiting for judgement."""
+    """A stored escalation, and the message that brought it (acknowledged once the
+    event is answered: judged, or busy; ``None`` when it came another way)."""
 
     event: EventMessage
     arrived_at: float
+    message: mqtt.MQTTMessage | None = None
 
 
 _Item = TypeVar("_Item")
@@ -188,7 +192,8 @@ class IngestWorker:
             capacity=settings.admission_capacity, workers=settings.ingest_workers),
             metrics)
         self._threads: list[threading.Thread] = []
-        self._verdicts: queue.Queue[NewVerdict | None] = queue.Queue(VERDICT_QUEUE)
+        self._verdicts: queue.Queue[tuple[NewVerdict, mqtt.MQTTMessage | None] | None] = (
+            queue.Queue(VERDICT_QUEUE))
         self._writer: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
@@ -307,9 +312,12 @@ class IngestWorker:
 
     def _take(self, batch: list[tuple[mqtt.MQTTMessage, float]]) -> None:
         """Handle a batch of messages: its escalations stored in one transaction, the
-        rest one by one; each acknowledged once stored (or refused for good)."""
-        escalations: list[tuple[mqtt.MQTTMessage, EventMessage, float]] = []
+        rest one by one. Each is acknowledged once handled for good; an escalation once
+        it is answered (judged, or busy), so that one a hub died holding comes back to it
+        (or to another replica) from the broker."""
+        escalations: list[_Stored] = []
         for message, arrived_at in batch:
+            self.handled += 1
             topic, payload = message.topic, bytes(message.payload)
             try:
                 address = self.layout.parse(topic)
@@ -318,48 +326,51 @@ class IngestWorker:
             if address is not None and address.kind == "events":
                 event = self._accept_event(address.name, payload)
                 if event is not None:
-                    escalations.append((message, event, arrived_at))
+                    escalations.append(_Stored(event, arrived_at, message))
                     continue
                 done = True
             else:
                 done = self._handle_until_done(topic, payload, arrived_at)
-            self._acknowledge(message, done)
+            if done:
+                self._ack(message)
         if escalations:
-            done = self._store_until_done([(e, at) for _, e, at in escalations])
-            for message, _, _ in escalations:
-                self._acknowledge(message, done)
+            self._store_until_done(escalations)
 
-    def _acknowledge(self, message: mqtt.MQTTMessage, done: bool) -> None:
-        if done and message.qos > 0 and self._client is not None:
+    def _ack(self, message: mqtt.MQTTMessage | None) -> None:
+        """Acknowledge a message (thread-safe: paho queues the PUBACK)."""
+        if message is not None and message.qos > 0 and self._client is not None:
             self._client.ack(message.mid, message.qos)
-        self.handled += 1
 
-    def _store_until_done(self, escalations: list[tuple[EventMessage, float]]) -> bool:
+    def _store_until_done(self, escalations: list[_Stored]) -> None:
         """Store escalations together, retrying a store that is down (as
-        :meth:`_handle_until_done` does); whether they may be acknowledged. A batch the
-        store refuses for good is stored one by one, so that one bad row costs only
-        itself."""
+        :meth:`_handle_until_done` does; unacknowledged if the hub stops meanwhile). A
+        batch the store refuses for good is stored one by one, so that one bad row costs
+        only itself."""
         attempt = 0
         while True:
             try:
                 self._store_events(escalations)
-                return True
+                return
             except RetryLaterError as exc:
                 attempt += 1
                 if self._back_off(attempt, f"{len(escalations)} escalation(s)", exc):
-                    return False
+                    return
             except HubError as exc:
-                if len(escalations) == 1:
-                    self.metrics.dropped.labels("hub-error").inc()
-                    log.error("could not store event %s: %s", escalations[0][0].event_id,
-                              exc)
-                    return True
-                each = [self._store_until_done([one]) for one in escalations]  # all of them
-                return all(each)
+                if len(escalations) > 1:
+                    for one in escalations:
+                        self._store_until_done([one])
+                    return
+                self.metrics.dropped.labels("hub-error").inc()
+                log.error("could not store event %s: %s", escalations[0].event.event_id,
+                          exc)
+                self._ack(escalations[0].message)
+                return
             except Exception:  # a thread must outlive any one batch
                 self.metrics.dropped.labels("internal-error").inc()
                 log.exception("failed on %d escalation(s)", len(escalations))
-                return True
+                for one in escalations:
+                    self._ack(one.message)
+                return
 
     def _back_off(self, attempt: int, what: str, exc: Exception) -> bool:
         """Count a transient store failure and wait before the next attempt, longer each
@@ -520,7 +531,7 @@ class IngestWorker:
     def _event(self, device_id: str, payload: bytes, arrived_at: float) -> None:
         event = self._accept_event(device_id, payload)
         if event is not None:
-            self._store_events([(event, arrived_at)])
+            self._store_events([_Stored(event, arrived_at)])
 
     def _accept_event(self, device_id: str, payload: bytes) -> EventMessage | None:
         event = self._accept(device_id, payload, EventMessage, "event")
@@ -531,7 +542,7 @@ class IngestWorker:
                 "frame" if is_framed_event(payload) else "json").inc()
         return event
 
-    def _store_events(self, escalations: list[tuple[EventMessage, float]]) -> None:
+    def _store_events(self, escalations: list[_Stored]) -> None:
         """Store accepted escalations in one transaction; admit the new ones, answer
         redelivered ones.
 
@@ -541,15 +552,15 @@ class IngestWorker:
         """
         received_at = self._clock()
         new = self.store.add_events(
-            [self._row(event, received_at) for event, _ in escalations],
-            seen={event.device_id: received_at for event, _ in escalations})
-        for event, arrived_at in escalations:
-            if event.event_id in new:
-                new.discard(event.event_id)  # the same event twice in one batch: once
+            [self._row(item.event, received_at) for item in escalations],
+            seen={item.event.device_id: received_at for item in escalations})
+        for item in escalations:
+            if item.event.event_id in new:
+                new.discard(item.event.event_id)  # the same event twice in a batch: once
                 self.metrics.ingested.inc()
-                self._admit(event, arrived_at)
+                self._admit(item)
             else:
-                self._redelivered(event, arrived_at)
+                self._redelivered(item)
 
     @staticmethod
     def _row(event: EventMessage, received_at: float) -> dict[str, Any]:
@@ -564,9 +575,10 @@ class IngestWorker:
             "thumbnail": event.thumbnail_jpeg, **_frame_size(event),
         }
 
-    def _redelivered(self, event: EventMessage, arrived_at: float) -> None:
+    def _redelivered(self, item: _Stored) -> None:
         """An escalation whose id is stored: answer with its verdict, or say it is stored
         and judge it (again, if whoever held it died)."""
+        event = item.event
         device_id = event.device_id
         stored = self.store.get_event(event_id=event.event_id)
         if stored["device_id"] != device_id:
@@ -574,24 +586,26 @@ class IngestWorker:
             # re-sending it must not hear (or make its owner hear) that verdict.
             self._drop("replayed-event-id", f"{device_id} re-sent event "
                        f"{event.event_id} of {stored['device_id']}")
+            self._ack(item.message)
             return
         self.metrics.dedup_hits.inc()
         if stored["outcome"] is not None:
             self._send(stored)
+            self._ack(item.message)
             return
         # Another worker or replica holds it (or died judging it): say it is safe here,
         # so the device stops sending it, and judge it if nobody has.
         self._send_receipt(device_id, event.event_id)
-        self._admit(event, arrived_at)
+        self._admit(item)
 
-    def _admit(self, event: EventMessage, arrived_at: float) -> None:
+    def _admit(self, item: _Stored) -> None:
         """Offer a stored escalation for judgement; answer ``busy`` for what is shed."""
+        event = item.event
         timeout_s = event.verdict_timeout_s or self.settings.default_verdict_timeout_s
         # Waited in the outbox past its timeout: the device has decided it already.
-        late = arrived_at - event.captured_at > timeout_s
+        late = item.arrived_at - event.captured_at > timeout_s
         ticket = Ticket(event.device_id, priority_of(event.reason, late=late),
-                        None if late else arrived_at + timeout_s,
-                        _Stored(event, arrived_at))
+                        None if late else item.arrived_at + timeout_s, item)
         for shed in self._admission.offer(ticket, self._clock()):
             self._send_busy(shed)
 
@@ -607,21 +621,24 @@ class IngestWorker:
                     return  # closed
                 continue
             try:
-                self._judge_until_done(ticket.item.event)
+                self._judge_until_done(ticket.item)
             except Exception:  # a thread must outlive any one event
                 self.metrics.dropped.labels("internal-error").inc()
                 log.exception("failed judging event %s", ticket.item.event.event_id)
+                self._ack(ticket.item.message)
 
-    def _judge_until_done(self, event: EventMessage) -> None:
+    def _judge_until_done(self, item: _Stored) -> None:
         """Judge, then hand the verdict to the verdict writer (an event left unjudged or
-        unrecorded when the hub stops is judged when its device sends it again)."""
+        unrecorded when the hub stops is unacknowledged: the broker delivers it again)."""
+        event = item.event
         started = time.perf_counter()
         judgement = self._judgement(event)
         self._admission.judged(time.perf_counter() - started)
-        self._verdicts.put(NewVerdict(
+        self._verdicts.put((NewVerdict(
             event.event_id, judgement.outcome,
             [d.model_dump(mode="json") for d in judgement.detections], judgement.model,
-            judgement.version, judgement.inference_ms, time.time(), self.name))
+            judgement.version, judgement.inference_ms, time.time(), self.name),
+            item.message))
 
     # -- the verdict-writer thread ---------------------------------------------------
 
@@ -636,24 +653,27 @@ class IngestWorker:
             if stopping:
                 return
 
-    def _record_and_send(self, batch: list[NewVerdict]) -> None:
+    def _record_and_send(self, batch: list[tuple[NewVerdict, mqtt.MQTTMessage | None]]
+                         ) -> None:
         """Record verdicts in one transaction (retrying a store that is down), then send
-        each as stored (another replica's may have been first)."""
+        each as stored (another replica's may have been first) and acknowledge the
+        message that brought its event."""
         attempt = 0
         while True:
             try:
-                self.store.set_verdicts(batch)
+                self.store.set_verdicts([verdict for verdict, _ in batch])
                 break
             except RetryLaterError as exc:
                 attempt += 1
                 if self._back_off(attempt, f"{len(batch)} verdict(s)", exc):
                     return
-        for verdict in batch:
+        for verdict, message in batch:
             try:
                 self._send(self.store.get_event(event_id=verdict.event_id))
             except NotFoundError:
                 log.warning("event %s was pruned before its verdict went out",
                             verdict.event_id)
+            self._ack(message)
 
     def _judgement(self, event: EventMessage) -> Judgement:
         started = time.perf_counter()
@@ -679,6 +699,7 @@ class IngestWorker:
         self._client.publish(self.layout.verdicts(event.device_id), encode(busy), qos=1,
                              properties=properties)
         self.metrics.shed.labels(shed.reason).inc()
+        self._ack(shed.ticket.item.message)
 
     def _send_receipt(self, device_id: str, event_id: str) -> None:
         receipt = ReceiptMessage(device_id=device_id, event_ids=(event_id,), at=time.time())

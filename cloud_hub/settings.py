@@ -197,6 +197,15 @@ class HubSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _room_for_the_admission_queue(self) -> HubSettings:
+        # Escalations stay unacknowledged until answered: the broker's window must hold
+        # the admission queue and more, or intake would starve while judging catches up.
+        if self.mqtt_receive_maximum <= self.admission_capacity:
+            raise ValueError(f"mqtt_receive_maximum ({self.mqtt_receive_maximum}) must be "
+                             f"more than admission_capacity ({self.admission_capacity})")
+        return self
+
+    @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self) -> HubSettings:
         if self.mode == "production" and (
             self.secret_key in PLACEHOLDER_SECRETS or len(self.secret_key) < 32
