@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -49,9 +50,42 @@ def find_dynsec_plugin() -> Path:
                    "(Debian: apt-get install mosquitto)")
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_LISTEN_PORT = 10000
+_handed_out: set[int] = set()  # never the same port twice to one process (its two brokers)
+
+
+def _ephemeral_start() -> int:
+    """Where the kernel's ephemeral (client source) ports begin (Linux; 32768 elsewhere)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port nothing listens on right now, below the ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` is an ephemeral port, the same pool every
+    client's source port comes from: a broker started on it later, or restarted, can find
+    it taken by a client's connection (another program's, or one of the broker's own
+    clients connecting to itself while nothing listened: TCP's simultaneous open), and
+    exit with "Address already in use". Ports below the ephemeral range are only ever
+    taken by a listener that chose them.
+    """
+    high = _ephemeral_start()
+    low = _LOWEST_LISTEN_PORT if high > _LOWEST_LISTEN_PORT + 1000 else 1024
+    for port in random.sample(range(low, high), k=min(200, high - low)):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # everything below the range is taken: any free one
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
 from cloud_hub.errors import ProvisioningError
-from cloud_hub.mosquitto import BrokerLimits, config_text
+from cloud_hub.mosquitto import BrokerLimits, config_text, free_port
 from cloud_hub.provisioning import (
     Acl,
     DeviceCredentials,
@@ -164,3 +165,16 @@ def test_a_repair_deletes_the_client_before_its_role_and_makes_both_anew() -> No
     assert [c.name for c in commands] == ["deleteClient", "deleteRole", "createRole",
                                           "createClient"]
     assert commands[3].fields["password"] == "pw" and not commands[3].tolerate_error
+
+
+def test_a_free_port_for_a_broker_is_never_one_a_client_could_be_given() -> None:
+    """A broker's port chosen from the ephemeral range was once taken, between the test's
+    choice and the broker's (re)start, by a client's source port ("Address already in
+    use"): ports come from below the range, where the kernel never puts a client."""
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= port < ephemeral_start for port in ports)
+    assert len(ports) > 1  # chosen at random: parallel runs seldom pick the same one
+    for port in ports:  # and free: a listener can take each
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
