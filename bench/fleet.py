@@ -136,6 +136,40 @@ def make_event(template: bytes, event_id: str, device_id: str, captured_at: floa
             .replace(repr(CAPTURED_PLACEHOLDER).encode(), captured.encode()))
 
 
+def device_client(device_id: str, password: str, index: int, inflight: int) -> mqtt.Client:
+    """A simulated device's MQTT 5 client (client id and user name its id; ``userdata``
+    its index), not yet connected."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
+                         protocol=mqtt.MQTTv5, userdata=index)
+    client.username_pw_set(device_id, password)
+    client.max_inflight_messages_set(inflight)
+    return client
+
+
+class Writers:
+    """The simulated devices (by index) whose paho client has bytes to send, kept by
+    paho's socket-write callbacks for an external loop."""
+
+    def __init__(self) -> None:
+        self.due: set[int] = set()
+
+    def want(self, client: mqtt.Client, userdata: int, sock: object) -> None:
+        """paho's ``on_socket_register_write``."""
+        self.due.add(userdata)
+
+    def wrote(self, client: mqtt.Client, userdata: int, sock: object) -> None:
+        """paho's ``on_socket_unregister_write``."""
+        self.due.discard(userdata)
+
+
+def connect_device(client: mqtt.Client, port: int, on_connect: Any, writers: Writers) -> None:
+    """Connect a device's client to the broker on ``port`` for an external loop."""
+    client.on_connect = on_connect
+    client.on_socket_register_write = writers.want
+    client.on_socket_unregister_write = writers.wrote
+    client.connect("127.0.0.1", port, keepalive=60)
+
+
 @dataclass(slots=True)
 class Sent:
     """One escalation a simulated device published, and what it heard back."""
@@ -172,7 +206,7 @@ class DeviceFleet:
         self.event_bytes = 0
         self._clients: list[mqtt.Client] = []
         self._selector = selectors.DefaultSelector()
-        self._writers: set[int] = set()
+        self._writers = Writers()
         self._schedule: list[tuple[float, int]] = []
         self._next = 0
         self._new_ids = EventIdFactory()
@@ -188,21 +222,15 @@ class DeviceFleet:
         """
         started = time.monotonic()
         for index, (device_id, password) in enumerate(self.credentials):
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id,
-                                 protocol=mqtt.MQTTv5, userdata=index)
-            client.username_pw_set(device_id, password)
-            client.max_inflight_messages_set(1000)
-            client.on_connect = self._on_connect
+            client = device_client(device_id, password, index, 1000)
             client.on_subscribe = self._on_subscribe
             client.on_message = self._on_message
-            client.on_socket_register_write = self._want_write
-            client.on_socket_unregister_write = self._wrote
-            client.connect("127.0.0.1", self.port, keepalive=60)
+            connect_device(client, self.port, self._on_connect, self._writers)
             sock = client.socket()
             assert sock is not None
             self._selector.register(sock, selectors.EVENT_READ, index)
             self._clients.append(client)
-            self._writers.add(index)
+            self._writers.due.add(index)
             self._turn(0.0)
         while self._subscribed < len(self._clients):
             if time.monotonic() - started > timeout_s:
@@ -272,16 +300,10 @@ class DeviceFleet:
         self._clients[device].publish(LAYOUT.events(device_id), payload, qos=1)
 
     def _turn(self, timeout_s: float) -> None:
-        for index in list(self._writers):
+        for index in list(self._writers.due):
             self._clients[index].loop_write()
         for key, _ in self._selector.select(timeout_s):
             self._clients[key.data].loop_read()
-
-    def _want_write(self, client: mqtt.Client, userdata: int, sock: object) -> None:
-        self._writers.add(userdata)
-
-    def _wrote(self, client: mqtt.Client, userdata: int, sock: object) -> None:
-        self._writers.discard(userdata)
 
     def _on_connect(self, client: mqtt.Client, userdata: int, flags: object,
                     reason: Any, properties: object) -> None:
@@ -437,6 +459,62 @@ def provision(broker: MosquittoBroker, settings: HubSettings,
     return credentials, elapsed
 
 
+
+class FleetServices:
+    """The services a fleet benchmark runs against: a private Mosquitto (dynamic security,
+    queues sized for a fleet) and one real hub (``python -m cloud_hub serve``, SQLite)
+    in ``folder``; ``workers`` sets ``CLOUD_HUB_INGEST_WORKERS`` (default: the hub's)."""
+
+    def __init__(self, folder: Path, workers: int | None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.broker = MosquittoBroker(folder / "broker", anonymous=False, limits=BrokerLimits(
+            max_queued_messages=100_000, max_queued_bytes=1024 ** 3))
+        self.database = folder / "hub" / "hub.sqlite3"
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        self.settings = {
+            "secret_key": SECRET, "mqtt_port": str(self.broker.port),
+            "mqtt_username": self.broker.hub_username,
+            "mqtt_password": self.broker.hub_password,
+            "database_url": f"sqlite:///{self.database}", "public_metrics": "true",
+            "landmark_model": "face-landmark"}
+        if workers is not None:
+            self.settings["ingest_workers"] = str(workers)
+        self.workers = workers or HubSettings(secret_key=SECRET).ingest_workers
+        self.hub = Replica("hub-fleet", self.settings, folder, cost_ms=0.0,
+                           command=("-m", "cloud_hub", "serve"))
+
+    def bare_env(self) -> dict[str, str]:
+        """The hub's settings as environment, for the in-process bare pipeline."""
+        env = {f"CLOUD_HUB_{k.upper()}": v for k, v in self.settings.items()
+               if k not in ("database_url",)}
+        env["CLOUD_HUB_DATA_DIR"] = str(self.folder / "bare")
+        return env
+
+    def provision(self, devices: int) -> tuple[list[tuple[str, str]], float]:
+        """Bulk-provision ``cam-00000`` onwards (the broker running);
+        ``(credentials, seconds)``."""
+        return provision(self.broker, HubSettings.model_validate(
+            {**self.settings, "data_dir": str(self.folder / "hub-fleet"),
+             "mqtt_client_id": "hub-fleet", "broker_control": "mosquitto-dynsec"}),
+            [f"cam-{k:05d}" for k in range(devices)])
+
+    def start_hub(self) -> None:
+        """Start the hub and wait until it is ready."""
+        self.hub.start()
+        wait_ready([self.hub], timeout_s=300)
+
+    def stored(self) -> set[str]:
+        """The event ids in the hub's store."""
+        with sqlite3.connect(self.database) as db:
+            return {row[0] for row in db.execute("SELECT id FROM events")}
+
+    def stop(self) -> None:
+        """Stop the hub and the broker."""
+        self.hub.stop()
+        self.broker.stop()
+
+
 def overload_figures(records: Sequence[Sent]) -> dict[str, Any]:
     """The overload phase: admitted p95, shed share, the others' worst p50."""
     admitted = [t for r in records if (t := r.first("verdict/1")) is not None]
@@ -482,36 +560,17 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     fd_limit = raise_fd_limit(args.devices * FD_PER_DEVICE + 1024)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    broker = MosquittoBroker(folder / "broker", anonymous=False, limits=BrokerLimits(
-        max_queued_messages=100_000, max_queued_bytes=1024 ** 3))
-    database = folder / "hub" / "hub.sqlite3"
-    database.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"secret_key": SECRET, "mqtt_port": str(broker.port),
-                "mqtt_username": broker.hub_username, "mqtt_password": broker.hub_password,
-                "database_url": f"sqlite:///{database}", "public_metrics": "true",
-                "landmark_model": "face-landmark"}
-    if args.workers is not None:
-        settings["ingest_workers"] = str(args.workers)
-    workers = args.workers or HubSettings(secret_key=SECRET).ingest_workers
+    services = FleetServices(folder, args.workers)
     template = escalation_template()
-    bare_env = {f"CLOUD_HUB_{k.upper()}": v for k, v in settings.items()
-                if k not in ("database_url",)}
-    bare_env["CLOUD_HUB_DATA_DIR"] = str(folder / "bare")
-    bare_eps = measure_bare(bare_env, template, args.bare_s, workers)
-    print(f"bare: {bare_eps:.1f} events/s ({workers} threads)", flush=True)
-    hub = Replica("hub-fleet", settings, folder, cost_ms=0.0,
-                  command=("-m", "cloud_hub", "serve"))
+    bare_eps = measure_bare(services.bare_env(), template, args.bare_s, services.workers)
+    print(f"bare: {bare_eps:.1f} events/s ({services.workers} threads)", flush=True)
+    broker, hub, database = services.broker, services.hub, services.database
     fleet: DeviceFleet | None = None
     broker.start()
     try:
-        device_ids = [f"cam-{k:05d}" for k in range(args.devices)]
-        credentials, provision_s = provision(broker, HubSettings.model_validate(
-            {**settings, "data_dir": str(folder / "hub-fleet"), "mqtt_client_id": "hub-fleet",
-             "broker_control": "mosquitto-dynsec"}), device_ids)
+        credentials, provision_s = services.provision(args.devices)
         print(f"provisioned {args.devices} devices in {provision_s:.1f} s", flush=True)
-        hub.start()
-        wait_ready([hub], timeout_s=300)
+        services.start_hub()
         fleet = DeviceFleet(broker.port, credentials, template)
         connect_s = fleet.connect(timeout_s=120)
         print(f"connected {args.devices} devices in {connect_s:.1f} s "
@@ -546,8 +605,7 @@ def main(argv: list[str]) -> int:
             sent = dict(fleet.sent)
             event_bytes, answer_bytes, answers = (fleet.event_bytes, fleet.answer_bytes,
                                                   fleet.answers)
-        with sqlite3.connect(database) as db:
-            stored = {row[0] for row in db.execute("SELECT id FROM events")}
+        stored = services.stored()
         db_bytes = sum(p.stat().st_size for p in database.parent.glob("hub.sqlite3*"))
         image_bytes = sum(p.stat().st_size for p in (folder / "hub-fleet").rglob("*")
                           if p.is_file() and "images" in p.parts)
@@ -573,7 +631,6 @@ def main(argv: list[str]) -> int:
     finally:
         if fleet is not None:
             fleet.close()
-        hub.stop()
-        broker.stop()
+        services.stop()
     print(json.dumps(report))
     return 0

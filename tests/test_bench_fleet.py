@@ -1,10 +1,15 @@
-"""The fleet benchmark's pure parts: its escalations and its overload figures."""
+"""The fleet benchmarks' pure parts: escalations, overload figures, a return's reconnects
+and figures."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from bench.fleet import Sent, escalation_template, make_event, overload_figures
+from bench.fleet_return import outage_figures, reconnect_offsets
+from edge_agent.backoff import Backoff
 from sync import EventIdFactory, EventMessage, decode, is_framed_event
 
 pytestmark = pytest.mark.unit
@@ -31,3 +36,27 @@ def test_overload_figures_separate_the_flooding_device_from_the_others() -> None
     assert figures["flood_shed_share"] == 0.5 and figures["others_shed_share"] == 0.25
     assert figures["worst_other_device_p50_s"] == 0.6  # device 1's median
     assert figures["answered_within_timeout"] == pytest.approx(5 / 6, abs=1e-4)
+
+
+def test_reconnects_after_a_long_outage_spread_over_the_longest_jittered_wait() -> None:
+    offsets = reconnect_offsets(200, Backoff(0.5, 30.0), random.Random(7))
+    assert offsets == reconnect_offsets(200, Backoff(0.5, 30.0), random.Random(7))
+    assert all(0 <= t <= 30.0 for t in offsets)
+    assert len({round(t, 3) for t in offsets}) > 190  # not in lockstep
+    assert min(offsets) < 5 and max(offsets) > 20
+
+
+def test_outage_figures_count_backlog_and_live_answers_and_duplicates() -> None:
+    sent = {
+        "b1": Sent(0, 0.0, [("busy/1", 3.0)]), "b2": Sent(1, 0.0, [("verdict/1", 5.0)]),
+        "l1": Sent(0, 1.0, [("verdict/1", 1.5), ("verdict/1", 1.6)]),
+        "l2": Sent(1, 1.0, [("busy/1", 2.0)]), "l3": Sent(1, 1.0, [("verdict/1", 20.0)]),
+        "l4": Sent(0, 1.0, []),
+    }
+    figures = outage_figures(sent, {"b1", "b2"}, {"l1", "l2", "l3", "l4"},
+                             stored=set(sent) - {"l4"}, timeout_s=10.0)
+    assert (figures["backlog_answered"], figures["live_answered"]) == (2, 3)
+    assert figures["live_on_time"] == 0.25 and figures["live_answered_in_time"] == 0.5
+    assert figures["busy_share"] == pytest.approx(2 / 5, abs=1e-4)
+    assert figures["backlog_busy_share"] == 0.5
+    assert (figures["lost"], figures["unanswered"], figures["duplicates"]) == (1, 1, 1)

@@ -80,6 +80,18 @@ OFFLINE_SEQ = WILL_SEQ - 1
 Degraded = Literal["disk-full", "outbox-error"]
 
 
+def window_limits(config: MqttConfig) -> WindowLimits:
+    """The delivery window's limits for the agent's MQTT settings."""
+    return WindowLimits(
+        max_inflight=HANDOFF_WINDOWS * config.max_inflight,
+        max_unconfirmed=max(config.max_unconfirmed, HANDOFF_WINDOWS * config.max_inflight),
+        rate_per_s=config.drain_rate_per_s,
+        receipt_timeout_s=config.receipt_timeout_s,
+        retry_first_s=config.reconnect_min_s,
+        retry_max_s=max(config.retry_max_s, config.reconnect_min_s),
+    )
+
+
 class _PackedProperties(Properties):
     """PUBLISH properties packed once: paho packs them again for every message otherwise,
     which costs as much as the rest of a publish.
@@ -196,14 +208,7 @@ class Uplink:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
-        self.window = DeliveryWindow(WindowLimits(
-            max_inflight=HANDOFF_WINDOWS * config.max_inflight,
-            max_unconfirmed=max(config.max_unconfirmed, HANDOFF_WINDOWS * config.max_inflight),
-            rate_per_s=config.drain_rate_per_s,
-            receipt_timeout_s=config.receipt_timeout_s,
-            retry_first_s=config.reconnect_min_s,
-            retry_max_s=max(config.retry_max_s, config.reconnect_min_s),
-        ))
+        self.window = DeliveryWindow(window_limits(config))
         self._live: dict[int, OutboxItem] = {}  # by seq: stored, to publish from memory
         self._acked: list[tuple[int, int]] = []  # (seq, disk cost) confirmed by the hub
         self._confirmed_ids: list[str] = []  # confirmed, unknown to the window
