@@ -24,8 +24,10 @@ Backlog events carry their capture time, an hour old at most, so the hub classes
 ``uncertain`` escalations with the device's 10 s verdict timeout.
 
 Last line: JSON with ``clear_s`` (from the outage's end until every backlog event has an
-answer, verdict or ``busy``), ``live_on_time`` (share of live events with a verdict within
-their timeout), ``live_answered_in_time`` (verdict or ``busy`` within it), ``live_p95_s``
+answer, verdict or ``busy``), ``live_on_time`` (share of live events captured while their
+device was connected with a verdict within their timeout; those captured before their
+device was back are counted apart, ``live_held_offline``), ``live_answered_in_time``
+(verdict or ``busy`` within it), ``live_p95_s``
 (capture to first answer), ``busy_share`` (of all events' first answers), ``connect_spread_s``,
 ``lost`` (sent, not in the hub's store), ``unanswered``, ``duplicates`` (answers after an
 event's first), ``hub_disconnects``.
@@ -129,6 +131,7 @@ class ReturningFleet:
         self.sent: dict[str, Sent] = {}
         self.backlog_ids: set[str] = set()
         self.live_ids: set[str] = set()
+        self.held_ids: set[str] = set()  # live events captured while their device was offline
         self.busy_answers = 0
         self.started = time.monotonic()
         self._new_ids = EventIdFactory()
@@ -233,6 +236,8 @@ class ReturningFleet:
             with self.lock:
                 self.sent[event_id] = Sent(device.index, now)
                 self.live_ids.add(event_id)
+                if not device.connected:
+                    self.held_ids.add(event_id)
 
     def _deliver(self, device: _Device, now: float) -> None:
         window = device.window
@@ -381,7 +386,8 @@ def run_return(plan: ReturnPlan, folder: Path) -> dict[str, Any]:
         metrics = scrape(services.hub.http_port)
         with fleet.lock:
             sent = {k: Sent(r.device, r.at, list(r.answers)) for k, r in fleet.sent.items()}
-            backlog_ids, live_ids = set(fleet.backlog_ids), set(fleet.live_ids)
+            backlog_ids, held_ids = set(fleet.backlog_ids), set(fleet.held_ids)
+            live_ids = fleet.live_ids - held_ids
         stored = services.stored()
     finally:
         if fleet is not None:
@@ -395,6 +401,8 @@ def run_return(plan: ReturnPlan, folder: Path) -> dict[str, Any]:
         "clear_s": None if clear_s is None else round(clear_s, 2),
         "live_s": round(live_until, 2),
         **outage_figures(sent, backlog_ids, live_ids, stored, VERDICT_TIMEOUT_S),
+        "live_held_offline": len(held_ids),
+        "live_held_answered": sum(1 for k in held_ids if sent[k].answers),
         "hub_disconnects": metrics.get("hub_mqtt_disconnects_total{}", 0.0),
         "hub_admitted": metrics.get("hub_events_admitted_total{}", 0.0),
         "hub_shed": {k.removeprefix("hub_events_shed_total"): v for k, v in metrics.items()
