@@ -19,7 +19,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from sync import ServiceFolder, SystemService, memory_high, under
+from sync import SANDBOX, ServiceFolder, SystemService, memory_high, under
 
 NAME = "cloud-hub"
 CONFIG_DIR = Path("/etc/cloud-hub")
@@ -57,37 +57,8 @@ MemoryMax={memory_max}
 CPUQuota={cpu_quota}
 TasksMax=512
 
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateMounts=yes
 PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-RemoveIPC=yes
-LockPersonality=yes
-# ONNX Runtime may JIT-compile kernels into writable+executable memory.
-MemoryDenyWriteExecute=no
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-CapabilityBoundingSet=
-AmbientCapabilities=
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-# ...but for two calls of @resources that ONNX Runtime make and die without: mbind on their
-# memory arenas, and sched_setaffinity on their own thread pool's threads.
-SystemCallFilter=mbind sched_setaffinity
-UMask=0077
-
+{sandbox}
 [Install]
 WantedBy=multi-user.target
 """
@@ -99,7 +70,7 @@ def hub_unit(*, program: Path, root: Path = Path("/"), memory_max: str = MEMORY_
     return UNIT_TEMPLATE.format(
         program=program, settings=under(root, CONFIG_DIR) / SETTINGS_NAME,
         state=under(root, STATE_DIR), memory_max=memory_max, memory_high=memory_high(memory_max),
-        cpu_quota=cpu_quota)
+        cpu_quota=cpu_quota, sandbox=SANDBOX)
 
 
 def installed_program() -> Path:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sync import ServiceFolder, SystemService, memory_high, under
+from sync import SANDBOX, ServiceFolder, SystemService, memory_high, under
 
 NAME = "edge-agent"
 CONFIG_DIR = Path("/etc/edge-agent")
@@ -82,36 +82,7 @@ CPUQuota={cpu_quota}
 TasksMax=256
 
 # Hardening: the agent writes only its state and cache folders.
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
-PrivateMounts=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-ProtectProc=invisible
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-RemoveIPC=yes
-LockPersonality=yes
-# Runtimes and delegates may JIT-compile kernels into writable+executable memory.
-MemoryDenyWriteExecute=no
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
-CapabilityBoundingSet=
-AmbientCapabilities=
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-SystemCallFilter=~@privileged @resources
-# ...but for two calls of @resources that LiteRT and ONNX Runtime make and die without:
-# mbind on their memory arenas, and sched_setaffinity on their thread pool's threads.
-SystemCallFilter=mbind sched_setaffinity
-UMask=0077
-# Cameras (/dev/video*), Coral (/dev/apex_*, USB) and Jetson GPUs, nothing else.
+{sandbox}# Cameras (/dev/video*), Coral (/dev/apex_*, USB) and Jetson GPUs, nothing else.
 PrivateDevices=no
 DevicePolicy=closed
 DeviceAllow=char-video4linux rw
@@ -132,7 +103,8 @@ def agent_unit(*, program: Path, root: Path = Path("/"), memory_max: str = MEMOR
         program=program, config=under(root, CONFIG_DIR) / "agent.toml",
         secrets=under(root, CONFIG_DIR) / "secrets.env",
         state=under(root, STATE_DIR), cache=under(root, CACHE_DIR),
-        memory_max=memory_max, memory_high=memory_high(memory_max), cpu_quota=cpu_quota)
+        memory_max=memory_max, memory_high=memory_high(memory_max), cpu_quota=cpu_quota,
+        sandbox=SANDBOX)
 
 
 def installed_program() -> Path:

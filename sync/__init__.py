@@ -65,6 +65,7 @@ from sync.messages import (
 )
 from sync.progress import Advance, progress
 from sync.system_service import (
+    SANDBOX,
     ServiceFolder,
     SystemService,
     give_to_service,
@@ -84,6 +85,7 @@ __all__ = [
     "ENROLLMENT_SCHEMA",
     "EVENT_CONTENT_TYPE",
     "MAX_RECEIPT_IDS",
+    "SANDBOX",
     "VERSION",
     "Advance",
     "AnyMessage",

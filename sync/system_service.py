@@ -30,6 +30,41 @@ from typing import Any
 from sync.errors import ServiceInstallError
 
 Run = Callable[[Sequence[str]], None]
+
+# The sandbox both units run in (``systemd-analyze security`` at most 2.0 with either
+# unit's own device settings). The syscall filter is proved against LiteRT and ONNX
+# Runtime by tests/test_syscall_filter.py, which applies these very lines.
+SANDBOX = """\
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateMounts=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+RemoveIPC=yes
+LockPersonality=yes
+# Runtimes and delegates may JIT-compile kernels into writable+executable memory.
+MemoryDenyWriteExecute=no
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+CapabilityBoundingSet=
+AmbientCapabilities=
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+# ...but for two calls of @resources that LiteRT and ONNX Runtime make and die without:
+# mbind on their memory arenas, and sched_setaffinity on their thread pool's threads.
+SystemCallFilter=mbind sched_setaffinity
+UMask=0077
+"""
 SYSUSERS_DIR = Path("/etc/sysusers.d")  # the administrator's, not the package manager's
 UNIT_DIR = Path("/etc/systemd/system")
 
