@@ -43,6 +43,7 @@ from sync import (
 from sync.rollout import start
 from tests.broker import MosquittoBroker, free_port
 from tests.cloud_hub.hub_helpers import SECRET, face_event, hub_settings, jpeg
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,13 +76,6 @@ def served_hub(tmp_path: Path, zoo_store: ModelStore) -> Iterator[tuple[HubServi
     server.should_exit = True
     thread.join(30)
     broker.stop()
-
-
-def _wait(condition: object, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not callable(condition) or not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def _stored_event(index: int, *, device: str, reason: str, at: float) -> dict[str, object]:
@@ -165,9 +159,11 @@ def test_dashboard_for_a_fleet(served_hub: tuple[HubService, int, MosquittoBroke
                    retain=True).wait_for_publish(5)
     device.publish(LAYOUT.telemetry("cam-dash"), encode(telemetry), qos=1).wait_for_publish(5)
     device.publish(LAYOUT.events("cam-dash"), encode(event), qos=1).wait_for_publish(5)
-    _wait(lambda: store.list_events(device_id="cam-dash", outcome="confirmed").items,
-          "the escalation was not judged")
-    _wait(lambda: store.fleet_health()[0].telemetry, "the telemetry was not stored")
+    assert wait_until(lambda: bool(store.list_events(device_id="cam-dash",
+                                                     outcome="confirmed").items),
+                      timeout_s=30), "the escalation was not judged"
+    assert wait_until(lambda: bool(store.fleet_health()[0].telemetry),
+                      timeout_s=30), "the telemetry was not stored"
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
