@@ -158,6 +158,7 @@ class AdmissionQueue(Generic[_T]):
         self.limits = limits
         self.service_s = limits.service_s
         self._classes: dict[PriorityClass, _Class[_T]] = {name: _Class() for name in CLASSES}
+        self.offered = 0
         self.admitted = 0
         self.shed: dict[BusyReason, int] = {"queue-full": 0, "deadline": 0}
 
@@ -175,6 +176,7 @@ class AdmissionQueue(Generic[_T]):
         Returns:
             What is shed now: ``ticket`` itself, or the event it displaced, or nothing.
         """
+        self.offered += 1
         rank = _RANK[ticket.priority]
         if ticket.deadline is not None and (
                 now + self._estimated_wait(ticket) + self.service_s + self.limits.margin_s

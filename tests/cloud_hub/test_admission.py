@@ -53,7 +53,8 @@ def test_a_full_queue_displaces_the_flooding_device_not_the_newcomer() -> None:
     # Now two each: a third of quiet's would be over its share.
     assert [s.ticket.item for s in queue.offer(_ticket("quiet", 2), now=0.0)] == ["quiet-2"]
     assert sorted(_drain(queue)) == ["flood-0", "flood-1", "quiet-0", "quiet-1"]
-    assert queue.admitted == 6 and queue.shed == {"queue-full": 4, "deadline": 0}
+    assert queue.offered == 8 and queue.admitted == 6
+    assert queue.shed == {"queue-full": 4, "deadline": 0}
 
 
 def test_a_full_queue_sheds_lower_classes_for_higher_ones() -> None:
