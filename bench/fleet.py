@@ -16,7 +16,15 @@ by one ``fleet-loop`` thread through paho's external-loop calls), and then:
    highest passing rate.
 3. **overload**: 3x the saturation rate for ``--overload-s``, two thirds of it from one
    flooding device: the p95 of admitted (judged) events, the share answered ``busy``,
-   and the worst p50 of any other device (its answers, verdict or busy).
+   and the worst p50 of any other device (its answers, verdict or busy). The
+   ``overload_diagnosis`` line says which events were not answered within the timeout
+   (the flooder's or another's, verdict, busy or none) and where their time went: the
+   device's publish behind schedule, sent until stored at the hub (the broker's queue,
+   the hub's inbound queue, its intake), stored until the hub decided (admission queue,
+   judging), decided until the device heard; each stage's spread over all events; and
+   per second of the phase the p95 until stored (a backlog at intake grows there).
+   ``--saturation-eps R`` skips the bare measurement and the steps and offers 3x ``R``
+   (to iterate on overload; the default run is the whole measurement).
 
 Every escalation is a real one (the astronaut photograph's face crop and thumbnail as
 JPEG, the size the agent sends), with the device's 10 s verdict timeout. Afterwards the
@@ -49,7 +57,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -170,17 +178,27 @@ def connect_device(client: mqtt.Client, port: int, on_connect: Any, writers: Wri
     client.connect("127.0.0.1", port, keepalive=60)
 
 
+class Answer(NamedTuple):
+    """What a simulated device heard back about one of its escalations."""
+
+    schema: str
+    at: float  # monotonic, on the device
+    hub_at: float | None = None  # the hub's decision: a busy's ``at``, a verdict's decided_at
+
+
 @dataclass(slots=True)
 class Sent:
     """One escalation a simulated device published, and what it heard back."""
 
     device: int
     at: float  # monotonic
-    answers: list[tuple[str, float]] = field(default_factory=list)  # (schema, monotonic)
+    answers: list[Answer] = field(default_factory=list)
+    captured_at: float = 0.0  # wall clock, as in the event
+    lag_s: float = 0.0  # how far the device's publish was behind its schedule
 
     def first(self, schema: str | None = None) -> float | None:
         """Seconds to the first answer (of ``schema``, if given)."""
-        times = [t for s, t in self.answers if schema is None or s == schema]
+        times = [a[1] for a in self.answers if schema is None or a[0] == schema]
         return min(times) - self.at if times else None
 
 
@@ -278,24 +296,26 @@ class DeviceFleet:
             with self.lock:
                 due = []
                 while self._next < len(self._schedule) and self._schedule[self._next][0] <= now:
-                    due.append(self._schedule[self._next][1])
+                    due.append(self._schedule[self._next])
                     self._next += 1
                 upcoming = (self._schedule[self._next][0] if self._next < len(self._schedule)
                             else now + 0.05)
-            for device in due:
-                self._publish(device)
+            for scheduled, device in due:
+                self._publish(device, now - scheduled)
             if now - last_misc >= 1.0:
                 for client in self._clients:
                     client.loop_misc()
                 last_misc = now
             self._turn(max(0.0, min(0.05, upcoming - time.monotonic())))
 
-    def _publish(self, device: int) -> None:
+    def _publish(self, device: int, lag_s: float) -> None:
         device_id = self.ids[device]
         event_id = self._new_ids()
-        payload = make_event(self.template, event_id, device_id, time.time())
+        captured_at = time.time()
+        payload = make_event(self.template, event_id, device_id, captured_at)
         with self.lock:
-            self.sent[event_id] = Sent(device, time.monotonic())
+            self.sent[event_id] = Sent(device, time.monotonic(), captured_at=captured_at,
+                                       lag_s=lag_s)
             self.event_bytes += len(payload)
         self._clients[device].publish(LAYOUT.events(device_id), payload, qos=1)
 
@@ -319,14 +339,17 @@ class DeviceFleet:
                     message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)
         schema = peek_schema(payload) or "?"
-        event_id = json.loads(payload).get("event_id")
+        body = json.loads(payload)
+        event_id = body.get("event_id")
+        hub_at = body.get("at" if schema == "busy/1" else "decided_at")
         now = time.monotonic()
         with self.lock:
             self.answers += 1
             self.answer_bytes += len(payload)
             record = self.sent.get(event_id) if isinstance(event_id, str) else None
             if record is not None and schema != "receipt/1":
-                record.answers.append((schema, now))
+                record.answers.append(Answer(schema, now, hub_at if isinstance(
+                    hub_at, float) else None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,10 +527,10 @@ class FleetServices:
         self.hub.start()
         wait_ready([self.hub], timeout_s=300)
 
-    def stored(self) -> set[str]:
-        """The event ids in the hub's store."""
+    def stored(self) -> dict[str, float]:
+        """The event ids in the hub's store, and when each was stored (hub's clock)."""
         with sqlite3.connect(self.database) as db:
-            return {row[0] for row in db.execute("SELECT id FROM events")}
+            return dict(db.execute("SELECT id, received_at FROM events"))
 
     def stop(self) -> None:
         """Stop the hub and the broker."""
@@ -542,6 +565,58 @@ def overload_figures(records: Sequence[Sent]) -> dict[str, Any]:
     }
 
 
+def _stages(record: Sent, stored_at: float | None) -> dict[str, Any]:
+    """Where one event's time went, on the one wall clock the device, the broker and the
+    hub share here: the device's publish behind schedule, sent until stored at the hub
+    (the broker's queue, the hub's inbound queue and its intake), stored until the hub
+    decided (admission queue and judging, or shedding), decided until the device heard
+    (verdict writer, paho's window, the broker, the device's loop)."""
+    answer = min(record.answers, key=lambda a: a[1]) if record.answers else None
+    to_wall = record.captured_at - record.at  # the device's monotonic clock to the wall
+    heard = None if answer is None else answer[1] + to_wall
+    decided = None if answer is None else Answer(*answer).hub_at
+
+    def span(start: float | None, end: float | None) -> float | None:
+        return None if start is None or end is None else round(end - start, 3)
+
+    return {"device": record.device, "answer": None if answer is None else answer[0],
+            "total_s": span(record.captured_at, heard), "lag_s": round(record.lag_s, 3),
+            "to_store_s": span(record.captured_at, stored_at),
+            "to_decision_s": span(stored_at, decided), "to_device_s": span(decided, heard)}
+
+
+def overload_diagnosis(sent: dict[str, Sent], stored_at: dict[str, float],
+                       timeout_s: float = VERDICT_TIMEOUT_S) -> dict[str, Any]:
+    """Which events of the overload phase were not answered within ``timeout_s``, whose,
+    how, and where their time went (:func:`_stages`); each stage's p50/p95/max over all
+    events; and per second of the phase the events sent and their p95 until stored."""
+    stages = {k: _stages(r, stored_at.get(k)) for k, r in sent.items()}
+    missed = {k: v for k, v in stages.items() if v["total_s"] is None
+              or v["total_s"] > timeout_s}
+    kinds: dict[str, int] = defaultdict(int)
+    for v in missed.values():
+        kinds[f"{'flood' if v['device'] == 0 else 'other'} {v['answer'] or 'unanswered'}"] += 1
+
+    def spread(name: str, of: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+        values = [v[name] for v in of.values() if v[name] is not None]
+        return {"p50": _quantile(values, 0.5), "p95": _quantile(values, 0.95),
+                "max": max(values, default=None)}
+
+    names = ("lag_s", "to_store_s", "to_decision_s", "to_device_s", "total_s")
+    start = min((r.captured_at for r in sent.values()), default=0.0)
+    by_second: dict[int, list[float]] = defaultdict(list)
+    for k, r in sent.items():
+        by_second[int(r.captured_at - start)].append(stages[k]["to_store_s"] or float("inf"))
+    return {
+        "missed": len(missed), "missed_by_kind": dict(kinds),
+        "missed_stages": {n: spread(n, missed) for n in names},
+        "all_stages": {n: spread(n, stages) for n in names},
+        "to_store_p95_by_second": [[second, len(v), _quantile(v, 0.95)]
+                                   for second, v in sorted(by_second.items())],
+        "worst": sorted(missed.values(), key=lambda v: -(v["total_s"] or 1e9))[:8],
+    }
+
+
 def main(argv: list[str]) -> int:
     """Run the fleet benchmark; print the figures, the last line as JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench fleet", description=__doc__,
@@ -556,14 +631,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="CLOUD_HUB_INGEST_WORKERS (judge threads); default the hub's")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder")
+    parser.add_argument("--saturation-eps", type=float, default=None,
+                        help="skip the bare measurement and the steps: only the overload "
+                        "phase, at 3x this rate (to iterate on overload)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     fd_limit = raise_fd_limit(args.devices * FD_PER_DEVICE + 1024)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     services = FleetServices(folder, args.workers)
     template = escalation_template()
-    bare_eps = measure_bare(services.bare_env(), template, args.bare_s, services.workers)
-    print(f"bare: {bare_eps:.1f} events/s ({services.workers} threads)", flush=True)
+    bare_eps = 0.0
+    if args.saturation_eps is None:
+        bare_eps = measure_bare(services.bare_env(), template, args.bare_s, services.workers)
+        print(f"bare: {bare_eps:.1f} events/s ({services.workers} threads)", flush=True)
     broker, hub, database = services.broker, services.hub, services.database
     fleet: DeviceFleet | None = None
     broker.start()
@@ -578,6 +658,8 @@ def main(argv: list[str]) -> int:
         steps: list[StepResult] = []
         good, bad = 0.0, None
         rate = args.start_eps
+        if args.saturation_eps is not None:
+            good, rate = args.saturation_eps, float("inf")
         while rate <= args.max_eps:
             result, _ = run_step(fleet, hub, rate, args.step_s)
             steps.append(result)
@@ -596,6 +678,7 @@ def main(argv: list[str]) -> int:
             good, bad = (rate, bad) if result.passed else (good, rate)
         settle(fleet, hub)
         overload_rate = 3 * max(good, args.start_eps)
+        before = set(fleet.sent)
         _, records = run_step(fleet, hub, overload_rate, args.overload_s,
                               grace_s=VERDICT_TIMEOUT_S + 2, flood_share=2 / 3)
         overload = {"rate_eps": overload_rate, **overload_figures(records)}
@@ -606,6 +689,9 @@ def main(argv: list[str]) -> int:
             event_bytes, answer_bytes, answers = (fleet.event_bytes, fleet.answer_bytes,
                                                   fleet.answers)
         stored = services.stored()
+        diagnosis = overload_diagnosis({k: r for k, r in sent.items() if k not in before},
+                                       stored)
+        print(json.dumps({"overload_diagnosis": diagnosis}), flush=True)
         db_bytes = sum(p.stat().st_size for p in database.parent.glob("hub.sqlite3*"))
         image_bytes = sum(p.stat().st_size for p in (folder / "hub-fleet").rglob("*")
                           if p.is_file() and "images" in p.parts)
@@ -616,13 +702,14 @@ def main(argv: list[str]) -> int:
             "saturation_eps": good, "bare_eps": round(bare_eps, 1),
             "ratio": round(good / bare_eps, 3) if bare_eps else None,
             "overload": overload,
+            "overload_missed": {k: diagnosis[k] for k in ("missed", "missed_by_kind")},
             "bytes_per_event": {
                 "event_wire": round(event_bytes / max(1, len(sent))),
                 "answer_wire": round(answer_bytes / max(1, answers)),
                 "stored_row": round(db_bytes / max(1, len(stored))),
                 "stored_images": round(image_bytes / max(1, len(stored))),
             },
-            "events": len(sent), "lost": len(set(sent) - stored),
+            "events": len(sent), "lost": len(set(sent) - set(stored)),
             "unanswered": sum(1 for r in sent.values() if not r.answers),
             "duplicates": duplicates,
             "hub_disconnects": metrics.get("hub_mqtt_disconnects_total{}", 0.0),

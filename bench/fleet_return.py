@@ -54,6 +54,7 @@ from bench.fleet import (
     FD_PER_DEVICE,
     LAYOUT,
     VERDICT_TIMEOUT_S,
+    Answer,
     FleetServices,
     Sent,
     Writers,
@@ -293,7 +294,7 @@ class ReturningFleet:
                 self.busy_answers += 1
             record = self.sent.get(event_id)
             if record is not None:
-                record.answers.append((str(schema), now))
+                record.answers.append(Answer(str(schema), now))
 
 
 def outage_figures(sent: dict[str, Sent], backlog_ids: set[str], live_ids: set[str],
@@ -388,7 +389,7 @@ def run_return(plan: ReturnPlan, folder: Path) -> dict[str, Any]:
             sent = {k: Sent(r.device, r.at, list(r.answers)) for k, r in fleet.sent.items()}
             backlog_ids, held_ids = set(fleet.backlog_ids), set(fleet.held_ids)
             live_ids = fleet.live_ids - held_ids
-        stored = services.stored()
+        stored = set(services.stored())
     finally:
         if fleet is not None:
             fleet.close()
