@@ -23,12 +23,15 @@ class present, if that class is lower than the new event's, or the same class an
 device holds at least two more events than the new event's device (max-min fair
 shares); otherwise the new event is shed. An event whose estimated wait (the events
 ahead of it in this order, at the measured judging time per event and the number of
-judge threads) would end past its deadline is shed at once; one whose deadline passes
-while it waits is shed when its turn comes.
+judge threads) would end past its deadline is shed at once. One whose deadline comes
+while it waits (others' events went ahead of it in turn) is shed as soon as it could no
+longer be judged and answered in time, at the next offer or take, whoever's turn it is:
+a flooding device's queued events are not left to wait out a round of every device.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
@@ -138,6 +141,22 @@ class _Class(Generic[_T]):
         device_id = max(self.by_device, key=lambda d: len(self.by_device[d]))
         return device_id, len(self.by_device[device_id])
 
+    def remove_expired(self, limit: float) -> list[Ticket[_T]]:
+        """Remove and return the events whose deadline is before ``limit``."""
+        expired: list[Ticket[_T]] = []
+        for device_id in list(self.by_device):
+            events = self.by_device[device_id]
+            keep = deque(t for t in events if t.deadline is None or t.deadline >= limit)
+            if len(keep) == len(events):
+                continue
+            expired += [t for t in events if t.deadline is not None and t.deadline < limit]
+            if keep:
+                self.by_device[device_id] = keep
+            else:
+                del self.by_device[device_id]
+        self.size -= len(expired)
+        return expired
+
     def count(self, device_id: str) -> int:
         events = self.by_device.get(device_id)
         return len(events) if events is not None else 0
@@ -158,6 +177,9 @@ class AdmissionQueue(Generic[_T]):
         self.limits = limits
         self.service_s = limits.service_s
         self._classes: dict[PriorityClass, _Class[_T]] = {name: _Class() for name in CLASSES}
+        # Deadlines of events admitted (a heap; those taken since stay until the next
+        # sweep): the earliest says when one may expire, without looking at each event.
+        self._deadlines: list[float] = []
         self.offered = 0
         self.admitted = 0
         self.shed: dict[BusyReason, int] = {"queue-full": 0, "deadline": 0}
@@ -174,25 +196,28 @@ class AdmissionQueue(Generic[_T]):
         lower or over-share event if need be).
 
         Returns:
-            What is shed now: ``ticket`` itself, or the event it displaced, or nothing.
+            What is shed now: ``ticket`` itself, or the event it displaced, and those
+            whose deadline came while they waited.
         """
         self.offered += 1
+        shed = self._expire(now)
         rank = _RANK[ticket.priority]
         if ticket.deadline is not None and (
                 now + self._estimated_wait(ticket) + self.service_s + self.limits.margin_s
                 > ticket.deadline):
-            return self._shed(ticket, "deadline")
-        shed: list[Shed[_T]] = []
+            return shed + self._shed(ticket, "deadline")
         if len(self) >= self.limits.capacity:
             victim_class = next(c for c in reversed(CLASSES) if self._classes[c].size)
             queue = self._classes[victim_class]
             device_id, count = queue.largest()
             if _RANK[victim_class] > rank or (
                     _RANK[victim_class] == rank and count >= queue.count(ticket.device_id) + 2):
-                shed = self._shed(queue.pop_newest_of(device_id), "queue-full")
+                shed += self._shed(queue.pop_newest_of(device_id), "queue-full")
             else:
-                return self._shed(ticket, "queue-full")
+                return shed + self._shed(ticket, "queue-full")
         self._classes[ticket.priority].push(ticket)
+        if ticket.deadline is not None:
+            heapq.heappush(self._deadlines, ticket.deadline)
         self.admitted += 1
         return shed
 
@@ -202,17 +227,26 @@ class AdmissionQueue(Generic[_T]):
         Returns:
             ``(ticket or None when nothing is waiting, shed events)``.
         """
-        expired: list[Shed[_T]] = []
+        expired = self._expire(now)
         for name in CLASSES:
             queue = self._classes[name]
-            while queue.size:
-                ticket = queue.pop_next()
-                if ticket.deadline is not None and (
-                        now + self.service_s + self.limits.margin_s > ticket.deadline):
-                    expired += self._shed(ticket, "deadline")
-                    continue
-                return ticket, expired
+            if queue.size:
+                return queue.pop_next(), expired
+        self._deadlines.clear()  # only those of events taken were left
         return None, expired
+
+    def _expire(self, now: float) -> list[Shed[_T]]:
+        """Shed every waiting event that could no longer be judged and answered in time."""
+        limit = now + self.service_s + self.limits.margin_s
+        if not self._deadlines or self._deadlines[0] >= limit:
+            return []
+        expired = [shed for queue in self._classes.values()
+                   for ticket in queue.remove_expired(limit)
+                   for shed in self._shed(ticket, "deadline")]
+        self._deadlines = sorted(
+            t.deadline for queue in self._classes.values()
+            for events in queue.by_device.values() for t in events if t.deadline is not None)
+        return expired
 
     def judged(self, seconds: float) -> None:
         """One event took ``seconds`` to judge: update the running estimate."""
@@ -229,6 +263,28 @@ class AdmissionQueue(Generic[_T]):
     def _shed(self, ticket: Ticket[_T], reason: BusyReason) -> list[Shed[_T]]:
         self.shed[reason] += 1
         return [Shed(ticket, reason)]
+
+
+def answer_deadline(*, captured_at: float, arrived_at: float,
+                    timeout_s: float) -> float | None:
+    """When an escalation's device stops waiting for its answer, on the hub's clock;
+    ``None`` when it stopped already (it has decided locally: the event is ``late``).
+
+    The device's verdict timeout runs from its capture, so the time the event spent
+    before the hub received it (the device's outbox, the network, the broker's queue in
+    front of a busy hub) is spent already: ``arrived_at - captured_at``. That difference
+    is read off the device's clock, which the hub does not trust to give it anything: a
+    capture time in the hub's future counts as no time spent (no device buys more than its
+    timeout from arrival, however its clock is set), and a clock running behind only
+    shortens the device's own deadlines.
+
+    Args:
+        captured_at: When the device captured it (the device's clock).
+        arrived_at: When the hub received it (the hub's clock).
+        timeout_s: The device's verdict timeout.
+    """
+    spent = max(0.0, arrived_at - captured_at)
+    return None if spent > timeout_s else arrived_at - spent + timeout_s
 
 
 def priority_of(reason: EscalationReason, *, late: bool) -> PriorityClass:

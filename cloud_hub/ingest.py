@@ -22,7 +22,8 @@ Threads, and what each owns:
   together in one transaction: one sync to disk for many), and offer
   each stored escalation to the admission queue (:mod:`cloud_hub.admission`), answering
   ``busy`` at once for an event it sheds (the queue is full at that priority and device
-  share, or the event could not be judged within its device's verdict timeout).
+  share, or the event could not be judged within its device's verdict timeout, which
+  runs from the capture: time spent in the broker's queue counts).
 * ``judge-<n>`` threads take the next event from the admission queue (by priority, in
   turn across devices) and judge it; their detector requests
   meet in the micro-batcher. The admission queue is theirs; intake threads reach it only
@@ -48,7 +49,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_hub.admission import AdmissionLimits, AdmissionQueue, Shed, Ticket, priority_of
+from cloud_hub.admission import (
+    AdmissionLimits,
+    AdmissionQueue,
+    Shed,
+    Ticket,
+    answer_deadline,
+    priority_of,
+)
 from cloud_hub.errors import BadImageError, HubError, JudgeError, NotFoundError, RetryLaterError
 from cloud_hub.journal import JOURNAL_MAX_BYTES, DeviceRate, check_step, never_escalated
 from cloud_hub.judge import EventJudge, Judgement
@@ -297,8 +305,8 @@ class IngestWorker:
         if message.qos == 0 and self._inbound.qsize() >= self.settings.mqtt_receive_maximum:
             self.metrics.dropped.labels("hub-busy").inc()  # telemetry: the next one follows
             return
-        # When it arrived: its device's verdict timeout runs from here, however long it
-        # then waits to be stored.
+        # When it arrived: what the device's verdict timeout had left then (it runs from
+        # the capture) runs down from here, however long the event then waits to be stored.
         self._inbound.put_nowait((message, self._clock()))
 
     # -- intake threads --------------------------------------------------------------
@@ -601,11 +609,13 @@ class IngestWorker:
     def _admit(self, item: _Stored) -> None:
         """Offer a stored escalation for judgement; answer ``busy`` for what is shed."""
         event = item.event
-        timeout_s = event.verdict_timeout_s or self.settings.default_verdict_timeout_s
-        # Waited in the outbox past its timeout: the device has decided it already.
-        late = item.arrived_at - event.captured_at > timeout_s
-        ticket = Ticket(event.device_id, priority_of(event.reason, late=late),
-                        None if late else item.arrived_at + timeout_s, item)
+        deadline = answer_deadline(
+            captured_at=event.captured_at, arrived_at=item.arrived_at,
+            timeout_s=event.verdict_timeout_s or self.settings.default_verdict_timeout_s)
+        # None: it waited past its timeout (in the outbox, or the broker's queue), so the
+        # device has decided it already.
+        ticket = Ticket(event.device_id, priority_of(event.reason, late=deadline is None),
+                        deadline, item)
         for shed in self._admission.offer(ticket, self._clock()):
             self._send_busy(shed)
 

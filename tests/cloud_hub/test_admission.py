@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_hub.admission import AdmissionLimits, AdmissionQueue, Ticket, priority_of
+from cloud_hub.admission import (
+    AdmissionLimits,
+    AdmissionQueue,
+    Ticket,
+    answer_deadline,
+    priority_of,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -90,10 +96,51 @@ def test_events_whose_deadline_passed_while_waiting_are_shed_when_their_turn_com
     assert queue.take(now=9.5) == (None, [])
 
 
+def test_a_flooders_expired_events_are_all_shed_at_once_not_one_per_round() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(
+        AdmissionLimits(capacity=100, service_s=1.0, margin_s=0.5))
+    for n in range(5):
+        assert queue.offer(_ticket("flood", n, deadline=100.0), now=0.0) == []
+    for device in ("a", "b", "c"):
+        assert queue.offer(_ticket(device, 0, deadline=1000.0), now=0.0) == []
+    assert queue.take(now=0.0)[0].item == "flood-0"  # type: ignore[union-attr]
+    ticket, shed = queue.take(now=98.4)  # the flooder's could still be answered in time
+    assert ticket is not None and ticket.item == "a-0" and shed == []
+    ticket, shed = queue.take(now=98.6)
+    # Every one of the flooder's, though its turn comes only after b's and c's.
+    assert [(s.ticket.item, s.reason) for s in shed] == [
+        (f"flood-{n}", "deadline") for n in range(1, 5)]
+    assert ticket is not None and ticket.item == "b-0"
+    assert queue.shed == {"queue-full": 0, "deadline": 4}
+
+
+def test_an_offer_sheds_what_expired_while_the_judges_were_busy() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(
+        AdmissionLimits(capacity=100, service_s=1.0, margin_s=0.0))
+    queue.offer(_ticket("flood", 0, deadline=10.0), now=0.0)
+    queue.offer(_ticket("flood", 1, deadline=30.0), now=0.0)
+    shed = queue.offer(_ticket("quiet", 0, deadline=40.0), now=9.5)
+    assert [(s.ticket.item, s.reason) for s in shed] == [("flood-0", "deadline")]
+    assert _drain(queue, now=9.5) == ["flood-1", "quiet-0"]
+
+
 def test_the_judging_time_estimate_follows_measurements() -> None:
     queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(service_s=0.05, smoothing=0.5))
     queue.judged(0.25)
     assert queue.service_s == pytest.approx(0.15)
+
+
+def test_the_deadline_counts_the_time_spent_before_the_hub_received_the_event() -> None:
+    # Four seconds in the outbox or the broker's queue: six of its ten left.
+    assert answer_deadline(captured_at=96.0, arrived_at=100.0, timeout_s=10.0) == 106.0
+    # Past its timeout: the device has decided it already.
+    assert answer_deadline(captured_at=89.0, arrived_at=100.0, timeout_s=10.0) is None
+
+
+def test_a_device_clock_ahead_of_the_hubs_buys_no_more_than_its_timeout() -> None:
+    assert answer_deadline(captured_at=100.0, arrived_at=100.0, timeout_s=10.0) == 110.0
+    assert answer_deadline(captured_at=160.0, arrived_at=100.0, timeout_s=10.0) == 110.0
+    assert answer_deadline(captured_at=1e12, arrived_at=100.0, timeout_s=10.0) == 110.0
 
 
 def test_priority_follows_the_reason_unless_the_device_decided_already() -> None:
