@@ -279,7 +279,12 @@ def test_a_packet_over_the_limit_is_refused_by_the_broker(fleet: Fleet) -> None:
         sender.client.publish(LAYOUT.events("big-a"),
                               b"x" * (LIMITS.max_packet_size_bytes + 1), qos=1)
         assert sender.wait(lambda: bool(sender.disconnects))
-        assert sender.disconnects[0] == 0x95  # packet too large
+        # 0x95 (packet too large), or, when the broker's close with the payload still
+        # unread resets the connection before the client reads that DISCONNECT (a race a
+        # loaded machine wins), a lost connection; either way the broker says why.
+        assert sender.disconnects[0] in (0x95, 0x80), sender.disconnects
+        assert wait_until(lambda: "Client big-a disconnected due to oversize packet."
+                          in fleet.broker.log_file.read_text(), timeout_s=10)
     finally:
         sender.close()
     # The sentinel, sent afterwards on the same topic, arrives; the big one never did.
