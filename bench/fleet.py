@@ -713,6 +713,9 @@ def main(argv: list[str]) -> int:
             "unanswered": sum(1 for r in sent.values() if not r.answers),
             "duplicates": duplicates,
             "hub_disconnects": metrics.get("hub_mqtt_disconnects_total{}", 0.0),
+            "hub_shed": {reason: metrics.get(f"hub_events_shed_total{{reason={reason}}}", 0.0)
+                         for reason in ("queue-full", "deadline")},
+            "hub_judging_yielded": metrics.get("hub_judging_yielded_total{}", 0.0),
             "steps": [s.to_json() for s in steps],
         }
     finally:

@@ -23,7 +23,9 @@ class present, if that class is lower than the new event's, or the same class an
 device holds at least two more events than the new event's device (max-min fair
 shares); otherwise the new event is shed. An event whose estimated wait (the events
 ahead of it in this order, at the measured judging time per event and the number of
-judge threads) would end past its deadline is shed at once. One whose deadline comes
+judge threads), its judging and its answer's way out (the measured time from a
+judgement to its verdict sent, recorded first, plus ``margin_s``) would end past its
+deadline is shed at once. One whose deadline comes
 while it waits (others' events went ahead of it in turn) is shed as soon as it could no
 longer be judged and answered in time, at the next offer or take, whoever's turn it is:
 a flooding device's queued events are not left to wait out a round of every device.
@@ -58,8 +60,9 @@ class AdmissionLimits:
         capacity: Events waiting to be judged, all devices together.
         workers: Judge threads taking from the queue (waits are divided among them).
         service_s: First estimate of the time to judge one event, until measured.
-        smoothing: Weight of each new measurement in the running estimate (0-1].
-        margin_s: Answer this long before a device's deadline (the verdict's trip back).
+        smoothing: Weight of each new measurement in the running estimates (0-1].
+        margin_s: Answer this long before a device's deadline, beyond the measured time
+            to send a verdict (the network and the broker on the way to the device).
     """
 
     capacity: int = 256
@@ -176,6 +179,7 @@ class AdmissionQueue(Generic[_T]):
     def __init__(self, limits: AdmissionLimits) -> None:
         self.limits = limits
         self.service_s = limits.service_s
+        self.answer_s = 0.0  # from a judgement to its verdict sent (recorded first)
         self._classes: dict[PriorityClass, _Class[_T]] = {name: _Class() for name in CLASSES}
         # Deadlines of events admitted (a heap; those taken since stay until the next
         # sweep): the earliest says when one may expire, without looking at each event.
@@ -203,8 +207,7 @@ class AdmissionQueue(Generic[_T]):
         shed = self._expire(now)
         rank = _RANK[ticket.priority]
         if ticket.deadline is not None and (
-                now + self._estimated_wait(ticket) + self.service_s + self.limits.margin_s
-                > ticket.deadline):
+                now + self._estimated_wait(ticket) + self._to_answer() > ticket.deadline):
             return shed + self._shed(ticket, "deadline")
         if len(self) >= self.limits.capacity:
             victim_class = next(c for c in reversed(CLASSES) if self._classes[c].size)
@@ -237,7 +240,7 @@ class AdmissionQueue(Generic[_T]):
 
     def _expire(self, now: float) -> list[Shed[_T]]:
         """Shed every waiting event that could no longer be judged and answered in time."""
-        limit = now + self.service_s + self.limits.margin_s
+        limit = now + self._to_answer()
         if not self._deadlines or self._deadlines[0] >= limit:
             return []
         expired = [shed for queue in self._classes.values()
@@ -252,6 +255,16 @@ class AdmissionQueue(Generic[_T]):
         """One event took ``seconds`` to judge: update the running estimate."""
         weight = self.limits.smoothing
         self.service_s = max(1e-4, (1 - weight) * self.service_s + weight * seconds)
+
+    def answered(self, seconds: float) -> None:
+        """A verdict was sent ``seconds`` after its judgement: update the running estimate
+        (recording verdicts waits for the store, which intake shares)."""
+        weight = self.limits.smoothing
+        self.answer_s = max(0.0, (1 - weight) * self.answer_s + weight * seconds)
+
+    def _to_answer(self) -> float:
+        """From taking an event to its answer on the way to the device, as estimated."""
+        return self.service_s + self.answer_s + self.limits.margin_s
 
     def _estimated_wait(self, ticket: Ticket[_T]) -> float:
         rank = _RANK[ticket.priority]

@@ -26,8 +26,13 @@ Threads, and what each owns:
   runs from the capture: time spent in the broker's queue counts).
 * ``judge-<n>`` threads take the next event from the admission queue (by priority, in
   turn across devices) and judge it; their detector requests
-  meet in the micro-batcher. The admission queue is theirs; intake threads reach it only
-  through :class:`_Admission`, under its lock.
+  meet in the micro-batcher. They give way to intake (:class:`IntakeFirst`): once it
+  takes up a message that arrived more than :data:`INTAKE_BEHIND_S` earlier, they wait
+  until it is less than half that behind, or has nothing left, so that under overload the
+  CPU goes first to storing every event and answering what cannot be judged in time,
+  not to judging while the queue in front of the hub grows past the devices' timeouts.
+  The admission queue is theirs; intake threads reach it only through
+  :class:`_Admission`, under its lock.
 * the ``verdict-writer`` thread records what the judge threads hand it through a bounded
   queue, all that waits in one transaction (one sync to disk for many), then sends each
   verdict as stored and acknowledges its event's message.
@@ -91,6 +96,7 @@ RETRY_MAX_S = 10.0
 VERDICT_BATCH = 64  # verdicts recorded in one transaction, at most
 VERDICT_QUEUE = 1024  # judged, not yet recorded: judge threads wait beyond it
 INTAKE_BATCH = 64  # messages whose escalations are stored in one transaction, at most
+INTAKE_BEHIND_S = 1.0  # intake this far behind arrivals: the judge threads wait for it
 MIN_RETRY_AFTER_S = 1.0  # the shortest slow-down a busy answer asks of a device
 _Device = TypeVar("_Device", EventMessage, StatusMessage, TelemetryMessage, UpdateReport,
                   TrackEventMessage)
@@ -106,6 +112,7 @@ class _Stored:
     message: mqtt.MQTTMessage | None = None
 
 
+_Judged = tuple[NewVerdict, mqtt.MQTTMessage | None, float]
 _Item = TypeVar("_Item")
 
 
@@ -160,6 +167,10 @@ class _Admission:
         with self._ready:
             self.queue.judged(seconds)
 
+    def answered(self, seconds: float) -> None:
+        with self._ready:
+            self.queue.answered(seconds)
+
     def retry_after_s(self) -> float:
         """How long the queue takes to drain at the current pace (at least a second)."""
         with self._ready:
@@ -170,6 +181,41 @@ class _Admission:
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+
+
+class IntakeFirst:
+    """Judging gives way to intake: the judge threads wait while intake is behind.
+
+    Intake threads say how far behind arrivals they are as they take up each batch (and
+    ``0`` once nothing waits); judge threads call :meth:`wait_turn` before each event.
+    """
+
+    def __init__(self, metrics: HubMetrics, behind_s: float = INTAKE_BEHIND_S) -> None:
+        self._caught_up = threading.Event()
+        self._caught_up.set()
+        self._metrics = metrics
+        self._behind_s = behind_s
+
+    def behind(self, seconds: float) -> None:
+        """Intake is taking up a message that arrived ``seconds`` ago."""
+        if seconds > self._behind_s:
+            self._caught_up.clear()
+        elif seconds <= self._behind_s / 2:
+            self._caught_up.set()
+
+    def wait_turn(self) -> None:
+        """Wait while intake is behind (counted)."""
+        if not self._caught_up.is_set():
+            self._metrics.judging_yielded.inc()
+            self._caught_up.wait()
+
+    def waiting(self) -> bool:
+        """Whether judging waits now."""
+        return not self._caught_up.is_set()
+
+    def release(self) -> None:
+        """Let every judge thread go (stopping)."""
+        self._caught_up.set()
 
 
 class IngestWorker:
@@ -196,12 +242,13 @@ class IngestWorker:
         self._stopping = threading.Event()
         # Bounded by the broker (Receive Maximum) for QoS 1; see the module docstring.
         self._inbound: queue.Queue[tuple[mqtt.MQTTMessage, float] | None] = queue.Queue()
+        self._intake_first = IntakeFirst(metrics)
         self._admission = _Admission(AdmissionLimits(
             capacity=settings.admission_capacity, workers=settings.ingest_workers),
             metrics)
         self._threads: list[threading.Thread] = []
-        self._verdicts: queue.Queue[tuple[NewVerdict, mqtt.MQTTMessage | None] | None] = (
-            queue.Queue(VERDICT_QUEUE))
+        # A verdict, the message to acknowledge, and when it was judged (perf_counter).
+        self._verdicts: queue.Queue[_Judged | None] = queue.Queue(VERDICT_QUEUE)
         self._writer: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
@@ -248,6 +295,7 @@ class IngestWorker:
         (it does, until it hears a receipt or a verdict).
         """
         self._stopping.set()
+        self._intake_first.release()  # no judge thread waits for an intake that stops
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -314,7 +362,10 @@ class IngestWorker:
     def _intake(self) -> None:
         while (first := self._inbound.get()) is not None:
             batch, stopping = _waiting(self._inbound, first, INTAKE_BATCH)
+            self._intake_first.behind(self._clock() - first[1])
             self._take(batch)
+            if self._inbound.empty():
+                self._intake_first.behind(0.0)
             if stopping:
                 return
 
@@ -623,6 +674,7 @@ class IngestWorker:
 
     def _judging(self) -> None:
         while True:
+            self._intake_first.wait_turn()
             ticket, shed = self._admission.take(self._clock)
             for item in shed:
                 self._send_busy(item)
@@ -643,12 +695,13 @@ class IngestWorker:
         event = item.event
         started = time.perf_counter()
         judgement = self._judgement(event)
-        self._admission.judged(time.perf_counter() - started)
+        judged = time.perf_counter()
+        self._admission.judged(judged - started)
         self._verdicts.put((NewVerdict(
             event.event_id, judgement.outcome,
             [d.model_dump(mode="json") for d in judgement.detections], judgement.model,
             judgement.version, judgement.inference_ms, time.time(), self.name),
-            item.message))
+            item.message, judged))
 
     # -- the verdict-writer thread ---------------------------------------------------
 
@@ -663,27 +716,29 @@ class IngestWorker:
             if stopping:
                 return
 
-    def _record_and_send(self, batch: list[tuple[NewVerdict, mqtt.MQTTMessage | None]]
-                         ) -> None:
+    def _record_and_send(self, batch: list[_Judged]) -> None:
         """Record verdicts in one transaction (retrying a store that is down), then send
         each as stored (another replica's may have been first) and acknowledge the
-        message that brought its event."""
+        message that brought its event. How long that took after the batch's first
+        judgement (the verdict that waited longest) tells admission how early an answer
+        must start on its way."""
         attempt = 0
         while True:
             try:
-                self.store.set_verdicts([verdict for verdict, _ in batch])
+                self.store.set_verdicts([verdict for verdict, _, _ in batch])
                 break
             except RetryLaterError as exc:
                 attempt += 1
                 if self._back_off(attempt, f"{len(batch)} verdict(s)", exc):
                     return
-        for verdict, message in batch:
+        for verdict, message, _ in batch:
             try:
                 self._send(self.store.get_event(event_id=verdict.event_id))
             except NotFoundError:
                 log.warning("event %s was pruned before its verdict went out",
                             verdict.event_id)
             self._ack(message)
+        self._admission.answered(time.perf_counter() - min(judged for _, _, judged in batch))
 
     def _judgement(self, event: EventMessage) -> Judgement:
         started = time.perf_counter()

@@ -192,6 +192,9 @@ class HubMetrics:
             registry=r)
         self.admitted = Counter("hub_events_admitted", "Escalations admitted for judgement",
                                 registry=r)
+        self.judging_yielded = Counter(
+            "hub_judging_yielded", "Times a judge thread waited for intake to store the "
+            "messages that had arrived (intake behind: storing comes first)", registry=r)
         self.shed = Counter("hub_events_shed",
                             "Escalations stored but answered busy, not judged, by reason",
                             ["reason"], registry=r)

@@ -155,3 +155,15 @@ def test_priority_follows_the_reason_unless_the_device_decided_already() -> None
 def test_limits_refuse_nonsense(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionLimits(**{field: value})  # type: ignore[arg-type]
+
+
+def test_an_event_is_shed_once_its_verdict_could_not_be_recorded_and_sent_in_time() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(
+        AdmissionLimits(capacity=10, service_s=1.0, smoothing=1.0, margin_s=0.0))
+    assert queue.offer(_ticket("a", 0, deadline=2.5), now=0.0) == []  # judged by 1.0
+    queue.answered(2.0)  # verdicts now reach the broker 2 s after their judgement
+    ticket, shed = queue.take(now=0.0)
+    assert ticket is None and [(s.ticket.item, s.reason) for s in shed] == [("a-0", "deadline")]
+    assert [s.reason for s in queue.offer(_ticket("b", 0, deadline=2.5), now=0.0)] == [
+        "deadline"]
+    assert queue.offer(_ticket("c", 0, deadline=3.5), now=0.0) == []
