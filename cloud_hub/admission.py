@@ -258,9 +258,14 @@ class AdmissionQueue(Generic[_T]):
 
     def answered(self, seconds: float) -> None:
         """A verdict was sent ``seconds`` after its judgement: update the running estimate
-        (recording verdicts waits for the store, which intake shares)."""
+        (recording verdicts waits for the store, which intake shares).
+
+        The estimate rises to a slower measurement at once and follows faster ones
+        gradually: a verdict sent later than planned costs its device the answer, one
+        planned too early only costs a judgement (the event is answered busy instead).
+        """
         weight = self.limits.smoothing
-        self.answer_s = max(0.0, (1 - weight) * self.answer_s + weight * seconds)
+        self.answer_s = max(0.0, seconds, (1 - weight) * self.answer_s + weight * seconds)
 
     def _to_answer(self) -> float:
         """From taking an event to its answer on the way to the device, as estimated."""

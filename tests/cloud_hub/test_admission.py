@@ -130,6 +130,16 @@ def test_the_judging_time_estimate_follows_measurements() -> None:
     assert queue.service_s == pytest.approx(0.15)
 
 
+def test_the_answer_time_estimate_rises_at_once_and_falls_gradually() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(smoothing=0.5))
+    queue.answered(2.0)
+    assert queue.answer_s == 2.0  # a slow verdict writer counts at once
+    queue.answered(0.0)
+    assert queue.answer_s == pytest.approx(1.0)
+    queue.answered(3.0)
+    assert queue.answer_s == 3.0
+
+
 def test_the_deadline_counts_the_time_spent_before_the_hub_received_the_event() -> None:
     # Four seconds in the outbox or the broker's queue: six of its ten left.
     assert answer_deadline(captured_at=96.0, arrived_at=100.0, timeout_s=10.0) == 106.0
