@@ -25,16 +25,18 @@ shares); otherwise the new event is shed. An event whose estimated wait (the eve
 ahead of it in this order, at the measured judging time per event and the number of
 judge threads), its judging and its answer's way out (the measured time from a
 judgement to its verdict sent, recorded first, plus ``margin_s``) would end past its
-deadline is shed at once. One whose deadline comes
-while it waits (others' events went ahead of it in turn) is shed as soon as it could no
-longer be judged and answered in time, at the next offer or take, whoever's turn it is:
-a flooding device's queued events are not left to wait out a round of every device.
+deadline is shed at once. A waiting event is estimated again (its place in this
+order now, the pace now) at an offer or take at least every ``review_s``, and at once
+when a deadline comes: one that could no longer be judged and answered in time is shed
+then, whoever's turn it is, so a device hears busy as soon as that is known, and a
+flooding device's queued events are not left to wait out a round of every device.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -63,6 +65,8 @@ class AdmissionLimits:
         smoothing: Weight of each new measurement in the running estimates (0-1].
         margin_s: Answer this long before a device's deadline, beyond the measured time
             to send a verdict (the network and the broker on the way to the device).
+        review_s: How often the waiting events' chances are estimated again (an event
+            whose deadline has come is shed at once regardless).
     """
 
     capacity: int = 256
@@ -70,6 +74,7 @@ class AdmissionLimits:
     service_s: float = 0.05
     smoothing: float = 0.1
     margin_s: float = 0.25
+    review_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -82,6 +87,8 @@ class AdmissionLimits:
             raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
         if self.margin_s < 0:
             raise ValueError(f"margin_s must not be negative, got {self.margin_s}")
+        if self.review_s <= 0:
+            raise ValueError(f"review_s must be positive, got {self.review_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,21 +151,26 @@ class _Class(Generic[_T]):
         device_id = max(self.by_device, key=lambda d: len(self.by_device[d]))
         return device_id, len(self.by_device[device_id])
 
-    def remove_expired(self, limit: float) -> list[Ticket[_T]]:
-        """Remove and return the events whose deadline is before ``limit``."""
-        expired: list[Ticket[_T]] = []
+    def in_turn(self) -> Iterator[Ticket[_T]]:
+        """The events in the order :meth:`pop_next` would take them (devices in turn)."""
+        active = [list(events) for events in self.by_device.values()]
+        depth = 0
+        while active:
+            active = [events for events in active if len(events) > depth]
+            for events in active:
+                yield events[depth]
+            depth += 1
+
+    def remove(self, tickets: list[Ticket[_T]]) -> None:
+        """Remove these events (each one waiting here)."""
+        gone = {id(ticket) for ticket in tickets}
         for device_id in list(self.by_device):
-            events = self.by_device[device_id]
-            keep = deque(t for t in events if t.deadline is None or t.deadline >= limit)
-            if len(keep) == len(events):
-                continue
-            expired += [t for t in events if t.deadline is not None and t.deadline < limit]
+            keep = deque(t for t in self.by_device[device_id] if id(t) not in gone)
             if keep:
                 self.by_device[device_id] = keep
             else:
                 del self.by_device[device_id]
-        self.size -= len(expired)
-        return expired
+        self.size -= len(tickets)
 
     def count(self, device_id: str) -> int:
         events = self.by_device.get(device_id)
@@ -182,8 +194,9 @@ class AdmissionQueue(Generic[_T]):
         self.answer_s = 0.0  # from a judgement to its verdict sent (recorded first)
         self._classes: dict[PriorityClass, _Class[_T]] = {name: _Class() for name in CLASSES}
         # Deadlines of events admitted (a heap; those taken since stay until the next
-        # sweep): the earliest says when one may expire, without looking at each event.
+        # review): the earliest says when one may expire, without looking at each event.
         self._deadlines: list[float] = []
+        self._next_review = float("-inf")
         self.offered = 0
         self.admitted = 0
         self.shed: dict[BusyReason, int] = {"queue-full": 0, "deadline": 0}
@@ -239,13 +252,29 @@ class AdmissionQueue(Generic[_T]):
         return None, expired
 
     def _expire(self, now: float) -> list[Shed[_T]]:
-        """Shed every waiting event that could no longer be judged and answered in time."""
-        limit = now + self._to_answer()
-        if not self._deadlines or self._deadlines[0] >= limit:
+        """Shed every waiting event that could no longer be judged and answered in time
+        at the current pace, in the order they would be taken: at once when one's
+        deadline has come (or the earliest deadline says one may have), else every
+        ``review_s``."""
+        to_answer = self._to_answer()
+        if now < self._next_review and (not self._deadlines
+                                        or self._deadlines[0] >= now + to_answer):
             return []
-        expired = [shed for queue in self._classes.values()
-                   for ticket in queue.remove_expired(limit)
-                   for shed in self._shed(ticket, "deadline")]
+        self._next_review = now + self.limits.review_s
+        per_event = self.service_s / self.limits.workers
+        ahead = 0
+        expired: list[Shed[_T]] = []
+        for queue in self._classes.values():
+            late: list[Ticket[_T]] = []
+            for ticket in queue.in_turn():
+                answered_at = now + ahead * per_event + to_answer
+                if ticket.deadline is not None and answered_at > ticket.deadline:
+                    late.append(ticket)
+                else:
+                    ahead += 1  # kept: it goes before the next one
+            if late:
+                queue.remove(late)
+                expired += [shed for ticket in late for shed in self._shed(ticket, "deadline")]
         self._deadlines = sorted(
             t.deadline for queue in self._classes.values()
             for events in queue.by_device.values() for t in events if t.deadline is not None)

@@ -96,22 +96,26 @@ def test_events_whose_deadline_passed_while_waiting_are_shed_when_their_turn_com
     assert queue.take(now=9.5) == (None, [])
 
 
-def test_a_flooders_expired_events_are_all_shed_at_once_not_one_per_round() -> None:
+def test_a_flooders_events_are_shed_once_they_cannot_be_reached_in_time_whoever_s_turn() -> None:
     queue: AdmissionQueue[str] = AdmissionQueue(
-        AdmissionLimits(capacity=100, service_s=1.0, margin_s=0.5))
-    for n in range(5):
-        assert queue.offer(_ticket("flood", n, deadline=100.0), now=0.0) == []
+        AdmissionLimits(capacity=100, service_s=1.0, margin_s=0.0))
+    for n in range(3):
+        assert queue.offer(_ticket("flood", n, deadline=10.0), now=0.0) == []
     for device in ("a", "b", "c"):
         assert queue.offer(_ticket(device, 0, deadline=1000.0), now=0.0) == []
-    assert queue.take(now=0.0)[0].item == "flood-0"  # type: ignore[union-attr]
-    ticket, shed = queue.take(now=98.4)  # the flooder's could still be answered in time
-    assert ticket is not None and ticket.item == "a-0" and shed == []
-    ticket, shed = queue.take(now=98.6)
-    # Every one of the flooder's, though its turn comes only after b's and c's.
-    assert [(s.ticket.item, s.reason) for s in shed] == [
-        (f"flood-{n}", "deadline") for n in range(1, 5)]
-    assert ticket is not None and ticket.item == "b-0"
-    assert queue.shed == {"queue-full": 0, "deadline": 4}
+    ticket, shed = queue.take(now=0.0)
+    assert ticket is not None and ticket.item == "flood-0" and shed == []
+    # In turn now: a, b, c, flood-1, flood-2; at 5.5, flood-2 would be answered at 10.5.
+    ticket, shed = queue.take(now=5.5)
+    assert ticket is not None and ticket.item == "a-0"
+    assert [(s.ticket.item, s.reason) for s in shed] == [("flood-2", "deadline")]
+    ticket, shed = queue.take(now=6.6)  # flood-1 still in time: third, done by 9.6
+    assert ticket is not None and ticket.item == "b-0" and shed == []
+    # Not yet flood-1's turn (c's comes first), but it would be answered at 10.5.
+    ticket, shed = queue.take(now=8.5)
+    assert ticket is not None and ticket.item == "c-0"
+    assert [(s.ticket.item, s.reason) for s in shed] == [("flood-1", "deadline")]
+    assert queue.shed == {"queue-full": 0, "deadline": 2}
 
 
 def test_an_offer_sheds_what_expired_while_the_judges_were_busy() -> None:
@@ -161,7 +165,8 @@ def test_priority_follows_the_reason_unless_the_device_decided_already() -> None
 
 
 @pytest.mark.parametrize(("field", "value"), [("capacity", 0), ("workers", 0), ("service_s", 0.0),
-                                          ("smoothing", 0.0), ("margin_s", -1.0)])
+                                          ("smoothing", 0.0), ("margin_s", -1.0),
+                                          ("review_s", 0.0)])
 def test_limits_refuse_nonsense(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionLimits(**{field: value})  # type: ignore[arg-type]
