@@ -731,12 +731,14 @@ class IngestWorker:
                 attempt += 1
                 if self._back_off(attempt, f"{len(batch)} verdict(s)", exc):
                     return
+        stored = self.store.get_events(event_ids=[verdict.event_id for verdict, _, _ in batch])
         for verdict, message, _ in batch:
-            try:
-                self._send(self.store.get_event(event_id=verdict.event_id))
-            except NotFoundError:
+            event = stored.get(verdict.event_id)
+            if event is None:
                 log.warning("event %s was pruned before its verdict went out",
                             verdict.event_id)
+            else:
+                self._send(event)
             self._ack(message)
         self._admission.answered(time.perf_counter() - min(judged for _, _, judged in batch))
 

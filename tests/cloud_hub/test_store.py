@@ -16,6 +16,7 @@ from cloud_hub.errors import NotFoundError, StoreError
 from cloud_hub.images import IMAGE_GRACE_S, FileImageStore
 from cloud_hub.store import (
     SCHEMA_VERSION,
+    NewVerdict,
     Store,
     events,
     migrations_table,
@@ -97,6 +98,39 @@ def test_events_are_stored_once_and_verdicts_once(store: Store) -> None:
     event = store.get_event(event_id="e1")
     assert event["outcome"] == "confirmed" and event["handled_by"] == "hub-a"
     assert event["has_crop"] and store.event_image(event_id="e1", kind="crop") == b"\xff\xd8crop"
+
+
+def test_a_batch_is_stored_once_each_whatever_its_rows_hold(store: Store) -> None:
+    store.add_device(device_id="cam-1", group="g")
+    store.add_device(device_id="cam-2", group="g")
+    assert store.add_events([_event("b0")]) == {"b0"}
+    # Rows with different columns (a frame size, an anomaly score), an id twice in the
+    # batch, an id stored before: each new id once, the stored one untouched.
+    new = store.add_events([
+        _event("b2", device="cam-2", frame_width=640, frame_height=480),
+        _event("b1", anomaly_score=-0.5, crop=None),
+        _event("b0", device="cam-2", source="yard"),
+        _event("b1", anomaly_score=-0.5, crop=None),
+    ], seen={"cam-1": 1234.0, "cam-2": 1235.0})
+    assert new == {"b1", "b2"}
+    assert store.get_device(device_id="cam-1")["last_seen"] == 1234.0
+    assert store.get_device(device_id="cam-2")["last_seen"] == 1235.0
+    store.set_verdicts([
+        NewVerdict("b2", "confirmed", [{"box": [1, 2, 3, 4]}], "m", "1", 2.0, 1001.0, "hub-a"),
+        NewVerdict("b1", "rejected", [], "m", "1", 3.0, 1002.0, "hub-a"),
+    ])
+    store.set_verdicts([NewVerdict("b2", "rejected", [], "m", "1", 4.0, 1003.0, "hub-b")])
+    found = store.get_events(event_ids=["b0", "b1", "b2", "missing"])
+    assert sorted(found) == ["b0", "b1", "b2"]
+    assert found["b0"]["device_id"] == "cam-1" and found["b0"]["source"] == "door"
+    assert found["b0"]["outcome"] is None
+    assert found["b1"]["anomaly_score"] == -0.5 and not found["b1"]["has_crop"]
+    assert found["b1"]["outcome"] == "rejected" and found["b1"]["frame_size"] is None
+    assert found["b2"]["outcome"] == "confirmed" and found["b2"]["handled_by"] == "hub-a"
+    assert found["b2"]["hub_detections"] == [{"box": [1, 2, 3, 4]}]
+    assert found["b2"]["frame_size"] == (640, 480)
+    assert found == {k: store.get_event(event_id=k) for k in ("b0", "b1", "b2")}
+    assert store.get_events(event_ids=[]) == {}
 
 
 def test_cursor_pagination_and_filters(store: Store) -> None:
