@@ -1,14 +1,15 @@
 """EMQX's authorization, written from the same rules as Mosquitto's.
 
 The rules are :mod:`cloud_hub.provisioning`'s roles (:func:`~cloud_hub.provisioning.hub_role`,
-:func:`~cloud_hub.provisioning.device_role`); this module only translates them, pure:
+:func:`~cloud_hub.provisioning.device_role`, :func:`~cloud_hub.provisioning.group_role`);
+this module only translates them, pure:
 
 - :func:`acl_file`: EMQX's ``acl.conf`` (the file authorizer): the hub's rules for its
-  username, and every device's rules on its own topics, once, with ``${clientid}``
+  username, and every device's role, once, with ``${clientid}``
   standing for the device id (EMQX renders it per client; the ``cinfo`` authenticator
   pins a device's client id to its username, as the Mosquitto plugin does).
-- :func:`device_group_rules`: the one rule that depends on a device's group (its group's
-  model announcements), for EMQX's built-in database (``POST
+- :func:`device_group_rules`: its group's role (its group's model announcements), for
+  EMQX's built-in database (``POST
   /api/v5/authorization/sources/built_in_database/rules/users``), added when the device
   is provisioned.
 
@@ -28,13 +29,12 @@ import json
 from collections.abc import Iterable
 from typing import Literal
 
-from cloud_hub.provisioning import Acl, Role, device_role, hub_role
+from cloud_hub.provisioning import Acl, device_role, group_role, hub_role
 from sync import TopicLayout
 
 CLIENT_ID = "${clientid}"
-# Stand-ins that are valid names: replaced by the placeholder once the role is built.
+# A stand-in that is a valid name: replaced by the placeholder once the role is built.
 _ANY_DEVICE = "emqx-any-device"
-_ANY_GROUP = "emqx-any-group"
 
 EmqxAction = Literal["publish", "subscribe"]
 
@@ -86,10 +86,8 @@ def acl_file(layout: TopicLayout, *, share_group: str, hub_username: str) -> str
         share_group: The hub's share group (``CLOUD_HUB_SHARE_GROUP``).
         hub_username: The hub's broker username (``CLOUD_HUB_MQTT_USERNAME``).
     """
-    template = device_role(layout, _ANY_DEVICE, _ANY_GROUP)
-    group_topic = layout.models(_ANY_GROUP)
     own = [Acl(acl.kind, acl.topic.replace(f"/{_ANY_DEVICE}/", f"/{CLIENT_ID}/"), acl.allow)
-           for acl in template.acls if acl.topic != group_topic]
+           for acl in device_role(layout, _ANY_DEVICE).acls]
     lines = [
         "%% Written by `cloud-hub broker emqx-acl` from the hub's broker rules",
         "%% (cloud_hub/provisioning.py); regenerate it rather than editing it.",
@@ -106,11 +104,9 @@ def acl_file(layout: TopicLayout, *, share_group: str, hub_username: str) -> str
 
 def device_group_rules(layout: TopicLayout, device_id: str, group: str) -> dict[str, object]:
     """One device's group rule, as EMQX's built-in database takes it (by username)."""
-    role: Role = device_role(layout, device_id, group)
-    group_topic = layout.models(group)
     rules = []
-    for acl in role.acls:
-        rule = _emqx_rule(acl) if acl.topic == group_topic else None
+    for acl in group_role(layout, group).acls:
+        rule = _emqx_rule(acl)
         if rule is not None:
             action, topic, _ = rule
             rules.append({"permission": "allow", "action": action, "topic": topic})

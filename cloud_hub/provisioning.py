@@ -4,12 +4,18 @@ The broker's authorization is Mosquitto's dynamic security plugin. Its rules are
 
 - **Nothing by default**: a client may not publish, receive or subscribe unless a role
   allows it (``defaultACLAccess``: publish and subscribe denied, receive denied).
-- **A device** (client ``<id>``, role ``device-<id>``) may publish only its own
-  ``events``, ``status``, ``telemetry``, ``updates`` and ``journal`` (its decision
-  journal), and subscribe only to its own
-  ``verdicts`` and its group's model announcements, each by its literal topic: no
-  wildcard, no ``$share/...``, nothing else. Its client id is pinned to its username, so
-  it cannot connect under another device's id (or the hub's) and take that session over.
+- **A device** (client ``<id>``, roles ``device-<id>`` and ``group-<group>``) may publish
+  only its own ``events``, ``status``, ``telemetry``, ``updates`` and ``journal`` (its
+  decision journal), and subscribe only to its own ``verdicts`` and its group's model
+  announcements, each by its literal topic: no wildcard, no ``$share/...``, nothing else.
+  Its own role holds the rules that name it (six); the group's role, one for all the
+  devices of a group, holds the group's announcements and the right to *receive*
+  verdicts, which reach a device only through the one verdict subscription its own role
+  allows (no client may subscribe to another's verdicts: the hub does not subscribe to
+  verdicts at all). Its client id is pinned to its username, so it cannot connect under
+  another device's id (or the hub's) and take that session over. Devices provisioned
+  before the group roles (one role of nine rules, the group's among them) keep working
+  as they are; ``--rotate`` gives one the present layout.
 - **The hub** (role ``hub``) subscribes to the fleet's events, update reports and
   decision journals through its shared subscription, and to statuses and telemetry, each
   by its literal filter; it publishes verdicts and announcements. Role
@@ -31,7 +37,12 @@ state. The broker decides who wins when two batches name the same device (its
 ``createClient`` succeeds once); only devices whose client the broker created are
 registered, and a batch whose registration fails deletes the clients it created.
 Mosquitto 2.0's plugin writes its whole state after *every* command, so the broker's
-cost grows with the devices it holds (see the README's ``provision`` figures).
+cost grows with the devices it holds (see the README's ``provision`` figures): what a
+device leaves in that state is kept small (its client and a role of six rules; no text
+name), since its size times the number of commands is the broker's work. One shared role
+with ``%c`` in its topics would need a single command a device, but Mosquitto 2.0's
+plugin matches ``%c`` and ``%u`` literally (measured on 2.0.11; substitution came with
+2.1), so each device still needs a role of its own.
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ import secrets
 import ssl
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -70,6 +81,8 @@ HUB_ROLE = "hub"
 CONTROL_ROLE = "broker-control"
 OPEN_ROLE = "open-to-anonymous"
 OPEN_GROUP = "anonymous"
+DEVICE_ROLE_PREFIX = "device-"
+GROUP_ROLE_PREFIX = "group-"
 PBKDF2_ITERATIONS = 101  # what mosquitto_ctrl writes; the plugin reads it per client
 CONTROL_TIMEOUT_S = 10.0
 # One control message stays well under any broker's packet limit, and small enough that
@@ -146,20 +159,38 @@ class Command:
 
 
 def device_role_name(device_id: str) -> str:
-    """The role that holds one device's rules."""
-    return f"device-{device_id}"
+    """The role that holds one device's own rules."""
+    return f"{DEVICE_ROLE_PREFIX}{device_id}"
 
 
-def device_role(layout: TopicLayout, device_id: str, group: str) -> Role:
-    """What one device may do: its own topics out, its verdicts and group's models in."""
+def device_role(layout: TopicLayout, device_id: str) -> Role:
+    """What one device may do on the topics that name it: publish its own, subscribe to
+    its verdicts; each by its literal topic."""
     sends = (layout.events(device_id), layout.status(device_id),
              layout.telemetry(device_id), layout.updates(device_id),
              layout.journal(device_id))
-    receives = (layout.verdicts(device_id), layout.models(group))
-    acls = [Acl("publishClientSend", topic) for topic in sends]
-    for topic in receives:
-        acls += [Acl("subscribeLiteral", topic), Acl("publishClientReceive", topic)]
-    return Role(device_role_name(device_id), tuple(acls))
+    return Role(device_role_name(device_id), (
+        *(Acl("publishClientSend", topic) for topic in sends),
+        Acl("subscribeLiteral", layout.verdicts(device_id)),
+    ))
+
+
+def group_role_name(group: str) -> str:
+    """The role every device of ``group`` holds."""
+    return f"{GROUP_ROLE_PREFIX}{group}"
+
+
+def group_role(layout: TopicLayout, group: str) -> Role:
+    """What every device of ``group`` shares: its group's model announcements (subscribe
+    and receive), and receiving verdicts. The latter is as narrow as a literal rule: a
+    message reaches a client only through a subscription, and the one verdict
+    subscription a device's rules allow is its own (:func:`device_role`); no client
+    subscribes to a wildcard over verdicts (the hub publishes them)."""
+    models = layout.models(group)
+    return Role(group_role_name(group), (
+        Acl("subscribeLiteral", models), Acl("publishClientReceive", models),
+        Acl("publishClientReceive", layout.all_devices("verdicts")),
+    ))
 
 
 def hub_role(layout: TopicLayout, share_group: str) -> Role:
@@ -237,23 +268,39 @@ def new_credentials(device_id: str) -> DeviceCredentials:
     return DeviceCredentials(device_id, secrets.token_urlsafe(24))
 
 
-def add_device_commands(layout: TopicLayout, credentials: DeviceCredentials,
-                        group: str) -> tuple[Command, ...]:
-    """Create a device's role and its client, pinned to its own client id."""
+def group_role_commands(layout: TopicLayout, groups: Iterable[str]) -> tuple[Command, ...]:
+    """Create the roles of ``groups``; one the broker has already (made by an earlier or
+    a concurrent call: the same rules) is refused, harmlessly."""
+    return tuple(Command("createRole", group_role(layout, group).to_json(),
+                         tolerate_error=True) for group in groups)
+
+
+def _device_commands(layout: TopicLayout, credentials: DeviceCredentials,
+                     group: str) -> tuple[Command, Command]:
+    """A device's own role, and its client pinned to its own client id, holding that role
+    and its group's (which must exist first)."""
     device_id = credentials.username
-    role = device_role(layout, device_id, group)
+    role = device_role(layout, device_id)
     return (
-        Command("createRole", {"rolename": role.name, "acls": [a.to_json() for a in role.acls]}),
+        Command("createRole", role.to_json()),
         Command("createClient", {
             "username": device_id, "password": credentials.password, "clientid": device_id,
-            "textname": f"device {device_id} (group {group})",
-            "roles": [{"rolename": role.name}],
+            "roles": [{"rolename": role.name}, {"rolename": group_role_name(group)}],
         }),
     )
 
 
+def add_device_commands(layout: TopicLayout, credentials: DeviceCredentials,
+                        group: str) -> tuple[Command, ...]:
+    """Create a device's group role where it lacks, its role, and its client, pinned to
+    its own client id."""
+    return (*group_role_commands(layout, (group,)),
+            *_device_commands(layout, credentials, group))
+
+
 def revoke_device_commands(device_id: str) -> tuple[Command, ...]:
-    """Delete a device's client (the plugin disconnects it) and its role."""
+    """Delete a device's client (the plugin disconnects it) and its role (its group's
+    role stays: the group's other devices hold it)."""
     return (Command("deleteClient", {"username": device_id}, tolerate_error=True),
             Command("deleteRole", {"rolename": device_role_name(device_id)},
                     tolerate_error=True))
@@ -262,7 +309,8 @@ def revoke_device_commands(device_id: str) -> tuple[Command, ...]:
 def rotate_device_commands(layout: TopicLayout, credentials: DeviceCredentials,
                            group: str) -> tuple[Command, ...]:
     """Replace a device's password and rules: the old session is disconnected and the
-    old password stops working at once."""
+    old password stops working at once. A device of the old layout (one role holding its
+    group's rules too) gets the present one."""
     return (*revoke_device_commands(credentials.username),
             *add_device_commands(layout, credentials, group))
 
@@ -431,20 +479,21 @@ class ProvisionOutcome:
 def batch_add_commands(layout: TopicLayout, credentials: DeviceCredentials,
                        group: str) -> tuple[Command, Command]:
     """A device's role (a refusal tolerated: a role may be left from an earlier try or
-    made by a concurrent batch) and its client, whose creation decides who owns it."""
-    create_role, create_client = add_device_commands(layout, credentials, group)
+    made by a concurrent batch) and its client, whose creation decides who owns it. Its
+    group's role is made before (:func:`group_role_commands`)."""
+    create_role, create_client = _device_commands(layout, credentials, group)
     return (Command(create_role.name, create_role.fields, tolerate_error=True), create_client)
 
 
 def repair_role_commands(layout: TopicLayout, credentials: DeviceCredentials,
                          group: str) -> tuple[Command, ...]:
-    """Make a client this batch created over a role it found already there again, with
-    its rules for ``group``: the client goes first, then the role (Mosquitto 2.0.11
-    crashes, now and then, when a role a client holds is deleted under concurrent
-    control traffic), then both are made anew with the same password. The fourth
-    command, ``createClient``, decides whether the device is still this batch's."""
+    """Make a client this batch created over a role it found already there (possibly of
+    the old layout, or another prefix's) again: the client goes first, then the role
+    (Mosquitto 2.0.11 crashes, now and then, when a role a client held is deleted under
+    concurrent control traffic), then both are made anew with the same password. The
+    fourth command, ``createClient``, decides whether the device is still this batch's."""
     return (*revoke_device_commands(credentials.username),
-            *add_device_commands(layout, credentials, group))
+            *_device_commands(layout, credentials, group))
 
 
 def command_messages(payloads: Sequence[dict[str, object]], *,

@@ -43,6 +43,7 @@ from cloud_hub.provisioning import (
     add_device_commands,
     batch_add_commands,
     check_device_id,
+    group_role_commands,
     hub_role_commands,
     new_credentials,
     repair_role_commands,
@@ -384,8 +385,11 @@ class HubService:
             return {}
         layout = TopicLayout(self.settings.mqtt_prefix)
         control = BrokerControl(self.broker)
-        answers = control.execute([command for spec in new for command in batch_add_commands(
-            layout, credentials[spec.device_id], spec.group)])
+        groups = group_role_commands(layout, sorted({spec.group for spec in new}))
+        answers = control.execute([*groups, *(
+            command for spec in new
+            for command in batch_add_commands(layout, credentials[spec.device_id], spec.group))
+        ])[len(groups):]
         refused: dict[str, str | None] = {}
         repaired: list[DeviceSpec] = []
         for spec, role_error, client_error in zip(new, answers[0::2], answers[1::2],
@@ -393,8 +397,8 @@ class HubService:
             if client_error is not None:
                 refused[spec.device_id] = f"the broker refused it: {client_error}"
             elif role_error is not None:
-                # The role was there already (an earlier, interrupted try, or a concurrent
-                # call for another group): the client is ours, so its rules are too.
+                # The role was there already (an earlier, interrupted try, a concurrent
+                # call, or the old layout's): the client is ours, so its rules are too.
                 repaired.append(spec)
         if repaired:
             repairs = [command for spec in repaired for command in repair_role_commands(

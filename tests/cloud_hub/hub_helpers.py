@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.provisioning import Acl, Command, Role
 from cloud_hub.settings import HubSettings
-from sync import DetectionPayload, EventIdFactory, EventMessage, ModelRef
+from sync import DetectionPayload, EventIdFactory, EventMessage, ModelRef, TopicLayout
 
 SECRET = "test-secret-" + "x" * 32
 
@@ -28,6 +29,23 @@ def hub_settings(tmp_path: Path, store_root: Path, **overrides: Any) -> HubSetti
     }
     values.update(overrides)
     return HubSettings(**values)
+
+
+def old_layout_commands(device_id: str, group: str, password: str) -> list[Command]:
+    """What a hub before the group roles made: one role of nine literal rules (the
+    group's among them) and a client with a text name (default topic layout)."""
+    layout = TopicLayout()
+    acls = [Acl("publishClientSend", topic) for topic in (
+        layout.events(device_id), layout.status(device_id), layout.telemetry(device_id),
+        layout.updates(device_id), layout.journal(device_id))]
+    for topic in (layout.verdicts(device_id), layout.models(group)):
+        acls += [Acl("subscribeLiteral", topic), Acl("publishClientReceive", topic)]
+    role = Role(f"device-{device_id}", tuple(acls))
+    return [Command("createRole", role.to_json()),
+            Command("createClient", {"username": device_id, "password": password,
+                                     "clientid": device_id,
+                                     "textname": f"device {device_id} (group {group})",
+                                     "roles": [{"rolename": role.name}]})]
 
 
 def jpeg(image: npt.NDArray[np.uint8], quality: int = 85) -> bytes:

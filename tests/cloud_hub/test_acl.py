@@ -16,10 +16,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
+from paho.mqtt.client import ConnectFlags
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -30,11 +32,12 @@ from cloud_hub.api import create_app
 from cloud_hub.api.auth import hash_token, new_token
 from cloud_hub.cli import main as cloud_hub_main
 from cloud_hub.mosquitto import BrokerLimits
+from cloud_hub.provisioning import BrokerControl
 from cloud_hub.service import HubService
 from models import ModelStore
 from sync import EventIdFactory, TopicLayout, TrackEventMessage, VerdictMessage, decode, encode
 from tests.broker import MosquittoBroker
-from tests.cloud_hub.hub_helpers import face_event, hub_settings
+from tests.cloud_hub.hub_helpers import face_event, hub_settings, old_layout_commands
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -50,6 +53,7 @@ class Device:
     def __init__(self, port: int, username: str, password: str, *,
                  client_id: str | None = None, persistent: bool = False) -> None:
         self.connack: int | None = None
+        self.session_present = False
         self.pubacks: dict[int, int] = {}
         self.subacks: list[int] = []
         self.messages: list[tuple[str, bytes]] = []
@@ -59,8 +63,9 @@ class Device:
                                   client_id=client_id or username, protocol=mqtt.MQTTv5)
         self.client.username_pw_set(username, password)
 
-        def on_connect(client: mqtt.Client, userdata: object, flags: object,
+        def on_connect(client: mqtt.Client, userdata: object, flags: ConnectFlags,
                        reason: ReasonCode, properties: object) -> None:
+            self.session_present = flags.session_present
             self._record(lambda: setattr(self, "connack", reason.value))
 
         def on_disconnect(client: mqtt.Client, userdata: object, flags: object,
@@ -128,9 +133,18 @@ class Fleet:
     hub: HubService
     env: dict[str, str]
 
-    def provision(self, device_id: str, group: str = "lobby") -> str:
-        _, credentials = self.hub.provision_device(device_id, group)
+    def provision(self, device_id: str, group: str = "lobby", *, rotate: bool = False) -> str:
+        _, credentials = self.hub.provision_device(device_id, group, rotate=rotate)
         return credentials.password
+
+    def hub_client(self, name: str) -> Device:
+        """A client with the hub's credentials (it may publish verdicts and announcements)."""
+        return Device(self.broker.port, self.broker.hub_username, self.broker.hub_password,
+                      client_id=f"hub-{name}")
+
+    def state(self) -> dict[str, Any]:
+        """The plugin's state as it last saved it (it saves after every command)."""
+        return dict(json.loads(self.broker.dynsec_file.read_text()))
 
 
 @pytest.fixture(scope="module")
@@ -472,3 +486,123 @@ def test_a_broker_set_up_before_the_journal_gets_the_hubs_rule_for_it(
     finally:
         hub.stop()
         broker.stop()
+
+
+def test_no_device_reaches_another_devices_verdicts_through_its_group_role(
+    fleet: Fleet,
+) -> None:
+    """Receiving verdicts is in the group's role, shared by the group: A, in B's group,
+    tries every way to B's verdicts (B's client id, an empty one, wildcards, a shared
+    subscription of its own, the hub's); the hub then publishes B's verdict and, after
+    it, A's own: A gets its own and nothing of B's."""
+    password_a = fleet.provision("vx-a", "shared-floor")
+    password_b = fleet.provision("vx-b", "shared-floor")
+    for client_id in ("vx-b", "hub-vx"):
+        thief = Device(fleet.broker.port, "vx-a", password_a, client_id=client_id)
+        thief.close()
+        assert thief.refused, client_id
+    empty = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    empty.username_pw_set("vx-a", password_a)
+    refused = threading.Event()
+    empty.on_connect = lambda c, u, f, reason, p: refused.set() if reason.is_failure else None
+    empty.connect("127.0.0.1", fleet.broker.port)
+    empty.loop_start()
+    try:  # a client id the broker assigns is not the pinned one
+        assert refused.wait(15)
+    finally:
+        empty.loop_stop()
+    a = Device(fleet.broker.port, "vx-a", password_a)
+    try:
+        for topic in (LAYOUT.verdicts("vx-b"), LAYOUT.all_devices("verdicts"), "#",
+                      f"{LAYOUT.root}/#", f"{LAYOUT.root}/+/#", "+/v1/vx-b/verdicts",
+                      f"$share/vx/{LAYOUT.verdicts('vx-b')}",
+                      f"$share/vx/{LAYOUT.all_devices('verdicts')}",
+                      f"$share/vx/{LAYOUT.verdicts('vx-a')}",
+                      LAYOUT.shared(fleet.hub.settings.share_group, "events")):
+            assert a.subscribe(topic) == NOT_AUTHORIZED, topic
+        assert a.subscribe(LAYOUT.verdicts("vx-a")) < 0x80
+        assert a.subscribe(LAYOUT.models("shared-floor")) < 0x80
+        hub = fleet.hub_client("vx")
+        try:
+            assert hub.publish(LAYOUT.verdicts("vx-b"), b"for b") < 0x80
+            assert hub.publish(LAYOUT.verdicts("vx-a"), b"for a") < 0x80
+        finally:
+            hub.close()
+        assert a.wait(lambda: (LAYOUT.verdicts("vx-a"), b"for a") in a.messages)
+        assert a.messages == [(LAYOUT.verdicts("vx-a"), b"for a")]
+    finally:
+        a.close()
+    b = Device(fleet.broker.port, "vx-b", password_b)
+    b.close()
+    assert not b.refused  # none of A's tries took B's place
+
+
+def test_a_device_moved_to_another_group_stops_receiving_the_old_groups_announcements(
+    fleet: Fleet,
+) -> None:
+    """A persistent session keeps the old group's subscription across a rotation into
+    another group; the old group's role is no longer the device's, so nothing published
+    there reaches it, while its new group's announcements do."""
+    password = fleet.provision("mv-a", "old-floor")
+    first = Device(fleet.broker.port, "mv-a", password, persistent=True)
+    try:
+        assert first.subscribe(LAYOUT.models("old-floor")) < 0x80
+    finally:
+        first.close()
+    password = fleet.provision("mv-a", "new-floor", rotate=True)
+    moved = Device(fleet.broker.port, "mv-a", password, persistent=True)
+    try:
+        assert moved.session_present  # the old subscription is still in the session
+        assert moved.subscribe(LAYOUT.models("old-floor")) == NOT_AUTHORIZED
+        assert moved.subscribe(LAYOUT.models("new-floor")) < 0x80
+        hub = fleet.hub_client("mv")
+        try:
+            assert hub.publish(LAYOUT.models("old-floor"), b"old") < 0x80
+            assert hub.publish(LAYOUT.models("new-floor"), b"new") < 0x80
+        finally:
+            hub.close()
+        assert moved.wait(lambda: bool(moved.messages))
+        assert moved.messages == [(LAYOUT.models("new-floor"), b"new")]
+    finally:
+        moved.close()
+
+
+def test_a_device_of_the_old_layout_keeps_working_and_rotation_gives_it_the_new_one(
+    fleet: Fleet,
+) -> None:
+    """Devices are not migrated in place: one provisioned with its own nine-rule role
+    works on as it was, confined as before, and ``--rotate`` replaces its role with the
+    present layout (its own role of six rules and its group's)."""
+    BrokerControl(fleet.hub.broker).run(old_layout_commands("old-b", "old-group", "pw-b"))
+    fleet.hub.store.add_device(device_id="old-b", group="old-group")
+    fleet.provision("new-c", "old-group")  # the group's role is made beside the old one
+    thief = Device(fleet.broker.port, "old-b", "pw-b")
+    try:  # a refused publish closes the connection: first, on a client of its own
+        assert not thief.refused
+        assert thief.publish(LAYOUT.events("new-c")) == NOT_AUTHORIZED
+    finally:
+        thief.close()
+    device = Device(fleet.broker.port, "old-b", "pw-b")
+    try:
+        assert device.publish(LAYOUT.events("old-b")) < 0x80
+        for topic in (LAYOUT.verdicts("old-b"), LAYOUT.models("old-group")):
+            assert device.subscribe(topic) < 0x80
+        for topic in (LAYOUT.verdicts("new-c"), LAYOUT.all_devices("verdicts"),
+                      LAYOUT.models("lobby")):
+            assert device.subscribe(topic) == NOT_AUTHORIZED
+    finally:
+        device.close()
+    password = fleet.provision("old-b", "old-group", rotate=True)
+    state = fleet.state()
+    client = next(c for c in state["clients"] if c["username"] == "old-b")
+    assert [r["rolename"] for r in client["roles"]] == ["device-old-b", "group-old-group"]
+    assert "textname" not in client
+    role = next(r for r in state["roles"] if r["rolename"] == "device-old-b")
+    assert len(role["acls"]) == 6
+    rotated = Device(fleet.broker.port, "old-b", password)
+    try:
+        assert rotated.subscribe(LAYOUT.models("old-group")) < 0x80
+        assert rotated.subscribe(LAYOUT.verdicts("new-c")) == NOT_AUTHORIZED
+        assert rotated.publish(LAYOUT.events("old-b")) < 0x80
+    finally:
+        rotated.close()

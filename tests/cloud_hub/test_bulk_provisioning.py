@@ -18,11 +18,11 @@ from cloud_hub.api.auth import hash_token, new_token
 from cloud_hub.cli import main as cloud_hub_main
 from cloud_hub.errors import StoreError
 from cloud_hub.mosquitto import BrokerLimits
-from cloud_hub.provisioning import DeviceSpec, ProvisionOutcome
+from cloud_hub.provisioning import BrokerControl, DeviceSpec, ProvisionOutcome
 from cloud_hub.service import HubService
 from sync import TopicLayout
 from tests.broker import MosquittoBroker
-from tests.cloud_hub.hub_helpers import hub_settings
+from tests.cloud_hub.hub_helpers import hub_settings, old_layout_commands
 from tests.cloud_hub.test_acl import NOT_AUTHORIZED, Device
 
 pytestmark = pytest.mark.integration
@@ -197,3 +197,25 @@ def test_the_batch_route_is_for_admins_and_reports_each_device(hub: HubService) 
         assert "reserved" in odd["devices"][2]["reason"]
     credentials = first.json()["devices"][0]["mqtt"]
     _assert_confined(hub, "api-1", credentials["password"], "api-2")
+
+
+def test_a_role_left_behind_by_the_old_layout_is_made_anew(hub: HubService,
+                                                           tmp_path: Path) -> None:
+    """A device's role of the old layout (its group's rules in it) without its client, as
+    an interrupted older hub left it: the batch that creates the client replaces the role,
+    so the device does not keep the old group's announcements."""
+    BrokerControl(hub.broker).run(old_layout_commands("left-a", "old-group", "pw")[:1])
+    outcomes = hub.provision_devices([DeviceSpec("left-a", "new-group"),
+                                      DeviceSpec("left-b", "new-group")])
+    assert [o.status for o in outcomes] == ["created", "created"]
+    state = json.loads((tmp_path / "broker" / "dynamic-security.json").read_text())
+    roles = {r["rolename"]: r["acls"] for r in state["roles"]}
+    assert len(roles["device-left-a"]) == len(roles["device-left-b"]) == 6
+    assert "group-new-group" in roles and "group-old-group" not in roles
+    assert outcomes[0].credentials is not None
+    device = Device(_port(hub), "left-a", outcomes[0].credentials.password)
+    try:
+        assert device.subscribe(LAYOUT.models("old-group")) == NOT_AUTHORIZED
+        assert device.subscribe(LAYOUT.models("new-group")) < 0x80
+    finally:
+        device.close()

@@ -40,7 +40,7 @@ def test_the_hub_may_do_what_its_mosquitto_role_allows_and_no_more() -> None:
 
 def test_every_device_gets_its_own_topics_through_its_client_id() -> None:
     rules = _rules(acl_file(LAYOUT, share_group="hub", hub_username="hub"))
-    role = device_role(LAYOUT, "cam-7", "yard")
+    role = device_role(LAYOUT, "cam-7")
     own_sends = [a.topic.replace("/cam-7/", "/${clientid}/") for a in role.acls
                  if a.kind == "publishClientSend"]
     assert rules[("all", "publish")] == [f'"{topic}"' for topic in own_sends]

@@ -23,6 +23,8 @@ from cloud_hub.provisioning import (
     command_messages,
     device_role,
     dynsec_document,
+    group_role,
+    group_role_commands,
     hub_role,
     parse_device_list,
     password_entry,
@@ -38,7 +40,7 @@ LAYOUT = TopicLayout("fleet")
 
 
 def test_a_device_role_names_only_its_own_topics_literally() -> None:
-    role = device_role(LAYOUT, "cam-1", "lobby")
+    role = device_role(LAYOUT, "cam-1")
     assert role.name == "device-cam-1"
     assert set(role.acls) == {
         Acl("publishClientSend", "fleet/v1/cam-1/events"),
@@ -47,11 +49,25 @@ def test_a_device_role_names_only_its_own_topics_literally() -> None:
         Acl("publishClientSend", "fleet/v1/cam-1/updates"),
         Acl("publishClientSend", "fleet/v1/cam-1/journal"),  # its decision journal
         Acl("subscribeLiteral", "fleet/v1/cam-1/verdicts"),
-        Acl("publishClientReceive", "fleet/v1/cam-1/verdicts"),
-        Acl("subscribeLiteral", "fleet/v1/groups/lobby/models"),
-        Acl("publishClientReceive", "fleet/v1/groups/lobby/models"),
     }
     assert all("+" not in a.topic and "#" not in a.topic and a.allow for a in role.acls)
+
+
+def test_a_group_role_subscribes_to_its_announcements_only_and_receives_verdicts() -> None:
+    """Receiving verdicts is shared because subscribing to them is not: the only verdict
+    subscription any device's rules allow is its own, by literal topic."""
+    role = group_role(LAYOUT, "lobby")
+    assert role.name == "group-lobby"
+    assert set(role.acls) == {
+        Acl("subscribeLiteral", "fleet/v1/groups/lobby/models"),
+        Acl("publishClientReceive", "fleet/v1/groups/lobby/models"),
+        Acl("publishClientReceive", "fleet/v1/+/verdicts"),
+    }
+    every_subscription = [a for r in (role, device_role(LAYOUT, "cam-1"),
+                                      hub_role(LAYOUT, "hub"))
+                          for a in r.acls if a.kind.startswith("subscribe")]
+    assert [a.topic for a in every_subscription if a.topic.endswith("/verdicts")] == [
+        "fleet/v1/cam-1/verdicts"]
 
 
 def test_the_hub_subscribes_by_its_own_share_group_only() -> None:
@@ -91,14 +107,31 @@ def test_password_entry_is_what_the_plugin_checks() -> None:
 def test_commands_pin_the_client_id_and_rotation_replaces_everything() -> None:
     credentials = DeviceCredentials("cam-1", "pw")
     create = add_device_commands(LAYOUT, credentials, "lobby")
-    assert [c.name for c in create] == ["createRole", "createClient"]
-    assert create[1].fields["clientid"] == "cam-1"
-    assert create[1].fields["roles"] == [{"rolename": "device-cam-1"}]
+    assert [c.name for c in create] == ["createRole", "createRole", "createClient"]
+    assert [c.fields["rolename"] for c in create[:2]] == ["group-lobby", "device-cam-1"]
+    assert create[2].fields["clientid"] == "cam-1"
+    assert create[2].fields["roles"] == [{"rolename": "device-cam-1"},
+                                         {"rolename": "group-lobby"}]
+    assert "textname" not in create[2].fields  # what the plugin rewrites each command
     rotate = rotate_device_commands(LAYOUT, credentials, "lobby")
     assert [c.name for c in rotate] == ["deleteClient", "deleteRole", "createRole",
-                                        "createClient"]
+                                        "createRole", "createClient"]
+    assert rotate[1].fields == {"rolename": "device-cam-1"}  # never the group's
     assert [c.tolerate_error for c in revoke_device_commands("cam-1")] == [True, True]
-    assert not any(c.tolerate_error for c in create)
+    # The group's role may exist (its other devices); the device's own may not.
+    assert [c.tolerate_error for c in create] == [True, False, False]
+
+
+def test_a_batch_makes_each_group_role_once_and_tolerates_it_existing() -> None:
+    commands = group_role_commands(LAYOUT, ["lobby", "yard"])
+    assert [(c.name, c.fields["rolename"], c.tolerate_error) for c in commands] == [
+        ("createRole", "group-lobby", True), ("createRole", "group-yard", True)]
+    role, client = batch_add_commands(LAYOUT, DeviceCredentials("cam-1", "pw"), "yard")
+    assert (role.name, role.fields["rolename"], role.tolerate_error) == (
+        "createRole", "device-cam-1", True)
+    assert client.fields["roles"] == [{"rolename": "device-cam-1"},
+                                      {"rolename": "group-yard"}]
+    assert not client.tolerate_error  # its creation decides who owns the device
 
 
 def test_the_initial_state_denies_by_default_and_opens_only_when_asked() -> None:
