@@ -137,10 +137,16 @@ class Fleet:
         _, credentials = self.hub.provision_device(device_id, group, rotate=rotate)
         return credentials.password
 
-    def hub_client(self, name: str) -> Device:
-        """A client with the hub's credentials (it may publish verdicts and announcements)."""
-        return Device(self.broker.port, self.broker.hub_username, self.broker.hub_password,
-                      client_id=f"hub-{name}")
+    def hub_publishes(self, *messages: tuple[str, bytes]) -> None:
+        """Publish ``messages`` in order, each acknowledged, with the hub's credentials
+        (it may publish verdicts and announcements)."""
+        hub = Device(self.broker.port, self.broker.hub_username, self.broker.hub_password,
+                     client_id="hub-publisher")
+        try:
+            for topic, payload in messages:
+                assert hub.publish(topic, payload) < 0x80, topic
+        finally:
+            hub.close()
 
     def state(self) -> dict[str, Any]:
         """The plugin's state as it last saved it (it saves after every command)."""
@@ -522,12 +528,8 @@ def test_no_device_reaches_another_devices_verdicts_through_its_group_role(
             assert a.subscribe(topic) == NOT_AUTHORIZED, topic
         assert a.subscribe(LAYOUT.verdicts("vx-a")) < 0x80
         assert a.subscribe(LAYOUT.models("shared-floor")) < 0x80
-        hub = fleet.hub_client("vx")
-        try:
-            assert hub.publish(LAYOUT.verdicts("vx-b"), b"for b") < 0x80
-            assert hub.publish(LAYOUT.verdicts("vx-a"), b"for a") < 0x80
-        finally:
-            hub.close()
+        fleet.hub_publishes((LAYOUT.verdicts("vx-b"), b"for b"),
+                            (LAYOUT.verdicts("vx-a"), b"for a"))
         assert a.wait(lambda: (LAYOUT.verdicts("vx-a"), b"for a") in a.messages)
         assert a.messages == [(LAYOUT.verdicts("vx-a"), b"for a")]
     finally:
@@ -555,12 +557,8 @@ def test_a_device_moved_to_another_group_stops_receiving_the_old_groups_announce
         assert moved.session_present  # the old subscription is still in the session
         assert moved.subscribe(LAYOUT.models("old-floor")) == NOT_AUTHORIZED
         assert moved.subscribe(LAYOUT.models("new-floor")) < 0x80
-        hub = fleet.hub_client("mv")
-        try:
-            assert hub.publish(LAYOUT.models("old-floor"), b"old") < 0x80
-            assert hub.publish(LAYOUT.models("new-floor"), b"new") < 0x80
-        finally:
-            hub.close()
+        fleet.hub_publishes((LAYOUT.models("old-floor"), b"old"),
+                            (LAYOUT.models("new-floor"), b"new"))
         assert moved.wait(lambda: bool(moved.messages))
         assert moved.messages == [(LAYOUT.models("new-floor"), b"new")]
     finally:
