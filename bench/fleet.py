@@ -10,10 +10,13 @@ by one ``fleet-loop`` thread through paho's external-loop calls), and then:
    process: decode the event's JSON and judge it with the hub's own judge (models,
    micro-batcher, ``CLOUD_HUB_INGEST_WORKERS`` threads); no MQTT, no store.
 2. **steps**: offered rates doubling from ``--start-eps`` until a step fails, then
-   ``--refine`` bisections. A step passes when the p95 of capture-to-verdict latency is
-   under 1 s, at most 1 % of its events were answered ``busy``, and no backlog grew (99 %
-   of its events answered within a second of its end). ``saturation_eps`` is the
-   highest passing rate.
+   ``--refine`` bisections (3). A step passes when the p95 of capture-to-verdict latency
+   is under 1 s, at most 1 % of its events were answered ``busy``, and no backlog grew
+   (99 % of its events answered within a second of its end). ``saturation_eps`` is the
+   highest passing rate, ``saturation_bracket_eps`` it and the lowest failing one: the
+   ceiling lies between. Doubling leaves a bracket as wide as the last passing rate;
+   three bisections narrow it to an eighth of that (two left a quarter: a figure of 100
+   meant anywhere from 100 to 120).
 3. **overload**: 3x the saturation rate for ``--overload-s``, two thirds of it from one
    flooding device: the p95 of admitted (judged) events, the share answered ``busy``,
    and the worst p50 of any other device (its answers, verdict or busy). The
@@ -627,7 +630,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--step-s", type=float, default=10.0, help="seconds per offered rate")
     parser.add_argument("--start-eps", type=float, default=10.0)
     parser.add_argument("--max-eps", type=float, default=2000.0)
-    parser.add_argument("--refine", type=int, default=2, help="bisections after the doubling")
+    parser.add_argument("--refine", type=int, default=3, help="bisections after the doubling")
     parser.add_argument("--overload-s", type=float, default=15.0)
     parser.add_argument("--bare-s", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=None,
@@ -703,6 +706,7 @@ def main(argv: list[str]) -> int:
             "connect_s": round(connect_s, 2),
             "saturation_eps": good, "bare_eps": round(bare_eps, 1),
             "ratio": round(good / bare_eps, 3) if bare_eps else None,
+            "saturation_bracket_eps": [good, bad],
             "overload": overload,
             "overload_missed": {k: diagnosis[k] for k in ("missed", "missed_by_kind")},
             "bytes_per_event": {
