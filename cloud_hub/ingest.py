@@ -68,7 +68,7 @@ from cloud_hub.judge import EventJudge, Judgement
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.mqtt import BrokerSettings, default_client_id
 from cloud_hub.settings import HubSettings
-from cloud_hub.store import NewVerdict, Store, TrackKey
+from cloud_hub.store import DeviceStanding, NewVerdict, Store, TrackKey
 from sync import (
     BusyMessage,
     DetectionPayload,
@@ -79,6 +79,7 @@ from sync import (
     ReceiptMessage,
     StatusMessage,
     TelemetryMessage,
+    TopicAddress,
     TopicError,
     TopicLayout,
     TrackEventMessage,
@@ -375,15 +376,22 @@ class IngestWorker:
         it is answered (judged, or busy), so that one a hub died holding comes back to it
         (or to another replica) from the broker."""
         escalations: list[_Stored] = []
-        for message, arrived_at in batch:
+        addresses: list[TopicAddress | None] = []
+        for message, _ in batch:
+            try:
+                addresses.append(self.layout.parse(message.topic))
+            except TopicError:
+                addresses.append(None)  # handle() counts it
+        # The senders' standing in one query, not one per escalation.
+        standings = self.store.device_standings(device_ids={
+            address.name for address in addresses
+            if address is not None and address.kind == "events"})
+        for (message, arrived_at), address in zip(batch, addresses, strict=True):
             self.handled += 1
             topic, payload = message.topic, bytes(message.payload)
-            try:
-                address = self.layout.parse(topic)
-            except TopicError:
-                address = None  # handle() counts it
             if address is not None and address.kind == "events":
-                event = self._accept_event(address.name, payload)
+                event = self._accept_event(address.name, payload,
+                                           standing=standings[address.name])
                 if event is not None:
                     escalations.append(_Stored(event, arrived_at, message))
                     continue
@@ -496,10 +504,11 @@ class IngestWorker:
         log.warning("dropped a message (%s): %s", reason, detail)
 
     def _accept(self, device_id: str, payload: bytes, kind: type[_Device],
-                what: str, *, max_bytes: int | None = None) -> _Device | None:
+                what: str, *, max_bytes: int | None = None,
+                standing: DeviceStanding | None = None) -> _Device | None:
         """Decode a device's message; count and drop it if it is malformed, oversized,
         claims another device, or comes from a device that was never provisioned or was
-        revoked."""
+        revoked (``standing``: the device's, when the caller looked it up)."""
         try:
             message = decode(payload, kind,
                              max_bytes=max_bytes or self.settings.max_message_bytes)
@@ -513,7 +522,8 @@ class IngestWorker:
             self._drop("spoofed-device",
                        f"{what} claims {message.device_id} on {device_id}'s topic")
             return None
-        standing = self.store.device_standing(device_id=device_id)
+        if standing is None:
+            standing = self.store.device_standing(device_id=device_id)
         if standing != "active":
             self._drop(f"{standing}-device", f"{what} from {device_id}")
             return None
@@ -592,8 +602,9 @@ class IngestWorker:
         if event is not None:
             self._store_events([_Stored(event, arrived_at)])
 
-    def _accept_event(self, device_id: str, payload: bytes) -> EventMessage | None:
-        event = self._accept(device_id, payload, EventMessage, "event")
+    def _accept_event(self, device_id: str, payload: bytes,
+                      standing: DeviceStanding | None = None) -> EventMessage | None:
+        event = self._accept(device_id, payload, EventMessage, "event", standing=standing)
         if event is not None:
             # JSON events come from outboxes written before the framed format: when this
             # stays flat, every device has upgraded.
@@ -718,20 +729,20 @@ class IngestWorker:
 
     def _record_and_send(self, batch: list[_Judged]) -> None:
         """Record verdicts in one transaction (retrying a store that is down), then send
-        each as stored (another replica's may have been first) and acknowledge the
+        each as stored, read back in that transaction (another replica's may have been
+        first), and acknowledge the
         message that brought its event. How long that took after the batch's first
         judgement (the verdict that waited longest) tells admission how early an answer
         must start on its way."""
         attempt = 0
         while True:
             try:
-                self.store.set_verdicts([verdict for verdict, _, _ in batch])
+                stored = self.store.set_verdicts([verdict for verdict, _, _ in batch])
                 break
             except RetryLaterError as exc:
                 attempt += 1
                 if self._back_off(attempt, f"{len(batch)} verdict(s)", exc):
                     return
-        stored = self.store.get_events(event_ids=[verdict.event_id for verdict, _, _ in batch])
         for verdict, message, _ in batch:
             event = stored.get(verdict.event_id)
             if event is None:

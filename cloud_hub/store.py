@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -664,6 +664,17 @@ class Store:
             return "unknown"
         return "active" if row[0] is None else "revoked"
 
+    def device_standings(self, *, device_ids: Collection[str]) -> dict[str, DeviceStanding]:
+        """:meth:`device_standing` of many devices, in one query."""
+        if not device_ids:
+            return {}
+        with self._tx() as conn:
+            revoked: dict[str, float | None] = dict(conn.execute(
+                _DEVICE_STANDINGS, {"devices": sorted(device_ids)}).all())
+        return {device_id: "unknown" if device_id not in revoked
+                else "active" if revoked[device_id] is None else "revoked"
+                for device_id in device_ids}
+
     def device_exists(self, *, device_id: str) -> bool:
         """Whether a device was provisioned."""
         with self._tx() as conn:
@@ -793,9 +804,17 @@ class Store:
         self.set_verdicts([NewVerdict(event_id, outcome, detections, model, version,
                                       inference_ms, decided_at, handled_by)])
 
-    def set_verdicts(self, verdicts: Sequence[NewVerdict]) -> None:
+    def set_verdicts(self, verdicts: Sequence[NewVerdict]) -> dict[str, dict[str, Any]]:
         """Record verdicts in one transaction (one commit, one sync to disk); for each
-        event the first verdict recorded wins."""
+        event the first verdict recorded wins.
+
+        Returns:
+            The events as stored now (another replica's verdict where it was first), read
+            in the same transaction, without their images; an event no longer stored is
+            absent.
+        """
+        if not verdicts:
+            return {}
         with self._tx() as conn:
             # In id order, as add_events: replicas' batches wait for, not deadlock on,
             # each other's row locks. One statement for all (executemany).
@@ -805,6 +824,8 @@ class Store:
                 "hub_version": v.version, "inference_ms": v.inference_ms,
                 "decided_at": v.decided_at, "handled_by": v.handled_by,
             } for v in sorted(verdicts, key=lambda v: v.event_id)])
+            rows = conn.execute(_GET_EVENTS, {"events": [v.event_id for v in verdicts]})
+            return {row.id: _event(row._mapping) for row in rows}
 
     def get_event(self, *, event_id: str) -> dict[str, Any]:
         """One event, without its images.
@@ -817,15 +838,6 @@ class Store:
         if row is None:
             raise NotFoundError("event", event_id)
         return _event(row._mapping)
-
-    def get_events(self, *, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Events by id, without their images, in one query (an id not stored is
-        absent)."""
-        if not event_ids:
-            return {}
-        with self._tx() as conn:
-            rows = conn.execute(_GET_EVENTS, {"events": list(event_ids)})
-            return {row.id: _event(row._mapping) for row in rows}
 
     def event_image(self, *, event_id: str, kind: str) -> bytes | None:
         """An event's ``crop`` or ``thumbnail`` JPEG (``None`` if pruned or absent), from
@@ -1290,6 +1302,8 @@ _EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail", "cr
 # per call cost more CPU than running it (issue 11).
 _DEVICE_STANDING = sa.select(devices.c.revoked_at).where(
     devices.c.id == sa.bindparam("device"))
+_DEVICE_STANDINGS = sa.select(devices.c.id, devices.c.revoked_at).where(
+    devices.c.id.in_(sa.bindparam("devices", expanding=True)))
 _HEARD_FROM = devices.update().where(devices.c.id == sa.bindparam("device")).values(
     last_seen=sa.bindparam("at"))
 _SET_VERDICT = events.update().where(events.c.id == sa.bindparam("event")).where(

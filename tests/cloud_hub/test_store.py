@@ -72,6 +72,12 @@ def test_devices_and_status(store: Store) -> None:
     assert device["labels"] == {"site": "a"} and "credential_hash" not in device
     with pytest.raises(NotFoundError, match="no device 'nope'"):
         store.get_device(device_id="nope")
+    store.revoke_device(device_id="cam-2", at=20.0)
+    assert store.device_standings(device_ids={"cam-1", "cam-2", "nope"}) == {
+        "cam-1": "active", "cam-2": "revoked", "nope": "unknown"}
+    assert {d: store.device_standing(device_id=d) for d in ("cam-1", "cam-2", "nope")} == {
+        "cam-1": "active", "cam-2": "revoked", "nope": "unknown"}
+    assert store.device_standings(device_ids=set()) == {}
 
 
 def test_input_health_is_stored_per_source_and_an_older_report_loses(store: Store) -> None:
@@ -115,22 +121,25 @@ def test_a_batch_is_stored_once_each_whatever_its_rows_hold(store: Store) -> Non
     assert new == {"b1", "b2"}
     assert store.get_device(device_id="cam-1")["last_seen"] == 1234.0
     assert store.get_device(device_id="cam-2")["last_seen"] == 1235.0
-    store.set_verdicts([
+    first = store.set_verdicts([
         NewVerdict("b2", "confirmed", [{"box": [1, 2, 3, 4]}], "m", "1", 2.0, 1001.0, "hub-a"),
         NewVerdict("b1", "rejected", [], "m", "1", 3.0, 1002.0, "hub-a"),
+        NewVerdict("gone", "rejected", [], "m", "1", 3.0, 1002.0, "hub-a"),
     ])
-    store.set_verdicts([NewVerdict("b2", "rejected", [], "m", "1", 4.0, 1003.0, "hub-b")])
-    found = store.get_events(event_ids=["b0", "b1", "b2", "missing"])
-    assert sorted(found) == ["b0", "b1", "b2"]
-    assert found["b0"]["device_id"] == "cam-1" and found["b0"]["source"] == "door"
-    assert found["b0"]["outcome"] is None
-    assert found["b1"]["anomaly_score"] == -0.5 and not found["b1"]["has_crop"]
-    assert found["b1"]["outcome"] == "rejected" and found["b1"]["frame_size"] is None
-    assert found["b2"]["outcome"] == "confirmed" and found["b2"]["handled_by"] == "hub-a"
-    assert found["b2"]["hub_detections"] == [{"box": [1, 2, 3, 4]}]
-    assert found["b2"]["frame_size"] == (640, 480)
-    assert found == {k: store.get_event(event_id=k) for k in ("b0", "b1", "b2")}
-    assert store.get_events(event_ids=[]) == {}
+    # The events as stored come back: another replica's verdict where it was first.
+    later = store.set_verdicts([NewVerdict("b2", "rejected", [], "m", "1", 4.0, 1003.0,
+                                           "hub-b")])
+    assert sorted(first) == ["b1", "b2"] and sorted(later) == ["b2"]
+    assert later["b2"]["outcome"] == "confirmed" and later["b2"]["handled_by"] == "hub-a"
+    assert later["b2"]["hub_detections"] == [{"box": [1, 2, 3, 4]}]
+    assert later["b2"]["frame_size"] == (640, 480)
+    assert first["b1"]["anomaly_score"] == -0.5 and not first["b1"]["has_crop"]
+    assert first["b1"]["outcome"] == "rejected" and first["b1"]["frame_size"] is None
+    assert first == {k: store.get_event(event_id=k) for k in ("b1", "b2")}
+    stored_first = store.get_event(event_id="b0")
+    assert stored_first["device_id"] == "cam-1" and stored_first["source"] == "door"
+    assert stored_first["outcome"] is None
+    assert store.set_verdicts([]) == {}
 
 
 def test_cursor_pagination_and_filters(store: Store) -> None:
