@@ -165,7 +165,13 @@ def device_role_name(device_id: str) -> str:
 
 def device_role(layout: TopicLayout, device_id: str) -> Role:
     """What one device may do on the topics that name it: publish its own, subscribe to
-    its verdicts; each by its literal topic."""
+    its verdicts; each by its literal topic. Not one rule on ``{root}/{id}/#`` (two rules
+    instead of six, 0.64 KB of plugin state instead of 1.16): that would let a stolen
+    password keep any number of retained messages under the device's id, which the
+    broker holds (and saves, with persistence) without bound (five literal topics hold
+    at most five), and publish on its own
+    verdicts topic, where a retained forged receipt outlives a rotation of its password
+    and reaches the device's next session (both measured on Mosquitto 2.0.11)."""
     sends = (layout.events(device_id), layout.status(device_id),
              layout.telemetry(device_id), layout.updates(device_id),
              layout.journal(device_id))

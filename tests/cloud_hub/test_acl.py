@@ -109,8 +109,8 @@ class Device:
     def refused(self) -> bool:
         return self.connack is None or self.connack >= 0x80
 
-    def publish(self, topic: str, payload: bytes = b"{}") -> int:
-        info = self.client.publish(topic, payload, qos=1)
+    def publish(self, topic: str, payload: bytes = b"{}", *, retain: bool = False) -> int:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         assert self.wait(lambda: info.mid in self.pubacks)
         return self.pubacks[info.mid]
 
@@ -226,6 +226,40 @@ def test_a_device_reaches_only_its_own_topics_by_literal_topic(fleet: Fleet) -> 
                 assert code == NOT_AUTHORIZED
     finally:
         client.close()
+
+
+def test_a_device_publishes_nothing_beside_or_below_its_own_five_topics(fleet: Fleet) -> None:
+    """Why a device's role names its five topics rather than ``{root}/{device}/#`` (two
+    rules instead of six, 0.64 KB of plugin state instead of 1.16): the wildcard would let a stolen
+    device password publish, retained, to any number of topics under its own id (each a
+    retained message the broker keeps, and saves with persistence, without bound, where
+    the five literal topics hold at most five), and forge receipts and verdicts on its
+    own verdicts topic (retained, one outlives a rotation). Each of those is refused here,
+    retained and QoS 1, one client per try (Mosquitto closes the connection after a
+    refused publish); the sentinel sent afterwards on its own events topic is stored by
+    the hub, which answers on its verdicts topic."""
+    password = fleet.provision("deep-a")
+    fleet.provision("deep-b")
+    own = f"{LAYOUT.root}/deep-a"
+    refused = (LAYOUT.verdicts("deep-a"), own, f"{own}/config", f"{own}/events/extra",
+               f"{own}/status/x/y", f"{own}/verdicts/x", LAYOUT.events("deep-b"),
+               LAYOUT.models("lobby"), f"{LAYOUT.root}/groups/lobby/models/x")
+    for topic in refused:
+        client = Device(fleet.broker.port, "deep-a", password)
+        try:
+            assert client.publish(topic, retain=True) == NOT_AUTHORIZED, topic
+        finally:
+            client.close()
+    sender = Device(fleet.broker.port, "deep-a", password)
+    try:
+        sentinel = face_event("deep-a", data.astronaut())
+        assert sender.subscribe(LAYOUT.verdicts("deep-a")) < 0x80
+        assert sender.publish(LAYOUT.events("deep-a"), encode(sentinel)) < 0x80
+        assert sender.wait(lambda: bool(sender.messages), 60)  # the hub's answer
+        assert {topic for topic, _ in sender.messages} == {LAYOUT.verdicts("deep-a")}
+    finally:
+        sender.close()
+    assert fleet.hub.store.get_event(event_id=sentinel.event_id)["device_id"] == "deep-a"
 
 
 def test_shared_subscription_and_takeover_are_refused_and_the_hub_stores_every_event(

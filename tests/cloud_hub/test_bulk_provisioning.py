@@ -191,10 +191,12 @@ def test_the_batch_route_is_for_admins_and_reports_each_device(hub: HubService) 
         again = client.post("/v1/devices/batch", json=body, headers=admin).json()
         assert (again["created"], again["exists"]) == (0, 2)
         odd = client.post("/v1/devices/batch", headers=admin, json={"devices": [
-            {"id": "x"}, {"id": "x"}, {"id": "hub-api"}, {"id": ".."}]}).json()
-        assert [d["status"] for d in odd["devices"]] == ["created"] + ["failed"] * 3
+            {"id": "x"}, {"id": "x"}, {"id": "hub-api"}, {"id": ".."},
+            {"id": "groups"}]}).json()  # groups: the announcements' branch of the tree
+        assert [d["status"] for d in odd["devices"]] == ["created"] + ["failed"] * 4
         assert "twice" in odd["devices"][1]["reason"]
         assert "reserved" in odd["devices"][2]["reason"]
+        assert "reserved" in odd["devices"][4]["reason"]
     credentials = first.json()["devices"][0]["mqtt"]
     _assert_confined(hub, "api-1", credentials["password"], "api-2")
 
