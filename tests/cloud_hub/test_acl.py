@@ -189,6 +189,21 @@ def _cli(fleet: Fleet, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[
     return code, captured.out + captured.err
 
 
+def _the_hub_answers_an_event(fleet: Fleet, device_id: str, password: str) -> str:
+    """Send one event as ``device_id`` and wait for the hub's answer on its verdicts
+    topic (nothing else arrives there); return the event's id."""
+    device = Device(fleet.broker.port, device_id, password)
+    try:
+        event = face_event(device_id, data.astronaut())
+        assert device.subscribe(LAYOUT.verdicts(device_id)) < 0x80
+        assert device.publish(LAYOUT.events(device_id), encode(event)) < 0x80
+        assert device.wait(lambda: bool(device.messages), 60)
+        assert {topic for topic, _ in device.messages} == {LAYOUT.verdicts(device_id)}
+    finally:
+        device.close()
+    return event.event_id
+
+
 def test_a_device_reaches_only_its_own_topics_by_literal_topic(fleet: Fleet) -> None:
     password = fleet.provision("acl-a")
     fleet.provision("acl-b")
@@ -250,16 +265,8 @@ def test_a_device_publishes_nothing_beside_or_below_its_own_five_topics(fleet: F
             assert client.publish(topic, retain=True) == NOT_AUTHORIZED, topic
         finally:
             client.close()
-    sender = Device(fleet.broker.port, "deep-a", password)
-    try:
-        sentinel = face_event("deep-a", data.astronaut())
-        assert sender.subscribe(LAYOUT.verdicts("deep-a")) < 0x80
-        assert sender.publish(LAYOUT.events("deep-a"), encode(sentinel)) < 0x80
-        assert sender.wait(lambda: bool(sender.messages), 60)  # the hub's answer
-        assert {topic for topic, _ in sender.messages} == {LAYOUT.verdicts("deep-a")}
-    finally:
-        sender.close()
-    assert fleet.hub.store.get_event(event_id=sentinel.event_id)["device_id"] == "deep-a"
+    event_id = _the_hub_answers_an_event(fleet, "deep-a", password)
+    assert fleet.hub.store.get_event(event_id=event_id)["device_id"] == "deep-a"
 
 
 def test_shared_subscription_and_takeover_are_refused_and_the_hub_stores_every_event(
@@ -342,15 +349,8 @@ def test_a_packet_over_the_limit_is_refused_by_the_broker(fleet: Fleet) -> None:
     finally:
         sender.close()
     # The sentinel, sent afterwards on the same topic, arrives; the big one never did.
-    after = Device(fleet.broker.port, "big-a", password)
-    try:
-        sentinel = face_event("big-a", data.astronaut())
-        assert after.subscribe(LAYOUT.verdicts("big-a")) < 0x80
-        assert after.publish(LAYOUT.events("big-a"), encode(sentinel)) < 0x80
-        assert after.wait(lambda: bool(after.messages), 60)
-    finally:
-        after.close()
-    assert fleet.hub.store.get_event(event_id=sentinel.event_id)["outcome"] is not None
+    event_id = _the_hub_answers_an_event(fleet, "big-a", password)
+    assert fleet.hub.store.get_event(event_id=event_id)["outcome"] is not None
     oversized = fleet.hub.metrics.registry.get_sample_value(
         "hub_messages_dropped_total", {"reason": "oversized"})
     assert not oversized
