@@ -23,6 +23,7 @@ from cloud_hub.errors import HubError, SettingsError
 from cloud_hub.mqtt import BrokerSettings
 from cloud_hub.service import HubService
 from cloud_hub.settings import HubSettings, load_settings
+from cloud_hub.supervision import run_until_failure
 from cloud_hub.system_service import CONFIG_DIR as HUB_CONFIG_DIR
 from cloud_hub.system_service import CPU_QUOTA as HUB_CPU_QUOTA
 from cloud_hub.system_service import MEMORY_MAX as HUB_MEMORY_MAX
@@ -262,10 +263,14 @@ def _serve(args: argparse.Namespace, settings: HubSettings) -> int:
     app = create_app(service)
     # uvicorn's own logging set-up is skipped: its records reach the root handler, in the
     # format --log-format chose (and through its token redaction).
-    uvicorn.run(app, host=args.host or settings.http_host, port=args.port or settings.http_port,
-                log_level=args.log_level or ("info" if args.verbose else "warning"),
-                log_config=None)
-    return 0
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host or settings.http_host, port=args.port or settings.http_port,
+        log_level=args.log_level or ("info" if args.verbose else "warning"), log_config=None))
+    status = run_until_failure(server, service.supervisor)
+    if status:
+        print(f"cloud-hub: {service.supervisor.failure}; exiting {status} to be restarted",
+              file=sys.stderr)
+    return status
 
 
 def _name_broker(settings: HubSettings, doing: str) -> None:

@@ -69,6 +69,7 @@ from cloud_hub.metrics import HubMetrics
 from cloud_hub.mqtt import BrokerSettings, default_client_id
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import DeviceStanding, NewVerdict, Store, TrackKey
+from cloud_hub.supervision import Supervisor
 from sync import (
     BusyMessage,
     DetectionPayload,
@@ -230,8 +231,10 @@ class IngestWorker:
                  metrics: HubMetrics,
                  on_update_report: Callable[[UpdateReport], None] | None = None,
                  on_verdict: Callable[[dict[str, Any]], None] | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 supervisor: Supervisor | None = None) -> None:
         self.settings = settings
+        self.supervisor = supervisor or Supervisor()
         self._on_update_report = on_update_report
         self._on_verdict = on_verdict
         self.store = store
@@ -277,15 +280,11 @@ class IngestWorker:
             self._spawn(self._intake, f"intake-{index}")
         for index in range(self.settings.ingest_workers):
             self._spawn(self._judging, f"judge-{index}")
-        self._writer = threading.Thread(target=self._write_verdicts, name="verdict-writer",
-                                        daemon=True)
-        self._writer.start()
+        self._writer = self.supervisor.spawn(self._write_verdicts, "verdict-writer")
         client.loop_start()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        self._threads.append(self.supervisor.spawn(target, name))
 
     def stop(self) -> None:
         """Disconnect, then let the threads finish what they hold.
@@ -296,6 +295,7 @@ class IngestWorker:
         (it does, until it hears a receipt or a verdict).
         """
         self._stopping.set()
+        self.supervisor.stopping()
         self._intake_first.release()  # no judge thread waits for an intake that stops
         if self._client is not None:
             self._client.disconnect()
@@ -383,9 +383,11 @@ class IngestWorker:
             except TopicError:
                 addresses.append(None)  # handle() counts it
         # The senders' standing in one query, not one per escalation.
-        standings = self.store.device_standings(device_ids={
+        standings = self._standings_until_known({
             address.name for address in addresses
             if address is not None and address.kind == "events"})
+        if standings is None:
+            return  # stopping: all unacknowledged, the broker delivers them again
         for (message, arrived_at), address in zip(batch, addresses, strict=True):
             self.handled += 1
             topic, payload = message.topic, bytes(message.payload)
@@ -402,6 +404,19 @@ class IngestWorker:
                 self._ack(message)
         if escalations:
             self._store_until_done(escalations)
+
+    def _standings_until_known(self, device_ids: set[str]) -> dict[str, DeviceStanding] | None:
+        """The senders' standing, retrying a store that is down (as
+        :meth:`_store_until_done` does); ``None`` if the hub stops meanwhile."""
+        attempt = 0
+        while True:
+            try:
+                return self.store.device_standings(device_ids=device_ids)
+            except RetryLaterError as exc:
+                attempt += 1
+                if self._back_off(attempt, f"the standing of {len(device_ids)} device(s)",
+                                  exc):
+                    return None
 
     def _ack(self, message: mqtt.MQTTMessage | None) -> None:
         """Acknowledge a message (thread-safe: paho queues the PUBACK)."""

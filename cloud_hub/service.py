@@ -52,6 +52,7 @@ from cloud_hub.provisioning import (
 )
 from cloud_hub.settings import HubSettings
 from cloud_hub.store import NewDevice, Store
+from cloud_hub.supervision import Supervisor
 from cloud_hub.updates import Clock, RepositoryRefresher, check_private_keys, utc_now
 from cloud_hub.webhooks import WebhookConfig, WebhookSender, verdict_data
 from hardware import Selection
@@ -109,6 +110,7 @@ class HubService:
         self._want_ingest = ingest
         self._stop = threading.Event()
         self._retention: threading.Thread | None = None
+        self.supervisor = Supervisor()
         self._lock = threading.Lock()
         self.ready = False
 
@@ -170,10 +172,10 @@ class HubService:
         if self._want_ingest:
             self.ingest = IngestWorker(self.settings, self.store, self.judge, self.metrics,
                                        on_update_report=self._on_update_report,
-                                       on_verdict=self._verdict)
+                                       on_verdict=self._verdict,
+                                       supervisor=self.supervisor)
             self.ingest.start()
-        self._retention = threading.Thread(target=self._retain, name="retention", daemon=True)
-        self._retention.start()
+        self._retention = self.supervisor.spawn(self._retain, "retention")
         assert self.distribution is not None  # open_store() sets it
         self.refresher = RepositoryRefresher(
             self.distribution.repository, interval_s=self.settings.tuf_refresh_interval_s,
@@ -185,6 +187,7 @@ class HubService:
     def stop(self) -> None:
         """Stop everything started."""
         self.ready = False
+        self.supervisor.stopping()
         self._stop.set()
         if self.refresher is not None:
             self.refresher.stop()
@@ -479,6 +482,9 @@ class HubService:
                 )
             except HubError as exc:
                 log.error("retention failed: %s", exc)
+                continue
+            except Exception:  # retention degrades; judging goes on without it
+                log.exception("retention failed")
                 continue
             if images or events:
                 log.info("retention: pruned images of %d events, deleted %d events",

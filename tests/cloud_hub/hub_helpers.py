@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.ingest import IngestWorker
+from cloud_hub.judge import EventJudge
+from cloud_hub.metrics import HubMetrics
 from cloud_hub.provisioning import Acl, Command, Role
 from cloud_hub.settings import HubSettings
+from cloud_hub.store import Store
 from sync import DetectionPayload, EventIdFactory, EventMessage, ModelRef, TopicLayout
+from tests.broker import Collector, MosquittoBroker
 
 SECRET = "test-secret-" + "x" * 32
 
@@ -71,3 +81,46 @@ def face_event(device_id: str, image: npt.NDArray[np.uint8], **changes: Any) -> 
     }
     fields.update(changes)
     return EventMessage.model_validate(fields)
+
+
+@dataclass
+class Rig:
+    """A running ingest worker on the test broker, with a device-side sender and a
+    collector of every answer on the devices' verdicts topics."""
+
+    worker: IngestWorker
+    store: Store
+    metrics: HubMetrics
+    answers: Collector
+    sender: mqtt.Client
+
+
+@contextmanager
+def running_hub(tmp_path: Path, broker: MosquittoBroker, judge: EventJudge,
+                devices: Iterable[str], *, clock: Callable[[], float] = time.time,
+                make_store: Callable[[str], Store] = Store, **overrides: Any) -> Iterator[Rig]:
+    """An ingest worker with ``judge`` and ``devices`` registered, connected (its store
+    made by ``make_store`` from the database URL: a test's fake may stand in)."""
+    settings = hub_settings(tmp_path, tmp_path / "no-models", mqtt_port=broker.port,
+                            ingest_workers=1, **overrides)
+    settings.data_dir.mkdir(parents=True)
+    store = make_store(settings.effective_database_url)
+    store.open()
+    for device in devices:
+        store.add_device(device_id=device, group="yard", labels=None, credential_hash=None)
+    metrics = HubMetrics()
+    worker = IngestWorker(settings, store, judge, metrics, clock=clock)
+    answers = Collector(broker.port, TopicLayout().all_devices("verdicts"), receipts=False)
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sender.connect("127.0.0.1", broker.port)
+    sender.loop_start()
+    worker.start()
+    try:
+        assert worker.connected.wait(10)
+        yield Rig(worker, store, metrics, answers, sender)
+    finally:
+        worker.stop()
+        sender.loop_stop()
+        sender.disconnect()
+        answers.close()
+        store.close()

@@ -18,6 +18,7 @@ from cloud_hub.api.auth import hash_token
 from cloud_hub.errors import SettingsError
 from cloud_hub.service import HubService
 from cloud_hub.settings import load_settings
+from cloud_hub.supervision import Supervisor
 from models import ModelStore, iou
 from tests.cloud_hub.hub_helpers import SECRET, hub_settings, jpeg
 from tests.conftest import ASTRONAUT_FACE
@@ -245,3 +246,17 @@ def test_publish_and_rollouts_through_the_api(client: TestClient) -> None:
         "body", "canary_percent"]
     assert client.post("/v1/rollouts", headers=_auth("viewer"), json={}).status_code == 403
     assert client.get("/v1/rollouts/none", headers=_auth("viewer")).status_code == 404
+
+
+def test_readyz_names_a_failed_hub_thread(client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    healthy = service.supervisor
+    service.supervisor = Supervisor()  # the module's service stays healthy for other tests
+    try:
+        service.supervisor.fail("thread intake-0 died: RuntimeError: boom")
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"ready": False,
+                                "problems": ["failed: thread intake-0 died: RuntimeError: boom"]}
+    finally:
+        service.supervisor = healthy

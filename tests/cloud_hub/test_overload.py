@@ -8,24 +8,14 @@ the test opens its gate, so the admission queue fills however fast this machine 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.ingest import IngestWorker
-from cloud_hub.judge import EventJudge, Judgement
-from cloud_hub.metrics import HubMetrics
-from cloud_hub.store import Store
+from cloud_hub.judge import Judgement
 from sync import BusyMessage, EventMessage, TopicLayout, VerdictMessage, decode, encode, peek_schema
-from tests.broker import Collector, MosquittoBroker
-from tests.cloud_hub.hub_helpers import face_event, hub_settings
+from tests.broker import MosquittoBroker
+from tests.cloud_hub.hub_helpers import Rig, face_event, running_hub
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -51,48 +41,6 @@ class GatedJudge:
         assert self.gate.wait(HANG_GUARD_S), "the test never opened the gate"
         self.order.append(event.event_id)
         return Judgement("rejected", (), "gated", "1", 1.0)
-
-
-@dataclass
-class Rig:
-    """A running ingest worker on the test broker, with a device-side sender and a
-    collector of every answer on the devices' verdicts topics."""
-
-    worker: IngestWorker
-    store: Store
-    metrics: HubMetrics
-    answers: Collector
-    sender: mqtt.Client
-
-
-@contextmanager
-def running_hub(tmp_path: Path, broker: MosquittoBroker, judge: EventJudge,
-                devices: Iterable[str], *, clock: Callable[[], float] = time.time,
-                **overrides: Any) -> Iterator[Rig]:
-    """An ingest worker with ``judge`` and ``devices`` registered, connected."""
-    settings = hub_settings(tmp_path, tmp_path / "no-models", mqtt_port=broker.port,
-                            ingest_workers=1, **overrides)
-    settings.data_dir.mkdir(parents=True)
-    store = Store(settings.effective_database_url)
-    store.open()
-    for device in devices:
-        store.add_device(device_id=device, group="yard", labels=None, credential_hash=None)
-    metrics = HubMetrics()
-    worker = IngestWorker(settings, store, judge, metrics, clock=clock)
-    answers = Collector(broker.port, LAYOUT.all_devices("verdicts"), receipts=False)
-    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sender.connect("127.0.0.1", broker.port)
-    sender.loop_start()
-    worker.start()
-    try:
-        assert worker.connected.wait(10)
-        yield Rig(worker, store, metrics, answers, sender)
-    finally:
-        worker.stop()
-        sender.loop_stop()
-        sender.disconnect()
-        answers.close()
-        store.close()
 
 
 def test_a_flooding_device_hears_busy_while_another_device_is_judged(

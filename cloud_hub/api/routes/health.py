@@ -25,7 +25,9 @@ def healthz() -> dict[str, str]:
 def readyz(service: ServiceDep, response: Response) -> dict[str, object]:
     """Ready to serve: models loaded, database answering, broker connected (if ingesting)."""
     problems = []
-    if not service.ready:
+    if service.supervisor.failure is not None:
+        problems.append(f"failed: {service.supervisor.failure}")
+    elif not service.ready:
         problems.append("starting")
     try:
         service.store.list_models(name="-")
