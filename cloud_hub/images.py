@@ -50,6 +50,7 @@ import re
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,12 @@ class ImageStore(ABC):
 class FileImageStore(ImageStore):
     """Images as files under ``root`` (sharded by the hash's first four digits)."""
 
-    def __init__(self, root: Path, *, max_image_bytes: int) -> None:
+    def __init__(self, root: Path, *, max_image_bytes: int,
+                 sync: Callable[[int], None] = os.fsync) -> None:
+        """``sync`` makes a file descriptor's data durable (a test may record the calls)."""
         super().__init__(max_image_bytes=max_image_bytes)
         self.root = root
+        self._sync = sync
 
     def path(self, ref: str) -> Path:
         """Where the image named ``ref`` lives."""
@@ -169,21 +173,43 @@ class FileImageStore(ImageStore):
             raise ImageStoreUnavailableError(f"cannot touch image {ref[:12]}… under "
                                              f"{self.root}: {exc.strerror}") from exc
         try:
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            created = self._make_folders(target.parent)
             # A unique name per writer: concurrent writers never share a temporary file.
             fd, partial = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                     handle.flush()
-                    os.fsync(handle.fileno())  # the event's row commits after this
+                    self._sync(handle.fileno())
                 Path(partial).replace(target)
             except BaseException:
                 Path(partial).unlink(missing_ok=True)
                 raise
+            # The new name, and any folder made for it, are durable before the event's
+            # row commits: a power cut cannot leave a stored event without its image.
+            for folder in (target.parent, *created):
+                self._sync_folder(folder)
         except OSError as exc:
             raise ImageStoreUnavailableError(f"cannot write image {ref[:12]}… under "
                                              f"{self.root}: {exc.strerror}") from exc
+
+    def _make_folders(self, folder: Path) -> list[Path]:
+        """Make ``folder`` and its missing parents under the root; the parents whose
+        entries changed (each new folder's parent), deepest first."""
+        missing = []
+        while not folder.exists() and folder != self.root.parent:
+            missing.append(folder)
+            folder = folder.parent
+        for new in reversed(missing):
+            new.mkdir(mode=0o700, exist_ok=True)
+        return [new.parent for new in missing]
+
+    def _sync_folder(self, folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            self._sync(fd)
+        finally:
+            os.close(fd)
 
     def _read(self, ref: str) -> bytes | None:
         try:

@@ -100,3 +100,33 @@ def test_a_full_disk_is_a_transient_failure(tmp_path: Path) -> None:
     images = FileImageStore(blocker, max_image_bytes=1 << 20)
     with pytest.raises(RetryLaterError):
         images.put(JPEG)
+
+
+def test_an_image_and_every_folder_entry_made_for_it_are_synced_before_put_returns(
+        tmp_path: Path) -> None:
+    """A power cut after the event's row commits must not lose its image: the file, its
+    name in its folder, and any folder made for it are synced (a rename alone is not)."""
+    synced: list[str] = []
+
+    def record(fd: int) -> None:
+        synced.append(str(Path(f"/proc/self/fd/{fd}").readlink()))
+        os.fsync(fd)
+
+    root = tmp_path / "images"
+    images = FileImageStore(root, max_image_bytes=1 << 20, sync=record)
+    ref = images.put(b"first image")
+    target = images.path(ref)
+    # The partial file's data first, then the folders, deepest first, up to the one that
+    # already existed (tmp_path gained the root).
+    assert synced[0].startswith(str(target.parent / ".partial-"))
+    assert synced[1:] == [str(target.parent), str(target.parent.parent), str(root),
+                          str(tmp_path)]
+    synced.clear()
+    images.put(b"first image")  # already there: touched, nothing to sync
+    assert synced == []
+    other = images.put(b"another image")
+    if images.path(other).parent == target.parent:  # same shard: only that folder's entry
+        assert synced[1:] == [str(target.parent)]
+    else:
+        assert str(images.path(other).parent) in synced[1:]
+        assert str(tmp_path) not in synced
