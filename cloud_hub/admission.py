@@ -17,6 +17,19 @@ Order (:meth:`AdmissionQueue.take`):
    delays another device's event by at most one judgement per device waiting, however
    many of its own it has queued.
 
+The class is the device's own claim, and a device is not trusted with it: urgency is
+honoured within a device's share. A device may have at most ``urgent_per_device``
+events waiting that it claimed urgent; a further urgent claim while it has that many
+waiting (urgent, or waiting as normal for this rule) is admitted one class lower, as
+``normal``, ahead of that device's own normal events (its turn takes its claims first,
+in arrival order) but in turn with every other device. A claim is not promoted later:
+were it promoted when the device's urgent one is taken, a device claiming everything
+urgent would always have one waiting urgent and be judged before every other device's
+normal events. So a device declaring everything ``suspicious`` delays another device's
+``uncertain`` event by at most ``urgent_per_device`` judgements plus one per device
+waiting (and displaces from a full queue only as a normal event would), while a device
+with a backlog of routine events still has its alarm judged first.
+
 Admission (:meth:`AdmissionQueue.offer`) is bounded by ``capacity``. When the queue is
 full, a new event displaces the newest event of the *largest* device in the *lowest*
 class present, if that class is lower than the new event's, or the same class and that
@@ -67,6 +80,8 @@ class AdmissionLimits:
             to send a verdict (the network and the broker on the way to the device).
         review_s: How often the waiting events' chances are estimated again (an event
             whose deadline has come is shed at once regardless).
+        urgent_per_device: Urgent claims one device may have waiting before its next
+            ones wait as normal (see the module docstring).
     """
 
     capacity: int = 256
@@ -75,6 +90,7 @@ class AdmissionLimits:
     smoothing: float = 0.1
     margin_s: float = 0.25
     review_s: float = 0.25
+    urgent_per_device: int = 2
 
     def __post_init__(self) -> None:
         if self.capacity < 1:
@@ -89,6 +105,9 @@ class AdmissionLimits:
             raise ValueError(f"margin_s must not be negative, got {self.margin_s}")
         if self.review_s <= 0:
             raise ValueError(f"review_s must be positive, got {self.review_s}")
+        if self.urgent_per_device < 1:
+            raise ValueError(
+                f"urgent_per_device must be at least 1, got {self.urgent_per_device}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +116,8 @@ class Ticket(Generic[_T]):
 
     Attributes:
         device_id: Whose it is (the fairness key).
-        priority: Its class.
+        priority: Its class as claimed (an urgent claim over the device's share waits
+            as normal).
         deadline: When its device stops waiting (the caller's clock); ``None``: never.
         item: What the caller needs to judge it (opaque here).
     """
@@ -123,9 +143,23 @@ class _Class(Generic[_T]):
     by_device: OrderedDict[str, deque[Ticket[_T]]] = field(default_factory=OrderedDict)
     size: int = 0
 
-    def push(self, ticket: Ticket[_T]) -> None:
-        self.by_device.setdefault(ticket.device_id, deque()).append(ticket)
+    def push(self, ticket: Ticket[_T], *, position: int | None = None) -> None:
+        """Add an event at the end of its device's, or at ``position`` (0-based)."""
+        events = self.by_device.setdefault(ticket.device_id, deque())
+        if position is None:
+            events.append(ticket)
+        else:
+            events.insert(position, ticket)
         self.size += 1
+
+    def claims(self, device_id: str, claimed: PriorityClass) -> int:
+        """A device's events here claimed as ``claimed`` (they come first in its own)."""
+        claims = 0
+        for ticket in self.by_device.get(device_id, ()):
+            if ticket.priority != claimed:
+                break
+            claims += 1
+        return claims
 
     def pop_next(self) -> Ticket[_T]:
         """The first device's oldest event; that device goes to the back of the turn."""
@@ -218,9 +252,10 @@ class AdmissionQueue(Generic[_T]):
         """
         self.offered += 1
         shed = self._expire(now)
-        rank = _RANK[ticket.priority]
-        if ticket.deadline is not None and (
-                now + self._estimated_wait(ticket) + self._to_answer() > ticket.deadline):
+        priority, position = self._placement(ticket)
+        rank = _RANK[priority]
+        if ticket.deadline is not None and (now + self._estimated_wait(
+                ticket.device_id, priority, position) + self._to_answer() > ticket.deadline):
             return shed + self._shed(ticket, "deadline")
         if len(self) >= self.limits.capacity:
             victim_class = next(c for c in reversed(CLASSES) if self._classes[c].size)
@@ -231,7 +266,8 @@ class AdmissionQueue(Generic[_T]):
                 shed += self._shed(queue.pop_newest_of(device_id), "queue-full")
             else:
                 return shed + self._shed(ticket, "queue-full")
-        self._classes[ticket.priority].push(ticket)
+            priority, position = self._placement(ticket)  # the device's own may have gone
+        self._classes[priority].push(ticket, position=position)
         if ticket.deadline is not None:
             heapq.heappush(self._deadlines, ticket.deadline)
         self.admitted += 1
@@ -300,11 +336,26 @@ class AdmissionQueue(Generic[_T]):
         """From taking an event to its answer on the way to the device, as estimated."""
         return self.service_s + self.answer_s + self.limits.margin_s
 
-    def _estimated_wait(self, ticket: Ticket[_T]) -> float:
-        rank = _RANK[ticket.priority]
+    def _placement(self, ticket: Ticket[_T]) -> tuple[PriorityClass, int | None]:
+        """Where a new event waits: its class, and its place among its device's events
+        there (``None``: last). An urgent claim over the device's share waits as normal,
+        after its earlier such claims and before its normal events."""
+        if ticket.priority != "urgent":
+            return ticket.priority, None
+        device_id = ticket.device_id
+        over_share = self._classes["normal"].claims(device_id, "urgent")
+        if self._classes["urgent"].count(device_id) + over_share < \
+                self.limits.urgent_per_device:
+            return "urgent", None
+        return "normal", over_share
+
+    def _estimated_wait(self, device_id: str, priority: PriorityClass,
+                        position: int | None) -> float:
+        rank = _RANK[priority]
         higher = sum(self._classes[c].size for c in CLASSES[:rank])
-        queue = self._classes[ticket.priority]
-        ahead = higher + queue.ahead_of(ticket.device_id, queue.count(ticket.device_id) + 1)
+        queue = self._classes[priority]
+        place = (queue.count(device_id) if position is None else position) + 1
+        ahead = higher + queue.ahead_of(device_id, place)
         return ahead * self.service_s / self.limits.workers
 
     def _shed(self, ticket: Ticket[_T], reason: BusyReason) -> list[Shed[_T]]:

@@ -182,3 +182,85 @@ def test_an_event_is_shed_once_its_verdict_could_not_be_recorded_and_sent_in_tim
     assert [s.reason for s in queue.offer(_ticket("b", 0, deadline=2.5), now=0.0)] == [
         "deadline"]
     assert queue.offer(_ticket("c", 0, deadline=3.5), now=0.0) == []
+
+
+def test_a_device_declaring_everything_suspicious_does_not_starve_anothers_uncertain() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=100))  # two each
+    for n in range(40):
+        queue.offer(_ticket("flood", n, "urgent"), now=0.0)
+    queue.offer(_ticket("quiet", 0, "normal"), now=0.0)
+    taken = [queue.take(now=0.0)[0] for _ in range(4)]
+    # Two urgent turns (its share), then the devices take turns: quiet's is next.
+    assert [t.item for t in taken if t is not None] == ["flood-0", "flood-1", "flood-2",
+                                                        "quiet-0"]
+    # Flooding on while judged: its new claims wait in turn, not ahead of everyone.
+    queue.offer(_ticket("quiet", 1, "normal"), now=0.0)
+    for n in range(40, 60):
+        queue.offer(_ticket("flood", n, "urgent"), now=0.0)
+    order = _drain(queue)
+    assert order.index("quiet-1") <= 1
+    assert [item for item in order if item.startswith("flood")] == [
+        f"flood-{n}" for n in range(3, 60)]  # a device's own claims still in arrival order
+
+
+def test_a_flooders_surplus_claims_do_not_displace_other_devices_from_a_full_queue() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(
+        AdmissionLimits(capacity=4, urgent_per_device=1))
+    queue.offer(_ticket("quiet", 0, "normal"), now=0.0)
+    for n in range(3):
+        assert queue.offer(_ticket("flood", n, "urgent"), now=0.0) == []
+    shed = queue.offer(_ticket("flood", 3, "urgent"), now=0.0)
+    assert [(s.ticket.item, s.reason) for s in shed] == [("flood-3", "queue-full")]
+    assert queue.depth("urgent") == 1 and queue.depth("normal") == 3
+    assert sorted(_drain(queue)) == ["flood-0", "flood-1", "flood-2", "quiet-0"]
+
+
+def test_an_honest_alarm_keeps_its_urgency_behind_its_own_backlog() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=100))
+    for n in range(30):  # an outbox drained after an outage: routine events
+        queue.offer(_ticket("cam", n, "normal"), now=0.0)
+    queue.offer(_ticket("other", 0, "normal"), now=0.0)
+    queue.offer(_ticket("cam", 30, "urgent"), now=0.0)
+    assert _drain(queue)[0] == "cam-30"
+
+
+def test_an_urgent_claim_over_the_share_still_waits_ahead_of_its_devices_routine() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(
+        AdmissionLimits(capacity=100, urgent_per_device=1))
+    queue.offer(_ticket("cam", 0, "normal"), now=0.0)
+    queue.offer(_ticket("cam", 1, "urgent"), now=0.0)
+    queue.offer(_ticket("cam", 2, "urgent"), now=0.0)  # over its share: waits as normal
+    queue.offer(_ticket("cam", 3, "normal"), now=0.0)
+    assert _drain(queue) == ["cam-1", "cam-2", "cam-0", "cam-3"]
+
+
+def test_a_tiny_verdict_timeout_is_answered_busy_at_once_not_queued() -> None:
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=10))
+    deadline = answer_deadline(captured_at=100.0, arrived_at=100.0, timeout_s=1e-300)
+    assert deadline is not None
+    shed = queue.offer(_ticket("hasty", 0, "urgent", deadline=deadline), now=100.0)
+    assert [s.reason for s in shed] == ["deadline"] and len(queue) == 0
+
+
+def test_a_huge_verdict_timeout_or_a_clock_far_ahead_buys_no_room_over_others() -> None:
+    # The schema's largest timeout from a capture in the hub's far future: a day from arrival.
+    deadline = answer_deadline(captured_at=1e300, arrived_at=100.0, timeout_s=86400.0)
+    assert deadline == 100.0 + 86400.0
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=4))
+    for n in range(4):
+        assert queue.offer(_ticket("patient", n, "urgent", deadline=deadline), now=100.0) == []
+    # Never expiring, it is still the largest device's newest claim that makes room.
+    shed = queue.offer(_ticket("quiet", 0, "normal", deadline=110.0), now=100.0)
+    assert [s.ticket.item for s in shed] == ["patient-3"]
+
+
+@pytest.mark.parametrize("captured_at", [0.0, -1e300, float("-inf")])
+def test_a_capture_in_the_far_past_is_late_not_urgent(captured_at: float) -> None:
+    assert answer_deadline(captured_at=captured_at, arrived_at=1e6, timeout_s=86400.0) is None
+    assert priority_of("suspicious", late=True) == "late"
+
+
+@pytest.mark.parametrize("captured_at", [float("inf"), float("nan")])
+def test_a_non_finite_capture_time_counts_as_no_time_spent(captured_at: float) -> None:
+    # The schema refuses these at decode; were one to get here it would buy nothing.
+    assert answer_deadline(captured_at=captured_at, arrived_at=100.0, timeout_s=10.0) == 110.0

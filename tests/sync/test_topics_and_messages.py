@@ -159,6 +159,8 @@ def _verdict_json() -> dict[str, object]:
     (EventMessage, lambda: json.loads(encode(_event(readings=(1.0, 2.0)))), ("readings", 1)),
     (EventMessage, lambda: json.loads(encode(_event())), ("detections", 0, "box", 2)),
     (EventMessage, lambda: json.loads(encode(_event())), ("crop_box",)),
+    (EventMessage, lambda: json.loads(encode(_event(verdict_timeout_s=5.0))),
+     ("verdict_timeout_s",)),
     (VerdictMessage, _verdict_json, ("decided_at",)),
     (VerdictMessage, _verdict_json, ("inference_ms",)),
     (StatusMessage, lambda: json.loads(encode(StatusMessage(device_id="c", state="online",
@@ -185,6 +187,20 @@ def test_non_finite_numbers_are_refused_at_decode(
 def test_non_finite_numbers_cannot_be_built_either() -> None:
     with pytest.raises(ValidationError, match="finite number"):
         _event(captured_at=float("inf"))
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0, 86400.5])
+def test_a_verdict_timeout_outside_its_bounds_is_refused(timeout_s: float) -> None:
+    raw = json.loads(encode(_event(verdict_timeout_s=5.0)))
+    raw["verdict_timeout_s"] = timeout_s
+    with pytest.raises(MalformedMessageError, match="verdict_timeout_s"):
+        decode(json.dumps(raw).encode(), EventMessage)
+
+
+@pytest.mark.parametrize("timeout_s", [1e-300, 86400.0])
+def test_a_verdict_timeout_within_its_bounds_is_kept(timeout_s: float) -> None:
+    assert decode(encode(_event(verdict_timeout_s=timeout_s)),
+                  EventMessage).verdict_timeout_s == timeout_s
 
 
 def test_receipts_carry_event_ids_only() -> None:
