@@ -18,17 +18,20 @@ Order (:meth:`AdmissionQueue.take`):
    many of its own it has queued.
 
 The class is the device's own claim, and a device is not trusted with it: urgency is
-honoured within a device's share. A device may have at most ``urgent_per_device``
-events waiting that it claimed urgent; a further urgent claim while it has that many
-waiting (urgent, or waiting as normal for this rule) is admitted one class lower, as
-``normal``, ahead of that device's own normal events (its turn takes its claims first,
-in arrival order) but in turn with every other device. A claim is not promoted later:
-were it promoted when the device's urgent one is taken, a device claiming everything
-urgent would always have one waiting urgent and be judged before every other device's
-normal events. So a device declaring everything ``suspicious`` delays another device's
-``uncertain`` event by at most ``urgent_per_device`` judgements plus one per device
-waiting (and displaces from a full queue only as a normal event would), while a device
-with a backlog of routine events still has its alarm judged first.
+honoured within a device's share. A device's urgent claims count against
+``urgent_per_device`` while they wait (as urgent, or as normal by this rule) and once
+judged, until the hub next takes a normal or lower event (the others' turn) or runs
+empty; a further urgent claim while its count is reached is admitted one class lower,
+as ``normal``, ahead of that device's own normal events (its turn takes its claims
+first, in arrival order) but in turn with every other device. A claim is not promoted
+later, and judged claims count: otherwise a device claiming everything urgent, whether
+it floods or sends one claim per judgement, would always have one waiting urgent and be
+judged before every other device's normal events. So such a device delays another
+device's ``uncertain`` event by at most ``urgent_per_device`` judgements plus one per
+device waiting (and displaces from a full queue only as a normal event would), while a
+device with a backlog of routine events still has its alarm judged first. A device's
+own claims are judged in arrival order within each class, so one admitted urgent may
+pass its earlier claim waiting as normal.
 
 Admission (:meth:`AdmissionQueue.offer`) is bounded by ``capacity``. When the queue is
 full, a new event displaces the newest event of the *largest* device in the *lowest*
@@ -230,6 +233,8 @@ class AdmissionQueue(Generic[_T]):
         # Deadlines of events admitted (a heap; those taken since stay until the next
         # review): the earliest says when one may expire, without looking at each event.
         self._deadlines: list[float] = []
+        # Urgent claims judged per device since the hub last took a lower-class event.
+        self._urgent_taken: dict[str, int] = {}
         self._next_review = float("-inf")
         self.offered = 0
         self.admitted = 0
@@ -283,8 +288,15 @@ class AdmissionQueue(Generic[_T]):
         for name in CLASSES:
             queue = self._classes[name]
             if queue.size:
-                return queue.pop_next(), expired
+                ticket = queue.pop_next()
+                if name == "urgent":
+                    self._urgent_taken[ticket.device_id] = (
+                        self._urgent_taken.get(ticket.device_id, 0) + 1)
+                else:  # the others' turn came: every device's claims count afresh
+                    self._urgent_taken.clear()
+                return ticket, expired
         self._deadlines.clear()  # only those of events taken were left
+        self._urgent_taken.clear()
         return None, expired
 
     def _expire(self, now: float) -> list[Shed[_T]]:
@@ -338,14 +350,16 @@ class AdmissionQueue(Generic[_T]):
 
     def _placement(self, ticket: Ticket[_T]) -> tuple[PriorityClass, int | None]:
         """Where a new event waits: its class, and its place among its device's events
-        there (``None``: last). An urgent claim over the device's share waits as normal,
-        after its earlier such claims and before its normal events."""
+        there (``None``: last). An urgent claim over the device's share (its claims
+        waiting, and those judged since a lower class's turn) waits as normal, after its
+        earlier such claims and before its normal events."""
         if ticket.priority != "urgent":
             return ticket.priority, None
         device_id = ticket.device_id
         over_share = self._classes["normal"].claims(device_id, "urgent")
-        if self._classes["urgent"].count(device_id) + over_share < \
-                self.limits.urgent_per_device:
+        claims = (self._classes["urgent"].count(device_id) + over_share
+                  + self._urgent_taken.get(device_id, 0))
+        if claims < self.limits.urgent_per_device:
             return "urgent", None
         return "normal", over_share
 

@@ -166,7 +166,7 @@ def test_priority_follows_the_reason_unless_the_device_decided_already() -> None
 
 @pytest.mark.parametrize(("field", "value"), [("capacity", 0), ("workers", 0), ("service_s", 0.0),
                                           ("smoothing", 0.0), ("margin_s", -1.0),
-                                          ("review_s", 0.0)])
+                                          ("review_s", 0.0), ("urgent_per_device", 0)])
 def test_limits_refuse_nonsense(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         AdmissionLimits(**{field: value})  # type: ignore[arg-type]
@@ -204,14 +204,13 @@ def test_a_device_declaring_everything_suspicious_does_not_starve_anothers_uncer
 
 
 def test_a_flooders_surplus_claims_do_not_displace_other_devices_from_a_full_queue() -> None:
-    queue: AdmissionQueue[str] = AdmissionQueue(
-        AdmissionLimits(capacity=4, urgent_per_device=1))
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=4))  # two each
     queue.offer(_ticket("quiet", 0, "normal"), now=0.0)
     for n in range(3):
         assert queue.offer(_ticket("flood", n, "urgent"), now=0.0) == []
     shed = queue.offer(_ticket("flood", 3, "urgent"), now=0.0)
     assert [(s.ticket.item, s.reason) for s in shed] == [("flood-3", "queue-full")]
-    assert queue.depth("urgent") == 1 and queue.depth("normal") == 3
+    assert queue.depth("urgent") == 2 and queue.depth("normal") == 2
     assert sorted(_drain(queue)) == ["flood-0", "flood-1", "flood-2", "quiet-0"]
 
 
@@ -264,3 +263,23 @@ def test_a_capture_in_the_far_past_is_late_not_urgent(captured_at: float) -> Non
 def test_a_non_finite_capture_time_counts_as_no_time_spent(captured_at: float) -> None:
     # The schema refuses these at decode; were one to get here it would buy nothing.
     assert answer_deadline(captured_at=captured_at, arrived_at=100.0, timeout_s=10.0) == 110.0
+
+
+def test_a_device_claiming_urgent_at_the_judging_pace_still_lets_others_take_turns() -> None:
+    # Never more than one claim waiting: what it has judged counts against its share too.
+    queue: AdmissionQueue[str] = AdmissionQueue(AdmissionLimits(capacity=100))  # two each
+    queue.offer(_ticket("quiet", 0, "normal"), now=0.0)
+    queue.offer(_ticket("quiet", 1, "normal"), now=0.0)
+    taken = []
+    for n in range(8):
+        queue.offer(_ticket("paced", n, "urgent"), now=0.0)
+        ticket = queue.take(now=0.0)[0]
+        assert ticket is not None
+        taken.append(ticket.item)
+    # Two urgent turns, then its turn with quiet's; the same again.
+    assert taken.index("quiet-0") == 2 and taken.index("quiet-1") == 6
+    # Once the others have had their turns, its claims are honoured again.
+    assert _drain(queue) == [f"paced-{n}" for n in range(8) if f"paced-{n}" not in taken]
+    queue.offer(_ticket("paced", 8, "urgent"), now=0.0)
+    queue.offer(_ticket("quiet", 2, "normal"), now=0.0)
+    assert _drain(queue) == ["paced-8", "quiet-2"]
