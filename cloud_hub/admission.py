@@ -83,8 +83,9 @@ class AdmissionLimits:
             to send a verdict (the network and the broker on the way to the device).
         review_s: How often the waiting events' chances are estimated again (an event
             whose deadline has come is shed at once regardless).
-        urgent_per_device: Urgent claims one device may have waiting before its next
-            ones wait as normal (see the module docstring).
+        urgent_per_device: Urgent claims one device may have waiting, or judged since
+            the hub last took a lower-class event, before its next ones wait as normal
+            (see the module docstring).
     """
 
     capacity: int = 256
