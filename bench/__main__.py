@@ -37,12 +37,15 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
-def main() -> int:
-    """Dispatch to the named benchmark."""
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the named benchmark, with every argument after its name (``--help``
+    included: ``python -m bench fleet --help`` is the fleet benchmark's own help)."""
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("name", choices=sorted(BENCHMARKS))
-    args, rest = parser.parse_known_args()
-    return BENCHMARKS[args.name](rest)
+    parser.add_argument("options", nargs=argparse.REMAINDER,
+                        help="the benchmark's own options (see: python -m bench NAME --help)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return BENCHMARKS[args.name](args.options)
 
 
 if __name__ == "__main__":
