@@ -658,11 +658,7 @@ class Store:
     def device_standing(self, *, device_id: str) -> DeviceStanding:
         """Whether the hub takes a device's messages: ``active``, ``revoked`` or
         ``unknown`` (never provisioned)."""
-        with self._tx() as conn:
-            row = conn.execute(_DEVICE_STANDING, {"device": device_id}).first()
-        if row is None:
-            return "unknown"
-        return "active" if row[0] is None else "revoked"
+        return self.device_standings(device_ids=(device_id,))[device_id]
 
     def device_standings(self, *, device_ids: Collection[str]) -> dict[str, DeviceStanding]:
         """:meth:`device_standing` of many devices, in one query."""
@@ -1300,8 +1296,6 @@ _EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail", "cr
 
 # Statements ingest runs for every event, built once: building one (and its cache key)
 # per call cost more CPU than running it (issue 11).
-_DEVICE_STANDING = sa.select(devices.c.revoked_at).where(
-    devices.c.id == sa.bindparam("device"))
 _DEVICE_STANDINGS = sa.select(devices.c.id, devices.c.revoked_at).where(
     devices.c.id.in_(sa.bindparam("devices", expanding=True)))
 _HEARD_FROM = devices.update().where(devices.c.id == sa.bindparam("device")).values(
