@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import selectors
 import sqlite3
@@ -96,6 +97,31 @@ CAPTURED_PLACEHOLDER = 1111111111.123456  # as wide as any time this century, to
 DEVICE_PLACEHOLDER = "cam-zzzzz"  # as wide as the devices' ids
 EVENT_ID_PLACEHOLDER = "00000000-0000-7000-8000-000000000000"
 FD_PER_DEVICE = 2  # the device's socket here, its connection in the broker
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds of named processes (the hub, the broker, this one: the devices)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def read(self) -> dict[str, float]:
+        """CPU seconds so far, by name."""
+        return {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+
+    @staticmethod
+    def per_event(before: dict[str, float], after: dict[str, float],
+                  events: int) -> dict[str, float]:
+        """Milliseconds of CPU per event between two readings, by name."""
+        return {name: round((after[name] - before[name]) * 1e3 / max(1, events), 2)
+                for name in before}
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -365,6 +391,7 @@ class StepResult:
     shed_share: float
     answered_share: float
     queue_depth: float
+    cpu_ms_per_event: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -378,7 +405,8 @@ class StepResult:
                 "p95_s": None if self.p95_s is None else round(self.p95_s, 3),
                 "shed_share": round(self.shed_share, 4),
                 "answered_share": round(self.answered_share, 4),
-                "queue_depth": self.queue_depth, "passed": self.passed}
+                "queue_depth": self.queue_depth, "passed": self.passed,
+                "cpu_ms_per_event": self.cpu_ms_per_event}
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:
@@ -401,12 +429,15 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def run_step(fleet: DeviceFleet, hub: Replica, rate_eps: float, duration_s: float,
-             *, grace_s: float = 1.0, flood_share: float = 0.0) -> tuple[StepResult,
-                                                                        list[Sent]]:
-    """Offer one rate; its figures once ``grace_s`` after its last event has passed."""
+             *, grace_s: float = 1.0, flood_share: float = 0.0,
+             cpu: CpuMeter | None = None) -> tuple[StepResult, list[Sent]]:
+    """Offer one rate; its figures once ``grace_s`` after its last event has passed
+    (with ``cpu``, its processes' CPU per event sent)."""
     before = set(fleet.sent)
+    cpu_before = cpu.read() if cpu is not None else {}
     fleet.offer(rate_eps, duration_s, flood_share=flood_share)
     time.sleep(duration_s + 0.05 + grace_s)
+    cpu_after = cpu.read() if cpu is not None else {}
     depth = scrape(hub.http_port).get("hub_admission_queue_depth{}", 0.0)
     with fleet.lock:
         records = [r for k, r in fleet.sent.items() if k not in before]
@@ -415,7 +446,8 @@ def run_step(fleet: DeviceFleet, hub: Replica, rate_eps: float, duration_s: floa
         answered = sum(1 for r in records if r.answers)
     total = max(1, len(records))
     return StepResult(rate_eps, len(records), _quantile(verdicts, 0.95), shed / total,
-                      answered / total, depth), records
+                      answered / total, depth,
+                      CpuMeter.per_event(cpu_before, cpu_after, len(records))), records
 
 
 def settle(fleet: DeviceFleet, hub: Replica, timeout_s: float = 60.0) -> None:
@@ -430,10 +462,17 @@ def settle(fleet: DeviceFleet, hub: Replica, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
+class Bare(NamedTuple):
+    """The bare pipeline's rate, and this process's CPU per event meanwhile."""
+
+    eps: float
+    cpu_ms_per_event: float
+
+
 def measure_bare(settings_env: dict[str, str], template: bytes, seconds: float,
-                 workers: int) -> float:
+                 workers: int) -> Bare:
     """Decode and judge escalations in this process with the hub's own judge, from
-    ``workers`` threads, for ``seconds``; events per second."""
+    ``workers`` threads, for ``seconds``."""
     settings = HubSettings.model_validate(
         {k.removeprefix("CLOUD_HUB_").lower(): v for k, v in settings_env.items()})
     service = HubService(settings, ingest=False)
@@ -455,14 +494,16 @@ def measure_bare(settings_env: dict[str, str], template: bytes, seconds: float,
     for thread in threads:
         thread.start()
     time.sleep(1.0)  # warm-up
-    first, started = sum(done), time.monotonic()
+    first, started, cpu_started = sum(done), time.monotonic(), time.process_time()
     time.sleep(seconds)
-    rate = (sum(done) - first) / (time.monotonic() - started)
+    events = sum(done) - first
+    rate = events / (time.monotonic() - started)
+    cpu_ms = (time.process_time() - cpu_started) * 1e3 / max(1, events)
     stop.set()
     for thread in threads:
         thread.join(30)
     service.stop()
-    return rate
+    return Bare(rate, round(cpu_ms, 2))
 
 
 def provision(broker: MosquittoBroker, settings: HubSettings,
@@ -539,6 +580,19 @@ class FleetServices:
         """Stop the hub and the broker."""
         self.hub.stop()
         self.broker.stop()
+
+
+def cpu_per_event(bares: Sequence[Bare], steps: Sequence[StepResult],
+                  saturation_eps: float) -> dict[str, float | None]:
+    """Milliseconds of CPU per event: the bare pipeline's (the mean of its runs), and the
+    hub's, the broker's and the simulated devices' at the saturation rate (its step).
+    On a machine whose cores they all share, the hub's rate is at most the cores' time
+    over the sum of the last three, the bare pipeline's over the first."""
+    at_saturation = next((s.cpu_ms_per_event for s in reversed(steps)
+                          if s.rate_eps == saturation_eps and s.passed), {})
+    return {"bare": round(statistics.fmean(b.cpu_ms_per_event for b in bares), 2)
+            if bares else None,
+            **{name: at_saturation.get(name) for name in ("hub", "broker", "devices")}}
 
 
 def overload_figures(records: Sequence[Sent]) -> dict[str, Any]:
@@ -645,10 +699,11 @@ def main(argv: list[str]) -> int:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     services = FleetServices(folder, args.workers)
     template = escalation_template()
-    bare_eps = 0.0
+    bares: list[Bare] = []
     if args.saturation_eps is None:
-        bare_eps = measure_bare(services.bare_env(), template, args.bare_s, services.workers)
-        print(f"bare: {bare_eps:.1f} events/s ({services.workers} threads)", flush=True)
+        bares.append(measure_bare(services.bare_env(), template, args.bare_s,
+                                  services.workers))
+        print(f"bare: {bares[0].eps:.1f} events/s ({services.workers} threads)", flush=True)
     broker, hub, database = services.broker, services.hub, services.database
     fleet: DeviceFleet | None = None
     broker.start()
@@ -656,6 +711,10 @@ def main(argv: list[str]) -> int:
         credentials, provision_s = services.provision(args.devices)
         print(f"provisioned {args.devices} devices in {provision_s:.1f} s", flush=True)
         services.start_hub()
+        assert hub.process is not None
+        assert broker.process is not None
+        cpu = CpuMeter({"hub": hub.process.pid, "broker": broker.process.pid,
+                        "devices": os.getpid()})
         fleet = DeviceFleet(broker.port, credentials, template)
         connect_s = fleet.connect(timeout_s=120)
         print(f"connected {args.devices} devices in {connect_s:.1f} s "
@@ -666,7 +725,7 @@ def main(argv: list[str]) -> int:
         if args.saturation_eps is not None:
             good, rate = args.saturation_eps, float("inf")
         while rate <= args.max_eps:
-            result, _ = run_step(fleet, hub, rate, args.step_s)
+            result, _ = run_step(fleet, hub, rate, args.step_s, cpu=cpu)
             steps.append(result)
             print(json.dumps(result.to_json()), flush=True)
             if not result.passed:
@@ -677,11 +736,17 @@ def main(argv: list[str]) -> int:
             settle(fleet, hub)  # the failing step's backlog cleared first
             assert bad is not None
             rate = (good + bad) / 2
-            result, _ = run_step(fleet, hub, rate, args.step_s)
+            result, _ = run_step(fleet, hub, rate, args.step_s, cpu=cpu)
             steps.append(result)
             print(json.dumps(result.to_json()), flush=True)
             good, bad = (rate, bad) if result.passed else (good, rate)
         settle(fleet, hub)
+        if bares:
+            # Again after the steps (the hub idle): the machine's speed moves over a run
+            # (other load), and one bare figure from its start would set the ratio alone.
+            bares.append(measure_bare(services.bare_env(), template, args.bare_s,
+                                      services.workers))
+            print(f"bare again: {bares[1].eps:.1f} events/s", flush=True)
         overload_rate = 3 * max(good, args.start_eps)
         before = set(fleet.sent)
         _, records = run_step(fleet, hub, overload_rate, args.overload_s,
@@ -689,6 +754,7 @@ def main(argv: list[str]) -> int:
         overload = {"rate_eps": overload_rate, **overload_figures(records)}
         print(json.dumps({"overload": overload}), flush=True)
         metrics = scrape(hub.http_port)
+        bare_eps = statistics.fmean(b.eps for b in bares) if bares else 0.0
         with fleet.lock:
             sent = dict(fleet.sent)
             event_bytes, answer_bytes, answers = (fleet.event_bytes, fleet.answer_bytes,
@@ -705,8 +771,10 @@ def main(argv: list[str]) -> int:
             "devices": args.devices, "provision_s": round(provision_s, 2),
             "connect_s": round(connect_s, 2),
             "saturation_eps": good, "bare_eps": round(bare_eps, 1),
+            "bare_eps_runs": [round(b.eps, 1) for b in bares],
             "ratio": round(good / bare_eps, 3) if bare_eps else None,
             "saturation_bracket_eps": [good, bad],
+            "cpu_ms_per_event": cpu_per_event(bares, steps, good),
             "overload": overload,
             "overload_missed": {k: diagnosis[k] for k in ("missed", "missed_by_kind")},
             "bytes_per_event": {

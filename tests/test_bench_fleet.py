@@ -3,11 +3,23 @@ and figures."""
 
 from __future__ import annotations
 
+import os
 import random
+import time
 
 import pytest
 
-from bench.fleet import Sent, escalation_template, make_event, overload_figures
+from bench.fleet import (
+    Bare,
+    CpuMeter,
+    Sent,
+    StepResult,
+    cpu_per_event,
+    escalation_template,
+    make_event,
+    overload_figures,
+    process_cpu_s,
+)
 from bench.fleet_return import outage_figures, reconnect_offsets
 from edge_agent.backoff import Backoff
 from sync import EventIdFactory, EventMessage, decode, is_framed_event
@@ -60,3 +72,23 @@ def test_outage_figures_count_backlog_and_live_answers_and_duplicates() -> None:
     assert figures["busy_share"] == pytest.approx(2 / 5, abs=1e-4)
     assert figures["backlog_busy_share"] == 0.5
     assert (figures["lost"], figures["unanswered"], figures["duplicates"]) == (1, 1, 1)
+
+
+def test_a_process_cpu_time_counts_the_cpu_it_burned() -> None:
+    before, started = process_cpu_s(os.getpid()), time.process_time()
+    while time.process_time() - started < 0.2:  # CPU burned, however long that takes
+        pass
+    assert process_cpu_s(os.getpid()) - before >= 0.15  # clock ticks: 10 ms apart
+
+
+def test_cpu_per_event_takes_the_saturation_step_and_the_mean_of_the_bare_runs() -> None:
+    assert CpuMeter.per_event({"hub": 1.0, "broker": 2.0}, {"hub": 1.5, "broker": 2.01},
+                              100) == {"hub": 5.0, "broker": 0.1}
+    steps = [StepResult(80.0, 800, 0.1, 0.0, 1.0, 0.0, {"hub": 14.0, "broker": 0.3,
+                                                        "devices": 1.0}),
+             StepResult(160.0, 1600, 3.0, 0.3, 0.9, 150.0, {"hub": 12.0}),
+             StepResult(120.0, 1200, 0.5, 0.0, 1.0, 0.0, {"hub": 15.0, "broker": 0.2,
+                                                          "devices": 0.9})]
+    figures = cpu_per_event([Bare(150.0, 11.0), Bare(130.0, 12.0)], steps, 120.0)
+    assert figures == {"bare": 11.5, "hub": 15.0, "broker": 0.2, "devices": 0.9}
+    assert cpu_per_event([], steps[:1], 80.0)["bare"] is None
