@@ -70,6 +70,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 from skimage import data
 
+from bench.cpu import CpuMeter
 from bench.scaleout import Replica, wait_ready
 from cloud_hub import HubService, HubSettings
 from cloud_hub.mosquitto import BrokerLimits, MosquittoBroker
@@ -97,31 +98,6 @@ CAPTURED_PLACEHOLDER = 1111111111.123456  # as wide as any time this century, to
 DEVICE_PLACEHOLDER = "cam-zzzzz"  # as wide as the devices' ids
 EVENT_ID_PLACEHOLDER = "00000000-0000-7000-8000-000000000000"
 FD_PER_DEVICE = 2  # the device's socket here, its connection in the broker
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) process ``pid`` has used so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-class CpuMeter:
-    """CPU seconds of named processes (the hub, the broker, this one: the devices)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-
-    def read(self) -> dict[str, float]:
-        """CPU seconds so far, by name."""
-        return {name: process_cpu_s(pid) for name, pid in self.pids.items()}
-
-    @staticmethod
-    def per_event(before: dict[str, float], after: dict[str, float],
-                  events: int) -> dict[str, float]:
-        """Milliseconds of CPU per event between two readings, by name."""
-        return {name: round((after[name] - before[name]) * 1e3 / max(1, events), 2)
-                for name in before}
 
 
 def raise_fd_limit(needed: int) -> int:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.cpu import process_cpu_s
 from cloud_hub.mosquitto import BrokerLimits, MosquittoBroker
 from cloud_hub.provisioning import DeviceSpec
 from cloud_hub.service import HubService
@@ -54,8 +54,7 @@ def _hub(folder: Path) -> tuple[HubService, MosquittoBroker]:
 def _cpu_s(broker: MosquittoBroker) -> float:
     """CPU seconds (user and system) the broker's process has used."""
     assert broker.process is not None
-    fields = Path(f"/proc/{broker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_s(broker.process.pid)
 
 
 @dataclass(frozen=True, slots=True)

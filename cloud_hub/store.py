@@ -1297,8 +1297,9 @@ def _journal_record(row: Any) -> JournalRecord:
         agrees=None if row["agrees"] is None else bool(row["agrees"]))
 
 
-_EVENT_COLUMNS = [c for c in events.c if c.name not in ("crop", "thumbnail", "crop_ref",
-                                                        "thumbnail_ref")] + [
+# An event's images (bytes in old rows, references in new ones): never read with its row.
+_IMAGE_COLUMNS = ("crop", "thumbnail", "crop_ref", "thumbnail_ref")
+_EVENT_COLUMNS = [c for c in events.c if c.name not in _IMAGE_COLUMNS] + [
     sa.or_(events.c.crop.is_not(None), events.c.crop_ref.is_not(None)).label("has_crop"),
     sa.or_(events.c.thumbnail.is_not(None),
            events.c.thumbnail_ref.is_not(None)).label("has_thumbnail"),
@@ -1315,8 +1316,7 @@ _EVENT_COLUMN_NAMES = frozenset(column.name for column in events.c)
 # batch of one, 0.7 ms this way). The text is the same on SQLite (3.35 and later:
 # RETURNING) and PostgreSQL but for the drivers' parameter marks.
 _SELECTED_EVENT_COLUMNS = ", ".join(
-    [c.name for c in events.c if c.name not in ("crop", "thumbnail", "crop_ref",
-                                                "thumbnail_ref")]
+    [c.name for c in events.c if c.name not in _IMAGE_COLUMNS]
     + ["(crop IS NOT NULL OR crop_ref IS NOT NULL) AS has_crop",
        "(thumbnail IS NOT NULL OR thumbnail_ref IS NOT NULL) AS has_thumbnail"])
 # One multi-row INSERT holds at most this many rows: well under SQLite's 32,766 and

@@ -9,16 +9,15 @@ import time
 
 import pytest
 
+from bench.cpu import CpuMeter, process_cpu_s
 from bench.fleet import (
     Bare,
-    CpuMeter,
     Sent,
     StepResult,
     cpu_per_event,
     escalation_template,
     make_event,
     overload_figures,
-    process_cpu_s,
 )
 from bench.fleet_return import outage_figures, reconnect_offsets
 from edge_agent.backoff import Backoff
