@@ -142,6 +142,25 @@ def test_a_batch_is_stored_once_each_whatever_its_rows_hold(store: Store) -> Non
     assert store.set_verdicts([]) == {}
 
 
+def test_ingest_sql_takes_hostile_text_as_values_and_refuses_unknown_columns(
+        store: Store) -> None:
+    """Ingest's statements are SQL text: values stay parameters (quotes, a percent sign,
+    SQL in a device's strings are stored as sent), a column that is not the table's is
+    refused before any SQL is built, and a batch beyond one statement's rows is stored
+    whole."""
+    hostile = "door'); DROP TABLE events; -- 100% \\ \"x\""
+    assert store.add_events([_event("h1", source=hostile, edge_model="m%s%(x)s")]) == {"h1"}
+    stored = store.set_verdicts([NewVerdict("h1", "rejected", [{"label": hostile}], "m",
+                                            "1", 1.0, 1001.0, "hub-a")])["h1"]
+    assert stored["source"] == hostile and stored["edge_model"] == "m%s%(x)s"
+    assert stored["hub_detections"] == [{"label": hostile}]
+    with pytest.raises(StoreError, match="no column"):
+        store.add_events([_event("h2", **{"source = 'x'; --": "y"})])
+    many = [_event(f"m{k:04d}", crop=None, thumbnail=None) for k in range(1100)]
+    assert store.add_events(many) == {f"m{k:04d}" for k in range(1100)}
+    assert store.add_events(many) == set()
+
+
 def test_cursor_pagination_and_filters(store: Store) -> None:
     for i in range(7):
         store.add_event(**_event(f"e{i}", device="cam-1" if i % 2 else "cam-2",
