@@ -508,7 +508,8 @@ class FleetServices:
     queues sized for a fleet) and one real hub (``python -m cloud_hub serve``, SQLite)
     in ``folder``; ``workers`` sets ``CLOUD_HUB_INGEST_WORKERS`` (default: the hub's)."""
 
-    def __init__(self, folder: Path, workers: int | None) -> None:
+    def __init__(self, folder: Path, workers: int | None,
+                 runtime_threads: int | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.broker = MosquittoBroker(folder / "broker", anonymous=False, limits=BrokerLimits(
@@ -523,6 +524,8 @@ class FleetServices:
             "landmark_model": "face-landmark"}
         if workers is not None:
             self.settings["ingest_workers"] = str(workers)
+        if runtime_threads is not None:
+            self.settings["runtime_threads"] = str(runtime_threads)
         self.workers = workers or HubSettings(secret_key=SECRET).ingest_workers
         self.hub = Replica("hub-fleet", self.settings, folder, cost_ms=0.0,
                            command=("-m", "cloud_hub", "serve"))
@@ -665,6 +668,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--bare-s", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=None,
                         help="CLOUD_HUB_INGEST_WORKERS (judge threads); default the hub's")
+    parser.add_argument("--runtime-threads", type=int, default=None,
+                        help="CLOUD_HUB_RUNTIME_THREADS (each model run's CPU threads); "
+                        "default the hub's")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder")
     parser.add_argument("--saturation-eps", type=float, default=None,
                         help="skip the bare measurement and the steps: only the overload "
@@ -673,7 +679,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     fd_limit = raise_fd_limit(args.devices * FD_PER_DEVICE + 1024)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    services = FleetServices(folder, args.workers)
+    services = FleetServices(folder, args.workers, args.runtime_threads)
     template = escalation_template()
     bares: list[Bare] = []
     if args.saturation_eps is None:

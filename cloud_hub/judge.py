@@ -98,7 +98,7 @@ def load_hub_model(settings: HubSettings, name: str) -> tuple[Model, Selection]:
         log.info("hub model %s: %s", bundle.label, choice.reason)
         if choice.manifest != bundle.manifest:
             bundle = store.resolve(choice.label)
-    plan = plan_backends(profile, bundle.manifest)
+    plan = plan_backends(profile, bundle.manifest, threads=settings.runtime_threads)
     model, selection = load_model(bundle, plan, only=settings.backend)
     log.info("hub model %s on %s", bundle.label, selection.chosen)
     return model, selection

@@ -101,6 +101,9 @@ class HubSettings(BaseSettings):
         "FACE_FEMALE,FACE_MALE for nudenet-320n); empty: any label the detector has")
     landmark_model: str | None = "face-landmark"
     backend: str | None = None
+    runtime_threads: int | None = Field(
+        default=None, ge=1, le=256, description="CPU threads of each model run (ONNX "
+        "Runtime's intra-op threads, LiteRT's threads); default: the runtime's own choice")
     confirm_score: float = Field(default=0.6, gt=0, lt=1)
     batch_max_size: int = Field(default=16, ge=1, le=256)
     batch_autotune: bool = Field(

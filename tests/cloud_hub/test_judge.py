@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
+from pydantic import ValidationError
 from skimage import data
 
 from cloud_hub.batching import MicroBatcher
-from cloud_hub.judge import Judge
+from cloud_hub.judge import Judge, load_hub_model
+from cloud_hub.settings import HubSettings
 from models import DEFAULT_MAX_IMAGE_PIXELS, BackendSpec, Model, ModelStore, create_backend, iou
 from tests.cloud_hub.hub_helpers import face_event, jpeg
 
@@ -71,3 +75,22 @@ def test_no_face_in_crop_or_frame_is_rejected(judge: Judge) -> None:
                                      crop_box=tuple(float(v) for v in box)))
     assert verdict.outcome == "rejected"
     assert judge.judge(face_event("cam-1", data.coffee())).outcome == "rejected"
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_the_hub_runs_its_models_with_the_configured_threads(
+        zoo_store: ModelStore, tmp_path: Path, threads: int | None) -> None:
+    """CLOUD_HUB_RUNTIME_THREADS reaches both of the judge's runtimes (ONNX Runtime's
+    intra-op threads, LiteRT's); unset, each runtime chooses (LiteRT: every CPU)."""
+    settings = HubSettings(secret_key="k" * 40, data_dir=tmp_path, model_store=zoo_store.root,
+                           runtime_threads=threads)
+    detector, _ = load_hub_model(settings, "blazeface-full-onnx")
+    landmarks, _ = load_hub_model(settings, "face-landmark")
+    assert detector.describe().details.get("threads") == (None if threads is None else "1")
+    assert landmarks.describe().details["threads"] == str(threads or os.cpu_count())
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "257", "two"])
+def test_runtime_threads_out_of_range_is_refused(threads: str) -> None:
+    with pytest.raises(ValidationError):
+        HubSettings.model_validate({"secret_key": "k" * 40, "runtime_threads": threads})
