@@ -46,6 +46,7 @@ from sync.rollout import FAILED_STEPS, Rollout
 log = logging.getLogger(__name__)
 
 DeviceStanding = Literal["active", "revoked", "unknown"]
+DeviceState = Literal["online", "offline", "revoked"]
 
 metadata = sa.MetaData()
 _Query = sa.Select[*tuple[Any, ...]]
@@ -384,6 +385,34 @@ class UpdateFailure:
     step: str
     reason: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """The whole fleet in numbers, without reading each device into a page.
+
+    Attributes:
+        devices: Registered devices, revoked ones included.
+        online: Devices online now (never a revoked one).
+        revoked: Revoked devices.
+        outbox_events: Escalations waiting in the devices' outboxes, by each device's
+            latest telemetry.
+    """
+
+    devices: int
+    online: int
+    revoked: int
+    outbox_events: float
+
+    @property
+    def offline(self) -> int:
+        """Devices neither online nor revoked."""
+        return self.devices - self.online - self.revoked
+
+    def of_state(self, state: DeviceState | None) -> int:
+        """How many devices are in ``state`` (``None``: all)."""
+        return {None: self.devices, "online": self.online, "offline": self.offline,
+                "revoked": self.revoked}[state]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1177,13 +1206,38 @@ class Store:
             rollouts=tuple((str(status), int(n)) for status, n in by_status),
             update_steps=tuple((str(step), int(n)) for step, n in by_step))
 
-    def fleet_health(self) -> list[DeviceHealth]:
-        """Every device by id, with its latest telemetry and latest failed update."""
-        failures = self._latest_reports(update_reports.c.step.in_(sorted(FAILED_STEPS)))
+    def fleet_health(self, *, limit: int | None = None, after: str | None = None,
+                     state: DeviceState | None = None,
+                     offline_first: bool = False) -> list[DeviceHealth]:
+        """Devices with their latest telemetry and latest failed update: by id after
+        ``after`` (a page: ``limit`` of them, the next page after the last one's id), in
+        ``state`` if given; with ``offline_first``, devices that are offline (not revoked)
+        first, then online, then revoked, each by id (not pageable: the first ``limit``)."""
+        revoked = devices.c.revoked_at.is_not(None)
+        query = sa.select(devices)
+        if state == "revoked":
+            query = query.where(revoked)
+        elif state is not None:
+            query = query.where(devices.c.revoked_at.is_(None),
+                                devices.c.online.is_(state == "online"))
+        if after is not None:
+            query = query.where(devices.c.id > after)
+        order: tuple[sa.ColumnElement[Any], ...] = (devices.c.id,)
+        if offline_first:
+            order = (sa.case((revoked, 2), (devices.c.online.is_(True), 1), else_=0),
+                     devices.c.id)
+        query = query.order_by(*order)
+        if limit is not None:
+            query = query.limit(limit)
         with self._tx() as conn:
-            rows = conn.execute(sa.select(devices).order_by(devices.c.id)).all()
+            rows = conn.execute(query).all()
+            condition: sa.ColumnElement[bool] = update_reports.c.step.in_(
+                sorted(FAILED_STEPS))
+            if limit is not None:
+                condition = sa.and_(condition,
+                                    update_reports.c.device_id.in_([r.id for r in rows]))
             failed = {r.device_id: UpdateFailure(r.model, r.version, r.step, r.reason, r.at)
-                      for r in conn.execute(failures)}
+                      for r in conn.execute(self._latest_reports(condition))}
         return [DeviceHealth(
             id=r.id, group=r.group_name, online=bool(r.online), last_seen=r.last_seen,
             agent_version=r.agent_version, models=tuple(sorted(json.loads(r.models).items())),
@@ -1194,6 +1248,24 @@ class Store:
                                 for name, health in json.loads(r.inputs or "{}").items())),
             revoked=r.revoked_at is not None,
         ) for r in rows]
+
+    def fleet_counts(self) -> FleetCounts:
+        """How many devices there are, online and revoked, and their outboxes' backlog."""
+        online = sa.and_(devices.c.online.is_(True), devices.c.revoked_at.is_(None))
+        with self._tx() as conn:
+            total, online_count, revoked_count = conn.execute(sa.select(
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(sa.case((online, 1), else_=0)), 0),
+                sa.func.coalesce(sa.func.sum(
+                    sa.case((devices.c.revoked_at.is_not(None), 1), else_=0)), 0),
+            ).select_from(devices)).one()
+            telemetry = conn.execute(sa.select(devices.c.telemetry)
+                                     .where(devices.c.telemetry.is_not(None))).scalars().all()
+        backlog = 0.0
+        for document in telemetry:
+            value = json.loads(document).get("outbox_events", 0.0)
+            backlog += value if isinstance(value, int | float) else 0.0
+        return FleetCounts(int(total), int(online_count), int(revoked_count), backlog)
 
     def rollout_steps(self, *, rollout_id: str) -> list[DeviceStep]:
         """Each device's latest install step for one rollout, by device."""

@@ -19,7 +19,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 from urllib.parse import urlencode
 
-from cloud_hub.store import DeviceHealth, DeviceStep, EventTotals, JournalRecord
+from cloud_hub.store import (
+    DeviceHealth,
+    DeviceState,
+    DeviceStep,
+    EventTotals,
+    FleetCounts,
+    JournalRecord,
+)
 from cloud_hub.updates import RoleExpiry
 from sync import EscalationReason, InputHealth
 from sync.rollout import Rollout
@@ -148,7 +155,8 @@ def parse_utc_input(text: str | None) -> float | None:
 
 # -- the page ------------------------------------------------------------------------
 
-_NAV = (("overview", "/dashboard", "Overview"), ("events", "/dashboard/events", "Events"),
+_NAV = (("overview", "/dashboard", "Overview"), ("devices", "/dashboard/devices", "Devices"),
+        ("events", "/dashboard/events", "Events"),
         ("rollouts", "/dashboard/rollouts", "Rollouts"), ("docs", "/docs", "API (Swagger)"),
         ("redoc", "/redoc", "API (ReDoc)"))
 
@@ -203,14 +211,13 @@ def fragment(name: str, inner: str, tag: str = "div", attrs: str = "") -> str:
 
 # -- overview ------------------------------------------------------------------------
 
-def numbers(devices: Sequence[DeviceHealth], totals: EventTotals) -> str:
+def numbers(fleet: FleetCounts, totals: EventTotals) -> str:
     """The headline numbers: devices online and the last hour's escalations."""
     outcomes = dict(totals.by_outcome)
     latency = totals.mean_verdict_latency_s
-    backlog = sum(dict(d.telemetry).get("outbox_events", 0.0) for d in devices)
+    backlog = fleet.outbox_events
     cards = (
-        ("devices-online", f"{sum(d.online for d in devices)} / {len(devices)}",
-         "devices online"),
+        ("devices-online", f"{fleet.online} / {fleet.devices}", "devices online"),
         ("escalations-hour", str(sum(outcomes.values())), "escalations, last hour"),
         ("confirmed", str(outcomes.get("confirmed", 0)), "confirmed"),
         ("rejected", str(outcomes.get("rejected", 0)), "rejected"),
@@ -223,15 +230,54 @@ def numbers(devices: Sequence[DeviceHealth], totals: EventTotals) -> str:
                    for key, value, label in cards)
 
 
-def fleet_table(devices: Sequence[DeviceHealth], totals: EventTotals) -> str:
+def fleet_table(devices: Sequence[DeviceHealth], totals: EventTotals, *,
+                empty: str = "No devices yet: cloud-hub devices add ID") -> str:
     """Each device: online state, input health, backlog, versions, last error."""
     per_device = dict(totals.by_device)
     rows = "".join(_device_row(d, per_device.get(d.id, 0)) for d in devices)
     return ("<table><thead><tr><th>device</th><th>group</th><th>state</th><th>last seen</th>"
             "<th>inputs</th><th>backlog</th><th>agent</th><th>models</th><th>backend</th>"
             "<th>escalations / h</th><th>last error</th></tr></thead>"
-            f"<tbody>{rows or _empty(11, 'No devices yet: cloud-hub devices add ID')}"
+            f"<tbody>{rows or _empty(11, empty)}"
             "</tbody></table>")
+
+
+#: The device states the devices page filters by, as its links name them.
+DEVICE_STATES: tuple[DeviceState, ...] = ("online", "offline", "revoked")
+
+
+def fleet_caption(shown: int, fleet: FleetCounts) -> str:
+    """Under the overview's fleet table: how many of the fleet it shows, and where the
+    rest are."""
+    if shown >= fleet.devices:
+        return ""
+    return (f"<p class='hint' id='fleet-shown'>{shown} of {fleet.devices} devices, offline "
+            f"first ({fleet.offline} offline). <a href='/dashboard/devices'>All devices"
+            "</a></p>")
+
+
+def device_filters(chosen: DeviceState | None, fleet: FleetCounts) -> str:
+    """Links to the devices page by state, with how many each holds."""
+    links = []
+    for state in (None, *DEVICE_STATES):
+        label = f"{state or 'all'} ({fleet.of_state(state)})"
+        href = "/dashboard/devices" + (f"?{urlencode({'state': state})}" if state else "")
+        current = " aria-current='page'" if state == chosen else ""
+        links.append(f"<a href='{href}'{current}>{label}</a>")
+    return f"<p class='filters' id='device-states'>{' &middot; '.join(links)}</p>"
+
+
+def device_pager(state: DeviceState | None, *, next_after: str | None, paged: bool) -> str:
+    """Links to the first page of devices and to the next one."""
+    query: dict[str, str] = {"state": state} if state else {}
+    links = []
+    if paged:
+        first = f"?{urlencode(query)}" if query else ""
+        links.append(f"<a id='first' href='/dashboard/devices{first}'>&larr; first</a>")
+    if next_after is not None:
+        links.append(f"<a id='next' href='/dashboard/devices?"
+                     f"{urlencode({**query, 'after': next_after})}'>next &rarr;</a>")
+    return f"<p class='pager'>{' '.join(links)}</p>"
 
 
 def _device_row(device: DeviceHealth, escalations: int) -> str:

@@ -46,6 +46,7 @@ from cloud_hub.distribution import warnings_now
 from cloud_hub.errors import BadCursorError, HubError, NotFoundError
 from cloud_hub.journal import MAX_TIMELINE_STEPS
 from cloud_hub.service import HubService
+from cloud_hub.store import DeviceState
 from sync.errors import SyncError
 from sync.rollout import Rollout
 
@@ -58,6 +59,9 @@ LATEST_EVENTS = 24
 OVERVIEW_ROLLOUTS = 5
 ROLLOUTS_SHOWN = 20
 EVENTS_PER_PAGE = 25
+#: Devices in the overview's fleet table (offline first); the devices page has them all.
+OVERVIEW_DEVICES = 50
+DEVICES_PER_PAGE = 100
 LOGIN_BODY_BYTES = 4096
 TOTALS_WINDOW_S = 3600.0
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -161,6 +165,19 @@ def overview(principal: PagePrincipal, service: ServiceDep) -> str:
                         stream="/dashboard/stream?view=overview")
 
 
+@router.get("/dashboard/devices", response_class=HTMLResponse)
+def devices_page(principal: PagePrincipal, service: ServiceDep,
+                 state: Annotated[DeviceState | None, Query()] = None,
+                 after: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+    """Every device by id, a page at a time, filtered by state; the first page updates
+    live."""
+    query = urlencode({"state": state}) if state else ""
+    stream = None if after else f"/dashboard/stream?view=devices&{query}"
+    body = pages.fragment("device-list", _device_page(service, state, after))
+    return HTMLResponse(pages.layout("Devices", body, active="devices",
+                                     principal=principal.name, stream=stream))
+
+
 @router.get("/dashboard/events", response_class=HTMLResponse)
 def events_page(principal: PagePrincipal, service: ServiceDep, device: str | None = None,
                 verdict: str | None = None, reason: str | None = None, since: str | None = None,
@@ -214,7 +231,9 @@ def rollouts_page(principal: PagePrincipal, service: ServiceDep) -> str:
 
 @router.get("/dashboard/stream")
 async def stream(request: Request, principal: PagePrincipal, service: ServiceDep,
-                 view: Annotated[str, Query(pattern="^(overview|events|event|rollouts)$")],
+                 view: Annotated[str, Query(
+                     pattern="^(overview|devices|events|event|rollouts)$")],
+                 state: Annotated[DeviceState | None, Query()] = None,
                  device: str | None = None, verdict: str | None = None,
                  reason: str | None = None, since: str | None = None,
                  until: str | None = None, event_id: str | None = None) -> StreamingResponse:
@@ -224,6 +243,8 @@ async def stream(request: Request, principal: PagePrincipal, service: ServiceDep
     render: Callable[[], dict[str, str]]
     if view == "overview":
         render = lambda: _overview(service)  # noqa: E731 - one line per view
+    elif view == "devices":
+        render = lambda: {"device-list": _device_page(service, state, None)}  # noqa: E731
     elif view == "rollouts":
         render = lambda: {"rollout-list": pages.rollout_list(  # noqa: E731
             _rollouts(service, ROLLOUTS_SHOWN))}
@@ -264,13 +285,31 @@ async def _changes(request: Request, render: Callable[[], dict[str, str]]
 
 def _overview(service: HubService) -> dict[str, str]:
     store = service.store
-    devices = store.fleet_health()
+    fleet = store.fleet_counts()
+    devices = store.fleet_health(limit=OVERVIEW_DEVICES, offline_first=True)
     totals = store.event_totals(since=time.time() - TOTALS_WINDOW_S)
     latest = [EventView.from_row(e) for e in store.list_events(limit=LATEST_EVENTS).items]
-    return {"numbers": pages.numbers(devices, totals),
-            "fleet": pages.fleet_table(devices, totals),
+    return {"numbers": pages.numbers(fleet, totals),
+            "fleet": (pages.fleet_table(devices, totals)
+                      + pages.fleet_caption(len(devices), fleet)),
             "latest": pages.latest_events(latest),
             "rollouts": pages.rollout_summary(_rollouts(service, OVERVIEW_ROLLOUTS))}
+
+
+def _device_page(service: HubService, state: DeviceState | None, after: str | None) -> str:
+    """One page of the devices page: its state links, its devices and its pager."""
+    store = service.store
+    fleet = store.fleet_counts()
+    devices = store.fleet_health(limit=DEVICES_PER_PAGE + 1, after=after, state=state)
+    more = len(devices) > DEVICES_PER_PAGE
+    devices = devices[:DEVICES_PER_PAGE]
+    totals = store.event_totals(since=time.time() - TOTALS_WINDOW_S)
+    empty = (f"No {state or ''} devices{' after ' + after if after else ''}."
+             if state or after else "No devices yet: cloud-hub devices add ID")
+    return (pages.device_filters(state, fleet)
+            + pages.fleet_table(devices, totals, empty=empty)
+            + pages.device_pager(state, next_after=devices[-1].id if more else None,
+                                 paged=after is not None))
 
 
 def _event_fragments(service: HubService, event_id: str) -> dict[str, str]:
