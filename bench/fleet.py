@@ -33,7 +33,10 @@ by one ``fleet-loop`` thread through paho's external-loop calls), and then:
    (to iterate on overload; the default run is the whole measurement).
 
 Every escalation is a real one (the astronaut photograph's face crop and thumbnail as
-JPEG, the size the agent sends), with the device's 10 s verdict timeout. Afterwards the
+JPEG, the size the agent sends; each JPEG carries its event's id in a comment, so that
+no two events' images are the same bytes, as no two of a camera's are, and the hub's
+content-addressed store writes every one: ``--same-images`` sends the same two, stored
+once), with the device's 10 s verdict timeout. Afterwards the
 JSON says whether every event was stored once and answered (``lost``, ``unanswered``,
 ``duplicates``), how often the broker dropped the hub (``hub_disconnects``), and bytes
 per event on the wire (event and answer) and in the store.
@@ -54,6 +57,7 @@ import logging
 import os
 import resource
 import selectors
+import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -114,17 +118,30 @@ def raise_fd_limit(needed: int) -> int:
     return soft
 
 
-def escalation_template() -> bytes:
+def with_comment(jpeg: bytes, comment: bytes) -> bytes:
+    """``jpeg`` with a comment segment (COM) right after its start marker: other bytes,
+    the same pixels."""
+    if jpeg[:2] != b"\xff\xd8" or len(comment) > 0xFFFF - 2:
+        raise ValueError("not a JPEG, or a comment longer than a segment")
+    return jpeg[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + jpeg[2:]
+
+
+def escalation_template(*, same_images: bool = False) -> bytes:
     """One escalation as the agent sends it (a framed event: face crop and thumbnail of
     the astronaut photograph as raw JPEG), with placeholders for its ids and capture
-    time."""
+    time. Each JPEG carries the event id in a comment, so that every event's images are
+    its own (as a camera's are: never the same bytes twice), stored by the hub's
+    content-addressed image store each time, not once for the whole run; with
+    ``same_images``, every event has the same two (the hub stores them once: its cost
+    without image writes)."""
     image = data.astronaut()
 
     def jpeg(pixels: np.ndarray[Any, Any], quality: int) -> bytes:
         ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, quality])
         assert ok
-        return bytes(encoded.tobytes())
+        raw = bytes(encoded.tobytes())
+        return raw if same_images else with_comment(raw, EVENT_ID_PLACEHOLDER.encode())
 
     crop = (130, 30, 320, 230)
     thumbnail = cv2.resize(image, (320, 320), interpolation=cv2.INTER_AREA)
@@ -674,7 +691,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runtime-threads", type=int, default=None,
                         help="CLOUD_HUB_RUNTIME_THREADS (each model run's CPU threads); "
                         "default the hub's")
-    parser.add_argument("--keep", type=Path, default=None, help="work in this folder")
+    parser.add_argument("--same-images", action="store_true",
+                        help="every event the same two images (stored once): the hub's "
+                        "cost without image writes, for comparison")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this folder and keep it (default: a temporary one, "
+                        "deleted at the end)")
     parser.add_argument("--saturation-eps", type=float, default=None,
                         help="skip the bare measurement and the steps: only the overload "
                         "phase, at 3x this rate (to iterate on overload)")
@@ -683,7 +705,7 @@ def main(argv: list[str]) -> int:
     fd_limit = raise_fd_limit(args.devices * FD_PER_DEVICE + 1024)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     services = FleetServices(folder, args.workers, args.runtime_threads)
-    template = escalation_template()
+    template = escalation_template(same_images=args.same_images)
     bares: list[Bare] = []
     if args.saturation_eps is None:
         bares.append(measure_bare(services.bare_env(), template, args.bare_s,
@@ -787,5 +809,7 @@ def main(argv: list[str]) -> int:
         if fleet is not None:
             fleet.close()
         services.stop()
+        if args.keep is None:  # every event's images: hundreds of MB a run
+            shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(report))
     return 0

@@ -40,6 +40,7 @@ import json
 import logging
 import random
 import selectors
+import shutil
 import tempfile
 import threading
 import time
@@ -427,7 +428,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--workers", type=int, default=None,
                         help="CLOUD_HUB_INGEST_WORKERS (judge threads); default the hub's")
-    parser.add_argument("--keep", type=Path, default=None, help="work in this folder")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this folder and keep it (default: a temporary one, "
+                        "deleted at the end)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     plan = ReturnPlan(devices=args.devices, backlog=args.backlog, offline_s=args.offline_s,
@@ -435,5 +438,9 @@ def main(argv: list[str]) -> int:
                       reconnect_max_s=args.reconnect_max_s, seed=args.seed,
                       workers=args.workers)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-return-"))
-    print(json.dumps(run_return(plan, folder)))
+    try:
+        print(json.dumps(run_return(plan, folder)))
+    finally:
+        if args.keep is None:  # every event's images: hundreds of MB a run
+            shutil.rmtree(folder, ignore_errors=True)
     return 0

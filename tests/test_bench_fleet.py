@@ -7,6 +7,8 @@ import os
 import random
 import time
 
+import cv2
+import numpy as np
 import pytest
 
 from bench.cpu import CpuMeter, process_cpu_s
@@ -18,6 +20,7 @@ from bench.fleet import (
     escalation_template,
     make_event,
     overload_figures,
+    with_comment,
 )
 from bench.fleet_return import outage_figures, reconnect_offsets
 from edge_agent.backoff import Backoff
@@ -34,6 +37,30 @@ def test_each_escalation_is_a_valid_event_with_its_own_ids_and_time() -> None:
     assert (event.event_id, event.device_id, event.captured_at) == (
         event_id, "cam-00042", 1764400000.25)
     assert event.crop_jpeg and event.thumbnail_jpeg and event.verdict_timeout_s == 10.0
+
+
+def test_each_escalation_has_images_of_its_own_with_the_same_pixels() -> None:
+    """A camera never sends the same bytes twice: with one photograph's bytes in every
+    event, the hub's content-addressed store kept one image for the whole run."""
+    template, new_id = escalation_template(), EventIdFactory()
+    first, second = (decode(make_event(template, new_id(), "cam-00042", 1764400000.25),
+                            EventMessage) for _ in range(2))
+    assert first.crop_jpeg and second.crop_jpeg and first.thumbnail_jpeg
+    assert second.thumbnail_jpeg
+    assert len({first.crop_jpeg, second.crop_jpeg, first.thumbnail_jpeg,
+                second.thumbnail_jpeg}) == 4
+    assert first.event_id.encode() in first.crop_jpeg  # the id, in a JPEG comment
+    for one, other in ((first.crop_jpeg, second.crop_jpeg),
+                       (first.thumbnail_jpeg, second.thumbnail_jpeg)):
+        pixels = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+                  for b in (one, other)]
+        assert pixels[0] is not None and pixels[0].size > 0
+        assert np.array_equal(pixels[0], pixels[1])
+    same = escalation_template(same_images=True)
+    assert len({decode(make_event(same, new_id(), "cam-00042", 1764400000.25),
+                       EventMessage).crop_jpeg for _ in range(2)}) == 1
+    with pytest.raises(ValueError, match="not a JPEG"):
+        with_comment(b"GIF89a", b"x")
 
 
 def test_overload_figures_separate_the_flooding_device_from_the_others() -> None:
