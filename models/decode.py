@@ -465,7 +465,9 @@ def decode_landmarks(
         columns.append(points[:, 2] / placement.scale_x)
     presence = float(sigmoid(np.asarray(raw_presence).reshape(-1)[:1], 80.0)[0])
     return Landmarks(
-        points=tuple(tuple(float(c) for c in row) for row in np.stack(columns, axis=1)),
+        # tolist() makes the Python floats in C: a generator over the rows' numpy
+        # scalars took 0.9 ms of a judge thread's GIL per face mesh (468 points).
+        points=tuple(map(tuple, np.stack(columns, axis=1).tolist())),
         presence=presence,
         present=presence >= spec.presence_threshold,
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.decode import SsdAnchorsDecoder, ssd_anchor_centres
-from models.manifest import DetectorOutput, SsdAnchors
+from models.decode import SsdAnchorsDecoder, decode_landmarks, ssd_anchor_centres
+from models.manifest import DetectorOutput, LandmarksOutput, SsdAnchors
 from models.preprocess import Placement
 
 pytestmark = pytest.mark.unit
@@ -87,3 +87,27 @@ def test_classifier_and_anomaly_decoding() -> None:
                             higher_is_anomalous=False)
     results = decode_anomaly(anomaly, np.array([[0.2], [-0.3]], dtype=np.float32))
     assert [r.is_anomaly for r in results] == [False, True]
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_landmarks_come_back_in_source_pixels_as_plain_floats(dims: int) -> None:
+    """A face mesh's points mapped from the model's input (192 px, the source scaled by
+    half and padded by 16 px on the left) back to the source; plain Python floats, not
+    numpy scalars, so that they serialise as they are."""
+    spec = LandmarksOutput(kind="landmarks", points_output="p", presence_output="q",
+                           num_points=468, point_dims=dims)
+    placement = Placement(source_width=320, source_height=384, scale_x=0.5, scale_y=0.5,
+                          pad_x=16.0, pad_y=0.0, input_width=192, input_height=192)
+    raw = np.zeros((468, dims), np.float32)
+    raw[:, 0] = np.linspace(16, 176, 468)  # input pixels
+    raw[:, 1] = np.linspace(0, 192, 468)
+    if dims == 3:
+        raw[:, 2] = -4.0
+    mesh = decode_landmarks(spec, raw.reshape(1, -1), np.array([[3.0]], np.float32), placement)
+    assert len(mesh.points) == 468 and all(len(p) == dims for p in mesh.points)
+    assert mesh.points[0][:2] == pytest.approx((0.0, 0.0))
+    assert mesh.points[-1][:2] == pytest.approx((320.0, 384.0))
+    assert all(type(c) is float for p in mesh.points for c in p)
+    if dims == 3:
+        assert mesh.points[5][2] == pytest.approx(-8.0)  # z scaled as x
+    assert mesh.present and mesh.presence == pytest.approx(1 / (1 + np.exp(-3.0)))
