@@ -136,6 +136,8 @@ def test_the_devices_page_filters_by_state(client: TestClient) -> None:
     beyond = client.get("/dashboard/devices", params={"state": "revoked", "after": "cam-229"})
     assert ROW.findall(beyond.text) == []
     assert "No revoked devices after cam-229." in beyond.text
+    past_the_end = client.get("/dashboard/devices", params={"after": "cam-999"}).text
+    assert ROW.findall(past_the_end) == [] and "No devices after cam-999." in past_the_end
 
 
 @pytest.mark.parametrize("query", [{"state": "sleeping"}, {"after": "x" * 65},

@@ -304,8 +304,10 @@ def _device_page(service: HubService, state: DeviceState | None, after: str | No
     more = len(devices) > DEVICES_PER_PAGE
     devices = devices[:DEVICES_PER_PAGE]
     totals = store.event_totals(since=time.time() - TOTALS_WINDOW_S)
-    empty = (f"No {state or ''} devices{' after ' + after if after else ''}."
-             if state or after else "No devices yet: cloud-hub devices add ID")
+    empty = " ".join(["No", *([state] if state else []), "devices",
+                      *(["after", after] if after else [])]) + "."
+    if state is None and after is None:
+        empty = "No devices yet: cloud-hub devices add ID"
     return (pages.device_filters(state, fleet)
             + pages.fleet_table(devices, totals, empty=empty)
             + pages.device_pager(state, next_after=devices[-1].id if more else None,
