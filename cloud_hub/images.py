@@ -74,7 +74,7 @@ def check_ref(ref: str) -> str:
     Raises:
         ImageStoreError: It is not 64 lower-case hex digits.
     """
-    if not _REF.match(ref):
+    if not _REF.fullmatch(ref):
         raise ImageStoreError(f"{ref[:80]!r} is not an image reference (sha256, hex)")
     return ref
 

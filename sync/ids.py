@@ -34,7 +34,7 @@ def uuid7_from(unix_ms: int, counter: int, random_tail: int) -> str:
 
 def is_event_id(text: str) -> bool:
     """Whether ``text`` is a lower-case UUIDv7 string."""
-    return bool(_UUID7.match(text))
+    return bool(_UUID7.fullmatch(text))
 
 
 def event_id_time_ms(event_id: str) -> int:

@@ -35,7 +35,7 @@ def check_name(value: str, what: str = "device id") -> str:
     Raises:
         TopicError: It is empty, too long, or holds a character outside the allowed set.
     """
-    if not isinstance(value, str) or not _NAME.match(value) or value in {".", ".."}:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value in {".", ".."}:
         raise TopicError(
             f"{what} {value!r} must be 1-64 characters of letters, digits, '_', '-' or '.'"
         )
@@ -57,7 +57,7 @@ class TopicLayout:
     prefix: str = "fleet"
 
     def __post_init__(self) -> None:
-        if not _PREFIX.match(self.prefix):
+        if not _PREFIX.fullmatch(self.prefix):
             raise TopicError(f"topic prefix {self.prefix!r} must be plain path segments")
 
     @property

@@ -57,7 +57,7 @@ def test_a_put_of_an_image_already_there_touches_it(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [ref]  # put back, no tombstone left
 
 
-@pytest.mark.parametrize("ref", ["../../etc/passwd", "ab", "A" * 64, "g" * 64, ""])
+@pytest.mark.parametrize("ref", ["../../etc/passwd", "ab", "A" * 64, "g" * 64, "", "0" * 64 + "\n"])
 def test_a_reference_is_never_a_path(images: ImageStore, ref: str) -> None:
     with pytest.raises(ImageStoreError, match="not an image reference"):
         images.get(ref)

@@ -22,6 +22,7 @@ from sync import (
     TopicLayout,
     UpdateReport,
     VerdictMessage,
+    check_name,
     decode,
     encode,
     event_id_time_ms,
@@ -234,3 +235,15 @@ def test_an_install_step_is_one_of_the_install_vocabulary() -> None:
 
 def test_a_hostile_nesting_depth_is_not_a_message() -> None:
     assert peek_schema(b"[" * 100_000) is None
+
+
+@pytest.mark.parametrize("name", ["a" * 64 + "\n", "cam-1\n", "cam-1\n\n", "\ncam-1"])
+def test_a_name_with_a_newline_is_refused(name: str) -> None:
+    """Python's ``$`` also matches before a final newline: ``"a" * 64 + "\\n"`` passed the
+    device-id check (the API provisioned it; its 65 characters then broke the dashboard's
+    paging). Every checked name, id and prefix must match whole."""
+    with pytest.raises(TopicError):
+        check_name(name)
+    with pytest.raises(TopicError):
+        TopicLayout(name)
+    assert not is_event_id(EventIdFactory()() + "\n")
