@@ -41,6 +41,7 @@ from cloud_hub.errors import BadCursorError, NotFoundError, StoreError, StoreUna
 from cloud_hub.images import ImageStore
 from sync import InputHealth, JournalStep, SightingPayload, TrackEventMessage
 from sync.errors import SyncError
+from sync.messages import MAX_BACKLOG_VALUE
 from sync.rollout import FAILED_STEPS, Rollout
 
 log = logging.getLogger(__name__)
@@ -395,8 +396,8 @@ class FleetCounts:
         devices: Registered devices, revoked ones included.
         online: Devices online now (never a revoked one).
         revoked: Revoked devices.
-        outbox_events: Escalations waiting in the devices' outboxes, by each device's
-            latest telemetry.
+        outbox_events: Escalations waiting in the outboxes of devices not revoked (a
+            revoked device's are refused), by each device's latest telemetry.
     """
 
     devices: int
@@ -1259,12 +1260,14 @@ class Store:
                 sa.func.coalesce(sa.func.sum(
                     sa.case((devices.c.revoked_at.is_not(None), 1), else_=0)), 0),
             ).select_from(devices)).one()
-            telemetry = conn.execute(sa.select(devices.c.telemetry)
-                                     .where(devices.c.telemetry.is_not(None))).scalars().all()
+            telemetry = conn.execute(sa.select(devices.c.telemetry).where(
+                devices.c.telemetry.is_not(None), devices.c.revoked_at.is_(None),
+            )).scalars().all()
         backlog = 0.0
-        for document in telemetry:
+        for document in telemetry:  # checked on arrival; a row an older hub wrote may not be
             value = json.loads(document).get("outbox_events", 0.0)
-            backlog += value if isinstance(value, int | float) else 0.0
+            if isinstance(value, int | float) and 0 <= value <= MAX_BACKLOG_VALUE:
+                backlog += value
         return FleetCounts(int(total), int(online_count), int(revoked_count), backlog)
 
     def rollout_steps(self, *, rollout_id: str) -> list[DeviceStep]:

@@ -77,7 +77,15 @@ from sync.system_service import (
     uninstall_service,
 )
 from sync.tls import TlsFiles, check_broker_tls, client_context
-from sync.topics import DEVICE_KINDS, VERSION, DeviceKind, TopicAddress, TopicLayout, check_name
+from sync.topics import (
+    DEVICE_KINDS,
+    NAME_PATTERN,
+    VERSION,
+    DeviceKind,
+    TopicAddress,
+    TopicLayout,
+    check_name,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -85,6 +93,7 @@ __all__ = [
     "ENROLLMENT_SCHEMA",
     "EVENT_CONTENT_TYPE",
     "MAX_RECEIPT_IDS",
+    "NAME_PATTERN",
     "SANDBOX",
     "VERSION",
     "Advance",

@@ -239,6 +239,11 @@ class InputHealth(_Message):
     problems: tuple[InputProblem, ...] = Field(default=(), max_length=4)
 
 
+#: Telemetry values that count what waits in a device's outbox.
+BACKLOG_VALUES = ("outbox_events", "outbox_bytes")
+MAX_BACKLOG_VALUE = float(2**53)  # counted exactly by a float
+
+
 class TelemetryMessage(_DeviceMessage):
     """A device's periodic counters and gauges, and the health of each camera source."""
 
@@ -248,6 +253,19 @@ class TelemetryMessage(_DeviceMessage):
     inputs: dict[str, InputHealth] = Field(default_factory=dict, max_length=256)
 
     model_config = ConfigDict(populate_by_name=True)
+
+    @field_validator("values")
+    @classmethod
+    def _backlog_is_a_count(cls, values: dict[str, float]) -> dict[str, float]:
+        """The outbox's backlog (``outbox_events``, ``outbox_bytes``) is a count: the hub
+        adds the fleet's up, and one device's ``-1e308`` or ``1e308`` would make the
+        total meaningless."""
+        for name in BACKLOG_VALUES:
+            value = values.get(name)
+            if value is not None and not 0 <= value <= MAX_BACKLOG_VALUE:
+                raise ValueError(f"{name} must be a count from 0 to {MAX_BACKLOG_VALUE:.0f}, "
+                                 f"not {value!r}")
+        return values
 
 
 class ModelAnnouncement(_Message):

@@ -25,7 +25,9 @@ from sync.errors import TopicError
 VERSION = "v1"
 DEVICE_KINDS = ("events", "verdicts", "status", "telemetry", "updates", "journal")
 DeviceKind = Literal["events", "verdicts", "status", "telemetry", "updates", "journal"]
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: A device id or group name (``^...$`` read as a whole-string match, as pydantic reads it).
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_NAME = re.compile(NAME_PATTERN)
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})*$")
 
 

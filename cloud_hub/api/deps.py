@@ -7,14 +7,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 
 from cloud_hub.api.auth import ROLE_RANK, Role, hash_token
 from cloud_hub.api.schemas import ErrorPublic
 from cloud_hub.service import HubService
+from sync import NAME_PATTERN
 
 TOKEN_COOKIE = "hub_token"
+
+#: A device id in a path or a filter: checked before it reaches the store, so that what
+#: no device can be named (a NUL byte, which PostgreSQL's text refuses; a newline) is a
+#: 422, not a store error.
+DeviceIdPath = Annotated[str, PathParam(pattern=NAME_PATTERN, description="a device id")]
+DeviceIdQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, description="a device id")]
+GroupQuery = Annotated[str | None, Query(pattern=NAME_PATTERN, description="a group name")]
 
 _MEANING = {
     400: "the request body is empty",

@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,7 +18,7 @@ from cloud_hub.api import create_app
 from cloud_hub.api.auth import hash_token
 from cloud_hub.api.routes.dashboard import DEVICES_PER_PAGE, OVERVIEW_DEVICES
 from cloud_hub.service import HubService
-from cloud_hub.store import FleetCounts, Store
+from cloud_hub.store import FleetCounts, Store, devices
 from models import ModelStore
 from tests.cloud_hub.hub_helpers import SECRET, hub_settings
 
@@ -73,11 +74,20 @@ def test_fleet_counts_count_in_sql_what_the_overview_shows(store: Store) -> None
     assert store.fleet_counts() == FleetCounts(0, 0, 0, 0.0)
     _fill(store)
     counts = store.fleet_counts()
+    # A revoked device's backlog is not counted: its events are refused.
     assert counts == FleetCounts(devices=DEVICES, online=N_ONLINE, revoked=2,
-                                 outbox_events=2.0 * DEVICES)
+                                 outbox_events=2.0 * (DEVICES - 2))
     assert counts.offline == N_OFFLINE
     assert [counts.of_state(s) for s in (None, "online", "offline", "revoked")] == [
         DEVICES, N_ONLINE, N_OFFLINE, 2]
+    # Telemetry is checked on arrival; a row an older hub wrote is not trusted either.
+    with store.engine.begin() as conn:
+        for device, document in (("cam-000", '{"outbox_events": -5e300}'),
+                                 ("cam-001", '{"outbox_events": 1e308}'),
+                                 ("cam-002", '{"outbox_events": "many"}')):
+            conn.execute(devices.update().where(devices.c.id == device)
+                         .values(telemetry=document))
+    assert store.fleet_counts().outbox_events == 2.0 * (DEVICES - 2 - 3)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +113,7 @@ def test_the_overview_draws_a_bounded_fleet_table_offline_first(client: TestClie
     assert (f"{OVERVIEW_DEVICES} of {DEVICES} devices, offline first ({N_OFFLINE} offline)"
             in page.text)
     assert f"<b>{N_ONLINE} / {DEVICES}</b>devices online" in page.text
-    assert f"<b>{2 * DEVICES}</b>events waiting in outboxes" in page.text
+    assert f"<b>{2 * (DEVICES - 2)}</b>events waiting in outboxes" in page.text
     assert "href='/dashboard/devices'" in page.text
 
 
@@ -140,11 +150,27 @@ def test_the_devices_page_filters_by_state(client: TestClient) -> None:
     assert ROW.findall(past_the_end) == [] and "No devices after cam-999." in past_the_end
 
 
-@pytest.mark.parametrize("query", [{"state": "sleeping"}, {"after": "x" * 65},
-                                   {"state": "online'><script>"}])
+@pytest.mark.parametrize("query", [
+    {"state": "sleeping"}, {"state": "online'><script>"}, {"state": ""},
+    {"after": "x" * 65}, {"after": "cam-1\x00"}, {"after": "a" * 64 + "\n"}, {"after": ""},
+])
 def test_the_devices_page_refuses_what_is_not_a_state_or_a_device_id(
         client: TestClient, query: dict[str, str]) -> None:
     assert client.get("/dashboard/devices", params=query).status_code == 422
+
+
+@pytest.mark.parametrize("device", ["cam-1\x00", "a" * 64 + "\n", "../cam-1", "x" * 65])
+def test_a_device_id_no_device_can_have_never_reaches_the_store(
+        client: TestClient, device: str) -> None:
+    """PostgreSQL's text refuses a NUL byte: such an id in a path or filter was a store
+    error (500) there; it is a bad request before the store is asked."""
+    status = client.get(f"/v1/devices/{quote(device, safe='')}").status_code
+    assert status == (404 if "/" in device else 422)  # a slash is another path: no route
+    assert client.get("/v1/events", params={"device_id": device}).status_code == 422
+    assert client.get("/v1/devices", params={"group": device}).status_code == 422
+    assert client.get("/dashboard/events", params={"device": device}).status_code == 400
+    assert client.get("/dashboard/stream", params={"view": "events", "device": device}
+                      ).status_code == 400
 
 
 def test_the_devices_stream_sends_the_first_page(client: TestClient) -> None:

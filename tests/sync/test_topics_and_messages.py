@@ -18,6 +18,7 @@ from sync import (
     OversizedMessageError,
     ReceiptMessage,
     StatusMessage,
+    TelemetryMessage,
     TopicError,
     TopicLayout,
     UpdateReport,
@@ -247,3 +248,21 @@ def test_a_name_with_a_newline_is_refused(name: str) -> None:
     with pytest.raises(TopicError):
         TopicLayout(name)
     assert not is_event_id(EventIdFactory()() + "\n")
+
+
+@pytest.mark.parametrize(("name", "value", "ok"), [
+    ("outbox_events", 0.0, True), ("outbox_events", 2.0**53, True),
+    ("outbox_bytes", 31_700.0, True), ("queue_depth", -3.0, True),  # not a backlog count
+    ("outbox_events", -1.0, False), ("outbox_events", 1e308, False),
+    ("outbox_bytes", -0.5, False), ("outbox_bytes", 2.0**53 + 2, False),
+])
+def test_a_telemetry_backlog_is_a_count(name: str, value: float, ok: bool) -> None:
+    """The hub adds the fleet's backlogs up: one device's 1e308 made the dashboard's total
+    inf, and a negative one took from the others'."""
+    message = {"schema": "telemetry/1", "device_id": "cam-1", "at": 1.0,
+               "values": {name: value}}
+    if ok:
+        assert decode(json.dumps(message).encode(), TelemetryMessage).values[name] == value
+    else:
+        with pytest.raises(MalformedMessageError, match=name):
+            decode(json.dumps(message).encode(), TelemetryMessage)

@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from cloud_hub.api import pages
 from cloud_hub.api.deps import (
     TOKEN_COOKIE,
+    DeviceIdQuery,
     Principal,
     ServiceDep,
     find_principal,
@@ -47,6 +48,7 @@ from cloud_hub.errors import BadCursorError, HubError, NotFoundError
 from cloud_hub.journal import MAX_TIMELINE_STEPS
 from cloud_hub.service import HubService
 from cloud_hub.store import DeviceState
+from sync import TopicError, check_name
 from sync.errors import SyncError
 from sync.rollout import Rollout
 
@@ -168,11 +170,11 @@ def overview(principal: PagePrincipal, service: ServiceDep) -> str:
 @router.get("/dashboard/devices", response_class=HTMLResponse)
 def devices_page(principal: PagePrincipal, service: ServiceDep,
                  state: Annotated[DeviceState | None, Query()] = None,
-                 after: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+                 after: DeviceIdQuery = None) -> Response:
     """Every device by id, a page at a time, filtered by state; the first page updates
     live."""
-    query = urlencode({"state": state}) if state else ""
-    stream = None if after else f"/dashboard/stream?view=devices&{query}"
+    stream = None if after else "/dashboard/stream?" + urlencode(
+        {"view": "devices", **({"state": state} if state else {})})
     body = pages.fragment("device-list", _device_page(service, state, after))
     return HTMLResponse(pages.layout("Devices", body, active="devices",
                                      principal=principal.name, stream=stream))
@@ -334,6 +336,11 @@ def _filters(device: str | None, verdict: str | None, reason: str | None,
     Raises:
         ValueError: A verdict, reason or time that is not one.
     """
+    if device:
+        try:
+            check_name(device)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from exc
     if verdict and verdict not in pages.VERDICTS:
         raise ValueError(f"verdict must be one of {', '.join(pages.VERDICTS)}, not {verdict!r}")
     if reason and reason not in pages.REASONS:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from cloud_hub.api.deps import AUTH, ServiceDep, documented, require, unprocessable
+from cloud_hub.api.deps import (
+    AUTH,
+    DeviceIdPath,
+    GroupQuery,
+    ServiceDep,
+    documented,
+    require,
+    unprocessable,
+)
 from cloud_hub.api.schemas import (
     DeviceBatchCreate,
     DeviceBatchOutcome,
@@ -28,14 +36,14 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
 @router.get("", response_model=list[DevicePublic], dependencies=[require("viewer")],
             responses=AUTH)
-def list_devices(service: ServiceDep, group: str | None = None) -> list[dict[str, object]]:
+def list_devices(service: ServiceDep, group: GroupQuery = None) -> list[dict[str, object]]:
     """Every device, with its online state and installed models."""
     return service.store.list_devices(group=group)
 
 
 @router.get("/{device_id}", response_model=DevicePublic, dependencies=[require("viewer")],
             responses={**AUTH, **documented(404)})
-def get_device(device_id: str, service: ServiceDep) -> dict[str, object]:
+def get_device(device_id: DeviceIdPath, service: ServiceDep) -> dict[str, object]:
     """One device."""
     try:
         return service.store.get_device(device_id=device_id)
@@ -99,7 +107,7 @@ def provision_devices(body: DeviceBatchCreate, service: ServiceDep) -> DeviceBat
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
                dependencies=[require("admin")], responses={**AUTH, **documented(404, 503)})
-def revoke_device(device_id: str, service: ServiceDep) -> None:
+def revoke_device(device_id: DeviceIdPath, service: ServiceDep) -> None:
     """Revoke a device's broker access: it is disconnected and cannot reconnect.
 
     Its events stay; provisioning it again needs ``rotate``.

@@ -6,7 +6,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from cloud_hub.api.deps import AUTH, ServiceDep, documented, require, unprocessable
+from cloud_hub.api.deps import (
+    AUTH,
+    DeviceIdQuery,
+    ServiceDep,
+    documented,
+    require,
+    unprocessable,
+)
 from cloud_hub.api.schemas import (
     EventPage,
     EventPublic,
@@ -32,7 +39,7 @@ def _public(event: dict[str, object]) -> dict[str, object]:
 @router.get("", response_model=EventPage)
 def list_events(
     service: ServiceDep,
-    device_id: str | None = None,
+    device_id: DeviceIdQuery = None,
     outcome: Literal["confirmed", "rejected", "pending"] | None = None,
     reason: EscalationReason | None = None,
     since: Annotated[float | None, Query(description="captured at or after (Unix s)")] = None,
