@@ -707,10 +707,18 @@ def main(argv: list[str]) -> int:
     services = FleetServices(folder, args.workers, args.runtime_threads)
     template = escalation_template(same_images=args.same_images)
     bares: list[Bare] = []
-    if args.saturation_eps is None:
+
+    def measure_bare_again() -> None:
+        """The bare pipeline once more (the hub idle, if it runs): this shared machine's
+        speed moves within minutes, and one bare figure would set the ratio alone."""
         bares.append(measure_bare(services.bare_env(), template, args.bare_s,
                                   services.workers))
-        print(f"bare: {bares[0].eps:.1f} events/s ({services.workers} threads)", flush=True)
+        print(f"bare: {bares[-1].eps:.1f} events/s ({services.workers} threads)",
+              flush=True)
+
+    measuring_bare = args.saturation_eps is None
+    if measuring_bare:
+        measure_bare_again()
     broker, hub, database = services.broker, services.hub, services.database
     fleet: DeviceFleet | None = None
     broker.start()
@@ -742,24 +750,16 @@ def main(argv: list[str]) -> int:
         for _ in range(args.refine if bad is not None else 0):
             settle(fleet, hub)  # the failing step's backlog cleared first
             assert bad is not None
-            if bares:
-                # Beside each deciding step (the hub idle): the machine's speed moves
-                # within minutes (a shared host), and the ratio compares the two.
-                bares.append(measure_bare(services.bare_env(), template, args.bare_s,
-                                          services.workers))
-                print(f"bare: {bares[-1].eps:.1f} events/s", flush=True)
+            if measuring_bare:
+                measure_bare_again()  # beside each deciding step
             rate = (good + bad) / 2
             result, _ = run_step(fleet, hub, rate, args.step_s, cpu=cpu)
             steps.append(result)
             print(json.dumps(result.to_json()), flush=True)
             good, bad = (rate, bad) if result.passed else (good, rate)
         settle(fleet, hub)
-        if bares:
-            # Again after the steps (the hub idle): the machine's speed moves over a run
-            # (other load), and one bare figure from its start would set the ratio alone.
-            bares.append(measure_bare(services.bare_env(), template, args.bare_s,
-                                      services.workers))
-            print(f"bare again: {bares[-1].eps:.1f} events/s", flush=True)
+        if measuring_bare:
+            measure_bare_again()  # after the steps
         overload_rate = 3 * max(good, args.start_eps)
         before = set(fleet.sent)
         _, records = run_step(fleet, hub, overload_rate, args.overload_s,
